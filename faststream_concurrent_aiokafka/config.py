@@ -1,0 +1,101 @@
+"""Settings of the concurrent processing and their validation.
+
+Pure: no I/O. Invalid values raise ``ValueError`` naming the parameter, at the moment the
+settings are built, so a misconfigured service fails at start-up and not on a message.
+"""
+
+import math
+from dataclasses import dataclass, fields
+from typing import Final, Literal, get_args
+
+Ordering = Literal["unordered", "key", "partition"]
+ORDERINGS: Final = get_args(Ordering)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int, got {value!r}"
+        raise ValueError(msg)  # noqa: TRY004 - the contract is ValueError for any bad setting
+    if value < minimum:
+        msg = f"{name} must be >= {minimum}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be a number of seconds, got {value!r}"
+        raise ValueError(msg)  # noqa: TRY004 - the contract is ValueError for any bad setting
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        msg = f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_ordering(name: str, value: object) -> None:
+    if value not in ORDERINGS:
+        msg = f"{name} must be one of {', '.join(map(repr, ORDERINGS))}, got {value!r}"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberOptions:
+    """Per-subscriber overrides; ``None`` means "use the global setting"."""
+
+    concurrency_limit: int | None = None
+    ordering: Ordering | None = None
+    task_timeout_sec: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency_limit is not None:
+            _check_int("concurrency_limit", self.concurrency_limit, 1)
+        if self.ordering is not None:
+            _check_ordering("ordering", self.ordering)
+        if self.task_timeout_sec is not None:
+            _check_seconds("task_timeout_sec", self.task_timeout_sec)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencySettings:
+    """Handler-wide settings, the defaults of every subscriber."""
+
+    concurrency_limit: int = 10
+    commit_batch_size: int = 10
+    commit_batch_timeout_sec: float = 10.0
+    shutdown_timeout_sec: float = 20.0
+    max_uncommitted_tasks: int = 10_000
+    rebalance_flush_timeout_sec: float = 10.0
+    ordering: Ordering = "unordered"
+    task_timeout_sec: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("concurrency_limit", self.concurrency_limit, 1)
+        _check_int("commit_batch_size", self.commit_batch_size, 1)
+        _check_int("max_uncommitted_tasks", self.max_uncommitted_tasks, 1)
+        _check_seconds("commit_batch_timeout_sec", self.commit_batch_timeout_sec)
+        _check_seconds("shutdown_timeout_sec", self.shutdown_timeout_sec)
+        _check_seconds("rebalance_flush_timeout_sec", self.rebalance_flush_timeout_sec)
+        _check_ordering("ordering", self.ordering)
+        if self.task_timeout_sec is not None:
+            _check_seconds("task_timeout_sec", self.task_timeout_sec)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveOptions:
+    """What one subscriber runs with: its overrides laid over the global settings."""
+
+    concurrency_limit: int
+    ordering: Ordering
+    task_timeout_sec: float | None
+
+
+def resolve_options(
+    settings: ConcurrencySettings, overrides: SubscriberOptions | None
+) -> EffectiveOptions:
+    """Lay a subscriber's overrides over the global settings."""
+    values = {f.name: getattr(settings, f.name) for f in fields(EffectiveOptions)}
+    if overrides is not None:
+        for f in fields(SubscriberOptions):
+            value = getattr(overrides, f.name)
+            if value is not None:
+                values[f.name] = value
+    return EffectiveOptions(**values)

@@ -1,0 +1,104 @@
+"""Plugging the handler into a FastStream Kafka subscriber.
+
+FastStream's consume loop awaits each message before fetching the next, and a middleware
+only sees the inside of that await. To run whole messages concurrently the subscriber's
+``consume_one`` (called by the loop for each fetched record) is replaced on the instance by
+admission into the handler, and its ``stop`` first drains the handler's work while the
+consumer can still commit. A rebalance listener is attached at the same time.
+"""
+
+import logging
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from aiokafka import ConsumerRecord
+from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
+from faststream.middlewares import AckPolicy
+
+from faststream_concurrent_aiokafka.errors import CommitterIsDeadError, ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
+from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+_INSTALLED: "WeakKeyDictionary[LogicSubscriber[Any], KafkaConcurrentHandler]" = WeakKeyDictionary()
+
+
+def uses_concurrent_processing(subscriber: object, middleware: type) -> bool:
+    """A MANUAL-ack Kafka subscriber whose middlewares include ours."""
+    return (
+        isinstance(subscriber, LogicSubscriber)
+        and subscriber.ack_policy is AckPolicy.MANUAL
+        and middleware in subscriber._broker_middlewares  # noqa: SLF001
+    )
+
+
+def check_supported(subscriber: object) -> None:
+    if isinstance(subscriber, BatchSubscriber):
+        msg = (
+            "batch=True subscribers are not supported by KafkaConcurrentProcessingMiddleware: "
+            "use a per-message subscriber, or give this one an ack policy other than MANUAL "
+            "so it is passed through unchanged"
+        )
+        raise ConcurrentProcessingSetupError(msg)
+
+
+def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
+    """Route the subscriber's records through ``handler``; idempotent per handler."""
+    check_supported(subscriber)
+    if _INSTALLED.get(subscriber) is handler:
+        return
+    _INSTALLED[subscriber] = handler
+    consume_one, stop = type(subscriber).consume_one, type(subscriber).stop
+
+    async def admit(record: "ConsumerRecord[Any, Any]") -> None:
+        if _INSTALLED.get(subscriber) is not handler:
+            await consume_one(subscriber, record)
+            return
+        consumer = getattr(record, "consumer", None) or subscriber.consumer
+        try:
+            handler.admit(handler.lane_for(subscriber, consumer), record)
+        except CommitterIsDeadError:
+            logger.exception("Record %s@%d left uncommitted", record.topic, record.offset)
+
+    async def drain_then_stop() -> None:
+        if _INSTALLED.get(subscriber) is handler and handler.is_running:
+            lanes = handler.lanes_of(subscriber)
+            await handler.drain(lanes, handler.settings.shutdown_timeout_sec)
+            handler.forget(lanes)
+        await stop(subscriber)
+
+    subscriber.consume_one = admit  # type: ignore[method-assign]
+    subscriber.stop = drain_then_stop  # type: ignore[method-assign]
+    _attach_listener(subscriber, handler)
+
+
+def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
+    own = subscriber._listener  # noqa: SLF001
+    if isinstance(own, KafkaConcurrentRebalanceListener):
+        own.bind(subscriber, handler)
+        return
+    listener = KafkaConcurrentRebalanceListener(handler=handler, inner=own)
+    listener.bind(subscriber, handler)
+    # FastStream hands this to consumer.subscribe() at every start.
+    subscriber._listener = listener  # noqa: SLF001
+    subgroup = getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
+    consumers = [c for c in subgroup if c is not None]
+    if not consumers:
+        return
+    # Already subscribed (the app was not found in the context at initialisation): wrap the
+    # listener aiokafka holds, FastStream's logging one.
+    for consumer in consumers:
+        state = getattr(consumer, "_subscription", None)
+        current = getattr(state, "_listener", None)
+        if state is None or not hasattr(state, "_listener"):
+            logger.warning(
+                "Could not attach the rebalance listener to a running consumer; pass "
+                "listener=KafkaConcurrentRebalanceListener(broker.context) to the subscriber"
+            )
+            continue
+        if isinstance(current, KafkaConcurrentRebalanceListener):
+            continue
+        wrapped = KafkaConcurrentRebalanceListener(handler=handler, inner=current)
+        wrapped.bind(subscriber, handler)
+        state._listener = wrapped  # noqa: SLF001

@@ -1,0 +1,241 @@
+"""The processing engine: admits messages, runs them as tasks within the limits, and keeps
+every consumer's commit point behind the first unfinished message.
+
+Admission never waits: when a consumer has more work than slots it is paused (its poll loop
+keeps running, so Kafka never sees it as stuck) and resumed once the backlog halves.
+"""
+
+import asyncio
+import logging
+import signal
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
+from faststream_concurrent_aiokafka.committer import KafkaBatchCommitter
+from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_options
+from faststream_concurrent_aiokafka.lane import ConsumerLane
+from faststream_concurrent_aiokafka.ordering import ordering_key
+from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
+from faststream_concurrent_aiokafka.runner import run_job
+from faststream_concurrent_aiokafka.subscriber_options import options_of
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+JobRunner = Callable[[KafkaCommitTask], Coroutine[Any, Any, None]]
+
+
+class KafkaConcurrentHandler:
+    """Owns the consumer lanes, the global concurrency limit and the batch committer."""
+
+    def __init__(
+        self, settings: ConcurrencySettings | None = None, run_job: JobRunner = run_job
+    ) -> None:
+        self.settings = settings or ConcurrencySettings()
+        self._run_job = run_job
+        self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
+        self._hungry: deque[ConsumerLane] = deque()
+        self._running = 0
+        self.committer = KafkaBatchCommitter(
+            self._lanes.values,
+            commit_batch_size=self.settings.commit_batch_size,
+            commit_batch_timeout_sec=self.settings.commit_batch_timeout_sec,
+        )
+        self.is_running = False
+        self.signal_handlers: list[signal.Signals] = []
+        self.shutdown_task: asyncio.Future[None] | None = None
+        self.processed = 0
+        self.failed = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.committer.start()
+        self.is_running = True
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.is_running and self.committer.is_alive
+
+    @property
+    def in_flight(self) -> int:
+        return self._running
+
+    def create_rebalance_listener(self) -> KafkaConcurrentRebalanceListener:
+        """A listener bound to this handler, for ``subscriber(..., listener=...)``."""
+        return KafkaConcurrentRebalanceListener(handler=self)
+
+    @property
+    def lanes(self) -> list[ConsumerLane]:
+        return list(self._lanes.values())
+
+    def lanes_of(self, subscriber: object) -> list[ConsumerLane]:
+        return [lane for lane in self._lanes.values() if lane.subscriber is subscriber]
+
+    def lane_for(self, subscriber: object, consumer: AIOKafkaConsumer) -> ConsumerLane:
+        lane = self._lanes.get(consumer)
+        if lane is None or lane.subscriber is not subscriber:
+            options = resolve_options(self.settings, options_of(subscriber))
+            lane = self._lanes[consumer] = ConsumerLane(consumer, subscriber, options)
+        return lane
+
+    # ---- admission -------------------------------------------------------------------
+
+    def admit(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> None:
+        """Take a fetched record: run it now, queue it, or hold it behind its key."""
+        self.committer.check_alive()
+        if lane.closing or not self.is_running:
+            # Not tracked, so never committed past: the next owner reads it again.
+            return
+        job = self._track(lane, record)
+        job.key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
+        if lane.gate.submit(job, job.key):
+            lane.ready.append(job)
+            self._start_ready(lane)
+        self._refresh_pause(lane)
+
+    def track_inline(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> KafkaCommitTask:
+        """Track a message FastStream runs itself (before the dispatcher was installed)."""
+        job = self._track(lane, record)
+        lane.running.add(job)
+        self._running += 1
+        return job
+
+    def _track(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> KafkaCommitTask:
+        tp = TopicPartition(record.topic, record.partition)
+        tracker = lane.tracker_for(tp)
+        tracker.track(record.offset)
+        lane.tracked += 1
+        return KafkaCommitTask(record, tp, lane, tracker, None)
+
+    def _start_ready(self, lane: ConsumerLane) -> None:
+        limit = self.settings.concurrency_limit
+        lane_limit = lane.options.concurrency_limit
+        ready = lane.ready
+        while ready and len(lane.running) < lane_limit:
+            if self._running >= limit:
+                if not lane.hungry:
+                    lane.hungry = True
+                    self._hungry.append(lane)
+                return
+            job = ready.popleft()
+            lane.running.add(job)
+            self._running += 1
+            task = asyncio.create_task(self._run_job(job))
+            job.asyncio_task = task
+            task.add_done_callback(partial(self._on_task_done, job))
+
+    def _on_task_done(self, job: KafkaCommitTask, task: "asyncio.Task[None]") -> None:
+        self.complete(job, cancelled=task.cancelled())
+
+    def complete(self, job: KafkaCommitTask, *, cancelled: bool) -> None:
+        """A message's processing ended: update offsets, free its slot, start what waits."""
+        lane = job.lane
+        lane.running.discard(job)
+        self._running -= 1
+        tracker = job.tracker
+        if cancelled:
+            tracker.block(job.offset)
+        else:
+            if job.error is not None:
+                self.failed += 1
+            self.processed += 1
+            passed = tracker.finish(job.offset)
+            if not tracker.retired:
+                lane.tracked -= passed
+            self.committer.notify_finished()
+        if job.key is not None:
+            successor = lane.gate.release(job.key)
+            if successor is not None and not successor.tracker.retired:
+                lane.ready.append(successor)
+        self._serve_hungry()
+        self._start_ready(lane)
+        self._refresh_pause(lane)
+
+    def _serve_hungry(self) -> None:
+        """Hand freed global slots to lanes that waited for one, in turn."""
+        hungry = self._hungry
+        while hungry and self._running < self.settings.concurrency_limit:
+            lane = hungry.popleft()
+            lane.hungry = False
+            self._start_ready(lane)
+
+    # ---- backpressure ----------------------------------------------------------------
+
+    def _total_tracked(self) -> int:
+        return sum(lane.tracked for lane in self._lanes.values())
+
+    def _refresh_pause(self, lane: ConsumerLane) -> None:
+        backlog = len(lane.ready)
+        limit = lane.options.concurrency_limit
+        over_budget = self._total_tracked() >= self.settings.max_uncommitted_tasks
+        if backlog >= limit or over_budget:
+            lane.pause()
+        elif lane.paused and backlog <= limit // 2 and not lane.closing:
+            lane.resume()
+        if not over_budget:
+            for other in self._lanes.values():
+                if other is not lane and other.paused and not other.ready and not other.closing:
+                    other.resume()
+
+    # ---- rebalance and shutdown ------------------------------------------------------
+
+    async def release_partitions(
+        self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float
+    ) -> None:
+        """Before partitions move: let their running work finish, commit it, forget them."""
+        revoked = {tp for tp in partitions if tp in lane.trackers}
+        if not revoked:
+            return
+        dropped = lane.drop_waiting(revoked)
+        await self._wait_running(lane, timeout, revoked)
+        await self.committer.commit_lane(lane, revoked)
+        for tp in revoked:
+            lane.retire(tp)
+        logger.info(
+            "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
+            len(revoked),
+            lane.name,
+            dropped,
+        )
+
+    async def drain(self, lanes: Iterable[ConsumerLane], timeout: float) -> None:
+        """Stop admitting, let running work finish up to ``timeout``, cancel the rest, commit."""
+        lanes = list(lanes)
+        for lane in lanes:
+            lane.closing = True
+            lane.pause()
+            lane.drop_waiting()
+        await asyncio.gather(*(self._wait_running(lane, timeout) for lane in lanes))
+        leftovers = [job.asyncio_task for lane in lanes for job in lane.running if job.asyncio_task]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            logger.warning(
+                "%d message(s) still running after %.1f s were cancelled and stay uncommitted",
+                len(leftovers),
+                timeout,
+            )
+            await asyncio.wait(leftovers, timeout=1.0)
+        for lane in lanes:
+            await self.committer.commit_lane(lane)
+
+    async def _wait_running(
+        self, lane: ConsumerLane, timeout: float, partitions: set[TopicPartition] | None = None
+    ) -> None:
+        tasks = [
+            job.asyncio_task
+            for job in lane.running
+            if job.asyncio_task is not None
+            and (partitions is None or job.topic_partition in partitions)
+        ]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    def forget(self, lanes: Iterable[ConsumerLane]) -> None:
+        for lane in lanes:
+            self._lanes.pop(lane.consumer, None)

@@ -1,0 +1,126 @@
+"""Start, stop and probe the handler stored in FastStream's context."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from faststream_concurrent_aiokafka import dispatch
+from faststream_concurrent_aiokafka.config import ConcurrencySettings, Ordering
+from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
+from faststream_concurrent_aiokafka.middleware import KafkaConcurrentProcessingMiddleware
+from faststream_concurrent_aiokafka.registry import HANDLER_CONTEXT_KEY, find_handler
+
+if TYPE_CHECKING:
+    from faststream import ContextRepo
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_UNHANDLED = (signal.SIG_DFL, signal.default_int_handler)
+
+
+async def initialize_concurrent_processing(
+    context: "ContextRepo",
+    concurrency_limit: int = 10,
+    commit_batch_size: int = 10,
+    commit_batch_timeout_sec: float = 10.0,
+    shutdown_timeout_sec: float = 20.0,
+    max_uncommitted_tasks: int = 10_000,
+    rebalance_flush_timeout_sec: float = 10.0,
+    *,
+    ordering: Ordering = "unordered",
+    task_timeout_sec: float | None = None,
+) -> KafkaConcurrentHandler:
+    """Create and start the handler and store it in ``context``.
+
+    Call it before the broker starts (lifespan or ``on_startup``): the subscribers of an app
+    found in ``context`` then get their dispatcher and rebalance listener before they
+    subscribe. Others are set up at their first message.
+    """
+    settings = ConcurrencySettings(
+        concurrency_limit=concurrency_limit,
+        commit_batch_size=commit_batch_size,
+        commit_batch_timeout_sec=commit_batch_timeout_sec,
+        shutdown_timeout_sec=shutdown_timeout_sec,
+        max_uncommitted_tasks=max_uncommitted_tasks,
+        rebalance_flush_timeout_sec=rebalance_flush_timeout_sec,
+        ordering=ordering,
+        task_timeout_sec=task_timeout_sec,
+    )
+    if find_handler(context) is not None:
+        msg = "concurrent processing is already initialised in this context; stop it first"
+        raise ConcurrentProcessingSetupError(msg)
+    handler = KafkaConcurrentHandler(settings)
+    await handler.start()
+    context.set_global(HANDLER_CONTEXT_KEY, handler)
+    for subscriber in _app_subscribers(context):
+        if dispatch.uses_concurrent_processing(subscriber, KafkaConcurrentProcessingMiddleware):
+            dispatch.install(subscriber, handler)
+    _install_signal_handlers(context, handler)
+    return handler
+
+
+async def stop_concurrent_processing(context: "ContextRepo") -> None:
+    """Drain what still runs (up to ``shutdown_timeout_sec``), commit it, stop the handler."""
+    handler = find_handler(context)
+    if handler is None:
+        return
+    await handler.drain(handler.lanes, handler.settings.shutdown_timeout_sec)
+    handler.forget(handler.lanes)
+    handler.is_running = False
+    await handler.committer.close()
+    _remove_signal_handlers(handler)
+    context.reset_global(HANDLER_CONTEXT_KEY)
+
+
+def is_kafka_handler_healthy(context: "ContextRepo") -> bool:
+    """True while the handler in ``context`` runs and its committer is alive."""
+    handler = find_handler(context)
+    return handler is not None and handler.is_healthy
+
+
+def _app_subscribers(context: "ContextRepo") -> list[Any]:
+    app = context.get("app")
+    brokers = getattr(app, "brokers", None) or []
+    return [sub for broker in brokers for sub in getattr(broker, "subscribers", [])]
+
+
+def _install_signal_handlers(context: "ContextRepo", handler: KafkaConcurrentHandler) -> None:
+    """For apps nobody else handles signals for (a bare broker): drain, then die as before.
+
+    FastStream's runner and uvicorn install their own handlers, which stop the broker and so
+    drain through the subscribers; those are left alone.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in _SIGNALS:
+        if signal.getsignal(sig) not in _UNHANDLED:
+            continue
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, _on_signal, context, handler, sig)
+            installed.append(sig)
+    handler.signal_handlers = installed
+
+
+def _on_signal(context: "ContextRepo", handler: KafkaConcurrentHandler, sig: signal.Signals) -> None:
+    logger.warning("Received %s: draining in-flight messages before exiting", sig.name)
+
+    async def drain_and_reraise() -> None:
+        try:
+            await stop_concurrent_processing(context)
+        finally:
+            _remove_signal_handlers(handler)
+            os.kill(os.getpid(), sig)
+
+    handler.shutdown_task = asyncio.ensure_future(drain_and_reraise())
+
+
+def _remove_signal_handlers(handler: KafkaConcurrentHandler) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in handler.signal_handlers:
+        loop.remove_signal_handler(sig)
+    handler.signal_handlers = []

@@ -1,0 +1,57 @@
+"""The FastStream middleware users register; it marks a broker's MANUAL subscribers for
+concurrent processing and runs the handler call of each admitted message."""
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from faststream import BaseMiddleware
+from faststream.message import StreamMessage
+
+from faststream_concurrent_aiokafka import dispatch
+from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.registry import find_handler
+from faststream_concurrent_aiokafka.runner import CURRENT_JOB, call_handler
+
+NOT_INITIALISED = (
+    "A MANUAL-ack subscriber received a message before concurrent processing was set up. "
+    "Call `await initialize_concurrent_processing(context=broker.context)` before the broker "
+    "starts (in the app's lifespan or an on_startup hook). The message is left uncommitted."
+)
+
+
+class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
+    """Register with ``broker.add_middleware(KafkaConcurrentProcessingMiddleware)``.
+
+    Messages of subscribers with ``ack_policy=AckPolicy.MANUAL`` run concurrently as asyncio
+    tasks; every other subscriber passes through untouched.
+    """
+
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        job = CURRENT_JOB.get()
+        if job is not None:
+            return await call_handler(job, call_next, msg)
+        return await self._first_contact(call_next, msg)
+
+    async def _first_contact(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        """A message FastStream runs itself: before our dispatcher is in place, or a test."""
+        subscriber = self.context.get_local("handler_")
+        if not dispatch.uses_concurrent_processing(subscriber, type(self)):
+            return await call_next(msg)
+        consumer = getattr(msg, "consumer", None)
+        if not isinstance(consumer, AIOKafkaConsumer):
+            # TestKafkaBroker and friends: no offsets to keep, run it as FastStream would.
+            return await call_next(msg)
+        handler = find_handler(self.context)
+        if handler is None:
+            raise ConcurrentProcessingSetupError(NOT_INITIALISED)
+        dispatch.install(subscriber, handler)
+        job = handler.track_inline(handler.lane_for(subscriber, consumer), msg.raw_message)
+        cancelled = False
+        try:
+            return await call_handler(job, call_next, msg)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            handler.complete(job, cancelled=cancelled)

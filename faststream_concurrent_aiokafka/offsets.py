@@ -1,0 +1,75 @@
+"""Offset bookkeeping of one partition: which offset may be committed next.
+
+Pure: no I/O. Kafka's committed offset means "everything below it is done", so it may only
+move up to the first message that is not finished yet. Messages finished above that point
+are remembered until the gap below them closes.
+"""
+
+from collections import deque
+
+
+class PartitionOffsets:
+    """Tracks dispatched offsets of one partition in one assignment generation.
+
+    ``retired`` is set when the partition is revoked: late completions then update a tracker
+    nobody commits from, so they can never move a newer owner's commit point.
+    """
+
+    __slots__ = ("_blocked", "_finished", "_pending", "committable", "committed", "retired")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._finished: set[int] = set()
+        self._blocked: set[int] = set()
+        self.committable: int | None = None
+        self.committed: int | None = None
+        self.retired = False
+
+    @property
+    def pending_count(self) -> int:
+        """Dispatched messages the commit point has not passed yet."""
+        return len(self._pending)
+
+    @property
+    def needs_commit(self) -> bool:
+        return self.committable is not None and self.committable != self.committed
+
+    def track(self, offset: int) -> None:
+        """Record a dispatched offset; offsets normally arrive in increasing order."""
+        pending = self._pending
+        if not pending or offset > pending[-1]:
+            pending.append(offset)
+            return
+        if offset in pending:
+            return
+        # A seek moved the consumer back: keep the queue sorted, rare enough to be slow here.
+        self._pending = deque(sorted((*pending, offset)))
+
+    def finish(self, offset: int) -> int:
+        """Mark an offset done; returns how many offsets the commit point passed."""
+        if offset in self._blocked:
+            return 0
+        pending = self._pending
+        if not pending or pending[0] != offset:
+            self._finished.add(offset)
+            return 0
+        pending.popleft()
+        passed = 1
+        finished = self._finished
+        last = offset
+        while pending and pending[0] in finished:
+            last = pending.popleft()
+            finished.remove(last)
+            passed += 1
+        self.committable = last + 1
+        return passed
+
+    def block(self, offset: int) -> None:
+        """Never let the commit point pass this offset (its message was cancelled)."""
+        if offset in self._pending:
+            self._blocked.add(offset)
+            self._finished.discard(offset)
+
+    def finished_above(self) -> frozenset[int]:
+        """Offsets already done above the first unfinished one."""
+        return frozenset(self._finished)

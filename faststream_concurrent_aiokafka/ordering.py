@@ -1,0 +1,78 @@
+"""Ordering gate: holds back a message while an earlier one with the same key runs.
+
+Pure: no I/O. The key is chosen by the ordering mode (see ``ordering_key``); a message with
+no key is never held back. Held messages wait here, outside the concurrency limit, so a hot
+key cannot take slots from other keys.
+"""
+
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+from faststream_concurrent_aiokafka.config import Ordering
+
+T = TypeVar("T")
+
+
+def ordering_key(mode: Ordering, topic: str, partition: int, key: Any) -> Hashable | None:
+    """The key two messages must share to be run one after the other."""
+    if mode == "unordered":
+        return None
+    if mode == "partition":
+        return (topic, partition)
+    if key is None:
+        return None
+    return (topic, partition, key)
+
+
+class OrderingGate(Generic[T]):
+    """Per key, one item runs at a time and the rest wait in arrival order."""
+
+    __slots__ = ("_held_count", "_waiting")
+
+    def __init__(self) -> None:
+        # A key is present while one of its items runs; its deque holds the items behind it.
+        self._waiting: dict[Hashable, deque[T]] = {}
+        self._held_count = 0
+
+    @property
+    def held_count(self) -> int:
+        """Items waiting behind a running item of their key."""
+        return self._held_count
+
+    def submit(self, item: T, key: Hashable | None) -> bool:
+        """True if the item may run now; otherwise it is held until its key is released."""
+        if key is None:
+            return True
+        queue = self._waiting.get(key)
+        if queue is None:
+            self._waiting[key] = deque()
+            return True
+        queue.append(item)
+        self._held_count += 1
+        return False
+
+    def release(self, key: Hashable | None) -> T | None:
+        """The running item of ``key`` finished: return the next one, which now runs."""
+        if key is None:
+            return None
+        queue = self._waiting.get(key)
+        if queue is None:
+            return None
+        if queue:
+            self._held_count -= 1
+            return queue.popleft()
+        del self._waiting[key]
+        return None
+
+    def drop(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Remove held items matching ``predicate`` (their partition was revoked)."""
+        dropped: list[T] = []
+        for queue in self._waiting.values():
+            keep = [item for item in queue if not predicate(item)]
+            if len(keep) != len(queue):
+                dropped.extend(item for item in queue if predicate(item))
+                queue.clear()
+                queue.extend(keep)
+        self._held_count -= len(dropped)
+        return dropped

@@ -1,0 +1,38 @@
+"""Per-subscriber overrides, attached to FastStream subscriber objects.
+
+FastStream 0.7 subscribers take no free-form options, so overrides live beside them in a
+weak map: declaring them never changes the subscriber and dies with it.
+"""
+
+from typing import TypeVar
+from weakref import WeakKeyDictionary
+
+from faststream_concurrent_aiokafka.config import Ordering, SubscriberOptions
+
+_OPTIONS: "WeakKeyDictionary[object, SubscriberOptions]" = WeakKeyDictionary()
+
+S = TypeVar("S")
+
+
+def configure_subscriber(
+    subscriber: S,
+    *,
+    concurrency_limit: int | None = None,
+    ordering: Ordering | None = None,
+    task_timeout_sec: float | None = None,
+) -> S:
+    """Override the global settings for one subscriber; returns the subscriber.
+
+    Unset arguments keep the values given to ``initialize_concurrent_processing``. Invalid
+    values raise ``ValueError`` here, at declaration time.
+    """
+    _OPTIONS[subscriber] = SubscriberOptions(
+        concurrency_limit=concurrency_limit,
+        ordering=ordering,
+        task_timeout_sec=task_timeout_sec,
+    )
+    return subscriber
+
+
+def options_of(subscriber: object) -> SubscriberOptions | None:
+    return _OPTIONS.get(subscriber)
