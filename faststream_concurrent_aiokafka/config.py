@@ -15,7 +15,7 @@ ORDERINGS: Final = get_args(Ordering)
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         msg = f"{name} must be an int, got {value!r}"
-        raise ValueError(msg)  # noqa: TRY004 - the contract is ValueError for any bad setting
+        raise ValueError(msg)
     if value < minimum:
         msg = f"{name} must be >= {minimum}, got {value!r}"
         raise ValueError(msg)
@@ -24,7 +24,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         msg = f"{name} must be a number of seconds, got {value!r}"
-        raise ValueError(msg)  # noqa: TRY004 - the contract is ValueError for any bad setting
+        raise ValueError(msg)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         msg = f"{name} must be a finite number of seconds {bound}, got {value!r}"

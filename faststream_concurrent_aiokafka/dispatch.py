@@ -15,7 +15,10 @@ from aiokafka import ConsumerRecord
 from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
-from faststream_concurrent_aiokafka.errors import CommitterIsDeadError, ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.errors import (
+    CommitterIsDeadError,
+    ConcurrentProcessingSetupError,
+)
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
 
@@ -24,12 +27,12 @@ logger = logging.getLogger("faststream_concurrent_aiokafka")
 _INSTALLED: "WeakKeyDictionary[LogicSubscriber[Any], KafkaConcurrentHandler]" = WeakKeyDictionary()
 
 
-def uses_concurrent_processing(subscriber: object, middleware: type) -> bool:
+def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
     """A MANUAL-ack Kafka subscriber whose middlewares include ours."""
     return (
         isinstance(subscriber, LogicSubscriber)
         and subscriber.ack_policy is AckPolicy.MANUAL
-        and middleware in subscriber._broker_middlewares  # noqa: SLF001
+        and any(m is middleware for m in subscriber._broker_middlewares)
     )
 
 
@@ -68,20 +71,20 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
             handler.forget(lanes)
         await stop(subscriber)
 
-    subscriber.consume_one = admit  # type: ignore[method-assign]
+    subscriber.consume_one = admit  # type: ignore[method-assign,assignment]
     subscriber.stop = drain_then_stop  # type: ignore[method-assign]
     _attach_listener(subscriber, handler)
 
 
 def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
-    own = subscriber._listener  # noqa: SLF001
+    own = subscriber._listener
     if isinstance(own, KafkaConcurrentRebalanceListener):
         own.bind(subscriber, handler)
         return
     listener = KafkaConcurrentRebalanceListener(handler=handler, inner=own)
     listener.bind(subscriber, handler)
     # FastStream hands this to consumer.subscribe() at every start.
-    subscriber._listener = listener  # noqa: SLF001
+    subscriber._listener = listener
     subgroup = getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
     consumers = [c for c in subgroup if c is not None]
     if not consumers:
@@ -101,4 +104,4 @@ def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentH
             continue
         wrapped = KafkaConcurrentRebalanceListener(handler=handler, inner=current)
         wrapped.bind(subscriber, handler)
-        state._listener = wrapped  # noqa: SLF001
+        state._listener = wrapped

@@ -98,7 +98,9 @@ class KafkaConcurrentHandler:
             self._start_ready(lane)
         self._refresh_pause(lane)
 
-    def track_inline(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> KafkaCommitTask:
+    def track_inline(
+        self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]"
+    ) -> KafkaCommitTask:
         """Track a message FastStream runs itself (before the dispatcher was installed)."""
         job = self._track(lane, record)
         lane.running.add(job)

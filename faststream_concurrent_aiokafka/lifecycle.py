@@ -23,7 +23,7 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _UNHANDLED = (signal.SIG_DFL, signal.default_int_handler)
 
 
-async def initialize_concurrent_processing(
+async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in the original API
     context: "ContextRepo",
     concurrency_limit: int = 10,
     commit_batch_size: int = 10,
@@ -106,7 +106,9 @@ def _install_signal_handlers(context: "ContextRepo", handler: KafkaConcurrentHan
     handler.signal_handlers = installed
 
 
-def _on_signal(context: "ContextRepo", handler: KafkaConcurrentHandler, sig: signal.Signals) -> None:
+def _on_signal(
+    context: "ContextRepo", handler: KafkaConcurrentHandler, sig: signal.Signals
+) -> None:
     logger.warning("Received %s: draining in-flight messages before exiting", sig.name)
 
     async def drain_and_reraise() -> None:

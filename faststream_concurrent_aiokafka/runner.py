@@ -55,7 +55,7 @@ async def run_job(job: KafkaCommitTask) -> None:
         _in_background(subscriber.stop())
     except HandlerException:
         pass  # Ack/Nack/Reject/Skip: the outcome was recorded in call_handler
-    except Exception as exc:  # noqa: BLE001 - FastStream already logged it with its traceback
+    except Exception as exc:
         if job.error is None:
             job.error = exc
             logger.error(
@@ -66,7 +66,7 @@ async def run_job(job: KafkaCommitTask) -> None:
             )
     except SystemExit:
         _in_background(subscriber.stop())
-        app = subscriber._outer_config.context.get("app")  # noqa: SLF001 - as FastStream does
+        app = subscriber._outer_config.context.get("app")
         if app is not None:
             app.exit()
 
