@@ -31,6 +31,20 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> Non
         raise ValueError(msg)
 
 
+def _check_topic(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        msg = f"{name} must be a non-empty topic name, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_backoff(base: float, cap: float) -> None:
+    _check_seconds("retry_backoff_sec", base)
+    _check_seconds("retry_backoff_max_sec", cap)
+    if cap < base:
+        msg = f"retry_backoff_max_sec ({cap}) must be >= retry_backoff_sec ({base})"
+        raise ValueError(msg)
+
+
 def _check_ordering(name: str, value: object) -> None:
     if value not in ORDERINGS:
         msg = f"{name} must be one of {', '.join(map(repr, ORDERINGS))}, got {value!r}"
@@ -44,6 +58,10 @@ class SubscriberOptions:
     concurrency_limit: int | None = None
     ordering: Ordering | None = None
     task_timeout_sec: float | None = None
+    max_retries: int | None = None
+    retry_backoff_sec: float | None = None
+    retry_backoff_max_sec: float | None = None
+    dead_letter_topic: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency_limit is not None:
@@ -52,6 +70,14 @@ class SubscriberOptions:
             _check_ordering("ordering", self.ordering)
         if self.task_timeout_sec is not None:
             _check_seconds("task_timeout_sec", self.task_timeout_sec)
+        if self.max_retries is not None:
+            _check_int("max_retries", self.max_retries, 0)
+        if self.retry_backoff_sec is not None:
+            _check_seconds("retry_backoff_sec", self.retry_backoff_sec)
+        if self.retry_backoff_max_sec is not None:
+            _check_seconds("retry_backoff_max_sec", self.retry_backoff_max_sec)
+        if self.dead_letter_topic is not None:
+            _check_topic("dead_letter_topic", self.dead_letter_topic)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,9 +92,17 @@ class ConcurrencySettings:
     rebalance_flush_timeout_sec: float = 10.0
     ordering: Ordering = "unordered"
     task_timeout_sec: float | None = None
+    max_retries: int = 0
+    retry_backoff_sec: float = 0.1
+    retry_backoff_max_sec: float = 10.0
+    dead_letter_topic: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("concurrency_limit", self.concurrency_limit, 1)
+        _check_int("max_retries", self.max_retries, 0)
+        _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
+        if self.dead_letter_topic is not None:
+            _check_topic("dead_letter_topic", self.dead_letter_topic)
         _check_int("commit_batch_size", self.commit_batch_size, 1)
         _check_int("max_uncommitted_tasks", self.max_uncommitted_tasks, 1)
         _check_seconds("commit_batch_timeout_sec", self.commit_batch_timeout_sec)
@@ -86,6 +120,10 @@ class EffectiveOptions:
     concurrency_limit: int
     ordering: Ordering
     task_timeout_sec: float | None
+    max_retries: int
+    retry_backoff_sec: float
+    retry_backoff_max_sec: float
+    dead_letter_topic: str | None
 
 
 def resolve_options(
@@ -98,4 +136,5 @@ def resolve_options(
             value = getattr(overrides, f.name)
             if value is not None:
                 values[f.name] = value
+    _check_backoff(values["retry_backoff_sec"], values["retry_backoff_max_sec"])
     return EffectiveOptions(**values)

@@ -15,12 +15,14 @@ from aiokafka import ConsumerRecord
 from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
+from faststream_concurrent_aiokafka.config import resolve_options
 from faststream_concurrent_aiokafka.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
+from faststream_concurrent_aiokafka.subscriber_options import options_of
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -49,6 +51,7 @@ def check_supported(subscriber: object) -> None:
 def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
     """Route the subscriber's records through ``handler``; idempotent per handler."""
     check_supported(subscriber)
+    resolve_options(handler.settings, options_of(subscriber))  # invalid overrides fail here
     if _INSTALLED.get(subscriber) is handler:
         return
     _INSTALLED[subscriber] = handler

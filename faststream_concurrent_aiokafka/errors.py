@@ -7,3 +7,7 @@ class CommitterIsDeadError(RuntimeError):
 
 class ConcurrentProcessingSetupError(RuntimeError):
     """A subscriber or the app is wired in a way that would lose or duplicate messages."""
+
+
+class TaskTimeoutError(TimeoutError):
+    """A handler ran longer than ``task_timeout_sec`` and was cancelled."""

@@ -59,7 +59,11 @@ class KafkaConcurrentHandler:
 
     @property
     def is_healthy(self) -> bool:
-        return self.is_running and self.committer.is_alive
+        return (
+            self.is_running
+            and self.committer.is_alive
+            and not any(lane.dead_letter_stuck for lane in self._lanes.values())
+        )
 
     @property
     def in_flight(self) -> int:
@@ -97,15 +101,6 @@ class KafkaConcurrentHandler:
             lane.ready.append(job)
             self._start_ready(lane)
         self._refresh_pause(lane)
-
-    def track_inline(
-        self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]"
-    ) -> KafkaCommitTask:
-        """Track a message FastStream runs itself (before the dispatcher was installed)."""
-        job = self._track(lane, record)
-        lane.running.add(job)
-        self._running += 1
-        return job
 
     def _track(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> KafkaCommitTask:
         tp = TopicPartition(record.topic, record.partition)

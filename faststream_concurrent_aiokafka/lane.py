@@ -33,6 +33,7 @@ class ConsumerLane:
         self.running: set[KafkaCommitTask] = set()
         self.tracked = 0
         self.closing = False
+        self.dead_letter_stuck: set[KafkaCommitTask] = set()
         self.hungry = False
         self.commit_lock = asyncio.Lock()
         self._paused: set[TopicPartition] | None = None

@@ -34,6 +34,10 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     *,
     ordering: Ordering = "unordered",
     task_timeout_sec: float | None = None,
+    max_retries: int = 0,
+    retry_backoff_sec: float = 0.1,
+    retry_backoff_max_sec: float = 10.0,
+    dead_letter_topic: str | None = None,
 ) -> KafkaConcurrentHandler:
     """Create and start the handler and store it in ``context``.
 
@@ -50,6 +54,10 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
         rebalance_flush_timeout_sec=rebalance_flush_timeout_sec,
         ordering=ordering,
         task_timeout_sec=task_timeout_sec,
+        max_retries=max_retries,
+        retry_backoff_sec=retry_backoff_sec,
+        retry_backoff_max_sec=retry_backoff_max_sec,
+        dead_letter_topic=dead_letter_topic,
     )
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"

@@ -1,11 +1,11 @@
 """The FastStream middleware users register; it marks a broker's MANUAL subscribers for
 concurrent processing and runs the handler call of each admitted message."""
 
-import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from faststream import BaseMiddleware
+from faststream.exceptions import SkipMessage
 from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka import dispatch
@@ -18,6 +18,8 @@ NOT_INITIALISED = (
     "Call `await initialize_concurrent_processing(context=broker.context)` before the broker "
     "starts (in the app's lifespan or an on_startup hook). The message is left uncommitted."
 )
+
+HANDED_OVER = "first message of this subscriber handed over to concurrent processing"
 
 
 class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
@@ -46,12 +48,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         if handler is None:
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
         dispatch.install(subscriber, handler)
-        job = handler.track_inline(handler.lane_for(subscriber, consumer), msg.raw_message)
-        cancelled = False
-        try:
-            return await call_handler(job, call_next, msg)
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
-            handler.complete(job, cancelled=cancelled)
+        # FastStream started this message itself; hand it to the handler, which runs the
+        # whole pipeline again in its own task, and end this run without a result to publish.
+        handler.admit(handler.lane_for(subscriber, consumer), msg.raw_message)
+        raise SkipMessage(HANDED_OVER)

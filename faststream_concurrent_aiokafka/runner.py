@@ -10,10 +10,13 @@ import logging
 from contextvars import ContextVar
 from typing import Any
 
-from faststream.exceptions import HandlerException, NackMessage, StopConsume
+from faststream.exceptions import NackMessage, RejectMessage, StopConsume
 from faststream.message import AckStatus, StreamMessage
 
 from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
+from faststream_concurrent_aiokafka.dead_letter import publish_dead_letter
+from faststream_concurrent_aiokafka.errors import TaskTimeoutError
+from faststream_concurrent_aiokafka.failure_policy import Outcome, backoff_delay, classify
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -46,29 +49,101 @@ class CommitGuard:
 
 
 async def run_job(job: KafkaCommitTask) -> None:
-    """Task body of one message; failures are recorded on the job, never raised."""
+    """Task body of one message: attempts, backoff, dead-lettering. Never raises."""
     CURRENT_JOB.set(job)
+    options = job.lane.options
+    attempt = 0
+    while True:
+        attempt += 1
+        error = await _attempt(job)
+        outcome = classify(error)
+        if outcome is Outcome.DONE:
+            return
+        if outcome is Outcome.RETRY and attempt <= options.max_retries:
+            delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
+            logger.warning(
+                "Attempt %d of %s failed (%s); retrying in %.3f s",
+                attempt,
+                job.describe(),
+                _summary(error),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            continue
+        job.error = error
+        await _settle_failure(job, error, attempt)
+        return
+
+
+async def _attempt(job: KafkaCommitTask) -> BaseException | None:
+    """One run of FastStream's pipeline; returns the failure, if any."""
+    job.error = None
     subscriber = job.lane.subscriber
     try:
         await subscriber.process_message(job.record)
     except StopConsume:
         _in_background(subscriber.stop())
-    except HandlerException:
-        pass  # Ack/Nack/Reject/Skip: the outcome was recorded in call_handler
-    except Exception as exc:
-        if job.error is None:
-            job.error = exc
-            logger.error(
-                "Message %s failed outside its handler (%s: %s); it is committed as processed",
-                job.describe(),
-                type(exc).__name__,
-                exc,
-            )
     except SystemExit:
         _in_background(subscriber.stop())
         app = subscriber._outer_config.context.get("app")
         if app is not None:
             app.exit()
+    except Exception as exc:
+        return exc
+    return job.error
+
+
+async def _settle_failure(job: KafkaCommitTask, error: BaseException | None, attempts: int) -> None:
+    """Last attempt failed: dead-letter it (retrying the publish until it succeeds) or log it.
+
+    The offset is only committed after this returns; a stuck dead-letter publish holds the
+    partition's commit point, never skips past the message.
+    """
+    topic = job.lane.options.dead_letter_topic
+    if topic is None:
+        logger.error(
+            "Message %s failed after %d attempt(s) (%s); committed without a dead-letter topic",
+            job.describe(),
+            attempts,
+            _summary(error),
+        )
+        return
+    options = job.lane.options
+    stuck = job.lane.dead_letter_stuck
+    publish_attempt = 0
+    try:
+        while True:
+            publish_attempt += 1
+            try:
+                await publish_dead_letter(job.lane.subscriber, topic, job.record, error, attempts)
+            except Exception as exc:
+                stuck.add(job)
+                delay = backoff_delay(
+                    publish_attempt, options.retry_backoff_sec, options.retry_backoff_max_sec
+                )
+                logger.error(
+                    "Dead-lettering %s to %r failed (%s); retrying in %.3f s, not committed",
+                    job.describe(),
+                    topic,
+                    _summary(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                logger.warning(
+                    "Message %s dead-lettered to %r after %d attempt(s) (%s)",
+                    job.describe(),
+                    topic,
+                    attempts,
+                    _summary(error),
+                )
+                return
+    finally:
+        stuck.discard(job)
+
+
+def _summary(error: BaseException | None) -> str:
+    return "no error" if error is None else f"{type(error).__name__}: {error}"
 
 
 def _in_background(coro: Any) -> None:
@@ -78,41 +153,26 @@ def _in_background(coro: Any) -> None:
 
 
 async def call_handler(job: KafkaCommitTask, call_next: Any, message: StreamMessage[Any]) -> Any:
-    """The handler call inside the consume scope: timeout, failure logging, safe acks."""
+    """The handler call inside the consume scope: timeout, and acks turned into outcomes.
+
+    ``msg.nack()`` and ``msg.reject()`` become ``NackMessage``/``RejectMessage`` so the policy
+    sees them and FastStream publishes no result for the message.
+    """
     message.consumer = CommitGuard(job.lane.consumer)  # type: ignore[attr-defined]
     timeout = job.lane.options.task_timeout_sec
-    try:
-        if timeout is None:
-            result = await call_next(message)
-        else:
+    if timeout is None:
+        result = await call_next(message)
+    else:
+        try:
             async with asyncio.timeout(timeout) as scope:
                 result = await call_next(message)
-    except HandlerException as exc:
-        if isinstance(exc, NackMessage):
-            _record_failure(job, exc, "was nacked")
-        raise
-    except TimeoutError as exc:
-        if timeout is not None and scope.expired():
-            _record_failure(job, exc, f"timed out after {timeout} s", level=logging.WARNING)
-        else:
-            _record_failure(job, exc, "failed")
-        raise
-    except Exception as exc:
-        _record_failure(job, exc, "failed")
-        raise
+        except TimeoutError as exc:
+            if scope.expired():
+                msg = f"handler ran longer than task_timeout_sec={timeout}"
+                raise TaskTimeoutError(msg) from exc
+            raise
     if message.committed is AckStatus.NACKED:
-        _record_failure(job, None, "was nacked")
+        raise NackMessage
+    if message.committed is AckStatus.REJECTED:
+        raise RejectMessage
     return result
-
-
-def _record_failure(
-    job: KafkaCommitTask, exc: BaseException | None, what: str, level: int = logging.ERROR
-) -> None:
-    job.error = exc if exc is not None else RuntimeError("nacked")
-    logger.log(
-        level,
-        "Handler for %s %s%s; it is committed as processed",
-        job.describe(),
-        what,
-        f" ({type(exc).__name__}: {exc})" if exc is not None else "",
-    )

@@ -20,6 +20,10 @@ def configure_subscriber(
     concurrency_limit: int | None = None,
     ordering: Ordering | None = None,
     task_timeout_sec: float | None = None,
+    max_retries: int | None = None,
+    retry_backoff_sec: float | None = None,
+    retry_backoff_max_sec: float | None = None,
+    dead_letter_topic: str | None = None,
 ) -> S:
     """Override the global settings for one subscriber; returns the subscriber.
 
@@ -30,6 +34,10 @@ def configure_subscriber(
         concurrency_limit=concurrency_limit,
         ordering=ordering,
         task_timeout_sec=task_timeout_sec,
+        max_retries=max_retries,
+        retry_backoff_sec=retry_backoff_sec,
+        retry_backoff_max_sec=retry_backoff_max_sec,
+        dead_letter_topic=dead_letter_topic,
     )
     return subscriber
 
