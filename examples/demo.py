@@ -71,11 +71,11 @@ class CommitCounter:
             self.count += 1
             await original(consumer, *args, **kwargs)
 
-        AIOKafkaConsumer.commit = commit  # type: ignore[method-assign]
+        AIOKafkaConsumer.commit = commit
         try:
             yield
         finally:
-            AIOKafkaConsumer.commit = original  # type: ignore[method-assign]
+            AIOKafkaConsumer.commit = original
 
 
 async def prepare_topic(messages: int) -> str:
