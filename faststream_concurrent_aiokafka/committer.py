@@ -73,7 +73,8 @@ class KafkaBatchCommitter:
     ) -> bool:
         """One commit request for this consumer; False if Kafka refused it (kept for later)."""
         async with lane.commit_lock:
-            offsets = lane.offsets_to_commit(partitions)
+            batch = lane.prepare_commit(partitions)
+            offsets = batch.offsets
             if not offsets:
                 return True
             self.commit_requests += 1
@@ -88,7 +89,7 @@ class KafkaBatchCommitter:
                     exc,
                 )
                 return False
-            lane.mark_committed(offsets)
+            batch.mark_committed()
             return True
 
     async def commit_all(self) -> None:

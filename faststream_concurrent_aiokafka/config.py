@@ -31,6 +31,12 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> Non
         raise ValueError(msg)
 
 
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise ValueError(msg)
+
+
 def _check_topic(name: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         msg = f"{name} must be a non-empty topic name, got {value!r}"
@@ -62,8 +68,11 @@ class SubscriberOptions:
     retry_backoff_sec: float | None = None
     retry_backoff_max_sec: float | None = None
     dead_letter_topic: str | None = None
+    track_completed_offsets: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.track_completed_offsets is not None:
+            _check_bool("track_completed_offsets", self.track_completed_offsets)
         if self.concurrency_limit is not None:
             _check_int("concurrency_limit", self.concurrency_limit, 1)
         if self.ordering is not None:
@@ -96,8 +105,10 @@ class ConcurrencySettings:
     retry_backoff_sec: float = 0.1
     retry_backoff_max_sec: float = 10.0
     dead_letter_topic: str | None = None
+    track_completed_offsets: bool = True
 
     def __post_init__(self) -> None:
+        _check_bool("track_completed_offsets", self.track_completed_offsets)
         _check_int("concurrency_limit", self.concurrency_limit, 1)
         _check_int("max_retries", self.max_retries, 0)
         _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
@@ -124,6 +135,7 @@ class EffectiveOptions:
     retry_backoff_sec: float
     retry_backoff_max_sec: float
     dead_letter_topic: str | None
+    track_completed_offsets: bool
 
 
 def resolve_options(

@@ -19,6 +19,7 @@ from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
 from faststream_concurrent_aiokafka.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_options
 from faststream_concurrent_aiokafka.lane import ConsumerLane
+from faststream_concurrent_aiokafka.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.ordering import ordering_key
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
 from faststream_concurrent_aiokafka.runner import run_job
@@ -50,6 +51,7 @@ class KafkaConcurrentHandler:
         self.shutdown_task: asyncio.Future[None] | None = None
         self.processed = 0
         self.failed = 0
+        self.skipped = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -95,19 +97,28 @@ class KafkaConcurrentHandler:
         if lane.closing or not self.is_running:
             # Not tracked, so never committed past: the next owner reads it again.
             return
-        job = self._track(lane, record)
-        job.key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
+        tp = TopicPartition(record.topic, record.partition)
+        tracker = lane.tracker_for(tp)
+        offset = record.offset
+        if offset in tracker.already_done:
+            self._skip_done(lane, tracker, offset)
+            return
+        tracker.track(offset)
+        lane.tracked += 1
+        key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
+        job = KafkaCommitTask(record, tp, lane, tracker, key)
         if lane.gate.submit(job, job.key):
             lane.ready.append(job)
             self._start_ready(lane)
         self._refresh_pause(lane)
 
-    def _track(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> KafkaCommitTask:
-        tp = TopicPartition(record.topic, record.partition)
-        tracker = lane.tracker_for(tp)
-        tracker.track(record.offset)
+    def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
+        """An earlier owner finished this message (commit metadata said so): count it done."""
+        tracker.track(offset)
         lane.tracked += 1
-        return KafkaCommitTask(record, tp, lane, tracker, None)
+        lane.tracked -= tracker.finish(offset)
+        self.skipped += 1
+        self.committer.notify_finished()
 
     def _start_ready(self, lane: ConsumerLane) -> None:
         limit = self.settings.concurrency_limit
@@ -181,6 +192,29 @@ class KafkaConcurrentHandler:
 
     # ---- rebalance and shutdown ------------------------------------------------------
 
+    async def partitions_assigned(self, subscriber: object, assigned: set[TopicPartition]) -> None:
+        """Re-apply pauses and learn which messages an earlier owner already finished."""
+        consumer = _consumer_owning(subscriber, assigned)
+        if consumer is None:
+            return
+        lane = self.lane_for(subscriber, consumer)
+        lane.reapply_pause()
+        if not lane.options.track_completed_offsets or not assigned:
+            return
+        try:
+            committed = await consumer._coordinator.fetch_committed_offsets(assigned)
+        except Exception as exc:
+            logger.warning("Could not read commit metadata of %s: %r", lane.name, exc)
+            return
+        known = lane.load_already_done(committed)
+        if known:
+            logger.info(
+                "%s: %d message(s) above the committed offsets were finished before; "
+                "they will be skipped",
+                lane.name,
+                known,
+            )
+
     async def release_partitions(
         self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float
     ) -> None:
@@ -236,3 +270,12 @@ class KafkaConcurrentHandler:
     def forget(self, lanes: Iterable[ConsumerLane]) -> None:
         for lane in lanes:
             self._lanes.pop(lane.consumer, None)
+
+
+def _consumer_owning(subscriber: Any, assigned: set[TopicPartition]) -> AIOKafkaConsumer | None:
+    """The subscriber's consumer that was just given ``assigned`` (several with max_workers)."""
+    consumers = getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
+    for consumer in consumers:
+        if consumer is not None and assigned <= consumer.assignment():
+            return consumer
+    return None

@@ -14,6 +14,11 @@ from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
 from faststream_concurrent_aiokafka.config import EffectiveOptions
+from faststream_concurrent_aiokafka.offset_codec import (
+    MetadataDecodeError,
+    decode_finished_offsets,
+    encode_finished_offsets,
+)
 from faststream_concurrent_aiokafka.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.ordering import OrderingGate
 
@@ -94,29 +99,78 @@ class ConsumerLane:
             self.consumer.resume(*targets)
             logger.debug("Resumed %d partition(s) of %s", len(targets), self.name)
 
-    def offsets_to_commit(
-        self, partitions: set[TopicPartition] | None = None
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Commit points that moved since the last commit, on partitions still assigned."""
+    def prepare_commit(self, partitions: set[TopicPartition] | None = None) -> "CommitBatch":
+        """Commit points (with finished offsets above them) that changed since the last commit,
+        on partitions still assigned."""
         assignment = self.consumer.assignment()
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        track = self.options.track_completed_offsets
+        batch = CommitBatch()
         for tp, tracker in list(self.trackers.items()):
             if partitions is not None and tp not in partitions:
                 continue
             if tp not in assignment:
                 self.retire(tp)
-            elif tracker.needs_commit and tracker.committable is not None:
-                offsets[tp] = OffsetAndMetadata(tracker.committable, "")
-        return offsets
+                continue
+            point = tracker.commit_point if track else tracker.committable
+            if point is None:
+                continue
+            if track:
+                if point == tracker.committed and not tracker.changed_since_commit:
+                    continue
+                metadata = encode_finished_offsets(point, tracker.finished_above())
+            else:
+                if point == tracker.committed:
+                    continue
+                metadata = ""
+            batch.add(tp, tracker, OffsetAndMetadata(point, metadata))
+        return batch
 
-    def mark_committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        for tp, committed in offsets.items():
-            tracker = self.trackers.get(tp)
-            if tracker is not None:
-                tracker.committed = committed.offset
+    def load_already_done(self, committed: dict[TopicPartition, OffsetAndMetadata]) -> int:
+        """Start fresh trackers that skip what an earlier owner finished; returns the count."""
+        known = 0
+        for tp, meta in committed.items():
+            current = self.trackers.get(tp)
+            if current is not None and current.pending_count:
+                continue  # still working on it in this process: its own state is newer
+            done = decode_metadata(tp, meta)
+            if done:
+                self.retire(tp)
+                self.trackers[tp] = PartitionOffsets(done)
+                known += len(done)
+        return known
 
     @property
     def name(self) -> str:
         group = getattr(self.subscriber, "group_id", None) or "-"
         topics = ",".join(getattr(self.subscriber, "topic_names", []) or [])
         return f"group={group} topics={topics}"
+
+
+class CommitBatch:
+    """One commit request's offsets, and the tracker versions they were taken at."""
+
+    __slots__ = ("_taken", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._taken: list[tuple[PartitionOffsets, int, int]] = []
+
+    def add(self, tp: TopicPartition, tracker: PartitionOffsets, offset: OffsetAndMetadata) -> None:
+        self.offsets[tp] = offset
+        self._taken.append((tracker, offset.offset, tracker.version))
+
+    def mark_committed(self) -> None:
+        for tracker, offset, version in self._taken:
+            tracker.committed = offset
+            tracker.committed_version = version
+
+
+def decode_metadata(tp: TopicPartition, meta: OffsetAndMetadata) -> frozenset[int]:
+    """Finished offsets stored with a commit; anything not ours is ignored with a warning."""
+    if not meta.metadata:
+        return frozenset()
+    try:
+        return decode_finished_offsets(meta.metadata, meta.offset)
+    except MetadataDecodeError as exc:
+        logger.warning("Ignoring commit metadata of %s[%d]: %s", tp.topic, tp.partition, exc)
+        return frozenset()

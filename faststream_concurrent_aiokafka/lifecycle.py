@@ -38,6 +38,7 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     retry_backoff_sec: float = 0.1,
     retry_backoff_max_sec: float = 10.0,
     dead_letter_topic: str | None = None,
+    track_completed_offsets: bool = True,
 ) -> KafkaConcurrentHandler:
     """Create and start the handler and store it in ``context``.
 
@@ -58,6 +59,7 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
         retry_backoff_sec=retry_backoff_sec,
         retry_backoff_max_sec=retry_backoff_max_sec,
         dead_letter_topic=dead_letter_topic,
+        track_completed_offsets=track_completed_offsets,
     )
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"

@@ -48,6 +48,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         if handler is None:
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
         dispatch.install(subscriber, handler)
+        await handler.partitions_assigned(subscriber, consumer.assignment())
         # FastStream started this message itself; hand it to the handler, which runs the
         # whole pipeline again in its own task, and end this run without a result to publish.
         handler.admit(handler.lane_for(subscriber, consumer), msg.raw_message)

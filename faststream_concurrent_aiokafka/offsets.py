@@ -13,17 +13,31 @@ class PartitionOffsets:
 
     ``retired`` is set when the partition is revoked: late completions then update a tracker
     nobody commits from, so they can never move a newer owner's commit point.
+    ``already_done`` holds offsets an earlier owner finished (read from commit metadata).
     """
 
-    __slots__ = ("_blocked", "_finished", "_pending", "committable", "committed", "retired")
+    __slots__ = (
+        "_blocked",
+        "_finished",
+        "_pending",
+        "already_done",
+        "committable",
+        "committed",
+        "committed_version",
+        "retired",
+        "version",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, already_done: frozenset[int] = frozenset()) -> None:
         self._pending: deque[int] = deque()
         self._finished: set[int] = set()
         self._blocked: set[int] = set()
         self.committable: int | None = None
         self.committed: int | None = None
         self.retired = False
+        self.already_done = already_done
+        self.version = 0
+        self.committed_version = 0
 
     @property
     def pending_count(self) -> int:
@@ -32,7 +46,18 @@ class PartitionOffsets:
 
     @property
     def needs_commit(self) -> bool:
+        """The contiguous finished prefix grew since the last commit."""
         return self.committable is not None and self.committable != self.committed
+
+    @property
+    def commit_point(self) -> int | None:
+        """The first unfinished offset (or one past the last finished), None before any."""
+        return self._pending[0] if self._pending else self.committable
+
+    @property
+    def changed_since_commit(self) -> bool:
+        """Something finished or was blocked since the last commit: its metadata is stale."""
+        return self.version != self.committed_version
 
     def track(self, offset: int) -> None:
         """Record a dispatched offset; offsets normally arrive in increasing order."""
@@ -49,6 +74,7 @@ class PartitionOffsets:
         """Mark an offset done; returns how many offsets the commit point passed."""
         if offset in self._blocked:
             return 0
+        self.version += 1
         pending = self._pending
         if not pending or pending[0] != offset:
             self._finished.add(offset)
@@ -69,6 +95,7 @@ class PartitionOffsets:
         if offset in self._pending:
             self._blocked.add(offset)
             self._finished.discard(offset)
+            self.version += 1
 
     def finished_above(self) -> frozenset[int]:
         """Offsets already done above the first unfinished one."""

@@ -65,8 +65,7 @@ class KafkaConcurrentRebalanceListener(ConsumerRebalanceListener):  # type: igno
         assigned = set(assigned)
         handler = self._resolve()
         if handler is not None and self.subscriber is not None:
-            for lane in handler.lanes_of(self.subscriber):
-                lane.reapply_pause()
+            await handler.partitions_assigned(self.subscriber, assigned)
         if self.inner is not None:
             await _maybe_await(self.inner.on_partitions_assigned(assigned))
 

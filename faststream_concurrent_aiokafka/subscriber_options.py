@@ -24,6 +24,7 @@ def configure_subscriber(
     retry_backoff_sec: float | None = None,
     retry_backoff_max_sec: float | None = None,
     dead_letter_topic: str | None = None,
+    track_completed_offsets: bool | None = None,
 ) -> S:
     """Override the global settings for one subscriber; returns the subscriber.
 
@@ -38,6 +39,7 @@ def configure_subscriber(
         retry_backoff_sec=retry_backoff_sec,
         retry_backoff_max_sec=retry_backoff_max_sec,
         dead_letter_topic=dead_letter_topic,
+        track_completed_offsets=track_completed_offsets,
     )
     return subscriber
 
