@@ -37,6 +37,7 @@ def main() -> None:
     )
     async def handle(message: KafkaMessage) -> None:
         record = message.raw_message
+        assert not isinstance(record, tuple)  # a per-message subscriber
         straggler = record.partition == 0 and record.offset == 0
         await asyncio.sleep(straggler_sec if straggler else 0.005)
         output.write(f"{record.partition}:{record.offset}\n")
