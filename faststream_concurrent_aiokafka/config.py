@@ -5,6 +5,7 @@ settings are built, so a misconfigured service fails at start-up and not on a me
 """
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Final, Literal, get_args
 
@@ -37,9 +38,16 @@ def _check_bool(name: str, value: object) -> None:
         raise ValueError(msg)
 
 
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
 def _check_topic(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        msg = f"{name} must be a non-empty topic name, got {value!r}"
+    """Kafka's own rule for topic names, so a bad one fails now and not at the first failure."""
+    if not isinstance(value, str) or not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
+        msg = (
+            f"{name} must be a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..'), "
+            f"got {value!r}"
+        )
         raise ValueError(msg)
 
 
@@ -85,6 +93,8 @@ class SubscriberOptions:
             _check_seconds("retry_backoff_sec", self.retry_backoff_sec)
         if self.retry_backoff_max_sec is not None:
             _check_seconds("retry_backoff_max_sec", self.retry_backoff_max_sec)
+        if self.retry_backoff_sec is not None and self.retry_backoff_max_sec is not None:
+            _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
         if self.dead_letter_topic is not None:
             _check_topic("dead_letter_topic", self.dead_letter_topic)
 

@@ -77,7 +77,8 @@ class PartitionOffsets:
         self.version += 1
         pending = self._pending
         if not pending or pending[0] != offset:
-            self._finished.add(offset)
+            if pending and offset > pending[0]:
+                self._finished.add(offset)
             return 0
         pending.popleft()
         passed = 1

@@ -1,0 +1,115 @@
+"""Helpers for tests against the real broker: topics, producing, committed offsets, waiting."""
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def create_topic(name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    topic: str,
+    values: Iterable[bytes],
+    *,
+    partitions: int,
+    key: Callable[[int], bytes | None] = lambda _i: None,
+) -> int:
+    """Send values round-robin over partitions; returns how many were sent."""
+    # Idempotence keeps each partition in send order even when a batch is retried.
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5, enable_idempotence=True)
+    await producer.start()
+    count = 0
+    try:
+        for i, value in enumerate(values):
+            await producer.send(topic, value, key=key(i), partition=i % partitions)
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+async def committed_offsets(group: str, topic: str) -> dict[int, int]:
+    """partition -> committed offset of ``group`` (absent when nothing was committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def committed_metadata(group: str, topic: str) -> dict[int, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.metadata for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def end_offsets(topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+async def read_all(topic: str, expected: int, timeout: float = 30.0) -> list[Record]:
+    """Read ``expected`` records of ``topic`` from the beginning (key, value, headers)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend((r.key, r.value, list(r.headers)) for r in recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0, interval: float = 0.05
+) -> None:
+    """Poll ``condition`` until it holds; fail the test with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            msg = f"condition not met within {timeout} s"
+            raise AssertionError(msg)
+        await asyncio.sleep(interval)

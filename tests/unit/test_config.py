@@ -1,0 +1,643 @@
+"""Validation of the settings, the per-subscriber overrides and how they are combined."""
+
+import dataclasses
+import gc
+import math
+import weakref
+from typing import Any
+
+import pytest
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from faststream_concurrent_aiokafka.config import (
+    ORDERINGS,
+    ConcurrencySettings,
+    EffectiveOptions,
+    SubscriberOptions,
+    resolve_options,
+)
+from faststream_concurrent_aiokafka.subscriber_options import configure_subscriber, options_of
+
+# Integer settings and the smallest value each accepts.
+INT_MINIMUMS = {
+    "concurrency_limit": 1,
+    "commit_batch_size": 1,
+    "max_uncommitted_tasks": 1,
+    "max_retries": 0,
+}
+INT_PARAMS = tuple(INT_MINIMUMS)
+REQUIRED_SECONDS_PARAMS = (
+    "commit_batch_timeout_sec",
+    "shutdown_timeout_sec",
+    "rebalance_flush_timeout_sec",
+    "retry_backoff_sec",
+    "retry_backoff_max_sec",
+)
+SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec")
+BOOL_PARAMS = ("track_completed_offsets",)
+ALL_PARAMS = (*INT_PARAMS, *SECONDS_PARAMS, *BOOL_PARAMS, "ordering", "dead_letter_topic")
+SUBSCRIBER_PARAMS = (
+    "concurrency_limit",
+    "ordering",
+    "task_timeout_sec",
+    "max_retries",
+    "retry_backoff_sec",
+    "retry_backoff_max_sec",
+    "dead_letter_topic",
+    "track_completed_offsets",
+)
+SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries")
+SUBSCRIBER_SECONDS_PARAMS = ("task_timeout_sec", "retry_backoff_sec", "retry_backoff_max_sec")
+
+# Not an int, whatever the setting (values below the minimum are added per setting).
+NOT_INTS: tuple[object, ...] = (True, False, 1.0, 2.5, "3", math.nan, [1])
+# Wrong for every duration setting; ``None`` is handled per setting (it means "off" for one).
+BAD_SECONDS: tuple[object, ...] = (
+    0,
+    0.0,
+    -0.0,
+    -1,
+    -0.001,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    "1",
+    "1.5",
+    [1.0],
+)
+BAD_ORDERINGS: tuple[object, ...] = ("KEY", "Key", "keys", "", "none", "ordered", 1, b"key")
+NOT_BOOLS: tuple[object, ...] = (0, 1, 1.0, "true", "False", [True])
+BAD_TOPICS: tuple[object, ...] = ("", "   ", 1, b"dlq", ["dlq"])
+# Names Kafka refuses (legal: ASCII letters, digits, ".", "_", "-"; at most 249; not "."/"..").
+ILLEGAL_TOPIC_NAMES = ("dead letters", "dlq/orders", "dlq:orders", "orders-é", ".", "..", "x" * 250)
+
+
+def _bad_ints(name: str) -> list[object]:
+    minimum = INT_MINIMUMS[name]
+    return [minimum - 1, minimum - 10**20, *NOT_INTS]
+
+
+def _with_consistent_backoff(name: str, value: object) -> dict[str, Any]:
+    """Keyword arguments setting ``name``; a valid backoff value gets a matching partner so
+    that only ``name`` is judged, not the base <= cap rule."""
+    kwargs: dict[str, Any] = {name: value}
+    if name == "retry_backoff_sec":
+        kwargs["retry_backoff_max_sec"] = value
+    elif name == "retry_backoff_max_sec":
+        kwargs["retry_backoff_sec"] = value
+    return kwargs
+
+
+HYPOTHESIS = settings(max_examples=60, deadline=None)
+
+
+def _assert_names_only(error: pytest.ExceptionInfo[ValueError], name: str) -> None:
+    """The message names the offending parameter and no other one."""
+    message = str(error.value)
+    assert name in message, message
+    others = [other for other in ALL_PARAMS if other != name and other in message]
+    assert others == [], message
+
+
+def _settings(**kwargs: Any) -> ConcurrencySettings:
+    return ConcurrencySettings(**kwargs)
+
+
+def _options(**kwargs: Any) -> SubscriberOptions:
+    return SubscriberOptions(**kwargs)
+
+
+# ---- ConcurrencySettings -------------------------------------------------------------
+
+
+def test_settings_defaults_are_the_documented_ones() -> None:
+    defaults = ConcurrencySettings()
+
+    assert defaults.concurrency_limit == 10
+    assert defaults.commit_batch_size == 10
+    assert defaults.commit_batch_timeout_sec == 10.0
+    assert defaults.shutdown_timeout_sec == 20.0
+    assert defaults.max_uncommitted_tasks == 10_000
+    assert defaults.rebalance_flush_timeout_sec == 10.0
+    assert defaults.ordering == "unordered"
+    assert defaults.task_timeout_sec is None
+    assert defaults.max_retries == 0
+    assert defaults.dead_letter_topic is None
+    assert defaults.track_completed_offsets is True
+    assert 0 < defaults.retry_backoff_sec <= defaults.retry_backoff_max_sec
+
+
+def test_settings_field_set_is_what_the_validation_covers() -> None:
+    # Guards the parametrised tests below: a new setting must be added to them too.
+    assert {f.name for f in dataclasses.fields(ConcurrencySettings)} == set(ALL_PARAMS)
+
+
+def test_settings_are_immutable() -> None:
+    current = ConcurrencySettings()
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        current.concurrency_limit = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name in INT_PARAMS for value in [*_bad_ints(name), None]],
+    ids=repr,
+)
+def test_settings_reject_bad_int_naming_the_parameter(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("name", SECONDS_PARAMS)
+@pytest.mark.parametrize("value", BAD_SECONDS, ids=repr)
+def test_settings_reject_bad_seconds_naming_the_parameter(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("name", REQUIRED_SECONDS_PARAMS)
+def test_settings_reject_none_for_a_required_duration(name: str) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: None})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("value", [*BAD_ORDERINGS, None], ids=repr)
+def test_settings_reject_unknown_ordering_naming_the_parameter(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(ordering=value)
+
+    _assert_names_only(error, "ordering")
+    # The message tells the user what is allowed.
+    for allowed in ORDERINGS:
+        assert repr(allowed) in str(error.value)
+
+
+@pytest.mark.parametrize("name", BOOL_PARAMS)
+@pytest.mark.parametrize("value", [*NOT_BOOLS, None], ids=repr)
+def test_settings_reject_non_bool_flag_naming_the_parameter(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("name", BOOL_PARAMS)
+@pytest.mark.parametrize("value", [True, False])
+def test_settings_accept_bool_flags(name: str, value: bool) -> None:
+    assert getattr(_settings(**{name: value}), name) is value
+
+
+@pytest.mark.parametrize("value", BAD_TOPICS, ids=repr)
+def test_settings_reject_bad_dead_letter_topic(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(dead_letter_topic=value)
+
+    _assert_names_only(error, "dead_letter_topic")
+
+
+def test_settings_reject_dead_letter_topic_kafka_would_refuse() -> None:
+    # Otherwise the mistake only shows when the first failed message is dead-lettered.
+    accepted = []
+    for name in ILLEGAL_TOPIC_NAMES:
+        try:
+            ConcurrencySettings(dead_letter_topic=name)
+        except ValueError as error:
+            assert "dead_letter_topic" in str(error)
+        else:
+            accepted.append(name)
+
+    assert accepted == []
+
+
+def test_settings_reject_backoff_cap_below_base_naming_both() -> None:
+    with pytest.raises(ValueError) as error:
+        ConcurrencySettings(retry_backoff_sec=2.0, retry_backoff_max_sec=1.0)
+
+    assert "retry_backoff_sec" in str(error.value)
+    assert "retry_backoff_max_sec" in str(error.value)
+
+
+def test_settings_accept_backoff_cap_equal_to_base() -> None:
+    current = ConcurrencySettings(retry_backoff_sec=3.0, retry_backoff_max_sec=3.0)
+
+    assert current.retry_backoff_sec == current.retry_backoff_max_sec == 3.0
+
+
+@pytest.mark.parametrize("ordering", ["unordered", "key", "partition"])
+def test_settings_accept_every_ordering(ordering: str) -> None:
+    assert _settings(ordering=ordering).ordering == ordering
+
+
+def test_settings_accept_no_task_timeout_and_no_dead_letter_topic() -> None:
+    current = ConcurrencySettings(task_timeout_sec=None, dead_letter_topic=None)
+
+    assert current.task_timeout_sec is None
+    assert current.dead_letter_topic is None
+
+
+def test_settings_accept_a_legal_dead_letter_topic() -> None:
+    name = "orders.DLQ_v2-" + "x" * 100
+
+    assert ConcurrencySettings(dead_letter_topic=name).dead_letter_topic == name
+
+
+def test_settings_accept_integral_seconds() -> None:
+    current = ConcurrencySettings(
+        commit_batch_timeout_sec=1,
+        shutdown_timeout_sec=2,
+        rebalance_flush_timeout_sec=3,
+        task_timeout_sec=4,
+        retry_backoff_sec=5,
+        retry_backoff_max_sec=6,
+    )
+
+    assert current.commit_batch_timeout_sec == 1
+    assert current.shutdown_timeout_sec == 2
+    assert current.rebalance_flush_timeout_sec == 3
+    assert current.task_timeout_sec == 4
+    assert current.retry_backoff_sec == 5
+    assert current.retry_backoff_max_sec == 6
+
+
+@HYPOTHESIS
+@given(name=st.sampled_from(INT_PARAMS), offset=st.integers(min_value=0, max_value=10**12))
+def test_settings_accept_any_int_from_the_minimum(name: str, offset: int) -> None:
+    value = INT_MINIMUMS[name] + offset
+
+    assert getattr(_settings(**{name: value}), name) == value
+
+
+@HYPOTHESIS
+@given(name=st.sampled_from(INT_PARAMS), offset=st.integers(min_value=1))
+def test_settings_reject_any_int_below_the_minimum(name: str, offset: int) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: INT_MINIMUMS[name] - offset})
+
+    _assert_names_only(error, name)
+
+
+@HYPOTHESIS
+@given(
+    name=st.sampled_from(SECONDS_PARAMS),
+    value=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False, allow_nan=False),
+)
+def test_settings_accept_any_finite_positive_seconds(name: str, value: float) -> None:
+    assert getattr(_settings(**_with_consistent_backoff(name, value)), name) == value
+
+
+@HYPOTHESIS
+@given(
+    name=st.sampled_from(SECONDS_PARAMS),
+    value=st.floats().filter(lambda v: not (math.isfinite(v) and v > 0)),
+)
+def test_settings_reject_any_non_finite_or_non_positive_seconds(name: str, value: float) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+# ---- SubscriberOptions ---------------------------------------------------------------
+
+
+def test_subscriber_options_default_to_no_override() -> None:
+    options = SubscriberOptions()
+
+    for name in SUBSCRIBER_PARAMS:
+        assert getattr(options, name) is None, name
+
+
+def test_subscriber_options_field_set() -> None:
+    assert {f.name for f in dataclasses.fields(SubscriberOptions)} == set(SUBSCRIBER_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name in SUBSCRIBER_INT_PARAMS for value in _bad_ints(name)],
+    ids=repr,
+)
+def test_subscriber_options_reject_bad_int(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("name", SUBSCRIBER_SECONDS_PARAMS)
+@pytest.mark.parametrize("value", BAD_SECONDS, ids=repr)
+def test_subscriber_options_reject_bad_seconds(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("value", BAD_ORDERINGS, ids=repr)
+def test_subscriber_options_reject_unknown_ordering(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(ordering=value)
+
+    _assert_names_only(error, "ordering")
+
+
+@pytest.mark.parametrize("name", BOOL_PARAMS)
+@pytest.mark.parametrize("value", NOT_BOOLS, ids=repr)
+def test_subscriber_options_reject_non_bool_flag(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("value", BAD_TOPICS, ids=repr)
+def test_subscriber_options_reject_bad_dead_letter_topic(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(dead_letter_topic=value)
+
+    _assert_names_only(error, "dead_letter_topic")
+
+
+def test_subscriber_options_reject_backoff_cap_below_base_when_both_are_given() -> None:
+    # Inconsistent whatever the global settings are, so it can fail at declaration.
+    with pytest.raises(ValueError) as error:
+        SubscriberOptions(retry_backoff_sec=5.0, retry_backoff_max_sec=1.0)
+
+    assert "retry_backoff_sec" in str(error.value)
+    assert "retry_backoff_max_sec" in str(error.value)
+
+
+@pytest.mark.parametrize("ordering", ["unordered", "key", "partition"])
+def test_subscriber_options_accept_every_ordering(ordering: str) -> None:
+    assert _options(ordering=ordering).ordering == ordering
+
+
+def test_subscriber_options_accept_zero_retries() -> None:
+    assert SubscriberOptions(max_retries=0).max_retries == 0
+
+
+# ---- resolve_options -----------------------------------------------------------------
+
+positive_seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+orderings = st.sampled_from(ORDERINGS)
+topics = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-",
+    min_size=3,
+    max_size=20,
+)
+
+
+@st.composite
+def valid_settings(draw: st.DrawFn) -> ConcurrencySettings:
+    base, cap = sorted(draw(st.lists(positive_seconds, min_size=2, max_size=2)))
+    return ConcurrencySettings(
+        concurrency_limit=draw(st.integers(1, 1000)),
+        commit_batch_size=draw(st.integers(1, 1000)),
+        commit_batch_timeout_sec=draw(positive_seconds),
+        shutdown_timeout_sec=draw(positive_seconds),
+        max_uncommitted_tasks=draw(st.integers(1, 10**6)),
+        rebalance_flush_timeout_sec=draw(positive_seconds),
+        ordering=draw(orderings),
+        task_timeout_sec=draw(st.none() | positive_seconds),
+        max_retries=draw(st.integers(0, 20)),
+        retry_backoff_sec=base,
+        retry_backoff_max_sec=cap,
+        dead_letter_topic=draw(st.none() | topics),
+        track_completed_offsets=draw(st.booleans()),
+    )
+
+
+def _consistent_overrides(**values: Any) -> SubscriberOptions:
+    """SubscriberOptions refuses a cap below its own base; order such pairs."""
+    base, cap = values["retry_backoff_sec"], values["retry_backoff_max_sec"]
+    if base is not None and cap is not None and cap < base:
+        values["retry_backoff_sec"], values["retry_backoff_max_sec"] = cap, base
+    return SubscriberOptions(**values)
+
+
+valid_overrides = st.none() | st.builds(
+    _consistent_overrides,
+    concurrency_limit=st.none() | st.integers(1, 1000),
+    ordering=st.none() | orderings,
+    task_timeout_sec=st.none() | positive_seconds,
+    max_retries=st.none() | st.integers(0, 20),
+    retry_backoff_sec=st.none() | positive_seconds,
+    retry_backoff_max_sec=st.none() | positive_seconds,
+    dead_letter_topic=st.none() | topics,
+    track_completed_offsets=st.none() | st.booleans(),
+)
+
+
+def test_effective_options_carry_exactly_the_overridable_settings() -> None:
+    assert [f.name for f in dataclasses.fields(EffectiveOptions)] == [
+        f.name for f in dataclasses.fields(SubscriberOptions)
+    ]
+
+
+def test_resolve_without_overrides_takes_the_global_settings() -> None:
+    current = ConcurrencySettings(
+        concurrency_limit=7,
+        ordering="key",
+        task_timeout_sec=3.0,
+        max_retries=2,
+        retry_backoff_sec=0.5,
+        retry_backoff_max_sec=4.0,
+        dead_letter_topic="dlq",
+        track_completed_offsets=False,
+    )
+
+    for overrides in (None, SubscriberOptions()):
+        effective = resolve_options(current, overrides)
+        for name in SUBSCRIBER_PARAMS:
+            assert getattr(effective, name) == getattr(current, name), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("concurrency_limit", 2),
+        ("ordering", "partition"),
+        ("task_timeout_sec", 0.5),
+        ("max_retries", 3),
+        ("retry_backoff_sec", 1.0),
+        ("retry_backoff_max_sec", 60.0),
+        ("dead_letter_topic", "orders-dlq"),
+        ("track_completed_offsets", False),
+    ],
+)
+def test_resolve_overrides_only_the_given_field(name: str, value: object) -> None:
+    current = ConcurrencySettings(concurrency_limit=7, ordering="key")
+    baseline = resolve_options(current, None)
+
+    changes: dict[str, Any] = {name: value}
+
+    effective = resolve_options(current, _options(**changes))
+
+    assert effective == dataclasses.replace(baseline, **changes)
+
+
+def test_resolve_rejects_override_that_breaks_the_backoff_order() -> None:
+    current = ConcurrencySettings(retry_backoff_sec=0.1, retry_backoff_max_sec=1.0)
+
+    with pytest.raises(ValueError, match="retry_backoff"):
+        resolve_options(current, SubscriberOptions(retry_backoff_sec=5.0))
+    with pytest.raises(ValueError, match="retry_backoff"):
+        resolve_options(current, SubscriberOptions(retry_backoff_max_sec=0.01))
+
+
+def test_resolve_leaves_settings_and_overrides_untouched() -> None:
+    current = ConcurrencySettings(concurrency_limit=7)
+    overrides = SubscriberOptions(concurrency_limit=2)
+
+    resolve_options(current, overrides)
+
+    assert current.concurrency_limit == 7
+    assert overrides.concurrency_limit == 2
+
+
+@HYPOTHESIS
+@given(current=valid_settings(), overrides=valid_overrides)
+def test_resolve_lays_set_overrides_over_the_settings(
+    current: ConcurrencySettings, overrides: SubscriberOptions | None
+) -> None:
+    expected: dict[str, object] = {}
+    for name in SUBSCRIBER_PARAMS:
+        override = None if overrides is None else getattr(overrides, name)
+        expected[name] = getattr(current, name) if override is None else override
+
+    if expected["retry_backoff_max_sec"] < expected["retry_backoff_sec"]:  # type: ignore[operator]
+        with pytest.raises(ValueError, match="retry_backoff"):
+            resolve_options(current, overrides)
+        return
+    effective = resolve_options(current, overrides)
+
+    for name in SUBSCRIBER_PARAMS:
+        assert getattr(effective, name) == expected[name], name
+
+
+# ---- configure_subscriber ------------------------------------------------------------
+
+
+class _Subscriber:
+    """Stands in for a FastStream subscriber: any hashable, weak-referenceable object."""
+
+
+def test_configure_subscriber_returns_the_subscriber_and_records_options() -> None:
+    subscriber = _Subscriber()
+
+    returned = configure_subscriber(
+        subscriber, concurrency_limit=3, ordering="key", task_timeout_sec=1.5
+    )
+
+    assert returned is subscriber
+    assert options_of(subscriber) == SubscriberOptions(
+        concurrency_limit=3, ordering="key", task_timeout_sec=1.5
+    )
+
+
+def test_unconfigured_subscriber_has_no_options() -> None:
+    assert options_of(_Subscriber()) is None
+
+
+def test_configure_subscriber_without_arguments_overrides_nothing() -> None:
+    subscriber = configure_subscriber(_Subscriber())
+
+    assert options_of(subscriber) == SubscriberOptions()
+
+
+def test_configure_subscriber_again_replaces_the_options() -> None:
+    subscriber = configure_subscriber(_Subscriber(), concurrency_limit=3, ordering="key")
+
+    configure_subscriber(subscriber, task_timeout_sec=2.0)
+
+    assert options_of(subscriber) == SubscriberOptions(task_timeout_sec=2.0)
+
+
+def test_configured_subscribers_are_independent() -> None:
+    first = configure_subscriber(_Subscriber(), concurrency_limit=1)
+    second = configure_subscriber(_Subscriber(), concurrency_limit=2)
+
+    assert options_of(first) == SubscriberOptions(concurrency_limit=1)
+    assert options_of(second) == SubscriberOptions(concurrency_limit=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("concurrency_limit", 0),
+        ("concurrency_limit", True),
+        ("concurrency_limit", 2.0),
+        ("ordering", "keys"),
+        ("task_timeout_sec", 0),
+        ("task_timeout_sec", -1.0),
+        ("task_timeout_sec", math.nan),
+        ("task_timeout_sec", math.inf),
+        ("max_retries", -1),
+        ("retry_backoff_sec", 0.0),
+        ("retry_backoff_max_sec", -2.0),
+        ("dead_letter_topic", ""),
+        ("track_completed_offsets", 1),
+    ],
+    ids=repr,
+)
+def test_configure_subscriber_rejects_bad_value_at_declaration(name: str, value: object) -> None:
+    subscriber = _Subscriber()
+    kwargs: dict[str, Any] = {name: value}
+
+    with pytest.raises(ValueError) as error:
+        configure_subscriber(subscriber, **kwargs)
+
+    _assert_names_only(error, name)
+    assert options_of(subscriber) is None
+
+
+def test_rejected_reconfiguration_keeps_the_previous_options() -> None:
+    subscriber = configure_subscriber(_Subscriber(), concurrency_limit=4)
+    kwargs: dict[str, Any] = {"concurrency_limit": -4}
+
+    with pytest.raises(ValueError, match="concurrency_limit"):
+        configure_subscriber(subscriber, **kwargs)
+
+    assert options_of(subscriber) == SubscriberOptions(concurrency_limit=4)
+
+
+def test_configure_subscriber_rejects_inconsistent_backoff_at_declaration() -> None:
+    subscriber = _Subscriber()
+
+    with pytest.raises(ValueError, match="retry_backoff"):
+        configure_subscriber(subscriber, retry_backoff_sec=5.0, retry_backoff_max_sec=1.0)
+
+    assert options_of(subscriber) is None
+
+
+def test_configure_subscriber_does_not_keep_the_subscriber_alive() -> None:
+    subscriber = configure_subscriber(_Subscriber(), concurrency_limit=2)
+    alive = weakref.ref(subscriber)
+
+    del subscriber
+    gc.collect()
+
+    assert alive() is None
+
+
+def test_configure_subscriber_on_real_faststream_subscribers() -> None:
+    # Declaring subscribers opens no connection, so no broker is needed here.
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    first = broker.subscriber("orders", group_id="g1", ack_policy=AckPolicy.MANUAL)
+    second = broker.subscriber("orders", group_id="g2", ack_policy=AckPolicy.MANUAL)
+
+    assert configure_subscriber(first, ordering="partition", concurrency_limit=5) is first
+
+    assert options_of(first) == SubscriberOptions(ordering="partition", concurrency_limit=5)
+    assert options_of(second) is None
