@@ -223,7 +223,7 @@ class KafkaConcurrentHandler:
         if not revoked:
             return
         dropped = lane.drop_waiting(revoked)
-        await self._wait_running(lane, timeout, revoked)
+        await self._wait_running(lane, min(timeout, _flush_budget(lane.consumer)), revoked)
         await self.committer.commit_lane(lane, revoked)
         for tp in revoked:
             lane.retire(tp)
@@ -270,6 +270,15 @@ class KafkaConcurrentHandler:
     def forget(self, lanes: Iterable[ConsumerLane]) -> None:
         for lane in lanes:
             self._lanes.pop(lane.consumer, None)
+
+
+def _flush_budget(consumer: AIOKafkaConsumer) -> float:
+    """Most of the consumer's rebalance timeout: past it Kafka rebalances without this member
+    and the flush's commit is refused, so waiting longer only adds duplicates."""
+    rebalance_timeout_ms = getattr(consumer, "_rebalance_timeout_ms", None)
+    if not isinstance(rebalance_timeout_ms, int):
+        return float("inf")
+    return rebalance_timeout_ms / 1000 * 0.6
 
 
 def _consumer_owning(subscriber: Any, assigned: set[TopicPartition]) -> AIOKafkaConsumer | None:

@@ -56,6 +56,8 @@ async def run_job(job: KafkaCommitTask) -> None:
     while True:
         attempt += 1
         error = await _attempt(job)
+        if isinstance(error, TaskTimeoutError):
+            logger.warning("Handler for %s timed out: %s", job.describe(), error)
         outcome = classify(error)
         if outcome is Outcome.DONE:
             return

@@ -31,7 +31,7 @@ def configure_subscriber(
     Unset arguments keep the values given to ``initialize_concurrent_processing``. Invalid
     values raise ``ValueError`` here, at declaration time.
     """
-    _OPTIONS[subscriber] = SubscriberOptions(
+    options = SubscriberOptions(
         concurrency_limit=concurrency_limit,
         ordering=ordering,
         task_timeout_sec=task_timeout_sec,
@@ -41,6 +41,14 @@ def configure_subscriber(
         dead_letter_topic=dead_letter_topic,
         track_completed_offsets=track_completed_offsets,
     )
+    try:
+        _OPTIONS[subscriber] = options
+    except TypeError:
+        msg = (
+            f"configure_subscriber() takes the object returned by broker.subscriber(...), "
+            f"not {type(subscriber).__name__}; keep that object and decorate the handler with it"
+        )
+        raise TypeError(msg) from None
     return subscriber
 
 
