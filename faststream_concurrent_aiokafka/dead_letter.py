@@ -25,11 +25,16 @@ def dead_letter_headers(
         HEADER_PARTITION: str(record.partition),
         HEADER_OFFSET: str(record.offset),
         HEADER_EXCEPTION_TYPE: type(error).__name__ if error is not None else "",
-        HEADER_EXCEPTION_MESSAGE: str(error)[:_MAX_MESSAGE_BYTES] if error is not None else "",
+        HEADER_EXCEPTION_MESSAGE: _clip(str(error)) if error is not None else "",
         HEADER_ATTEMPTS: str(attempts),
     }
     kept = [(name, value) for name, value in record.headers if name not in ours]
     return kept + [(name, value.encode()) for name, value in ours.items()]
+
+
+def _clip(text: str) -> str:
+    """At most _MAX_MESSAGE_BYTES of UTF-8, cut on a character boundary."""
+    return text.encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore")
 
 
 def producer_of(subscriber: Any) -> AIOKafkaProducer:

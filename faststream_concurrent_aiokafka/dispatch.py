@@ -15,7 +15,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
-from faststream_concurrent_aiokafka.config import resolve_options
+from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_options
 from faststream_concurrent_aiokafka.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
@@ -38,7 +38,8 @@ def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
     )
 
 
-def check_supported(subscriber: object) -> None:
+def validate(subscriber: object, settings: ConcurrencySettings) -> None:
+    """Refuse subscribers this library cannot run safely, before anything starts."""
     if isinstance(subscriber, BatchSubscriber):
         msg = (
             "batch=True subscribers are not supported by KafkaConcurrentProcessingMiddleware: "
@@ -46,12 +47,12 @@ def check_supported(subscriber: object) -> None:
             "so it is passed through unchanged"
         )
         raise ConcurrentProcessingSetupError(msg)
+    resolve_options(settings, options_of(subscriber))  # overrides that clash with the globals
 
 
 def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
     """Route the subscriber's records through ``handler``; idempotent per handler."""
-    check_supported(subscriber)
-    resolve_options(handler.settings, options_of(subscriber))  # invalid overrides fail here
+    validate(subscriber, handler.settings)
     if _INSTALLED.get(subscriber) is handler:
         return
     _INSTALLED[subscriber] = handler

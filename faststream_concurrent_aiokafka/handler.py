@@ -52,6 +52,7 @@ class KafkaConcurrentHandler:
         self.processed = 0
         self.failed = 0
         self.skipped = 0
+        self.setup_errors: list[Exception] = []
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class KafkaConcurrentHandler:
         return (
             self.is_running
             and self.committer.is_alive
+            and not self.setup_errors
             and not any(lane.dead_letter_stuck for lane in self._lanes.values())
         )
 

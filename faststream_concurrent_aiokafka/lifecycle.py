@@ -64,12 +64,18 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"
         raise ConcurrentProcessingSetupError(msg)
+    subscribers = [
+        sub
+        for sub in _app_subscribers(context)
+        if dispatch.uses_concurrent_processing(sub, KafkaConcurrentProcessingMiddleware)
+    ]
+    for subscriber in subscribers:
+        dispatch.validate(subscriber, settings)  # fail before anything runs
     handler = KafkaConcurrentHandler(settings)
     await handler.start()
     context.set_global(HANDLER_CONTEXT_KEY, handler)
-    for subscriber in _app_subscribers(context):
-        if dispatch.uses_concurrent_processing(subscriber, KafkaConcurrentProcessingMiddleware):
-            dispatch.install(subscriber, handler)
+    for subscriber in subscribers:
+        dispatch.install(subscriber, handler)
     _install_signal_handlers(context, handler)
     return handler
 

@@ -1,6 +1,7 @@
 """The FastStream middleware users register; it marks a broker's MANUAL subscribers for
 concurrent processing and runs the handler call of each admitted message."""
 
+import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -12,6 +13,8 @@ from faststream_concurrent_aiokafka import dispatch
 from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.registry import find_handler
 from faststream_concurrent_aiokafka.runner import CURRENT_JOB, call_handler
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 NOT_INITIALISED = (
     "A MANUAL-ack subscriber received a message before concurrent processing was set up. "
@@ -47,7 +50,14 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         handler = find_handler(self.context)
         if handler is None:
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
-        dispatch.install(subscriber, handler)
+        try:
+            dispatch.install(subscriber, handler)
+        except (ValueError, ConcurrentProcessingSetupError) as exc:
+            handler.setup_errors.append(exc)
+            logger.error(
+                "Subscriber cannot run concurrently, its messages stay uncommitted: %s", exc
+            )
+            raise
         await handler.partitions_assigned(subscriber, consumer.assignment())
         # FastStream started this message itself; hand it to the handler, which runs the
         # whole pipeline again in its own task, and end this run without a result to publish.

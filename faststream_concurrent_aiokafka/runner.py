@@ -8,6 +8,7 @@ the offset is committed after all of it, publishes included.
 import asyncio
 import logging
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 from faststream.exceptions import NackMessage, RejectMessage, StopConsume
@@ -144,6 +145,12 @@ async def _settle_failure(job: KafkaCommitTask, error: BaseException | None, att
         stuck.discard(job)
 
 
+async def _record_reject(message: StreamMessage[Any]) -> None:
+    """FastStream's Kafka ``reject()`` is an ``ack()``; here it means "dead-letter this"."""
+    if message.committed is None:
+        message.committed = AckStatus.REJECTED
+
+
 def _summary(error: BaseException | None) -> str:
     return "no error" if error is None else f"{type(error).__name__}: {error}"
 
@@ -161,6 +168,7 @@ async def call_handler(job: KafkaCommitTask, call_next: Any, message: StreamMess
     sees them and FastStream publishes no result for the message.
     """
     message.consumer = CommitGuard(job.lane.consumer)  # type: ignore[attr-defined]
+    message.reject = partial(_record_reject, message)  # type: ignore[method-assign]
     timeout = job.lane.options.task_timeout_sec
     if timeout is None:
         result = await call_next(message)
