@@ -49,6 +49,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
             return await call_next(msg)
         handler = find_handler(self.context)
         if handler is None:
+            logger.error(NOT_INITIALISED)
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
         try:
             dispatch.install(subscriber, handler)

@@ -1,0 +1,473 @@
+"""The core processing contract against a real Kafka broker.
+
+Concurrency and its limit, batched commits (by size and by time), the contiguous commit
+point, what a shutdown leaves uncommitted, several groups at once, TestKafkaBroker and the
+health probe. Failure paths (handler errors, unsupported setups, acks) are in
+``test_processing_errors.py``.
+"""
+
+import asyncio
+import time
+from collections import Counter
+from typing import Literal
+
+import pytest
+from faststream import FastStream
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.middlewares import AckPolicy
+
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentProcessingMiddleware,
+    initialize_concurrent_processing,
+    is_kafka_handler_healthy,
+    stop_concurrent_processing,
+)
+from tests.kafka_helpers import (
+    BOOTSTRAP,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    produce,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+
+# Generous for a slow, shared machine; every wait normally ends in well under a second.
+WAIT = 20.0
+# Committed offsets are read through a new admin client each time: poll them less often.
+POLL = 0.2
+
+
+class Gauge:
+    """How many handler calls run at this moment, and the most that ever ran together."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+def new_broker() -> KafkaBroker:
+    broker = KafkaBroker(BOOTSTRAP, logger=None)
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    return broker
+
+
+def numbers(count: int, start: int = 0) -> list[bytes]:
+    return [str(i).encode() for i in range(start, start + count)]
+
+
+async def wait_committed(group: str, topic: str, expected: dict[int, int]) -> None:
+    """Wait until ``group``'s committed offsets of ``topic`` are exactly ``expected``."""
+
+    async def reached() -> bool:
+        return await committed_offsets(group, topic) == expected
+
+    try:
+        await wait_until(reached, timeout=WAIT, interval=POLL)
+    except AssertionError:
+        actual = await committed_offsets(group, topic)
+        msg = f"committed offsets of {group} on {topic}: {actual}, expected {expected}"
+        raise AssertionError(msg) from None
+
+
+async def shut_down(broker: KafkaBroker) -> None:
+    """Stop as an app does: the broker first (drains and commits), then the handler."""
+    await broker.stop()
+    await stop_concurrent_processing(broker.context)
+
+
+# ---- throughput and the concurrency limit ------------------------------------------------
+
+
+@pytest.mark.parametrize("with_app", [False, True], ids=["bare-broker", "app-in-context"])
+async def test_acceptance_3000_messages_processed_once_and_committed_to_the_end(
+    with_app: bool,
+) -> None:
+    # With an app in the context the subscriber is set up at initialisation, without one
+    # at its first message: both must keep the contract.
+    count, partitions = 3000, 4
+    topic, group = unique("accept"), unique("g-accept")
+    await create_topic(topic, partitions)
+    await produce(topic, numbers(count), partitions=partitions, key=lambda i: str(i % 64).encode())
+    broker = new_broker()
+    seen: Counter[int] = Counter()
+    gauge = Gauge()
+    first_call: list[float] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        if not first_call:
+            first_call.append(time.monotonic())
+        gauge.enter()
+        try:
+            await asyncio.sleep(0.01)  # the handler's own (simulated) I/O
+        finally:
+            gauge.leave()
+        seen[body] += 1
+
+    if with_app:
+        FastStream(broker)
+    handler = await initialize_concurrent_processing(
+        broker.context, concurrency_limit=100, commit_batch_size=100, commit_batch_timeout_sec=1
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: len(seen) == count, timeout=WAIT)
+        elapsed = time.monotonic() - first_call[0]
+    finally:
+        await shut_down(broker)
+
+    setup = "app in context" if with_app else "bare broker"
+    commits = handler.committer.commit_requests
+    print(
+        f"\nacceptance ({setup}): {count / elapsed:.0f} msg/s, "
+        f"peak {gauge.peak} concurrent handlers, {commits} commit requests"
+    )
+    assert sorted(seen) == list(range(count))
+    assert {value: n for value, n in seen.items() if n > 1} == {}, "processed more than once"
+    assert handler.processed == count
+    assert handler.failed == 0
+    assert handler.in_flight == 0
+    assert gauge.peak >= 50, f"only {gauge.peak} handlers overlapped"
+    assert gauge.peak <= 100
+    assert await committed_offsets(group, topic) == await end_offsets(topic, partitions)
+
+
+async def test_concurrency_limit_caps_the_handlers_running_at_once() -> None:
+    limit, count, partitions = 5, 200, 2
+    topic, group = unique("limit"), unique("g-limit")
+    await create_topic(topic, partitions)
+    await produce(topic, numbers(count), partitions=partitions)
+    broker = new_broker()
+    gauge = Gauge()
+    full = asyncio.Event()
+    done: set[int] = set()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        gauge.enter()
+        try:
+            if gauge.active >= limit:
+                full.set()
+            # The first calls wait until the limit is reached, so reaching it is certain;
+            # all of them then keep running a little, so exceeding it would show.
+            await full.wait()
+            await asyncio.sleep(0.002)
+        finally:
+            gauge.leave()
+        done.add(body)
+
+    await initialize_concurrent_processing(
+        broker.context, concurrency_limit=limit, commit_batch_size=50, commit_batch_timeout_sec=1
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: len(done) == count, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+
+    assert gauge.peak == limit
+
+
+# ---- batched commits -----------------------------------------------------------------
+
+
+async def test_a_full_batch_is_committed_without_waiting_for_the_timeout() -> None:
+    topic, group = unique("bysize"), unique("g-bysize")
+    await create_topic(topic, 1)
+    await produce(topic, numbers(25), partitions=1)
+    broker = new_broker()
+    done: set[int] = set()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        done.add(body)
+
+    # The timer would only fire after 60 s, far beyond the wait below.
+    handler = await initialize_concurrent_processing(
+        broker.context, commit_batch_size=10, commit_batch_timeout_sec=60
+    )
+    try:
+        await broker.start()
+
+        async def advanced() -> bool:
+            return (await committed_offsets(group, topic)).get(0, 0) >= 10
+
+        await wait_until(advanced, timeout=WAIT, interval=POLL)
+        assert len(done) >= 10
+        assert handler.committer.commit_requests >= 1
+    finally:
+        await shut_down(broker)
+
+
+async def test_a_partial_batch_is_committed_after_the_timeout() -> None:
+    topic, group = unique("bytime"), unique("g-bytime")
+    await create_topic(topic, 2)
+    await produce(topic, numbers(40), partitions=2)
+    broker = new_broker()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        pass
+
+    # 40 messages never fill a batch of 10 000: only the timer can commit them.
+    handler = await initialize_concurrent_processing(
+        broker.context, commit_batch_size=10_000, commit_batch_timeout_sec=0.5
+    )
+    try:
+        await broker.start()
+        await wait_committed(group, topic, {0: 20, 1: 20})
+        assert handler.committer.commit_requests >= 1
+        assert handler.is_running, "committed by the timer, not by a shutdown"
+    finally:
+        await shut_down(broker)
+
+
+# ---- the commit point ----------------------------------------------------------------
+
+
+async def test_commit_point_waits_for_the_first_unfinished_message() -> None:
+    # One consumer reads a one-partition topic whose offset 0 blocks and a probe topic:
+    # the probe's commit proves a commit cycle looked at this consumer after the others
+    # finished (both partitions' commit points are computed in the same request).
+    blocked, probe, group = unique("prefix"), unique("prefix-probe"), unique("g-prefix")
+    await create_topic(blocked, 1)
+    await create_topic(probe, 1)
+    await produce(blocked, numbers(50), partitions=1)
+    broker = new_broker()
+    release = asyncio.Event()
+    finished: set[int] = set()
+
+    @broker.subscriber(
+        blocked, probe, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        if body == 0:
+            await release.wait()
+        finished.add(body)
+
+    handler = await initialize_concurrent_processing(
+        broker.context, commit_batch_size=5, commit_batch_timeout_sec=0.2
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: finished == set(range(1, 50)), timeout=WAIT)
+        await produce(probe, numbers(1, start=1000), partitions=1)
+        await wait_committed(group, probe, {0: 1})
+
+        assert (await committed_offsets(group, blocked)).get(0, 0) == 0
+        assert 0 not in finished
+        assert handler.in_flight == 1
+
+        release.set()
+        await wait_committed(group, blocked, {0: 50})
+    finally:
+        release.set()
+        await shut_down(broker)
+
+
+async def test_message_cancelled_at_shutdown_is_the_commit_point_and_redelivered_first() -> None:
+    topic, group = unique("cancel"), unique("g-cancel")
+    await create_topic(topic, 1)
+    await produce(topic, numbers(20), partitions=1)
+    broker = new_broker()
+    never = asyncio.Event()
+    finished: set[int] = set()
+    cancelled: list[int] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        if body == 5:
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                cancelled.append(body)
+                raise
+        finished.add(body)
+
+    await initialize_concurrent_processing(
+        broker.context, commit_batch_size=100, commit_batch_timeout_sec=60, shutdown_timeout_sec=1
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: finished == set(range(20)) - {5}, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+
+    assert cancelled == [5]
+    assert await committed_offsets(group, topic) == {0: 5}
+
+    # A new consumer of the group starts at the cancelled message.
+    again = new_broker()
+    redelivered: list[int] = []
+
+    @again.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle_again(body: int) -> None:
+        redelivered.append(body)
+
+    # One at a time, so the calls happen in offset order. Whether the messages after 5,
+    # finished before the shutdown, run again is not asserted: 5 must, and first.
+    await initialize_concurrent_processing(
+        again.context, concurrency_limit=1, commit_batch_size=100, commit_batch_timeout_sec=0.2
+    )
+    try:
+        await again.start()
+        await wait_committed(group, topic, {0: 20})
+    finally:
+        await shut_down(again)
+
+    assert redelivered[:1] == [5]
+    assert redelivered == sorted(set(redelivered)), "out of order or twice"
+    assert set(redelivered) <= set(range(5, 20))
+
+
+# ---- several subscribers and groups --------------------------------------------------
+
+
+async def test_subscribers_and_groups_commit_independently() -> None:
+    # Group A reads both topics (one subscriber each), group B reads the first topic too.
+    # B holds its first message: A must still commit everything, B everything but that.
+    first, second = unique("multi-1"), unique("multi-2")
+    group_a, group_b = unique("g-multi-a"), unique("g-multi-b")
+    await create_topic(first, 2)
+    await create_topic(second, 2)
+    await produce(first, numbers(40), partitions=2)
+    await produce(second, numbers(40, start=100), partitions=2)
+    broker = new_broker()
+    release = asyncio.Event()
+    a_first: set[int] = set()
+    a_second: set[int] = set()
+    b_first: set[int] = set()
+
+    @broker.subscriber(
+        first, group_id=group_a, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle_a_first(body: int) -> None:
+        a_first.add(body)
+
+    @broker.subscriber(
+        second, group_id=group_a, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle_a_second(body: int) -> None:
+        a_second.add(body)
+
+    @broker.subscriber(
+        first, group_id=group_b, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle_b_first(body: int) -> None:
+        if body == 0:  # partition 0, offset 0
+            await release.wait()
+        b_first.add(body)
+
+    handler = await initialize_concurrent_processing(
+        broker.context, commit_batch_size=5, commit_batch_timeout_sec=0.2
+    )
+    try:
+        await broker.start()
+        await wait_committed(group_a, first, {0: 20, 1: 20})
+        await wait_committed(group_a, second, {0: 20, 1: 20})
+        await wait_until(lambda: b_first == set(range(1, 40)), timeout=WAIT)
+        # One more message per partition: B committing partition 1's proves a commit cycle
+        # computed B's commit points after all of partition 0 but its offset 0 finished.
+        await produce(first, numbers(2, start=1000), partitions=2)
+
+        async def b_partition_1_committed() -> bool:
+            return (await committed_offsets(group_b, first)).get(1) == 21
+
+        await wait_until(b_partition_1_committed, timeout=WAIT, interval=POLL)
+        assert (await committed_offsets(group_b, first)).get(0, 0) == 0
+        await wait_committed(group_a, first, {0: 21, 1: 21})
+        assert await committed_offsets(group_b, second) == {}
+        assert 0 not in b_first
+
+        release.set()
+        await wait_committed(group_b, first, {0: 21, 1: 21})
+    finally:
+        release.set()
+        await shut_down(broker)
+
+    assert a_first == {*range(40), 1000, 1001}
+    assert a_second == set(range(100, 140))
+    assert b_first == {*range(40), 1000, 1001}
+    assert handler.failed == 0
+    assert await committed_offsets(group_a, first) == {0: 21, 1: 21}
+    assert await committed_offsets(group_b, second) == {}
+
+
+# ---- TestKafkaBroker -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup", ["none", "initialised", "initialised_with_app"])
+async def test_works_under_test_kafka_broker(
+    setup: Literal["none", "initialised", "initialised_with_app"],
+) -> None:
+    topic = unique("inmemory")
+    broker = new_broker()
+    received: list[int] = []
+
+    @broker.subscriber(topic, group_id=unique("g-inmemory"), ack_policy=AckPolicy.MANUAL)
+    async def handle(body: int) -> int:
+        received.append(body)
+        return body * 2
+
+    if setup == "initialised_with_app":
+        FastStream(broker)
+    if setup != "none":
+        await initialize_concurrent_processing(broker.context)
+    try:
+        async with TestKafkaBroker(broker) as test_broker:
+            await test_broker.publish(1, topic)
+            assert received == [1]
+            await test_broker.publish(2, topic)
+            assert received == [1, 2]
+    finally:
+        await stop_concurrent_processing(broker.context)
+
+
+# ---- health --------------------------------------------------------------------------
+
+
+async def test_health_follows_the_handler_lifecycle() -> None:
+    topic, group = unique("health"), unique("g-health")
+    await create_topic(topic, 1)
+    await produce(topic, numbers(3), partitions=1)
+    broker = new_broker()
+    done: set[int] = set()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        done.add(body)
+
+    assert is_kafka_handler_healthy(broker.context) is False
+    await initialize_concurrent_processing(broker.context, commit_batch_timeout_sec=0.2)
+    try:
+        assert is_kafka_handler_healthy(broker.context) is True
+        await broker.start()
+        await wait_until(lambda: len(done) == 3, timeout=WAIT)
+        assert is_kafka_handler_healthy(broker.context) is True
+    finally:
+        await shut_down(broker)
+    assert is_kafka_handler_healthy(broker.context) is False
