@@ -61,8 +61,10 @@ class KafkaBatchCommitter:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await self._wake.wait()
             self._wake.clear()
             self._finished_since_commit = 0
             for lane in list(self._lanes()):
@@ -102,5 +104,5 @@ class KafkaBatchCommitter:
         """Stop the loop; the caller flushes what is left with ``commit_lane``."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a commit stuck on a dead connection must not hold up the shutdown.
+            await asyncio.wait([self._task], timeout=5)

@@ -1,5 +1,6 @@
 """Dead-letter records: the original message plus headers saying where and why it failed."""
 
+import asyncio
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -54,15 +55,20 @@ def producer_of(subscriber: Any) -> AIOKafkaProducer:
 async def publish_dead_letter(
     subscriber: Any,
     topic: str,
-    record: "ConsumerRecord[Any, Any]",
+    records: "ConsumerRecord[Any, Any] | tuple[ConsumerRecord[Any, Any], ...]",
     error: BaseException | None,
     attempts: int,
 ) -> None:
-    """Send and wait for the broker's acknowledgement."""
+    """Send (every record of a batch) and wait for the broker's acknowledgements."""
     producer = producer_of(subscriber)
-    await producer.send_and_wait(
-        topic,
-        value=record.value,
-        key=record.key,
-        headers=dead_letter_headers(record, error, attempts),
-    )
+    batch = records if isinstance(records, tuple) else (records,)
+    sent = [
+        await producer.send(
+            topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, error, attempts),
+        )
+        for record in batch
+    ]
+    await asyncio.gather(*sent)

@@ -11,7 +11,6 @@ import logging
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from aiokafka import ConsumerRecord
 from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
@@ -40,14 +39,14 @@ def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
 
 def validate(subscriber: object, settings: ConcurrencySettings) -> None:
     """Refuse subscribers this library cannot run safely, before anything starts."""
-    if isinstance(subscriber, BatchSubscriber):
+    options = resolve_options(settings, options_of(subscriber))  # overrides clashing with globals
+    if isinstance(subscriber, BatchSubscriber) and options.ordering != "unordered":
         msg = (
-            "batch=True subscribers are not supported by KafkaConcurrentProcessingMiddleware: "
-            "use a per-message subscriber, or give this one an ack policy other than MANUAL "
-            "so it is passed through unchanged"
+            f"ordering={options.ordering!r} cannot apply to a batch=True subscriber (a batch "
+            "mixes keys and partitions); use configure_subscriber(subscriber, "
+            "ordering='unordered') for it"
         )
         raise ConcurrentProcessingSetupError(msg)
-    resolve_options(settings, options_of(subscriber))  # overrides that clash with the globals
 
 
 def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
@@ -58,15 +57,14 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     _INSTALLED[subscriber] = handler
     consume_one, stop = type(subscriber).consume_one, type(subscriber).stop
 
-    async def admit(record: "ConsumerRecord[Any, Any]") -> None:
+    async def admit(record: Any) -> None:
         if _INSTALLED.get(subscriber) is not handler:
             await consume_one(subscriber, record)
             return
-        consumer = getattr(record, "consumer", None) or subscriber.consumer
         try:
-            handler.admit(handler.lane_for(subscriber, consumer), record)
+            admit_record(handler, subscriber, record)
         except CommitterIsDeadError:
-            logger.exception("Record %s@%d left uncommitted", record.topic, record.offset)
+            logger.exception("Records left uncommitted: the committer is dead")
 
     async def drain_then_stop() -> None:
         if _INSTALLED.get(subscriber) is handler and handler.is_running:
@@ -78,6 +76,17 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     subscriber.consume_one = admit  # type: ignore[method-assign,assignment]
     subscriber.stop = drain_then_stop  # type: ignore[method-assign]
     _attach_listener(subscriber, handler)
+
+
+def admit_record(handler: KafkaConcurrentHandler, subscriber: Any, record: Any) -> None:
+    """Hand a fetched record, or a batch subscriber's tuple of records, to the handler."""
+    if isinstance(record, tuple):
+        if record:
+            consumer = getattr(record[0], "consumer", None) or subscriber.consumer
+            handler.admit_batch(handler.lane_for(subscriber, consumer), record)
+        return
+    consumer = getattr(record, "consumer", None) or subscriber.consumer
+    handler.admit(handler.lane_for(subscriber, consumer), record)
 
 
 def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:

@@ -47,7 +47,7 @@ class KafkaConcurrentHandler:
             commit_batch_timeout_sec=self.settings.commit_batch_timeout_sec,
         )
         self.is_running = False
-        self.signal_handlers: list[signal.Signals] = []
+        self.signal_handlers: dict[signal.Signals, Any] = {}
         self.shutdown_task: asyncio.Future[None] | None = None
         self.processed = 0
         self.failed = 0
@@ -108,10 +108,33 @@ class KafkaConcurrentHandler:
         tracker.track(offset)
         lane.tracked += 1
         key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
-        job = KafkaCommitTask(record, tp, lane, tracker, key)
+        job = KafkaCommitTask(record, tp, offset, lane=lane, tracker=tracker, key=key)
         if lane.gate.submit(job, job.key):
             lane.ready.append(job)
             self._start_ready(lane)
+        self._refresh_pause(lane)
+
+    def admit_batch(
+        self, lane: ConsumerLane, records: "tuple[ConsumerRecord[Any, Any], ...]"
+    ) -> None:
+        """A ``batch=True`` subscriber's records run as one task and finish together."""
+        self.committer.check_alive()
+        if lane.closing or not self.is_running or not records:
+            return
+        positions = []
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            tracker = lane.tracker_for(tp)
+            tracker.track(record.offset)
+            positions.append((tp, tracker, record.offset))
+        lane.tracked += len(positions)
+        first_tp, first_tracker, first_offset = positions[0]
+        job = KafkaCommitTask(
+            records, first_tp, first_offset, lane=lane, tracker=first_tracker, key=None
+        )
+        job.batch = tuple(positions)
+        lane.ready.append(job)
+        self._start_ready(lane)
         self._refresh_pause(lane)
 
     def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
@@ -147,16 +170,18 @@ class KafkaConcurrentHandler:
         lane = job.lane
         lane.running.discard(job)
         self._running -= 1
-        tracker = job.tracker
         if cancelled:
-            tracker.block(job.offset)
+            for _, tracker, offset in job.positions():
+                tracker.block(offset)
         else:
             if job.error is not None:
                 self.failed += 1
             self.processed += 1
-            passed = tracker.finish(job.offset)
-            if not tracker.retired:
-                lane.tracked -= passed
+            if job.batch is None:
+                self._finish(lane, job.tracker, job.offset)
+            else:
+                for _, tracker, offset in job.batch:
+                    self._finish(lane, tracker, offset)
             self.committer.notify_finished()
         if job.key is not None:
             successor = lane.gate.release(job.key)
@@ -165,6 +190,12 @@ class KafkaConcurrentHandler:
         self._serve_hungry()
         self._start_ready(lane)
         self._refresh_pause(lane)
+
+    @staticmethod
+    def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
+        passed = tracker.finish(offset)
+        if not tracker.retired:
+            lane.tracked -= passed
 
     def _serve_hungry(self) -> None:
         """Hand freed global slots to lanes that waited for one, in turn."""
@@ -263,8 +294,7 @@ class KafkaConcurrentHandler:
         tasks = [
             job.asyncio_task
             for job in lane.running
-            if job.asyncio_task is not None
-            and (partitions is None or job.topic_partition in partitions)
+            if job.asyncio_task is not None and (partitions is None or job.touches(partitions))
         ]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)

@@ -64,7 +64,9 @@ class ConsumerLane:
         """Discard admitted work that has not started; it stays uncommitted and is redelivered."""
 
         def matches(job: KafkaCommitTask) -> bool:
-            return partitions is None or job.topic_partition in partitions
+            # A batch spanning a partition that stays is kept: dropping it would strand its
+            # other records below that partition's commit point.
+            return partitions is None or all(tp in partitions for tp, _, _ in job.positions())
 
         kept = [job for job in self.ready if not matches(job)]
         dropped = len(self.ready) - len(kept)

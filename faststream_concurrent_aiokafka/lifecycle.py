@@ -1,10 +1,7 @@
 """Start, stop and probe the handler stored in FastStream's context."""
 
-import asyncio
-import contextlib
 import logging
-import os
-import signal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from faststream_concurrent_aiokafka import dispatch
@@ -13,14 +10,15 @@ from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.middleware import KafkaConcurrentProcessingMiddleware
 from faststream_concurrent_aiokafka.registry import HANDLER_CONTEXT_KEY, find_handler
+from faststream_concurrent_aiokafka.shutdown_signals import (
+    install_signal_handlers,
+    remove_signal_handlers,
+)
 
 if TYPE_CHECKING:
     from faststream import ContextRepo
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
-
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_UNHANDLED = (signal.SIG_DFL, signal.default_int_handler)
 
 
 async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in the original API
@@ -76,7 +74,7 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     context.set_global(HANDLER_CONTEXT_KEY, handler)
     for subscriber in subscribers:
         dispatch.install(subscriber, handler)
-    _install_signal_handlers(context, handler)
+    install_signal_handlers(handler, partial(stop_concurrent_processing, context))
     return handler
 
 
@@ -89,7 +87,7 @@ async def stop_concurrent_processing(context: "ContextRepo") -> None:
     handler.forget(handler.lanes)
     handler.is_running = False
     await handler.committer.close()
-    _remove_signal_handlers(handler)
+    remove_signal_handlers(handler)
     context.reset_global(HANDLER_CONTEXT_KEY)
 
 
@@ -103,42 +101,3 @@ def _app_subscribers(context: "ContextRepo") -> list[Any]:
     app = context.get("app")
     brokers = getattr(app, "brokers", None) or []
     return [sub for broker in brokers for sub in getattr(broker, "subscribers", [])]
-
-
-def _install_signal_handlers(context: "ContextRepo", handler: KafkaConcurrentHandler) -> None:
-    """For apps nobody else handles signals for (a bare broker): drain, then die as before.
-
-    FastStream's runner and uvicorn install their own handlers, which stop the broker and so
-    drain through the subscribers; those are left alone.
-    """
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in _SIGNALS:
-        if signal.getsignal(sig) not in _UNHANDLED:
-            continue
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, _on_signal, context, handler, sig)
-            installed.append(sig)
-    handler.signal_handlers = installed
-
-
-def _on_signal(
-    context: "ContextRepo", handler: KafkaConcurrentHandler, sig: signal.Signals
-) -> None:
-    logger.warning("Received %s: draining in-flight messages before exiting", sig.name)
-
-    async def drain_and_reraise() -> None:
-        try:
-            await stop_concurrent_processing(context)
-        finally:
-            _remove_signal_handlers(handler)
-            os.kill(os.getpid(), sig)
-
-    handler.shutdown_task = asyncio.ensure_future(drain_and_reraise())
-
-
-def _remove_signal_handlers(handler: KafkaConcurrentHandler) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in handler.signal_handlers:
-        loop.remove_signal_handler(sig)
-    handler.signal_handlers = []

@@ -62,5 +62,5 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         await handler.partitions_assigned(subscriber, consumer.assignment())
         # FastStream started this message itself; hand it to the handler, which runs the
         # whole pipeline again in its own task, and end this run without a result to publish.
-        handler.admit(handler.lane_for(subscriber, consumer), msg.raw_message)
+        dispatch.admit_record(handler, subscriber, msg.raw_message)
         raise SkipMessage(HANDED_OVER)

@@ -178,13 +178,16 @@ def add_manual_batch_subscriber(
         calls.append(body)
 
 
-async def test_batch_subscriber_is_refused_at_initialisation_when_the_app_is_known() -> None:
+async def test_ordered_batch_subscriber_is_refused_at_initialisation_when_the_app_is_known() -> (
+    None
+):
+    # A batch mixes keys and partitions: an ordering mode cannot apply to it.
     broker = new_broker()
     add_manual_batch_subscriber(broker, unique("batch"), unique("g-batch"), [])
     FastStream(broker)
     try:
         with pytest.raises(ConcurrentProcessingSetupError, match="batch"):
-            await initialize_concurrent_processing(broker.context)
+            await initialize_concurrent_processing(broker.context, ordering="key")
     finally:
         await stop_concurrent_processing(broker.context)
 
@@ -197,16 +200,16 @@ async def test_failed_initialisation_leaves_no_running_handler() -> None:
     FastStream(broker)
     try:
         with pytest.raises(ConcurrentProcessingSetupError):
-            await initialize_concurrent_processing(broker.context)
+            await initialize_concurrent_processing(broker.context, ordering="partition")
         assert is_kafka_handler_healthy(broker.context) is False
         # A second attempt meets the same problem, not a leftover "already initialised".
         with pytest.raises(ConcurrentProcessingSetupError, match="batch"):
-            await initialize_concurrent_processing(broker.context)
+            await initialize_concurrent_processing(broker.context, ordering="partition")
     finally:
         await stop_concurrent_processing(broker.context)
 
 
-async def test_batch_subscriber_found_at_first_message_fails_loudly_uncommitted(
+async def test_ordered_batch_subscriber_found_at_first_message_fails_loudly_uncommitted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger=BROKER_LOGGER)
@@ -218,7 +221,9 @@ async def test_batch_subscriber_found_at_first_message_fails_loudly_uncommitted(
     add_manual_batch_subscriber(broker, topic, group, calls)
 
     # No app in the context: the subscriber is only seen at its first message.
-    await initialize_concurrent_processing(broker.context, commit_batch_timeout_sec=0.2)
+    await initialize_concurrent_processing(
+        broker.context, commit_batch_timeout_sec=0.2, ordering="key"
+    )
     try:
         await broker.start()
         await wait_until(lambda: len(setup_errors(caplog)) >= 1, timeout=WAIT)
