@@ -11,6 +11,7 @@ from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.lifecycle import (
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
+    setup_concurrent_processing,
     stop_concurrent_processing,
 )
 from faststream_concurrent_aiokafka.middleware import KafkaConcurrentProcessingMiddleware
@@ -30,5 +31,6 @@ __all__ = [
     "configure_subscriber",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",
+    "setup_concurrent_processing",
     "stop_concurrent_processing",
 ]

@@ -17,6 +17,7 @@ from faststream_concurrent_aiokafka.shutdown_signals import (
 
 if TYPE_CHECKING:
     from faststream import ContextRepo
+    from faststream._internal.application import Application
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -44,21 +45,30 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     found in ``context`` then get their dispatcher and rebalance listener before they
     subscribe. Others are set up at their first message.
     """
-    settings = ConcurrencySettings(
-        concurrency_limit=concurrency_limit,
-        commit_batch_size=commit_batch_size,
-        commit_batch_timeout_sec=commit_batch_timeout_sec,
-        shutdown_timeout_sec=shutdown_timeout_sec,
-        max_uncommitted_tasks=max_uncommitted_tasks,
-        rebalance_flush_timeout_sec=rebalance_flush_timeout_sec,
-        ordering=ordering,
-        task_timeout_sec=task_timeout_sec,
-        max_retries=max_retries,
-        retry_backoff_sec=retry_backoff_sec,
-        retry_backoff_max_sec=retry_backoff_max_sec,
-        dead_letter_topic=dead_letter_topic,
-        track_completed_offsets=track_completed_offsets,
+    return await start_concurrent_processing(
+        context,
+        ConcurrencySettings(
+            concurrency_limit=concurrency_limit,
+            commit_batch_size=commit_batch_size,
+            commit_batch_timeout_sec=commit_batch_timeout_sec,
+            shutdown_timeout_sec=shutdown_timeout_sec,
+            max_uncommitted_tasks=max_uncommitted_tasks,
+            rebalance_flush_timeout_sec=rebalance_flush_timeout_sec,
+            ordering=ordering,
+            task_timeout_sec=task_timeout_sec,
+            max_retries=max_retries,
+            retry_backoff_sec=retry_backoff_sec,
+            retry_backoff_max_sec=retry_backoff_max_sec,
+            dead_letter_topic=dead_letter_topic,
+            track_completed_offsets=track_completed_offsets,
+        ),
     )
+
+
+async def start_concurrent_processing(
+    context: "ContextRepo", settings: ConcurrencySettings
+) -> KafkaConcurrentHandler:
+    """``initialize_concurrent_processing`` for settings already built and validated."""
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"
         raise ConcurrentProcessingSetupError(msg)
@@ -97,7 +107,33 @@ def is_kafka_handler_healthy(context: "ContextRepo") -> bool:
     return handler is not None and handler.is_healthy
 
 
+def setup_concurrent_processing(app: "Application", **settings: Any) -> None:
+    """One call for a ``FastStream``/``AsgiFastStream`` app: registers the middleware on each
+    of its brokers and starts and stops the processing with the app.
+
+    ``settings`` are those of ``initialize_concurrent_processing``, checked right here.
+    """
+    validated = ConcurrencySettings(**settings)
+    brokers = list(app.brokers)
+    for broker in brokers:
+        if KafkaConcurrentProcessingMiddleware not in broker.middlewares:
+            broker.insert_middleware(KafkaConcurrentProcessingMiddleware)
+
+    async def start() -> None:
+        for broker in brokers:
+            await start_concurrent_processing(broker.context, validated)
+
+    async def stop() -> None:
+        for broker in brokers:
+            await stop_concurrent_processing(broker.context)
+
+    app.on_startup(start)
+    app.after_shutdown(stop)
+
+
 def _app_subscribers(context: "ContextRepo") -> list[Any]:
+    """Subscribers of the app's brokers that use this context (all, if none does)."""
     app = context.get("app")
-    brokers = getattr(app, "brokers", None) or []
-    return [sub for broker in brokers for sub in getattr(broker, "subscribers", [])]
+    brokers = list(getattr(app, "brokers", None) or [])
+    own = [broker for broker in brokers if broker.context is context]
+    return [sub for broker in own or brokers for sub in broker.subscribers]
