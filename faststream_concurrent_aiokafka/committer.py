@@ -76,17 +76,16 @@ class KafkaBatchCommitter:
         """One commit request for this consumer; False if Kafka refused it (kept for later)."""
         async with lane.commit_lock:
             batch = lane.prepare_commit(partitions)
-            offsets = batch.offsets
-            if not offsets:
+            if not batch:
                 return True
             self.commit_requests += 1
             try:
-                await lane.consumer.commit(offsets)
+                await lane.consumer.commit(await batch.offsets())
             except Exception as exc:
                 self.failed_commits += 1
                 logger.warning(
                     "Commit of %d partition(s) for %s failed, will retry: %r",
-                    len(offsets),
+                    len(batch),
                     lane.name,
                     exc,
                 )

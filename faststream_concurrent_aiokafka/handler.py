@@ -41,6 +41,7 @@ class KafkaConcurrentHandler:
         self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
         self._hungry: deque[ConsumerLane] = deque()
         self._running = 0
+        self._over_budget = False
         self.committer = KafkaBatchCommitter(
             self._lanes.values,
             commit_batch_size=self.settings.commit_batch_size,
@@ -211,17 +212,23 @@ class KafkaConcurrentHandler:
         return sum(lane.tracked for lane in self._lanes.values())
 
     def _refresh_pause(self, lane: ConsumerLane) -> None:
+        """Pause a consumer whose backlog filled its limit or when the uncommitted budget is
+        spent; resume once the backlog halved and the budget has room again."""
         backlog = len(lane.ready)
         limit = lane.options.concurrency_limit
-        over_budget = self._total_tracked() >= self.settings.max_uncommitted_tasks
-        if backlog >= limit or over_budget:
+        if backlog >= limit:
             lane.pause()
-        elif lane.paused and backlog <= limit // 2 and not lane.closing:
-            lane.resume()
-        if not over_budget:
+        elif self._total_tracked() >= self.settings.max_uncommitted_tasks:
+            self._over_budget = True
+            lane.pause()
+        elif self._over_budget:
+            # Back under budget: every lane paused only for the budget may fetch again.
+            self._over_budget = False
             for other in self._lanes.values():
-                if other is not lane and other.paused and not other.ready and not other.closing:
+                if other.paused and len(other.ready) <= other.options.concurrency_limit // 2:
                     other.resume()
+        elif lane.paused and backlog <= limit // 2:
+            lane.resume()
 
     # ---- rebalance and shutdown ------------------------------------------------------
 

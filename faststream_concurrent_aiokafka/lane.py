@@ -93,7 +93,7 @@ class ConsumerLane:
 
     def resume(self) -> None:
         """Resume only what this library paused, leaving the user's own pauses alone."""
-        if self._paused is None:
+        if self._paused is None or self.closing:
             return
         targets = self._paused & self.consumer.assignment()
         self._paused = None
@@ -119,12 +119,9 @@ class ConsumerLane:
             if track:
                 if point == tracker.committed and not tracker.changed_since_commit:
                     continue
-                metadata = encode_finished_offsets(point, tracker.finished_above())
-            else:
-                if point == tracker.committed:
-                    continue
-                metadata = ""
-            batch.add(tp, tracker, OffsetAndMetadata(point, metadata))
+                batch.add(tp, tracker, point, tracker.finished_above())
+            elif point != tracker.committed:
+                batch.add(tp, tracker, point, frozenset())
         return batch
 
     def load_already_done(self, committed: dict[TopicPartition, OffsetAndMetadata]) -> int:
@@ -148,22 +145,45 @@ class ConsumerLane:
         return f"group={group} topics={topics}"
 
 
-class CommitBatch:
-    """One commit request's offsets, and the tracker versions they were taken at."""
+# Above this many finished offsets, encoding (zlib, several tries) can take milliseconds:
+# it runs in a worker thread so the event loop keeps serving messages and heartbeats.
+_ENCODE_INLINE_MAX = 256
 
-    __slots__ = ("_taken", "offsets")
+
+class CommitBatch:
+    """One commit request: commit points, the finished offsets above them, and the tracker
+    versions they were taken at."""
+
+    __slots__ = ("_taken",)
 
     def __init__(self) -> None:
-        self.offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        self._taken: list[tuple[PartitionOffsets, int, int]] = []
+        self._taken: list[tuple[TopicPartition, PartitionOffsets, int, frozenset[int], int]] = []
 
-    def add(self, tp: TopicPartition, tracker: PartitionOffsets, offset: OffsetAndMetadata) -> None:
-        self.offsets[tp] = offset
-        self._taken.append((tracker, offset.offset, tracker.version))
+    def __bool__(self) -> bool:
+        return bool(self._taken)
+
+    def __len__(self) -> int:
+        return len(self._taken)
+
+    def add(
+        self, tp: TopicPartition, tracker: PartitionOffsets, point: int, finished: frozenset[int]
+    ) -> None:
+        self._taken.append((tp, tracker, point, finished, tracker.version))
+
+    async def offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The request body, with each partition's finished offsets encoded as metadata."""
+        offsets = {}
+        for tp, _, point, finished, _ in self._taken:
+            if len(finished) > _ENCODE_INLINE_MAX:
+                metadata = await asyncio.to_thread(encode_finished_offsets, point, finished)
+            else:
+                metadata = encode_finished_offsets(point, finished) if finished else ""
+            offsets[tp] = OffsetAndMetadata(point, metadata)
+        return offsets
 
     def mark_committed(self) -> None:
-        for tracker, offset, version in self._taken:
-            tracker.committed = offset
+        for _, tracker, point, _, version in self._taken:
+            tracker.committed = point
             tracker.committed_version = version
 
 
