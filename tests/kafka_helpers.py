@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
@@ -47,25 +48,24 @@ async def produce(
     return count
 
 
-async def committed_offsets(group: str, topic: str) -> dict[int, int]:
-    """partition -> committed offset of ``group`` (absent when nothing was committed)."""
+async def _group_offsets(group: str, topic: str) -> dict[int, OffsetAndMetadata]:
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    return {tp.partition: meta for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def committed_offsets(group: str, topic: str) -> dict[int, int]:
+    """partition -> committed offset of ``group`` (absent when nothing was committed)."""
+    return {p: meta.offset for p, meta in (await _group_offsets(group, topic)).items()}
 
 
 async def committed_metadata(group: str, topic: str) -> dict[int, str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.metadata for tp, meta in offsets.items() if tp.topic == topic}
+    """partition -> metadata stored with the committed offset."""
+    return {p: meta.metadata for p, meta in (await _group_offsets(group, topic)).items()}
 
 
 async def end_offsets(topic: str, partitions: int) -> dict[int, int]:

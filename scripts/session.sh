@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Sourced by demo.sh and test.sh: the virtualenv, then a Kafka broker for this session.
+#
+# After `start_session NAME`: the venv is on PATH, KAFKA_BOOTSTRAP_SERVERS points at a broker
+# that answers, and a broker started here is stopped on exit unless KEEP_KAFKA=1.
+# KAFKA_BOOTSTRAP_SERVERS (reuse that broker) and KAFKA_PORT (default 9092) are honoured.
+
+log() { printf '%s: %s\n' "${SESSION_NAME:-session}" "$*" >&2; }
+
+_started_kafka=0
+_stop_session_kafka() {
+    local rc=$?
+    if ((_started_kafka)); then
+        if [[ "${KEEP_KAFKA:-0}" == 1 ]]; then
+            log "KEEP_KAFKA=1: broker left running (stop: scripts/kafka.sh stop)"
+        else
+            bash scripts/kafka.sh stop >/dev/null 2>&1 || log "warning: stopping Kafka failed"
+        fi
+    fi
+    exit "${rc}"
+}
+
+start_session() {
+    SESSION_NAME="$1"
+    bash scripts/dev-setup.sh
+    export VIRTUAL_ENV="${REPO_ROOT}/.venv"
+    export PATH="${VIRTUAL_ENV}/bin:${PATH}"
+
+    trap _stop_session_kafka EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    local report bootstrap bootstrap_rc=0
+    report="$(mktemp "${TMPDIR:-/tmp}/fca-kafka-start.XXXXXX")"
+    bootstrap="$(KAFKA_START_REPORT="${report}" bash scripts/kafka.sh start)" || bootstrap_rc=$?
+    [[ "$(cat "${report}" 2>/dev/null)" == started ]] && _started_kafka=1
+    rm -f "${report}"
+    if ((bootstrap_rc != 0)); then
+        log "could not start Kafka"
+        exit 1
+    fi
+    export KAFKA_BOOTSTRAP_SERVERS="${bootstrap}"
+    log "KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS}"
+}
