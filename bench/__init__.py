@@ -1,0 +1,1 @@
+"""Benchmark harness, run by hand: ``python -m bench.run --help`` (see bench/README.md)."""

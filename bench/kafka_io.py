@@ -1,0 +1,84 @@
+"""Topics, fast pre-production and cluster facts for the benchmark.
+
+Also runnable, for the memory runs that must produce from another process so the producer's
+allocations stay out of the measured one::
+
+    python -m bench.kafka_io BOOTSTRAP TOPIC COUNT PARTITIONS
+"""
+
+import asyncio
+import sys
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def payload(index: int) -> bytes:
+    """A small JSON value (FastStream decodes it into the handler's ``body: int``)."""
+    return str(index).encode()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, topic: str, count: int, partitions: int) -> float:
+    """Send ``count`` small messages round-robin over the partitions; returns the seconds."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        acks=1,
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: list[Any] = []
+        for i in range(count):
+            # send() only enqueues (it waits only while the accumulator is full).
+            pending.append(await producer.send(topic, payload(i), partition=i % partitions))
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def cluster_info(bootstrap: str) -> dict[str, str]:
+    """What the cluster says about itself; the broker's software version is not in the
+    protocol, so pass ``--broker-label`` to name it in the report."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    brokers = described.get("brokers", [])
+    return {
+        "bootstrap": bootstrap,
+        "cluster_id": str(described.get("cluster_id")),
+        "brokers": str(len(brokers)),
+        "controller_id": str(described.get("controller_id")),
+    }
+
+
+def main(argv: list[str]) -> int:
+    bootstrap, topic, count, partitions = argv[0], argv[1], int(argv[2]), int(argv[3])
+    asyncio.run(produce(bootstrap, topic, count, partitions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,520 @@
+"""The measured runs, executed inside a worker process (one run per process, fresh loop).
+
+Every run builds its own broker, app and subscriber in a fresh consumer group, waits for the
+asked number of handled messages (or its time budget), and stops the broker the way a service
+would (``broker.stop()`` drains the middleware's in-flight work, then
+``stop_concurrent_processing``).
+"""
+
+import asyncio
+import cProfile
+import dataclasses
+import gc
+import os
+import pstats
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+
+from bench import instrument
+from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentHandler,
+    KafkaConcurrentProcessingMiddleware,
+    configure_subscriber,
+    initialize_concurrent_processing,
+    stop_concurrent_processing,
+)
+
+OURS = "faststream_concurrent_aiokafka"
+
+
+class Probe:
+    """Counts handler entries and exits and timestamps the measured window.
+
+    The instrument counters (fetches, pauses) and the middleware's commit counters are read
+    when the last counted message is handled; the counters start at zero with the process,
+    right before the broker starts.
+    """
+
+    def __init__(self, target: int, warmup: int = 0) -> None:
+        self.target = target
+        self.warmup_left = warmup
+        self.warmed = asyncio.Event()
+        if warmup == 0:
+            self.warmed.set()
+        self.started = 0
+        self.done = 0
+        self.first: float | None = None
+        self.last = 0.0
+        self.handler: KafkaConcurrentHandler | None = None
+        self.at_last = instrument.Counters()
+        self.window_processed: int | None = None
+        self.window_commit_requests: int | None = None
+        self.all_started = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.release = asyncio.Event()
+        self.records: list[Any] = []
+
+    def warming(self) -> bool:
+        """True for the warm-up messages (handled before the measurement, not counted)."""
+        if self.warmup_left <= 0:
+            return False
+        self.warmup_left -= 1
+        if self.warmup_left == 0:
+            self.warmed.set()
+        return True
+
+    def enter(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.started += 1
+        if self.started == self.target:
+            self.all_started.set()
+
+    def leave(self) -> None:
+        self.done += 1
+        if self.done <= self.target:
+            self.last = time.perf_counter()
+            if self.done == self.target:
+                self.snapshot_counters()
+                self.finished.set()
+
+    def snapshot_counters(self) -> None:
+        self.at_last = dataclasses.replace(instrument.COUNTERS)
+        if self.handler is not None:
+            self.window_processed = self.handler.processed
+            self.window_commit_requests = self.handler.committer.commit_requests
+
+
+@dataclass
+class Running:
+    broker: KafkaBroker
+    app: FastStream
+    subscriber: Any
+    handler: KafkaConcurrentHandler | None
+    started_at: float
+
+
+def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
+    policy = AckPolicy.MANUAL if spec.system == "middleware" else AckPolicy[spec.ack_policy]
+    extra: dict[str, Any] = {}
+    if spec.session_timeout_ms is not None:
+        extra["session_timeout_ms"] = spec.session_timeout_ms
+        extra["heartbeat_interval_ms"] = spec.session_timeout_ms // 10
+    subscriber = broker.subscriber(
+        spec.topic,
+        group_id=spec.group,
+        ack_policy=policy,
+        auto_offset_reset="earliest",
+        max_workers=spec.max_workers,
+        **extra,
+    )
+    delay = spec.sleep_sec
+
+    async def noop(body: int) -> None:
+        probe.enter()
+        probe.leave()
+
+    async def sleeper(body: int) -> None:
+        probe.enter()
+        await asyncio.sleep(delay)
+        probe.leave()
+
+    async def blocker(msg: KafkaMessage) -> None:
+        if probe.warming():
+            return
+        probe.records.append(msg.raw_message)
+        probe.enter()
+        await probe.release.wait()
+        probe.leave()
+
+    if spec.handler == "noop":
+        subscriber(noop)
+    elif spec.handler == "sleep":
+        subscriber(sleeper)
+    else:
+        subscriber(blocker)
+    return subscriber
+
+
+@asynccontextmanager
+async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
+    broker = KafkaBroker(spec.bootstrap, logger=None)
+    if spec.system == "middleware":
+        broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    # With the app in the context the middleware installs itself before the consumer
+    # subscribes (the eager path), as in a service started by `FastStream(broker).run()`.
+    app = FastStream(broker, logger=None)
+    subscriber = _subscribe(spec, broker, probe)
+    handler: KafkaConcurrentHandler | None = None
+    if spec.system == "middleware":
+        if spec.subscriber_limit is not None:
+            configure_subscriber(subscriber, concurrency_limit=spec.subscriber_limit)
+        handler = await initialize_concurrent_processing(
+            app.context,
+            concurrency_limit=spec.concurrency_limit,
+            commit_batch_size=spec.commit_batch_size,
+            max_uncommitted_tasks=spec.max_uncommitted_tasks,
+        )
+    probe.handler = handler
+    started_at = time.perf_counter()
+    await broker.start()
+    try:
+        yield Running(broker, app, subscriber, handler, started_at)
+    finally:
+        await broker.stop()
+        if handler is not None:
+            await stop_concurrent_processing(app.context)
+
+
+def _new_result(spec: RunSpec) -> RunResult:
+    return RunResult(
+        label=spec.label,
+        kind=spec.kind,
+        system=spec.system,
+        expected=spec.messages,
+        loadavg_start=os.getloadavg()[0],
+    )
+
+
+def _fill_window(result: RunResult, probe: Probe, run: Running) -> None:
+    result.handled = min(probe.done, probe.target)
+    if probe.first is not None:
+        result.elapsed_sec = probe.last - probe.first
+        result.startup_sec = probe.first - run.started_at
+    if not probe.finished.is_set():
+        probe.snapshot_counters()
+    result.fetch_requests = probe.at_last.fetch_requests
+    result.fetched_bytes = probe.at_last.fetched_bytes
+    if run.handler is not None:
+        result.pauses = probe.at_last.pauses
+        result.window_processed = probe.window_processed
+        result.window_commit_requests = probe.window_commit_requests
+
+
+def _fill_handler_stats(result: RunResult, handler: KafkaConcurrentHandler) -> None:
+    """After the broker stopped: totals with the final flush."""
+    result.processed = handler.processed
+    result.commit_requests = handler.committer.commit_requests
+
+
+async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None) -> RunResult:
+    result = _new_result(spec)
+    probe = Probe(spec.messages)
+    async with running(spec, probe) as run:
+        if profiler is not None:
+            profiler.enable()
+        try:
+            await asyncio.wait_for(probe.finished.wait(), spec.timeout_sec)
+        except TimeoutError:
+            result.notes.append(f"time budget of {spec.timeout_sec:.0f} s reached")
+        finally:
+            if profiler is not None:
+                profiler.disable()
+        _fill_window(result, probe, run)
+    if run.handler is not None:
+        _fill_handler_stats(result, run.handler)
+    result.loadavg_end = os.getloadavg()[0]
+    return result
+
+
+# ---- memory ---------------------------------------------------------------------------
+
+
+def owner_of(filename: str) -> str:
+    """Which package a traced allocation or profiled function belongs to."""
+    path = filename.replace("\\", "/")
+    if f"/{OURS}/" in path:
+        return OURS
+    for package in ("faststream", "fast_depends", "aiokafka", "anyio", "pydantic", "asyncio"):
+        if f"/{package}/" in path:
+            return package
+    if "/bench/" in path:
+        return "bench (handler, probe)"
+    if path == "~":
+        return "builtins (C)"
+    if path == "<unknown>":
+        return "no Python frame"
+    return "other (stdlib, ...)"
+
+
+def _deep_record_size(record: Any) -> int:
+    """Bytes one ConsumerRecord holds on its own (topic strings are shared, not counted)."""
+    size = sys.getsizeof(record)
+    inner = getattr(record, "__dict__", None)
+    if inner is not None:
+        size += sys.getsizeof(inner)
+    for name in ("offset", "timestamp", "key", "value", "serialized_key_size"):
+        value = getattr(record, name, None)
+        if value is not None and not (isinstance(value, int) and -5 <= value <= 256):
+            size += sys.getsizeof(value)
+    headers = getattr(record, "headers", None)
+    if headers is not None:
+        size += sys.getsizeof(headers)
+    return size
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux); the peak RSS elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _produce_elsewhere(spec: RunSpec, count: int) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.kafka_io",
+        spec.bootstrap,
+        spec.topic,
+        str(count),
+        str(spec.partitions),
+    )
+    if await process.wait() != 0:
+        msg = "producing the memory run's messages failed"
+        raise RuntimeError(msg)
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            msg = f"timed out waiting for {what}"
+            raise TimeoutError(msg)
+        await asyncio.sleep(0.05)
+
+
+def _queued_jobs(handler: KafkaConcurrentHandler | None) -> list[Any]:
+    if handler is None:
+        return []
+    return [job for lane in handler.lanes for job in lane.ready]
+
+
+def _attribute(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Traced growth by package, and the files that allocated most of it."""
+    ignore = {tracemalloc.__file__, "<frozen importlib._bootstrap>"}
+    by_owner: dict[str, int] = {}
+    by_file: dict[str, int] = {}
+    for stat in after.compare_to(before, "filename"):
+        filename = stat.traceback[0].filename
+        if filename in ignore:
+            continue
+        owner = owner_of(filename)
+        by_owner[owner] = by_owner.get(owner, 0) + stat.size_diff
+        short = _short_path(filename)
+        by_file[short] = by_file.get(short, 0) + stat.size_diff
+    top = dict(sorted(by_file.items(), key=lambda kv: -kv[1])[:12])
+    return by_owner, top
+
+
+async def run_memory(spec: RunSpec) -> RunResult:
+    """Hold ``spec.messages`` messages (in flight, or queued) and measure what they cost.
+
+    The topic is empty when the consumer joins; the baseline is taken then, and the messages
+    are produced by another process, so the difference holds what the held messages cost in
+    this process: records, FastStream's per-message objects and coroutine frames, this
+    library's bookkeeping and tasks. Traced runs diff two tracemalloc snapshots (allocations
+    attributed to the innermost Python frame, so C objects count for the Python file that
+    made them); untraced runs only read the resident set size.
+    """
+    result = _new_result(spec)
+    running_slots = spec.concurrency_limit if spec.queued else spec.messages
+    total = spec.messages + (running_slots if spec.queued else 0)
+    probe = Probe(running_slots, warmup=spec.warmup)
+    before: tracemalloc.Snapshot | None = None
+    after: tracemalloc.Snapshot | None = None
+    async with running(spec, probe) as run:
+        consumer = run.subscriber.consumer
+        await _wait_for(lambda: bool(consumer.assignment()), 60, "the partition assignment")
+        await asyncio.wait_for(probe.warmed.wait(), 60)
+        await asyncio.sleep(1.0)  # warm-up messages finish and the next (empty) fetches settle
+        gc.collect()
+        if spec.trace:
+            tracemalloc.start(1)
+            before = tracemalloc.take_snapshot()
+        rss_before = _rss_bytes()
+        phase = time.perf_counter()
+        await _produce_elsewhere(spec, total)
+        if spec.queued:
+            await _wait_for(
+                lambda: (
+                    probe.started >= running_slots
+                    and len(_queued_jobs(run.handler)) >= spec.messages
+                ),
+                spec.timeout_sec,
+                f"{spec.messages} queued messages",
+            )
+        else:
+            await asyncio.wait_for(probe.all_started.wait(), spec.timeout_sec)
+        result.notes.append(f"{time.perf_counter() - phase:.1f} s to hold the messages")
+        phase = time.perf_counter()
+        gc.collect()
+        rss_delta = _rss_bytes() - rss_before
+        peak = 0
+        if spec.trace:
+            after = tracemalloc.take_snapshot()
+            _current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        records = list(probe.records) + [job.record for job in _queued_jobs(run.handler)]
+        held, record_bytes = len(records), sum(_deep_record_size(r) for r in records)
+        del records
+        result.notes.append(f"{time.perf_counter() - phase:.1f} s to measure")
+        phase = time.perf_counter()
+        result.handled = probe.started
+        probe.target = total
+        probe.release.set()
+        await _wait_for(lambda: probe.done >= total, spec.timeout_sec, "the held messages")
+        result.notes.append(f"{time.perf_counter() - phase:.1f} s to finish them")
+        phase = time.perf_counter()
+    result.notes.append(f"{time.perf_counter() - phase:.1f} s to stop")
+    phase = time.perf_counter()
+    by_owner, top_files = _attribute(before, after) if before and after else ({}, {})
+    result.notes.append(f"{time.perf_counter() - phase:.1f} s to attribute")
+    result.memory = MemoryResult(
+        held=held,
+        running=result.handled,
+        traced=spec.trace,
+        diff_bytes=sum(by_owner.values()),
+        by_owner=by_owner,
+        top_files=top_files,
+        record_bytes=record_bytes,
+        traced_peak_bytes=peak,
+        rss_delta_bytes=rss_delta if not spec.trace else 0,
+    )
+    result.loadavg_end = os.getloadavg()[0]
+    return result
+
+
+# ---- profile --------------------------------------------------------------------------
+
+
+def _short_path(filename: str) -> str:
+    path = filename.replace("\\", "/")
+    for marker in ("site-packages/", "/work/main/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    if "/lib/python" in path:
+        return "stdlib/" + path.split("/lib/python", 1)[1].split("/", 1)[-1]
+    return path
+
+
+def _row(key: tuple[str, int, str], value: tuple[Any, ...]) -> ProfileRow:
+    filename, line, function = key
+    _cc, ncalls, tottime, cumtime = value[0], value[1], value[2], value[3]
+    location = _short_path(filename) if filename != "~" else "(built-in)"
+    if line:
+        location = f"{location}:{line}"
+    return ProfileRow(
+        function=function,
+        location=location,
+        ncalls=int(ncalls),
+        tottime=float(tottime),
+        cumtime=float(cumtime),
+    )
+
+
+def _table(title: str, rows: list[ProfileRow]) -> str:
+    lines = [title, f"{'ncalls':>9} {'tottime':>9} {'cumtime':>9}  function (location)"]
+    lines += [
+        f"{r.ncalls:>9} {r.tottime:>9.3f} {r.cumtime:>9.3f}  {r.function} ({r.location})"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def _is_idle(filename: str, function: str) -> bool:
+    """The event loop waiting for I/O (epoll/poll/select): wall time, not work."""
+    return filename == "~" and "of 'select." in function
+
+
+def summarise_profile(profiler: cProfile.Profile, spec: RunSpec, result: RunResult) -> None:
+    """Own time (tottime) by package, over the busy time: cProfile measures wall time, so the
+    time the loop waited in ``select`` is set apart as idle."""
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    idle = sum(float(v[2]) for (f, _l, fn), v in raw.items() if _is_idle(f, fn))
+    total = sum(float(value[2]) for value in raw.values()) - idle
+    by_owner: dict[str, float] = {}
+    builtins_from_ours = 0.0
+    for (filename, _line, function), value in raw.items():
+        if _is_idle(filename, function):
+            continue
+        owner = owner_of(filename)
+        by_owner[owner] = by_owner.get(owner, 0.0) + float(value[2])
+        if filename == "~":
+            # callers: caller -> (cc, nc, tottime, cumtime) of this built-in from that caller
+            for caller, timing in value[4].items():
+                if owner_of(caller[0]) == OURS:
+                    builtins_from_ours += float(timing[2])
+    ours_incl = by_owner.get(OURS, 0.0) + builtins_from_ours
+    items = list(raw.items())
+    top_cumulative = [_row(k, v) for k, v in sorted(items, key=lambda kv: -kv[1][3])[:15]]
+    top_tottime = [_row(k, v) for k, v in sorted(items, key=lambda kv: -kv[1][2])[:15]]
+    ours = [kv for kv in items if owner_of(kv[0][0]) == OURS]
+    top_ours = [_row(k, v) for k, v in sorted(ours, key=lambda kv: -kv[1][2])[:15]]
+    text_path = spec.profile_path or "profile.txt"
+    handled = max(result.handled, 1)
+    header = [
+        f"== {spec.label}: {result.handled} messages, profiled wall time "
+        f"{result.elapsed_sec:.2f} s, busy {total:.2f} s ({1e6 * total / handled:.0f} us per "
+        f"message), idle in select {idle:.2f} s",
+        "busy own time (tottime) by package: "
+        + ", ".join(
+            f"{owner} {100 * t / total:.1f}%"
+            for owner, t in sorted(by_owner.items(), key=lambda kv: -kv[1])
+        ),
+        f"{OURS} with the built-ins it calls directly: {100 * ours_incl / total:.1f}% "
+        f"({1e6 * ours_incl / handled:.0f} us per message)",
+    ]
+    text = "\n\n".join(
+        [
+            "\n".join(header),
+            _table("-- top 15 by cumulative time", top_cumulative),
+            _table("-- top 15 by own time (tottime)", top_tottime),
+            _table(f"-- top 15 functions of {OURS} by own time", top_ours),
+        ]
+    )
+    Path(text_path).write_text(text + "\n")
+    result.profile = ProfileResult(
+        total_tottime=total,
+        idle_tottime=idle,
+        tottime_by_owner=by_owner,
+        ours_incl_builtins=ours_incl,
+        top_cumulative=top_cumulative,
+        top_tottime=top_tottime,
+        top_ours=top_ours,
+        text_path=text_path,
+    )
+
+
+async def run_profile(spec: RunSpec) -> RunResult:
+    profiler = cProfile.Profile()
+    result = await run_throughput(spec, profiler)
+    summarise_profile(profiler, spec, result)
+    if spec.profile_path:
+        profiler.dump_stats(spec.profile_path + ".pstats")
+    return result
+
+
+async def run(spec: RunSpec) -> RunResult:
+    instrument.install()
+    if spec.kind == "memory":
+        return await run_memory(spec)
+    if spec.kind == "profile":
+        return await run_profile(spec)
+    return await run_throughput(spec)

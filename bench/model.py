@@ -1,0 +1,186 @@
+"""What one measured run is asked to do, and what it reports back.
+
+Both travel between the orchestrator (``bench.run``) and a worker process (``bench.worker``)
+as JSON files, so every field is a plain JSON value.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["throughput", "memory", "profile"]
+System = Literal["middleware", "faststream"]
+# "noop": return at once; "sleep": await asyncio.sleep(sleep_sec);
+# "block": wait on an asyncio.Event until the memory snapshot was taken.
+HandlerMode = Literal["noop", "sleep", "block"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    label: str
+    kind: Kind
+    system: System
+    bootstrap: str
+    topic: str
+    group: str
+    partitions: int
+    messages: int  # handled messages to wait for (memory: messages to hold)
+    handler: HandlerMode = "noop"
+    sleep_sec: float = 0.0
+    # FastStream subscriber options (the middleware always uses AckPolicy.MANUAL).
+    ack_policy: str = "ACK_FIRST"
+    max_workers: int = 1
+    # Middleware settings.
+    concurrency_limit: int = 100
+    commit_batch_size: int = 10
+    subscriber_limit: int | None = None  # configure_subscriber(concurrency_limit=...)
+    max_uncommitted_tasks: int = 10_000
+    # Memory runs: messages handled (not held) before the baseline, so one-off allocations
+    # (lazy imports, caches) stay out of the measurement.
+    warmup: int = 0
+    # Memory runs: hold messages in the middleware's queue instead of in flight; trace with
+    # tracemalloc (False: only the growth of the resident set size is measured).
+    queued: bool = False
+    trace: bool = True
+    session_timeout_ms: int | None = None  # memory runs: snapshots block the loop for a while
+    timeout_sec: float = 60.0
+    profile_path: str | None = None
+
+
+@dataclass(kw_only=True)
+class MemoryResult:
+    held: int  # messages in flight (or queued) at the snapshot
+    running: int  # of which running (queued runs: the few holding the slots)
+    traced: bool
+    diff_bytes: int  # traced bytes at the snapshot minus before the first message
+    by_owner: dict[str, int]  # diff_bytes split by the package of the allocating file
+    top_files: dict[str, int]  # the files that allocated most of diff_bytes
+    record_bytes: int  # deep size of the held ConsumerRecord objects
+    traced_peak_bytes: int
+    rss_delta_bytes: int  # growth of the resident set size (untraced runs only)
+
+
+@dataclass(kw_only=True)
+class ProfileRow:
+    function: str
+    location: str
+    ncalls: int
+    tottime: float
+    cumtime: float
+
+
+@dataclass(kw_only=True)
+class ProfileResult:
+    total_tottime: float  # own time of all functions, without idle
+    idle_tottime: float  # the event loop waiting in select
+    tottime_by_owner: dict[str, float]
+    # Own time of this library's functions plus that of built-ins they call directly.
+    ours_incl_builtins: float
+    top_cumulative: list[ProfileRow]
+    top_tottime: list[ProfileRow]
+    top_ours: list[ProfileRow]
+    text_path: str
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    label: str
+    kind: Kind
+    system: System
+    expected: int
+    handled: int = 0
+    elapsed_sec: float = 0.0  # first handled message -> last one counted
+    startup_sec: float = 0.0  # broker.start() -> first message handled
+    processed: int | None = None  # middleware: messages it finished (may exceed `handled`)
+    commit_requests: int | None = None  # ... and its commit requests, final flush included
+    # The same two when the last counted message was handled (before the final flush).
+    window_processed: int | None = None
+    window_commit_requests: int | None = None
+    # From broker.start() to the last counted message:
+    pauses: int | None = None  # middleware: times a consumer was paused (backpressure)
+    fetch_requests: int | None = None  # aiokafka fetch requests sent
+    fetched_bytes: int | None = None  # record bytes those fetches brought in
+    loadavg_start: float = 0.0
+    loadavg_end: float = 0.0
+    memory: MemoryResult | None = None
+    profile: ProfileResult | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def partial(self) -> bool:
+        return self.handled < self.expected
+
+    @property
+    def throughput(self) -> float:
+        # The first message starts the clock, so `handled - 1` intervals were measured.
+        if self.handled < 2 or self.elapsed_sec <= 0:
+            return 0.0
+        return (self.handled - 1) / self.elapsed_sec
+
+    @property
+    def commits_per_1000(self) -> float | None:
+        if self.commit_requests is None or not self.processed:
+            return None
+        return 1000.0 * self.commit_requests / self.processed
+
+    @property
+    def window_commits_per_1000(self) -> float | None:
+        if self.window_commit_requests is None or not self.window_processed:
+            return None
+        return 1000.0 * self.window_commit_requests / self.window_processed
+
+    @property
+    def pauses_per_1000(self) -> float | None:
+        if self.pauses is None or not self.handled:
+            return None
+        return 1000.0 * self.pauses / self.handled
+
+    @property
+    def fetches_per_1000(self) -> float | None:
+        if self.fetch_requests is None or not self.handled:
+            return None
+        return 1000.0 * self.fetch_requests / self.handled
+
+    @property
+    def fetched_bytes_per_message(self) -> float | None:
+        if self.fetched_bytes is None or not self.handled:
+            return None
+        return self.fetched_bytes / self.handled
+
+
+def write_json(path: Path, value: RunSpec | RunResult) -> None:
+    path.write_text(json.dumps(asdict(value), indent=1))
+
+
+def read_spec(path: Path) -> RunSpec:
+    return RunSpec(**json.loads(path.read_text()))
+
+
+def read_result(path: Path) -> RunResult:
+    return result_from_dict(json.loads(path.read_text()))
+
+
+def result_from_dict(data: dict[str, Any]) -> RunResult:
+    memory = data.pop("memory", None)
+    profile = data.pop("profile", None)
+    result = RunResult(**data)
+    if memory is not None:
+        result.memory = MemoryResult(**memory)
+    if profile is not None:
+        result.profile = ProfileResult(
+            total_tottime=profile["total_tottime"],
+            idle_tottime=profile.get("idle_tottime", 0.0),
+            tottime_by_owner=profile["tottime_by_owner"],
+            ours_incl_builtins=profile["ours_incl_builtins"],
+            top_cumulative=[ProfileRow(**row) for row in profile["top_cumulative"]],
+            top_tottime=[ProfileRow(**row) for row in profile["top_tottime"]],
+            top_ours=[ProfileRow(**row) for row in profile["top_ours"]],
+            text_path=profile["text_path"],
+        )
+    return result

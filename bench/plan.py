@@ -1,0 +1,167 @@
+"""Which runs make up a benchmark, with how many messages, in which order."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.kafka_io import unique
+from bench.model import Kind, RunSpec, System
+
+IO_LIMITS = (1, 10, 100, 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    quick: bool
+    partitions: int = 4
+    noop_messages: int
+    repeat: int  # no-op throughput runs are repeated; the report shows the median
+    ack_budget_sec: float  # FastStream AckPolicy.ACK commits per message: cap its run time
+    io_sleep_sec: float = 0.01
+    io_cap: int
+    io_per_limit: int
+    memory_messages: int
+    queued_limit: int = 10
+    profile_messages: int
+    run_timeout_sec: float
+
+    def io_messages(self, limit: int) -> int:
+        return min(self.io_cap, self.io_per_limit * limit)
+
+    @property
+    def io_topic_messages(self) -> int:
+        return max(self.io_messages(limit) for limit in IO_LIMITS)
+
+
+FULL = Params(
+    quick=False,
+    noop_messages=20_000,
+    repeat=5,
+    ack_budget_sec=30.0,
+    io_cap=20_000,
+    io_per_limit=200,
+    memory_messages=10_000,
+    profile_messages=20_000,
+    run_timeout_sec=120.0,
+)
+
+QUICK = Params(
+    quick=True,
+    noop_messages=5_000,
+    repeat=1,
+    ack_budget_sec=8.0,
+    io_cap=5_000,
+    io_per_limit=100,
+    memory_messages=2_000,
+    profile_messages=5_000,
+    run_timeout_sec=60.0,
+)
+
+
+@dataclass(frozen=True)
+class Topics:
+    noop: str
+    io: str
+
+
+# What each label means, for the report (the label is the key of a configuration).
+DESCRIPTIONS: dict[str, str] = {
+    "noop/mw-b10": "this middleware, limit 100, commit_batch_size 10 (default)",
+    "noop/mw-b100": "this middleware, limit 100, commit_batch_size 100",
+    "noop/fs-ack-first": "FastStream alone, ACK_FIRST (auto-commit): the ceiling",
+    "noop/fs-ack": "FastStream alone, AckPolicy.ACK (sequential, commit per message)",
+    "noop/fs-workers-100": "FastStream max_workers=100, ACK_FIRST",
+    "mem/mw-inflight": "this middleware, messages in flight (limit = held)",
+    "mem/mw-inflight-rss": "same, without tracemalloc (RSS only)",
+    "mem/mw-queued": "this middleware, messages queued (global limit 10)",
+    "mem/fs-inflight": "FastStream max_workers = held, ACK_FIRST, in flight",
+    "mem/fs-inflight-rss": "same, without tracemalloc (RSS only)",
+    "profile/mw": "this middleware, limit 100, batch 10, no-op handler",
+    "profile/fs": "FastStream alone, ACK_FIRST, no-op handler",
+}
+
+
+def io_label(system: str, limit: int) -> str:
+    return f"io/{system}/{limit}"
+
+
+def build(
+    params: Params, bootstrap: str, topics: Topics, memory_topic: Callable[[], str]
+) -> list[RunSpec]:
+    """All runs in order; ``memory_topic`` names a fresh topic for each memory run.
+
+    The caller creates every topic with ``params.partitions`` partitions and pre-produces
+    the no-op and I/O topics (memory runs produce their own messages)."""
+
+    def spec(
+        label: str, kind: Kind, system: System, topic: str, messages: int, **kw: Any
+    ) -> RunSpec:
+        return RunSpec(
+            label=label,
+            kind=kind,
+            system=system,
+            bootstrap=bootstrap,
+            topic=topic,
+            group=unique("bench-group"),
+            partitions=params.partitions,
+            messages=messages,
+            **{"timeout_sec": params.run_timeout_sec, **kw},
+        )
+
+    n = params.noop_messages
+    runs: list[RunSpec] = []
+    # 1. No-op throughput; repeats interleave the systems so a burst of load hits all alike.
+    for _ in range(params.repeat):
+        runs += [
+            spec("noop/mw-b10", "throughput", "middleware", topics.noop, n, commit_batch_size=10),
+            spec("noop/mw-b100", "throughput", "middleware", topics.noop, n, commit_batch_size=100),
+            spec("noop/fs-ack-first", "throughput", "faststream", topics.noop, n),
+            spec(
+                "noop/fs-workers-100", "throughput", "faststream", topics.noop, n, max_workers=100
+            ),
+        ]
+    runs.append(
+        spec(
+            "noop/fs-ack",
+            "throughput",
+            "faststream",
+            topics.noop,
+            n,
+            ack_policy="ACK",
+            timeout_sec=params.ack_budget_sec,
+        )
+    )
+    # 2. I/O-bound handlers.
+    for limit in IO_LIMITS:
+        m = params.io_messages(limit)
+        io = {"handler": "sleep", "sleep_sec": params.io_sleep_sec}
+        runs += [
+            spec(io_label("mw", limit), "throughput", "middleware", topics.io, m,
+                 concurrency_limit=limit, **io),
+            spec(io_label("fs", limit), "throughput", "faststream", topics.io, m,
+                 max_workers=limit, **io),
+        ]  # fmt: skip
+    # 4. Memory.
+    held = params.memory_messages
+    big = held * 10
+    blocked = {"handler": "block", "session_timeout_ms": 60_000, "warmup": 50}
+    runs += [
+        spec("mem/mw-inflight", "memory", "middleware", memory_topic(), held,
+             concurrency_limit=held, max_uncommitted_tasks=big, **blocked),
+        spec("mem/mw-inflight-rss", "memory", "middleware", memory_topic(), held,
+             concurrency_limit=held, max_uncommitted_tasks=big, trace=False, **blocked),
+        spec("mem/mw-queued", "memory", "middleware", memory_topic(), held,
+             concurrency_limit=params.queued_limit, subscriber_limit=2 * held,
+             max_uncommitted_tasks=big, queued=True, **blocked),
+        spec("mem/fs-inflight", "memory", "faststream", memory_topic(), held,
+             max_workers=held, **blocked),
+        spec("mem/fs-inflight-rss", "memory", "faststream", memory_topic(), held,
+             max_workers=held, trace=False, **blocked),
+    ]  # fmt: skip
+    # 5. CPU profile.
+    p = params.profile_messages
+    runs += [
+        spec("profile/mw", "profile", "middleware", topics.noop, p),
+        spec("profile/fs", "profile", "faststream", topics.noop, p),
+    ]
+    return runs
