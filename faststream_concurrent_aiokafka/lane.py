@@ -21,6 +21,7 @@ from faststream_concurrent_aiokafka.offset_codec import (
 )
 from faststream_concurrent_aiokafka.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.ordering import OrderingGate
+from faststream_concurrent_aiokafka.runner import CommitGuard
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -39,6 +40,7 @@ class ConsumerLane:
         self.tracked = 0
         self.closing = False
         self.dead_letter_stuck: set[KafkaCommitTask] = set()
+        self.commit_guard = CommitGuard(consumer)
         self.hungry = False
         self.commit_lock = asyncio.Lock()
         self._paused: set[TopicPartition] | None = None

@@ -167,7 +167,7 @@ async def call_handler(job: KafkaCommitTask, call_next: Any, message: StreamMess
     ``msg.nack()`` and ``msg.reject()`` become ``NackMessage``/``RejectMessage`` so the policy
     sees them and FastStream publishes no result for the message.
     """
-    message.consumer = CommitGuard(job.lane.consumer)  # type: ignore[attr-defined]
+    message.consumer = job.lane.commit_guard  # type: ignore[attr-defined]
     message.reject = partial(_record_reject, message)  # type: ignore[method-assign]
     timeout = job.lane.options.task_timeout_sec
     if timeout is None:
