@@ -18,6 +18,7 @@ from faststream_concurrent_aiokafka.shutdown_signals import (
 if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream._internal.application import Application
+    from faststream._internal.broker import BrokerUsecase
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -38,12 +39,14 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     retry_backoff_max_sec: float = 10.0,
     dead_letter_topic: str | None = None,
     track_completed_offsets: bool = True,
+    broker: "BrokerUsecase[Any, Any] | None" = None,
 ) -> KafkaConcurrentHandler:
     """Create and start the handler and store it in ``context``.
 
     Call it before the broker starts (lifespan or ``on_startup``): the subscribers of an app
-    found in ``context`` then get their dispatcher and rebalance listener before they
-    subscribe. Others are set up at their first message.
+    found in ``context``, and of ``broker`` if given (a bare broker has no app), then get their
+    dispatcher and rebalance listener before they subscribe. Others are set up at their first
+    message, which outer middlewares then see twice (once ending in ``SkipMessage``).
     """
     return await start_concurrent_processing(
         context,
@@ -62,11 +65,14 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
             dead_letter_topic=dead_letter_topic,
             track_completed_offsets=track_completed_offsets,
         ),
+        broker,
     )
 
 
 async def start_concurrent_processing(
-    context: "ContextRepo", settings: ConcurrencySettings
+    context: "ContextRepo",
+    settings: ConcurrencySettings,
+    broker: "BrokerUsecase[Any, Any] | None" = None,
 ) -> KafkaConcurrentHandler:
     """``initialize_concurrent_processing`` for settings already built and validated."""
     if find_handler(context) is not None:
@@ -74,7 +80,7 @@ async def start_concurrent_processing(
         raise ConcurrentProcessingSetupError(msg)
     subscribers = [
         sub
-        for sub in _app_subscribers(context)
+        for sub in _known_subscribers(context, broker)
         if dispatch.uses_concurrent_processing(sub, KafkaConcurrentProcessingMiddleware)
     ]
     for subscriber in subscribers:
@@ -121,7 +127,7 @@ def setup_concurrent_processing(app: "Application", **settings: Any) -> None:
 
     async def start() -> None:
         for broker in brokers:
-            await start_concurrent_processing(broker.context, validated)
+            await start_concurrent_processing(broker.context, validated, broker)
 
     async def stop() -> None:
         for broker in brokers:
@@ -131,9 +137,14 @@ def setup_concurrent_processing(app: "Application", **settings: Any) -> None:
     app.after_shutdown(stop)
 
 
-def _app_subscribers(context: "ContextRepo") -> list[Any]:
-    """Subscribers of the app's brokers that use this context (all, if none does)."""
+def _known_subscribers(
+    context: "ContextRepo", broker: "BrokerUsecase[Any, Any] | None"
+) -> list[Any]:
+    """``broker``'s subscribers, and those of the app's brokers that use this context (all of
+    the app's, if none does)."""
     app = context.get("app")
     brokers = list(getattr(app, "brokers", None) or [])
-    own = [broker for broker in brokers if broker.context is context]
-    return [sub for broker in own or brokers for sub in broker.subscribers]
+    own = [b for b in brokers if b.context is context] or brokers
+    if broker is not None and broker not in own:
+        own.append(broker)
+    return [sub for b in own for sub in b.subscribers]

@@ -1,0 +1,60 @@
+"""The examples run against the real broker and do what they claim."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples.pipeline import expected_result, run_pipeline
+from tests.kafka_helpers import BOOTSTRAP, committed_offsets, end_offsets, read_all
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_pipeline_publishes_every_enriched_order_and_commits_all_input() -> None:
+    messages = 2000
+    result = await run_pipeline(BOOTSTRAP, messages)
+    print(f"\n{result.summary()}")
+
+    assert result.processed == messages
+    assert result.failed == 0
+    assert result.output_records == messages
+    assert result.valid_output_records == messages
+    # Read back independently of the example's own count.
+    output_ends = await end_offsets(result.output_topic, result.partitions)
+    assert sum(output_ends.values()) == messages, "exactly one output record per order"
+    records = await read_all(result.output_topic, messages)
+    values = [json.loads(value) if value else None for _key, value, _headers in records]
+    assert None not in values, "an empty/None result was published"
+    by_order = {value["order_id"]: value for value in values if value is not None}
+    assert len(by_order) == messages, "an order was published twice or is missing"
+    assert by_order == {order_id: expected_result(order_id) for order_id in range(messages)}
+    # After the app stopped, the input topic is committed to its end.
+    input_ends = await end_offsets(result.input_topic, result.partitions)
+    assert await committed_offsets(result.group, result.input_topic) == input_ends
+    assert result.committed == input_ends
+    assert result.ok
+
+
+def test_pipeline_runs_as_a_module() -> None:
+    """``python -m examples.pipeline`` with a small run: exit code 0 and the summary."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.pipeline", "--messages", "200"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "output records       200" in done.stdout
+    assert "valid enriched       200" in done.stdout
+    assert "committed == end     yes" in done.stdout
+    assert done.stdout.rstrip().endswith("OK")
