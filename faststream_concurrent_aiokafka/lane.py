@@ -115,15 +115,15 @@ class ConsumerLane:
             if tp not in assignment:
                 self.retire(tp)
                 continue
-            point = tracker.commit_point if track else tracker.committable
-            if point is None:
-                continue
             if track:
-                if point == tracker.committed and not tracker.changed_since_commit:
+                point = tracker.commit_point
+                if point is None or (
+                    point == tracker.committed and not tracker.changed_since_commit
+                ):
                     continue
                 batch.add(tp, tracker, point, tracker.finished_above())
-            elif point != tracker.committed:
-                batch.add(tp, tracker, point, frozenset())
+            elif tracker.needs_commit and tracker.committable is not None:
+                batch.add(tp, tracker, tracker.committable, frozenset())
         return batch
 
     def load_already_done(self, committed: dict[TopicPartition, OffsetAndMetadata]) -> int:
