@@ -1,6 +1,7 @@
 """Helpers for tests against the real broker: topics, producing, committed offsets, waiting."""
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -9,6 +10,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
+from faststream.kafka import KafkaBroker
+
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentProcessingMiddleware,
+    stop_concurrent_processing,
+)
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
@@ -113,3 +120,37 @@ async def wait_until(
             msg = f"condition not met within {timeout} s"
             raise AssertionError(msg)
         await asyncio.sleep(interval)
+
+
+def concurrent_broker(logger: logging.Logger | None = None) -> KafkaBroker:
+    """A broker with the middleware registered (no per-message log lines unless ``logger``)."""
+    broker = KafkaBroker(BOOTSTRAP, logger=logger)
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    return broker
+
+
+def numbers(count: int, start: int = 0) -> list[bytes]:
+    """Message values b"start" .. b"start+count-1" (FastStream decodes them as ints)."""
+    return [str(i).encode() for i in range(start, start + count)]
+
+
+async def wait_committed(
+    group: str, topic: str, expected: dict[int, int], timeout: float = 20.0
+) -> None:
+    """Wait until ``group``'s committed offsets of ``topic`` are exactly ``expected``."""
+
+    async def reached() -> bool:
+        return await committed_offsets(group, topic) == expected
+
+    try:
+        await wait_until(reached, timeout=timeout, interval=0.2)
+    except AssertionError:
+        actual = await committed_offsets(group, topic)
+        msg = f"committed offsets of {group} on {topic}: {actual}, expected {expected}"
+        raise AssertionError(msg) from None
+
+
+async def shut_down(broker: KafkaBroker) -> None:
+    """Stop as an app does: the broker first (drains and commits), then the handler."""
+    await broker.stop()
+    await stop_concurrent_processing(broker.context)

@@ -13,22 +13,24 @@ from typing import Literal
 
 import pytest
 from faststream import FastStream
-from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka import TestKafkaBroker
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
     stop_concurrent_processing,
 )
 from tests.kafka_helpers import (
-    BOOTSTRAP,
     committed_offsets,
+    concurrent_broker,
     create_topic,
     end_offsets,
+    numbers,
     produce,
+    shut_down,
     unique,
+    wait_committed,
     wait_until,
 )
 
@@ -55,36 +57,6 @@ class Gauge:
         self.active -= 1
 
 
-def new_broker() -> KafkaBroker:
-    broker = KafkaBroker(BOOTSTRAP, logger=None)
-    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
-    return broker
-
-
-def numbers(count: int, start: int = 0) -> list[bytes]:
-    return [str(i).encode() for i in range(start, start + count)]
-
-
-async def wait_committed(group: str, topic: str, expected: dict[int, int]) -> None:
-    """Wait until ``group``'s committed offsets of ``topic`` are exactly ``expected``."""
-
-    async def reached() -> bool:
-        return await committed_offsets(group, topic) == expected
-
-    try:
-        await wait_until(reached, timeout=WAIT, interval=POLL)
-    except AssertionError:
-        actual = await committed_offsets(group, topic)
-        msg = f"committed offsets of {group} on {topic}: {actual}, expected {expected}"
-        raise AssertionError(msg) from None
-
-
-async def shut_down(broker: KafkaBroker) -> None:
-    """Stop as an app does: the broker first (drains and commits), then the handler."""
-    await broker.stop()
-    await stop_concurrent_processing(broker.context)
-
-
 # ---- throughput and the concurrency limit ------------------------------------------------
 
 
@@ -98,7 +70,7 @@ async def test_acceptance_3000_messages_processed_once_and_committed_to_the_end(
     topic, group = unique("accept"), unique("g-accept")
     await create_topic(topic, partitions)
     await produce(topic, numbers(count), partitions=partitions, key=lambda i: str(i % 64).encode())
-    broker = new_broker()
+    broker = concurrent_broker()
     seen: Counter[int] = Counter()
     gauge = Gauge()
     first_call: list[float] = []
@@ -149,7 +121,7 @@ async def test_concurrency_limit_caps_the_handlers_running_at_once() -> None:
     topic, group = unique("limit"), unique("g-limit")
     await create_topic(topic, partitions)
     await produce(topic, numbers(count), partitions=partitions)
-    broker = new_broker()
+    broker = concurrent_broker()
     gauge = Gauge()
     full = asyncio.Event()
     done: set[int] = set()
@@ -189,7 +161,7 @@ async def test_a_full_batch_is_committed_without_waiting_for_the_timeout() -> No
     topic, group = unique("bysize"), unique("g-bysize")
     await create_topic(topic, 1)
     await produce(topic, numbers(25), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     done: set[int] = set()
 
     @broker.subscriber(
@@ -219,7 +191,7 @@ async def test_a_partial_batch_is_committed_after_the_timeout() -> None:
     topic, group = unique("bytime"), unique("g-bytime")
     await create_topic(topic, 2)
     await produce(topic, numbers(40), partitions=2)
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @broker.subscriber(
         topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
@@ -251,7 +223,7 @@ async def test_commit_point_waits_for_the_first_unfinished_message() -> None:
     await create_topic(blocked, 1)
     await create_topic(probe, 1)
     await produce(blocked, numbers(50), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     release = asyncio.Event()
     finished: set[int] = set()
 
@@ -287,7 +259,7 @@ async def test_message_cancelled_at_shutdown_is_the_commit_point_and_redelivered
     topic, group = unique("cancel"), unique("g-cancel")
     await create_topic(topic, 1)
     await produce(topic, numbers(20), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     never = asyncio.Event()
     finished: set[int] = set()
     cancelled: list[int] = []
@@ -317,7 +289,7 @@ async def test_message_cancelled_at_shutdown_is_the_commit_point_and_redelivered
     assert await committed_offsets(group, topic) == {0: 5}
 
     # A new consumer of the group starts at the cancelled message.
-    again = new_broker()
+    again = concurrent_broker()
     redelivered: list[int] = []
 
     @again.subscriber(
@@ -354,7 +326,7 @@ async def test_subscribers_and_groups_commit_independently() -> None:
     await create_topic(second, 2)
     await produce(first, numbers(40), partitions=2)
     await produce(second, numbers(40, start=100), partitions=2)
-    broker = new_broker()
+    broker = concurrent_broker()
     release = asyncio.Event()
     a_first: set[int] = set()
     a_second: set[int] = set()
@@ -423,7 +395,7 @@ async def test_works_under_test_kafka_broker(
     setup: Literal["none", "initialised", "initialised_with_app"],
 ) -> None:
     topic = unique("inmemory")
-    broker = new_broker()
+    broker = concurrent_broker()
     received: list[int] = []
 
     @broker.subscriber(topic, group_id=unique("g-inmemory"), ack_policy=AckPolicy.MANUAL)
@@ -452,7 +424,7 @@ async def test_health_follows_the_handler_lifecycle() -> None:
     topic, group = unique("health"), unique("g-health")
     await create_topic(topic, 1)
     await produce(topic, numbers(3), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     done: set[int] = set()
 
     @broker.subscriber(

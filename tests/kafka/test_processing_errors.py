@@ -15,18 +15,20 @@ from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
     ConcurrentProcessingSetupError,
-    KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
     stop_concurrent_processing,
 )
 from tests.kafka_helpers import (
-    BOOTSTRAP,
     committed_offsets,
+    concurrent_broker,
     create_topic,
     end_offsets,
+    numbers,
     produce,
+    shut_down,
     unique,
+    wait_committed,
     wait_until,
 )
 
@@ -37,33 +39,6 @@ POLL = 0.2
 LIBRARY_LOGGER = "faststream_concurrent_aiokafka"
 # FastStream logs what escapes a handler's middlewares to the broker's logger.
 BROKER_LOGGER = "tests.kafka.processing_errors.broker"
-
-
-def new_broker(logger: logging.Logger | None = None) -> KafkaBroker:
-    broker = KafkaBroker(BOOTSTRAP, logger=logger)
-    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
-    return broker
-
-
-def numbers(count: int, start: int = 0) -> list[bytes]:
-    return [str(i).encode() for i in range(start, start + count)]
-
-
-async def wait_committed(group: str, topic: str, expected: dict[int, int]) -> None:
-    async def reached() -> bool:
-        return await committed_offsets(group, topic) == expected
-
-    try:
-        await wait_until(reached, timeout=WAIT, interval=POLL)
-    except AssertionError:
-        actual = await committed_offsets(group, topic)
-        msg = f"committed offsets of {group} on {topic}: {actual}, expected {expected}"
-        raise AssertionError(msg) from None
-
-
-async def shut_down(broker: KafkaBroker) -> None:
-    await broker.stop()
-    await stop_concurrent_processing(broker.context)
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
@@ -90,7 +65,7 @@ async def test_handler_exception_is_logged_counted_and_committed(
     topic, group = unique("raises"), unique("g-raises")
     await create_topic(topic, partitions)
     await produce(topic, numbers(count), partitions=partitions)
-    broker = new_broker()
+    broker = concurrent_broker()
     attempted: set[int] = set()
     failing = {i for i in range(count) if i % 7 == 0}
 
@@ -136,7 +111,7 @@ async def test_subscriber_without_manual_ack_is_passed_through_sequentially() ->
     topic, group = unique("passthru"), unique("g-passthru")
     await create_topic(topic, 1)
     await produce(topic, numbers(count), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     active = 0
     peak = 0
     received: list[int] = []
@@ -182,7 +157,7 @@ async def test_ordered_batch_subscriber_is_refused_at_initialisation_when_the_ap
     None
 ):
     # A batch mixes keys and partitions: an ordering mode cannot apply to it.
-    broker = new_broker()
+    broker = concurrent_broker()
     add_manual_batch_subscriber(broker, unique("batch"), unique("g-batch"), [])
     FastStream(broker)
     try:
@@ -195,7 +170,7 @@ async def test_ordered_batch_subscriber_is_refused_at_initialisation_when_the_ap
 async def test_failed_initialisation_leaves_no_running_handler() -> None:
     # A refused setup should not leave a half-initialised handler (and its committer task)
     # in the context: the service is not set up, and a corrected retry must be possible.
-    broker = new_broker()
+    broker = concurrent_broker()
     add_manual_batch_subscriber(broker, unique("batch"), unique("g-batch"), [])
     FastStream(broker)
     try:
@@ -216,7 +191,7 @@ async def test_ordered_batch_subscriber_found_at_first_message_fails_loudly_unco
     topic, group = unique("batch-late"), unique("g-batch-late")
     await create_topic(topic, 1)
     await produce(topic, numbers(3), partitions=1)
-    broker = new_broker(logging.getLogger(BROKER_LOGGER))
+    broker = concurrent_broker(logging.getLogger(BROKER_LOGGER))
     calls: list[object] = []
     add_manual_batch_subscriber(broker, topic, group, calls)
 
@@ -245,7 +220,7 @@ async def test_manual_subscriber_without_initialisation_logs_setup_error_and_com
     topic, group = unique("noinit"), unique("g-noinit")
     await create_topic(topic, 1)
     await produce(topic, numbers(3), partitions=1)
-    broker = new_broker(logging.getLogger(BROKER_LOGGER) if broker_logger else None)
+    broker = concurrent_broker(logging.getLogger(BROKER_LOGGER) if broker_logger else None)
     calls: list[int] = []
 
     @broker.subscriber(
@@ -283,7 +258,7 @@ async def test_msg_ack_in_a_handler_never_commits_past_a_running_message() -> No
     topic, group = unique("ack"), unique("g-ack")
     await create_topic(topic, 1)
     await produce(topic, numbers(count), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     release = asyncio.Event()
     acked: set[int] = set()
 
@@ -321,7 +296,7 @@ async def test_msg_nack_in_a_handler_neither_seeks_nor_redelivers() -> None:
     topic, group = unique("nack"), unique("g-nack")
     await create_topic(topic, 1)
     await produce(topic, numbers(count), partitions=1)
-    broker = new_broker()
+    broker = concurrent_broker()
     seen: Counter[int] = Counter()
 
     @broker.subscriber(
