@@ -7,6 +7,7 @@ admission into the handler, and its ``stop`` first drains the handler's work whi
 consumer can still commit. A rebalance listener is attached at the same time.
 """
 
+import asyncio
 import logging
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -62,9 +63,15 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
             await consume_one(subscriber, record)
             return
         try:
-            admit_record(handler, subscriber, record)
+            queued = admit_record(handler, subscriber, record)
         except CommitterIsDeadError:
             logger.exception("Records left uncommitted: the committer is dead")
+            return
+        if queued:
+            # No free slot: let running messages take a step before fetching more. With fast
+            # handlers the backlog then drains instead of reaching the pause threshold, and a
+            # pause would make aiokafka drop and re-fetch what it had buffered.
+            await asyncio.sleep(0)
 
     async def drain_then_stop() -> None:
         if _INSTALLED.get(subscriber) is handler and handler.is_running:
@@ -78,15 +85,20 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     _attach_listener(subscriber, handler)
 
 
-def admit_record(handler: KafkaConcurrentHandler, subscriber: Any, record: Any) -> None:
-    """Hand a fetched record, or a batch subscriber's tuple of records, to the handler."""
+def admit_record(handler: KafkaConcurrentHandler, subscriber: Any, record: Any) -> bool:
+    """Hand a fetched record, or a batch subscriber's tuple of records, to the handler;
+    True if work now waits for a slot on that consumer."""
     if isinstance(record, tuple):
-        if record:
-            consumer = getattr(record[0], "consumer", None) or subscriber.consumer
-            handler.admit_batch(handler.lane_for(subscriber, consumer), record)
-        return
-    consumer = getattr(record, "consumer", None) or subscriber.consumer
-    handler.admit(handler.lane_for(subscriber, consumer), record)
+        if not record:
+            return False
+        consumer = getattr(record[0], "consumer", None) or subscriber.consumer
+        lane = handler.lane_for(subscriber, consumer)
+        handler.admit_batch(lane, record)
+    else:
+        consumer = getattr(record, "consumer", None) or subscriber.consumer
+        lane = handler.lane_for(subscriber, consumer)
+        handler.admit(lane, record)
+    return bool(lane.ready)
 
 
 def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
