@@ -96,10 +96,10 @@ class KafkaConcurrentHandler:
 
     def admit(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> None:
         """Take a fetched record: run it now, queue it, or hold it behind its key."""
-        self.committer.check_alive()
         if lane.closing or not self.is_running:
             # Not tracked, so never committed past: the next owner reads it again.
             return
+        self.committer.check_alive()
         tp = TopicPartition(record.topic, record.partition)
         tracker = lane.tracker_for(tp)
         offset = record.offset
@@ -119,9 +119,9 @@ class KafkaConcurrentHandler:
         self, lane: ConsumerLane, records: "tuple[ConsumerRecord[Any, Any], ...]"
     ) -> None:
         """A ``batch=True`` subscriber's records run as one task and finish together."""
-        self.committer.check_alive()
         if lane.closing or not self.is_running or not records:
             return
+        self.committer.check_alive()
         positions = []
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
