@@ -80,7 +80,6 @@ async def run_job(job: KafkaCommitTask) -> None:
 
 async def _attempt(job: KafkaCommitTask) -> BaseException | None:
     """One run of FastStream's pipeline; returns the failure, if any."""
-    job.error = None
     subscriber = job.lane.subscriber
     try:
         await subscriber.process_message(job.record)
@@ -93,7 +92,7 @@ async def _attempt(job: KafkaCommitTask) -> BaseException | None:
             app.exit()
     except Exception as exc:
         return exc
-    return job.error
+    return None
 
 
 async def _settle_failure(job: KafkaCommitTask, error: BaseException | None, attempts: int) -> None:
