@@ -23,7 +23,6 @@ from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentHandler,
-    KafkaConcurrentProcessingMiddleware,
     configure_subscriber,
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
@@ -32,6 +31,7 @@ from faststream_concurrent_aiokafka import (
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_offsets,
+    concurrent_broker,
     create_topic,
     end_offsets,
     read_all,
@@ -111,10 +111,13 @@ def small(partition: int) -> Outgoing:
     return (partition, None, b"small", [])
 
 
-def new_broker() -> KafkaBroker:
-    broker = KafkaBroker(BOOTSTRAP, logger=None)
-    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
-    return broker
+def publish_failures(caplog: pytest.LogCaptureFixture) -> int:
+    """How many dead-letter publishes failed so far (each is logged at ERROR)."""
+    return sum(
+        1
+        for r in library_records(caplog, logging.ERROR)
+        if r.getMessage().startswith("Dead-lettering")
+    )
 
 
 @asynccontextmanager
@@ -187,7 +190,7 @@ async def test_every_tenth_message_is_retried_then_dead_lettered_and_all_is_comm
 
     calls: Counter[int] = Counter()
     positions: dict[int, tuple[int, int]] = {}
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(body: int, msg: KafkaMessage) -> None:
@@ -258,20 +261,13 @@ async def test_failing_dead_letter_publish_holds_the_commit_point_until_redelive
     await send(topic, [(0, None, v, []) for v in values] + [small(1) for _ in range(5)])
 
     handled: list[tuple[int, int]] = []
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:
         handled.append(position(msg))
         if len(msg.body) > 1000:
             raise PoisonError("too big to handle")
-
-    def publish_failures() -> int:
-        return sum(
-            1
-            for r in library_records(caplog, logging.ERROR)
-            if r.getMessage().startswith("Dead-lettering")
-        )
 
     async with running(
         broker,
@@ -283,19 +279,19 @@ async def test_failing_dead_letter_publish_holds_the_commit_point_until_redelive
         dead_letter_topic=dead_letters,
     ) as handler:
         await wait_until(lambda: (0, 4) in handled and (1, 4) in handled)
-        await wait_until(lambda: publish_failures() >= 3)
+        await wait_until(lambda: publish_failures(caplog) >= 3)
         await wait_until(lambda: not is_kafka_handler_healthy(broker.context))
         await wait_until(lambda: all_committed_but_p0(group, topic, poisoned_offset))
 
         # More traffic while stuck: the other partition keeps committing, partition 0 does not.
         requests_before = handler.committer.commit_requests
-        failures_before = publish_failures()
+        failures_before = publish_failures(caplog)
         await send(topic, [small(1) for _ in range(5)] + [small(0)])
         await wait_until(lambda: (1, 9) in handled and (0, 5) in handled)
         await wait_until(
             lambda: committed_at(group, topic, {0: poisoned_offset, 1: 10}), timeout=30
         )
-        await wait_until(lambda: publish_failures() >= failures_before + 3)
+        await wait_until(lambda: publish_failures(caplog) >= failures_before + 3)
         assert handler.committer.commit_requests > requests_before
         assert await committed_offsets(group, topic) == {0: poisoned_offset, 1: 10}
         assert not is_kafka_handler_healthy(broker.context)
@@ -308,7 +304,7 @@ async def test_failing_dead_letter_publish_holds_the_commit_point_until_redelive
     # Restarted (without a dead-letter topic and with a handler that succeeds): the poisoned
     # message and everything after it on partition 0 are delivered again.
     redelivered: list[tuple[int, int, int]] = []
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle_again(msg: KafkaMessage) -> None:
@@ -347,20 +343,13 @@ async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
     )
 
     handled: list[int] = []
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:
         handled.append(position(msg)[1])
         if len(msg.body) > 1000:
             raise PoisonError("too big to handle")
-
-    def publish_failures() -> int:
-        return sum(
-            1
-            for r in library_records(caplog, logging.ERROR)
-            if r.getMessage().startswith("Dead-lettering")
-        )
 
     async with running(
         broker,
@@ -370,7 +359,7 @@ async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
         retry_backoff_max_sec=0.2,
         dead_letter_topic=dead_letters,
     ) as handler:
-        await wait_until(lambda: publish_failures() >= 2)
+        await wait_until(lambda: publish_failures(caplog) >= 2)
         await wait_until(lambda: committed_at(group, topic, {0: 1}))
         assert not is_kafka_handler_healthy(broker.context)
 
@@ -404,7 +393,7 @@ async def test_without_dead_letter_topic_failures_are_logged_and_committed(
 
     calls: Counter[int] = Counter()
     positions: dict[int, tuple[int, int]] = {}
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(body: int, msg: KafkaMessage) -> None:
@@ -446,7 +435,7 @@ async def run_control_scenario(
     await send(topic, [(0, b"k-" + v, v, [("h", v)]) for v in values])
 
     calls: Counter[bytes] = Counter()
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:
@@ -572,7 +561,7 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
     )
 
     bodies: list[int] = []
-    broker = new_broker()
+    broker = concurrent_broker()
 
     @manual_subscriber(broker, topic, group)
     async def handle(body: int) -> None:
@@ -627,7 +616,7 @@ async def test_key_ordering_holds_later_messages_until_the_retried_one_is_done()
     c0_done = asyncio.Event()
     c0_ran_during_a0_retry: list[bool] = []
     failed_seen_by_a1: list[int] = []
-    broker = new_broker()
+    broker = concurrent_broker()
     handler_ref: list[KafkaConcurrentHandler] = []
 
     @manual_subscriber(broker, topic, group)
@@ -700,7 +689,7 @@ async def test_per_subscriber_retries_and_dead_letter_topic_override_global_defa
     await create_topic(dead_letters, 1)
 
     calls: Counter[tuple[str, int]] = Counter()
-    broker = new_broker()
+    broker = concurrent_broker()
 
     configured_sub = configure_subscriber(
         manual_subscriber(broker, configured, group + "-conf"),
@@ -758,7 +747,7 @@ async def test_override_inconsistent_with_global_backoff_does_not_drop_messages_
     await create_topic(topic, 1)
     await send(topic, [(0, None, str(i).encode(), []) for i in range(3)])
     bodies: list[int] = []
-    broker = new_broker()
+    broker = concurrent_broker()
     sub = configure_subscriber(manual_subscriber(broker, topic, group), retry_backoff_max_sec=0.05)
 
     @sub
