@@ -170,6 +170,8 @@ class KafkaConcurrentHandler:
         """A message's processing ended: update offsets, free its slot, start what waits."""
         lane = job.lane
         lane.running.discard(job)
+        # The task's context holds the job (CURRENT_JOB): drop the way back to avoid a cycle.
+        job.asyncio_task = None
         self._running -= 1
         if cancelled:
             for _, tracker, offset in job.positions():

@@ -170,17 +170,22 @@ async def call_handler(job: KafkaCommitTask, call_next: Any, message: StreamMess
     message.consumer = job.lane.commit_guard  # type: ignore[attr-defined]
     message.reject = partial(_record_reject, message)  # type: ignore[method-assign]
     timeout = job.lane.options.task_timeout_sec
-    if timeout is None:
-        result = await call_next(message)
-    else:
-        try:
-            async with asyncio.timeout(timeout) as scope:
-                result = await call_next(message)
-        except TimeoutError as exc:
-            if scope.expired():
-                msg = f"handler ran longer than task_timeout_sec={timeout}"
-                raise TaskTimeoutError(msg) from exc
-            raise
+    try:
+        if timeout is None:
+            result = await call_next(message)
+        else:
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    result = await call_next(message)
+            except TimeoutError as exc:
+                if scope.expired():
+                    msg = f"handler ran longer than task_timeout_sec={timeout}"
+                    raise TaskTimeoutError(msg) from exc
+                raise
+    finally:
+        # The partial refers back to the message: left in place, every message would end
+        # as a reference cycle that only the garbage collector's full passes free.
+        del message.reject
     if message.committed is AckStatus.NACKED:
         raise NackMessage
     if message.committed is AckStatus.REJECTED:
