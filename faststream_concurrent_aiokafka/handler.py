@@ -10,7 +10,6 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -18,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
 from faststream_concurrent_aiokafka.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_options
-from faststream_concurrent_aiokafka.lane import ConsumerLane
+from faststream_concurrent_aiokafka.lane import ConsumerLane, Tally
 from faststream_concurrent_aiokafka.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.ordering import ordering_key
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
@@ -41,6 +40,11 @@ class KafkaConcurrentHandler:
         self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
         self._hungry: deque[ConsumerLane] = deque()
         self._running = 0
+        self._tally = Tally()
+        # One bound method for every task's done callback, and the task's job looked up:
+        # no partial allocated per message.
+        self._task_jobs: dict[asyncio.Task[None], KafkaCommitTask] = {}
+        self._task_done = self._on_task_done
         self._over_budget = False
         self.committer = KafkaBatchCommitter(
             self._lanes.values,
@@ -88,8 +92,10 @@ class KafkaConcurrentHandler:
     def lane_for(self, subscriber: object, consumer: AIOKafkaConsumer) -> ConsumerLane:
         lane = self._lanes.get(consumer)
         if lane is None or lane.subscriber is not subscriber:
+            if lane is not None:
+                lane.leave_tally()
             options = resolve_options(self.settings, options_of(subscriber))
-            lane = self._lanes[consumer] = ConsumerLane(consumer, subscriber, options)
+            lane = self._lanes[consumer] = ConsumerLane(consumer, subscriber, options, self._tally)
         return lane
 
     # ---- admission -------------------------------------------------------------------
@@ -107,7 +113,7 @@ class KafkaConcurrentHandler:
             self._skip_done(lane, tracker, offset)
             return
         tracker.track(offset)
-        lane.tracked += 1
+        lane.add_tracked(1)
         key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
         job = KafkaCommitTask(record, tp, offset, lane=lane, tracker=tracker, key=key)
         if lane.gate.submit(job, job.key):
@@ -128,7 +134,7 @@ class KafkaConcurrentHandler:
             tracker = lane.tracker_for(tp)
             tracker.track(record.offset)
             positions.append((tp, tracker, record.offset))
-        lane.tracked += len(positions)
+        lane.add_tracked(len(positions))
         first_tp, first_tracker, first_offset = positions[0]
         job = KafkaCommitTask(
             records, first_tp, first_offset, lane=lane, tracker=first_tracker, key=None
@@ -141,8 +147,7 @@ class KafkaConcurrentHandler:
     def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
         """An earlier owner finished this message (commit metadata said so): count it done."""
         tracker.track(offset)
-        lane.tracked += 1
-        lane.tracked -= tracker.finish(offset)
+        lane.add_tracked(1 - tracker.finish(offset))
         self.skipped += 1
         self.committer.notify_finished()
 
@@ -161,16 +166,16 @@ class KafkaConcurrentHandler:
             self._running += 1
             task = asyncio.create_task(self._run_job(job))
             job.asyncio_task = task
-            task.add_done_callback(partial(self._on_task_done, job))
+            self._task_jobs[task] = job
+            task.add_done_callback(self._task_done)
 
-    def _on_task_done(self, job: KafkaCommitTask, task: "asyncio.Task[None]") -> None:
-        self.complete(job, cancelled=task.cancelled())
+    def _on_task_done(self, task: "asyncio.Task[None]") -> None:
+        self.complete(self._task_jobs.pop(task), cancelled=task.cancelled())
 
     def complete(self, job: KafkaCommitTask, *, cancelled: bool) -> None:
         """A message's processing ended: update offsets, free its slot, start what waits."""
         lane = job.lane
         lane.running.discard(job)
-        # The task's context holds the job (CURRENT_JOB): drop the way back to avoid a cycle.
         job.asyncio_task = None
         self._running -= 1
         if cancelled:
@@ -198,7 +203,7 @@ class KafkaConcurrentHandler:
     def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
         passed = tracker.finish(offset)
         if not tracker.retired:
-            lane.tracked -= passed
+            lane.add_tracked(-passed)
 
     def _serve_hungry(self) -> None:
         """Hand freed global slots to lanes that waited for one, in turn."""
@@ -210,9 +215,6 @@ class KafkaConcurrentHandler:
 
     # ---- backpressure ----------------------------------------------------------------
 
-    def _total_tracked(self) -> int:
-        return sum(lane.tracked for lane in self._lanes.values())
-
     def _refresh_pause(self, lane: ConsumerLane) -> None:
         """Pause a consumer whose backlog filled its limit or when the uncommitted budget is
         spent; resume once the backlog halved and the budget has room again."""
@@ -220,7 +222,7 @@ class KafkaConcurrentHandler:
         limit = lane.options.concurrency_limit
         if backlog >= limit:
             lane.pause()
-        elif self._total_tracked() >= self.settings.max_uncommitted_tasks:
+        elif self._tally.count >= self.settings.max_uncommitted_tasks:
             self._over_budget = True
             lane.pause()
         elif self._over_budget:
@@ -310,7 +312,8 @@ class KafkaConcurrentHandler:
 
     def forget(self, lanes: Iterable[ConsumerLane]) -> None:
         for lane in lanes:
-            self._lanes.pop(lane.consumer, None)
+            if self._lanes.pop(lane.consumer, None) is lane:
+                lane.leave_tally()
 
 
 def _flush_budget(consumer: AIOKafkaConsumer) -> float:

@@ -26,10 +26,26 @@ from faststream_concurrent_aiokafka.runner import CommitGuard
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 
+class Tally:
+    """Messages admitted and not yet passed by a commit point, over all of a handler's lanes:
+    kept as they change, since the uncommitted budget is checked for every message."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class ConsumerLane:
     """Everything kept for one consumer between admission and commit."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, subscriber: Any, options: EffectiveOptions):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        subscriber: Any,
+        options: EffectiveOptions,
+        tally: Tally | None = None,
+    ) -> None:
         self.consumer = consumer
         self.subscriber = subscriber
         self.options = options
@@ -38,12 +54,24 @@ class ConsumerLane:
         self.ready: deque[KafkaCommitTask] = deque()
         self.running: set[KafkaCommitTask] = set()
         self.tracked = 0
+        self.tally = tally or Tally()
         self.closing = False
         self.dead_letter_stuck: set[KafkaCommitTask] = set()
         self.commit_guard = CommitGuard(consumer)
         self.hungry = False
         self.commit_lock = asyncio.Lock()
         self._paused: set[TopicPartition] | None = None
+
+    def add_tracked(self, delta: int) -> None:
+        self.tracked += delta
+        self.tally.count += delta
+
+    def leave_tally(self) -> None:
+        """This lane is dropped from its handler: its backlog stops counting against the
+        handler's budget, whatever happens to its remaining work."""
+        self.tally.count -= self.tracked
+        self.tally = Tally()
+        self.tally.count = self.tracked
 
     @property
     def paused(self) -> bool:
@@ -60,7 +88,7 @@ class ConsumerLane:
         tracker = self.trackers.pop(topic_partition, None)
         if tracker is not None:
             tracker.retired = True
-            self.tracked -= tracker.pending_count
+            self.add_tracked(-tracker.pending_count)
 
     def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> int:
         """Discard admitted work that has not started; it stays uncommitted and is redelivered."""

@@ -2,6 +2,7 @@
 concurrent processing and runs the handler call of each admitted message."""
 
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -12,7 +13,7 @@ from faststream.message import StreamMessage
 from faststream_concurrent_aiokafka import dispatch
 from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.registry import find_handler
-from faststream_concurrent_aiokafka.runner import CURRENT_JOB, call_handler
+from faststream_concurrent_aiokafka.runner import RUNNING, call_handler
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -32,11 +33,13 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
     tasks; every other subscriber passes through untouched.
     """
 
-    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
-        job = CURRENT_JOB.get()
+    def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Coroutine[Any, Any, Any]:
+        """The coroutine FastStream awaits, returned rather than awaited here: one coroutine
+        less per message in flight."""
+        job = RUNNING.get(id(self.msg))
         if job is not None:
-            return await call_handler(job, call_next, msg)
-        return await self._first_contact(call_next, msg)
+            return call_handler(job, call_next, msg)
+        return self._first_contact(call_next, msg)
 
     async def _first_contact(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         """A message FastStream runs itself: before our dispatcher is in place, or a test."""

@@ -7,7 +7,6 @@ the offset is committed after all of it, publishes included.
 
 import asyncio
 import logging
-from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -21,7 +20,12 @@ from faststream_concurrent_aiokafka.failure_policy import Outcome, backoff_delay
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
-CURRENT_JOB: ContextVar[KafkaCommitTask | None] = ContextVar("fca_current_job", default=None)
+RUNNING: dict[int, KafkaCommitTask] = {}
+"""Jobs whose pipeline runs now, by ``id()`` of the raw message FastStream's middlewares get.
+
+The middleware finds its job here: no context variable to set (and allocate) per message,
+and found even when a middleware runs the rest of the pipeline in a task of its own.
+"""
 
 _background: set["asyncio.Task[Any]"] = set()
 
@@ -55,45 +59,51 @@ async def run_job(job: KafkaCommitTask) -> None:
     Each attempt is one run of FastStream's pipeline, inline here: a frame less for every
     message in flight.
     """
-    CURRENT_JOB.set(job)
-    subscriber = job.lane.subscriber
-    options = job.lane.options
-    attempt = 0
-    while True:
-        attempt += 1
-        error: BaseException | None = None
-        try:
-            await subscriber.process_message(job.record)
-        except StopConsume:
-            _in_background(subscriber.stop())
-        except SystemExit:
-            _in_background(subscriber.stop())
-            app = subscriber._outer_config.context.get("app")
-            if app is not None:
-                app.exit()
-        except Exception as exc:  # every failure goes through the policy
-            error = exc
-        if error is None:
+    key = id(job.record)
+    RUNNING[key] = job
+    try:
+        subscriber = job.lane.subscriber
+        options = job.lane.options
+        attempt = 0
+        while True:
+            attempt += 1
+            error: BaseException | None = None
+            try:
+                await subscriber.process_message(job.record)
+            except StopConsume:
+                _in_background(subscriber.stop())
+            except SystemExit:
+                _in_background(subscriber.stop())
+                app = subscriber._outer_config.context.get("app")
+                if app is not None:
+                    app.exit()
+            except Exception as exc:  # every failure goes through the policy
+                error = exc
+            if error is None:
+                return
+            if isinstance(error, TaskTimeoutError):
+                logger.warning("Handler for %s timed out: %s", job.describe(), error)
+            outcome = classify(error)
+            if outcome is Outcome.DONE:
+                return
+            if outcome is Outcome.RETRY and attempt <= options.max_retries:
+                delay = backoff_delay(
+                    attempt, options.retry_backoff_sec, options.retry_backoff_max_sec
+                )
+                logger.warning(
+                    "Attempt %d of %s failed (%s); retrying in %.3f s",
+                    attempt,
+                    job.describe(),
+                    _summary(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            job.error = error
+            await _settle_failure(job, error, attempt)
             return
-        if isinstance(error, TaskTimeoutError):
-            logger.warning("Handler for %s timed out: %s", job.describe(), error)
-        outcome = classify(error)
-        if outcome is Outcome.DONE:
-            return
-        if outcome is Outcome.RETRY and attempt <= options.max_retries:
-            delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
-            logger.warning(
-                "Attempt %d of %s failed (%s); retrying in %.3f s",
-                attempt,
-                job.describe(),
-                _summary(error),
-                delay,
-            )
-            await asyncio.sleep(delay)
-            continue
-        job.error = error
-        await _settle_failure(job, error, attempt)
-        return
+    finally:
+        del RUNNING[key]
 
 
 async def _settle_failure(job: KafkaCommitTask, error: BaseException | None, attempts: int) -> None:
