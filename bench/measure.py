@@ -34,6 +34,7 @@ from faststream_concurrent_aiokafka import (
     configure_subscriber,
     initialize_concurrent_processing,
     stop_concurrent_processing,
+    tune_garbage_collector,
 )
 
 OURS = "faststream_concurrent_aiokafka"
@@ -168,6 +169,8 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
             max_uncommitted_tasks=spec.max_uncommitted_tasks,
         )
     probe.handler = handler
+    if spec.gc_gen0_threshold is not None:
+        tune_garbage_collector(gen0_threshold=spec.gc_gen0_threshold)
     started_at = time.perf_counter()
     await broker.start()
     try:

@@ -44,6 +44,8 @@ class RunSpec:
     queued: bool = False
     trace: bool = True
     session_timeout_ms: int | None = None  # memory runs: snapshots block the loop for a while
+    # tune_garbage_collector(gen0_threshold=...) before the broker starts; None: as shipped.
+    gc_gen0_threshold: int | None = None
     timeout_sec: float = 60.0
     profile_path: str | None = None
 

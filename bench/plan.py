@@ -6,8 +6,17 @@ from typing import Any
 
 from bench.kafka_io import unique
 from bench.model import Kind, RunSpec, System
+from faststream_concurrent_aiokafka.gc_tuning import DEFAULT_GEN0_THRESHOLD
 
 IO_LIMITS = (1, 10, 100, 1000)
+# I/O-bound systems: label part -> (system, tuned collector); "-gc" runs call
+# tune_garbage_collector() with its default threshold, FastStream's alike for comparison.
+IO_SYSTEMS: dict[str, tuple[System, bool]] = {
+    "mw": ("middleware", False),
+    "fs": ("faststream", False),
+    "mw-gc": ("middleware", True),
+    "fs-gc": ("faststream", True),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,6 +25,7 @@ class Params:
     partitions: int = 4
     noop_messages: int
     repeat: int  # no-op throughput runs are repeated; the report shows the median
+    io_repeat: int  # the same for the I/O-bound runs
     ack_budget_sec: float  # FastStream AckPolicy.ACK commits per message: cap its run time
     io_sleep_sec: float = 0.01
     io_cap: int
@@ -37,6 +47,7 @@ FULL = Params(
     quick=False,
     noop_messages=20_000,
     repeat=5,
+    io_repeat=3,
     ack_budget_sec=30.0,
     io_cap=20_000,
     io_per_limit=200,
@@ -49,6 +60,7 @@ QUICK = Params(
     quick=True,
     noop_messages=5_000,
     repeat=1,
+    io_repeat=1,
     ack_budget_sec=8.0,
     io_cap=5_000,
     io_per_limit=100,
@@ -131,16 +143,18 @@ def build(
             timeout_sec=params.ack_budget_sec,
         )
     )
-    # 2. I/O-bound handlers.
-    for limit in IO_LIMITS:
-        m = params.io_messages(limit)
-        io = {"handler": "sleep", "sleep_sec": params.io_sleep_sec}
-        runs += [
-            spec(io_label("mw", limit), "throughput", "middleware", topics.io, m,
-                 concurrency_limit=limit, **io),
-            spec(io_label("fs", limit), "throughput", "faststream", topics.io, m,
-                 max_workers=limit, **io),
-        ]  # fmt: skip
+    # 2. I/O-bound handlers; repeats interleave the systems as above.
+    io = {"handler": "sleep", "sleep_sec": params.io_sleep_sec}
+    for _ in range(params.io_repeat):
+        for limit in IO_LIMITS:
+            for name, (system, tuned) in IO_SYSTEMS.items():
+                limits = {"concurrency_limit" if system == "middleware" else "max_workers": limit}
+                gc_threshold = DEFAULT_GEN0_THRESHOLD if tuned else None
+                runs.append(
+                    spec(io_label(name, limit), "throughput", system, topics.io,
+                         params.io_messages(limit), gc_gen0_threshold=gc_threshold,
+                         **limits, **io)
+                )  # fmt: skip
     # 4. Memory.
     held = params.memory_messages
     big = held * 10

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 
 from bench.model import MemoryResult, ProfileRow, RunResult
 from bench.plan import DESCRIPTIONS, IO_LIMITS, Params, io_label
+from faststream_concurrent_aiokafka.gc_tuning import DEFAULT_GEN0_THRESHOLD
 
 OURS = "faststream_concurrent_aiokafka"
 THROUGHPUT_LABELS = (
@@ -201,6 +202,14 @@ time budget; its rate is over the messages handled by then.
 """
 
 
+IO_COLUMNS = {
+    "mw": "middleware",
+    "fs": "FastStream max_workers",
+    "mw-gc": "middleware, tuned GC",
+    "fs-gc": "FastStream max_workers, tuned GC",
+}
+
+
 def _io_section(res: Results, params: Params) -> str:
     ceiling = res.median_rate("noop/fs-ack-first")
     rows: list[list[str]] = []
@@ -208,21 +217,21 @@ def _io_section(res: Results, params: Params) -> str:
         ideal = limit / params.io_sleep_sec
         capped = min(ceiling, ideal) if ceiling else ideal
         cells = [f"{limit:,}", f"{params.io_messages(limit):,}", _rate(ideal), _rate(capped)]
-        for system in ("mw", "fs"):
-            run = res.one(io_label(system, limit))
-            if run is None:
-                cells += ["not run / failed", ""]
+        for name in IO_COLUMNS:
+            label = io_label(name, limit)
+            rate = res.median_rate(label)
+            if rate is None:
+                cells.append("not run / failed")
                 continue
-            partial = " (partial)" if run.partial else ""
-            cells += [f"{_rate(run.throughput)}{partial}", f"{100 * run.throughput / capped:.0f}%"]
-        mw = res.one(io_label("mw", limit))
-        fs = res.one(io_label("fs", limit))
+            partial = " (partial)" if any(r.partial for r in res.of(label)) else ""
+            cells.append(f"{_rate(rate)} ({100 * rate / capped:.0f}%){partial}")
+        mw, fs = res.of(io_label("mw", limit)), res.of(io_label("fs", limit))
         cells += [
-            _num(mw.pauses_per_1000 if mw else None),
-            _num(mw.fetches_per_1000 if mw else None),
-            _num(fs.fetches_per_1000 if fs else None),
-            _bytes(mw.fetched_bytes_per_message if mw else None),
-            _bytes(fs.fetched_bytes_per_message if fs else None),
+            _num(_median([v for r in mw if (v := r.pauses_per_1000) is not None])),
+            _num(_median([v for r in mw if (v := r.fetches_per_1000) is not None])),
+            _num(_median([v for r in fs if (v := r.fetches_per_1000) is not None])),
+            _bytes(_median([v for r in mw if (v := r.fetched_bytes_per_message)])),
+            _bytes(_median([v for r in fs if (v := r.fetched_bytes_per_message)])),
         ]
         rows.append(cells)
     table = _table(
@@ -231,10 +240,7 @@ def _io_section(res: Results, params: Params) -> str:
             "messages",
             "limit / 0.01 s",
             "ideal (capped)",
-            "middleware msg/s",
-            "% of ideal",
-            "FastStream max_workers msg/s",
-            "% of ideal",
+            *(f"{title} msg/s (% of ideal)" for title in IO_COLUMNS.values()),
             "mw pauses / 1000",
             "mw fetches / 1000",
             "FS fetches / 1000",
@@ -247,14 +253,20 @@ def _io_section(res: Results, params: Params) -> str:
 
 The middleware runs with `concurrency_limit` = limit (commit_batch_size 10), FastStream with
 `max_workers` = limit and ACK_FIRST (its concurrent mode, auto-commit; with limit 1 that is the
-plain sequential subscriber). The ideal is min(ceiling, limit / 0.01 s), the ceiling being
-FastStream ACK_FIRST's no-op throughput above ({_rate(ceiling)} msg/s). Pauses, fetches and
-fetched bytes as in section 1; every run reads the first messages of the same pre-produced topic.
-The middleware pauses a consumer when `limit` messages wait for a slot and resumes it when
-that backlog has halved. aiokafka discards the records it had already fetched for a paused
-partition (`FetchResult.check_assignment`), so each pause costs a new fetch request after the
-resume, which returns up to `max_partition_fetch_bytes` per partition again: compare the
-pauses, fetches and fetched bytes per message with FastStream's.
+plain sequential subscriber). Medians of {params.io_repeat} run(s) each. The ideal is
+min(ceiling, limit / 0.01 s), the ceiling being FastStream ACK_FIRST's no-op throughput above
+({_rate(ceiling)} msg/s). "Tuned GC" runs called
+`tune_garbage_collector(gen0_threshold={DEFAULT_GEN0_THRESHOLD:,})` before starting (the
+library never does by itself): with hundreds of handlers awaiting, each holding about a
+hundred objects of FastStream's pipeline, CPython's default threshold of 700 promotes nearly
+all of them to the oldest generation, and full collections take about a third of the CPU.
+Pauses, fetches and fetched bytes (of the untuned runs) as in section 1; every run reads the
+first messages of the same pre-produced topic. The middleware pauses a consumer when `limit`
+messages wait for a slot and resumes it when that backlog has halved. aiokafka discards the
+records it had already fetched for a paused partition (`FetchResult.check_assignment`), so each
+pause costs a new fetch request after the resume, which returns up to
+`max_partition_fetch_bytes` per partition again: compare the pauses, fetches and fetched bytes
+per message with FastStream's.
 
 {table}
 
@@ -582,8 +594,10 @@ def plot_io(path: Path, results: list[RunResult], params: Params) -> None:
     for system, name, marker in (
         ("mw", "this middleware (concurrency_limit)", "o-"),
         ("fs", "FastStream max_workers, ACK_FIRST", "s-"),
+        ("mw-gc", "this middleware, tuned GC", "o:"),
+        ("fs-gc", "FastStream max_workers, tuned GC", "s:"),
     ):
-        points = [(n, run.throughput) for n in IO_LIMITS if (run := res.one(io_label(system, n)))]
+        points = [(n, rate) for n in IO_LIMITS if (rate := res.median_rate(io_label(system, n)))]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker, label=name)
     ax.set_xscale("log")

@@ -7,6 +7,7 @@ from faststream_concurrent_aiokafka.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
+from faststream_concurrent_aiokafka.gc_tuning import GcThresholds, tune_garbage_collector
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.lifecycle import (
     initialize_concurrent_processing,
@@ -22,6 +23,7 @@ __all__ = [
     "CommitterIsDeadError",
     "ConcurrencySettings",
     "ConcurrentProcessingSetupError",
+    "GcThresholds",
     "KafkaBatchCommitter",
     "KafkaCommitTask",
     "KafkaConcurrentHandler",
@@ -33,4 +35,5 @@ __all__ = [
     "is_kafka_handler_healthy",
     "setup_concurrent_processing",
     "stop_concurrent_processing",
+    "tune_garbage_collector",
 ]
