@@ -21,6 +21,7 @@ from faststream_concurrent_aiokafka.errors import (
     ConcurrentProcessingSetupError,
 )
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
+from faststream_concurrent_aiokafka.lane import ConsumerLane
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
 from faststream_concurrent_aiokafka.subscriber_options import options_of
 
@@ -63,14 +64,17 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
             await consume_one(subscriber, record)
             return
         try:
-            queued = admit_record(handler, subscriber, record)
+            lane = admit_record(handler, subscriber, record)
         except CommitterIsDeadError:
             logger.exception("Records left uncommitted: the committer is dead")
             return
-        if queued:
-            # No free slot: let running messages take a step before fetching more. With fast
-            # handlers the backlog then drains instead of reaching the pause threshold, and a
-            # pause would make aiokafka drop and re-fetch what it had buffered.
+        if lane is None or not lane.ready:
+            return
+        if len(lane.ready) >= lane.options.concurrency_limit:
+            await handler.wait_for_room(lane)
+        else:
+            # Let running messages take a step before fetching more: with fast handlers the
+            # backlog then drains instead of filling up.
             await asyncio.sleep(0)
 
     async def drain_then_stop() -> None:
@@ -85,12 +89,14 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     _attach_listener(subscriber, handler)
 
 
-def admit_record(handler: KafkaConcurrentHandler, subscriber: Any, record: Any) -> bool:
+def admit_record(
+    handler: KafkaConcurrentHandler, subscriber: Any, record: Any
+) -> ConsumerLane | None:
     """Hand a fetched record, or a batch subscriber's tuple of records, to the handler;
-    True if work now waits for a slot on that consumer."""
+    returns the consumer's lane, whose backlog tells the loop whether to wait."""
     if isinstance(record, tuple):
         if not record:
-            return False
+            return None
         consumer = getattr(record[0], "consumer", None) or subscriber.consumer
         lane = handler.lane_for(subscriber, consumer)
         handler.admit_batch(lane, record)
@@ -98,7 +104,7 @@ def admit_record(handler: KafkaConcurrentHandler, subscriber: Any, record: Any) 
         consumer = getattr(record, "consumer", None) or subscriber.consumer
         lane = handler.lane_for(subscriber, consumer)
         handler.admit(lane, record)
-    return bool(lane.ready)
+    return lane
 
 
 def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:

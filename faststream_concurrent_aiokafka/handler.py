@@ -1,8 +1,9 @@
 """The processing engine: admits messages, runs them as tasks within the limits, and keeps
 every consumer's commit point behind the first unfinished message.
 
-Admission never waits: when a consumer has more work than slots it is paused (its poll loop
-keeps running, so Kafka never sees it as stuck) and resumed once the backlog halves.
+When a consumer has as much work waiting as it has slots, its poll loop is held until one
+frees; held too long (so Kafka would see the consumer as stuck) it is paused instead and
+resumed once the backlog halves. The uncommitted-work budget pauses too.
 """
 
 import asyncio
@@ -25,6 +26,10 @@ from faststream_concurrent_aiokafka.runner import run_job
 from faststream_concurrent_aiokafka.subscriber_options import options_of
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+# A loop held this long without a free slot gets its consumer paused: with work this slow
+# the re-fetch after the resume costs little.
+MAX_HOLD_SEC = 10.0
 
 JobRunner = Callable[[KafkaCommitTask], Coroutine[Any, Any, None]]
 
@@ -215,14 +220,31 @@ class KafkaConcurrentHandler:
 
     # ---- backpressure ----------------------------------------------------------------
 
+    async def wait_for_room(self, lane: ConsumerLane) -> None:
+        """Hold the consumer's poll loop while its backlog fills its limit: the cheapest
+        backpressure, since a pause makes aiokafka drop and re-fetch the records it buffered.
+        Past the hold budget pause instead, so the loop polls again in time."""
+        limit = lane.options.concurrency_limit
+        if len(lane.ready) < limit or lane.closing:
+            return
+        room = lane.room = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(_hold_budget(lane.consumer)):
+                await room
+        except TimeoutError:
+            if len(lane.ready) >= limit:
+                lane.pause()
+        finally:
+            lane.room = None
+
     def _refresh_pause(self, lane: ConsumerLane) -> None:
-        """Pause a consumer whose backlog filled its limit or when the uncommitted budget is
-        spent; resume once the backlog halved and the budget has room again."""
+        """Wake a held poll loop once its backlog has room; pause when the uncommitted budget
+        is spent; resume once the backlog halved and the budget has room again."""
         backlog = len(lane.ready)
         limit = lane.options.concurrency_limit
-        if backlog >= limit:
-            lane.pause()
-        elif self._tally.count >= self.settings.max_uncommitted_tasks:
+        if backlog < limit:
+            lane.wake_admission()
+        if self._tally.count >= self.settings.max_uncommitted_tasks:
             self._over_budget = True
             lane.pause()
         elif self._over_budget:
@@ -314,6 +336,15 @@ class KafkaConcurrentHandler:
         for lane in lanes:
             if self._lanes.pop(lane.consumer, None) is lane:
                 lane.leave_tally()
+
+
+def _hold_budget(consumer: AIOKafkaConsumer) -> float:
+    """How long a full backlog may hold the poll loop: aiokafka counts the time outside its
+    fetch calls against max_poll_interval_ms and leaves the group past it."""
+    max_poll_interval_ms = getattr(consumer, "_max_poll_interval_ms", None)
+    if not isinstance(max_poll_interval_ms, int):
+        return MAX_HOLD_SEC
+    return min(max_poll_interval_ms / 1000 * 0.5, MAX_HOLD_SEC)
 
 
 def _flush_budget(consumer: AIOKafkaConsumer) -> float:

@@ -55,6 +55,8 @@ class ConsumerLane:
         self.running: set[KafkaCommitTask] = set()
         self.tracked = 0
         self.tally = tally or Tally()
+        # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
+        self.room: asyncio.Future[None] | None = None
         self.closing = False
         self.dead_letter_stuck: set[KafkaCommitTask] = set()
         self.commit_guard = CommitGuard(consumer)
@@ -101,10 +103,18 @@ class ConsumerLane:
         kept = [job for job in self.ready if not matches(job)]
         dropped = len(self.ready) - len(kept)
         self.ready = deque(kept)
-        return dropped + len(self.gate.drop(matches))
+        dropped += len(self.gate.drop(matches))
+        self.wake_admission()
+        return dropped
+
+    def wake_admission(self) -> None:
+        """Let a poll loop held for backlog room go on."""
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def pause(self) -> None:
-        """Stop fetching on every assigned partition; the poll loop keeps running."""
+        """Stop fetching on every assigned partition; the poll loop keeps polling."""
         if self._paused is not None:
             return
         self._paused = set()

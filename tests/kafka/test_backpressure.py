@@ -1,5 +1,6 @@
-"""Backpressure against a real broker: slow work pauses partitions instead of blocking the
-poll loop, per-subscriber and uncommitted-work limits hold, task timeouts free their slot.
+"""Backpressure against a real broker: a full backlog holds the poll loop, and slow work
+pauses partitions instead of holding it past max_poll_interval_ms; per-subscriber and
+uncommitted-work limits hold, task timeouts free their slot.
 
 Handlers that ``await asyncio.sleep`` here simulate slow work; they never stand in for waiting
 on the code under test (that is done with events and ``wait_until``).
@@ -190,6 +191,52 @@ async def test_slow_handlers_pause_partitions_and_are_never_evicted(
     assert sorted(finished) == list(range(total))
     assert set(runs.values()) == {1}
     assert len(runs) == total
+    assert await committed_offsets(group, topic) == await end_offsets(topic, 2)
+
+
+async def test_full_backlog_holds_the_poll_loop_without_pausing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Handlers quicker than the hold budget: the loop waits for a slot each time the backlog
+    # is full, so the consumer is never paused and aiokafka never re-fetches.
+    caplog.set_level(logging.DEBUG, logger=LIB_LOGGER)
+    topic, group = unique("bp-hold"), unique("bp-hold-g")
+    total, limit = 60, 2
+    await create_topic(topic, 2)
+    await produce(topic, [str(i).encode() for i in range(total)], partitions=2)
+
+    broker = make_broker()
+    state: dict[str, KafkaConcurrentHandler] = {}
+    backlogs: list[int] = []
+    done: list[int] = []
+
+    sub = broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+
+    @sub
+    async def quick(body: int) -> None:
+        lane = single_lane(state["handler"], sub)
+        assert lane is not None
+        backlogs.append(len(lane.ready))
+        await asyncio.sleep(0.01)
+        done.append(body)
+
+    async with serving(broker, state, concurrency_limit=limit) as handler:
+        await wait_until(lambda: len(done) == total, timeout=30)
+        lane = single_lane(handler, sub)
+        assert lane is not None
+        held_paused = lane.paused
+        # Before the stop, whose drain pauses the consumer.
+        pauses = [m for m in lib_messages(caplog) if m.startswith("Paused")]
+
+    print(f"\nheld loop: backlog peak {max(backlogs)} with limit {limit}")
+    assert not held_paused
+    assert pauses == []
+    # Work was waiting (seen as a handler starts, after taking its own place in the queue),
+    # so the hold was needed, and the backlog never went past the limit.
+    assert 1 <= max(backlogs) < limit
+    assert sorted(done) == list(range(total))
     assert await committed_offsets(group, topic) == await end_offsets(topic, 2)
 
 
@@ -420,6 +467,8 @@ async def test_rebalance_while_paused_loses_and_duplicates_nothing(
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         heartbeat_interval_ms=300,
+        # A full backlog holds the poll loop for half of this before pausing the consumer.
+        max_poll_interval_ms=2000,
         listener=listener,
     )
 
