@@ -26,7 +26,7 @@ def test_raises_only_the_first_threshold_and_returns_the_previous_ones() -> None
 def test_default_threshold_and_no_freeze() -> None:
     gc.unfreeze()
     tune_garbage_collector()
-    assert gc.get_threshold()[0] == 50_000
+    assert gc.get_threshold()[0] == 100_000
     assert gc.get_freeze_count() == 0
 
 
