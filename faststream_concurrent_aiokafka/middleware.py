@@ -3,7 +3,8 @@ concurrent processing and runs the handler call of each admitted message."""
 
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer
 from faststream import BaseMiddleware
@@ -32,6 +33,18 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
     Messages of subscribers with ``ack_policy=AckPolicy.MANUAL`` run concurrently as asyncio
     tasks; every other subscriber passes through untouched.
     """
+
+    async def __aenter__(self) -> Self:
+        """No on_receive hook to run: two coroutines less per message than the base class."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool:
+        return False
 
     def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Coroutine[Any, Any, Any]:
         """The coroutine FastStream awaits, returned rather than awaited here: one coroutine
