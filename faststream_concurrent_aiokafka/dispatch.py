@@ -2,9 +2,10 @@
 
 FastStream's consume loop awaits each message before fetching the next, and a middleware
 only sees the inside of that await. To run whole messages concurrently the subscriber's
-``consume_one`` (called by the loop for each fetched record) is replaced on the instance by
-admission into the handler, and its ``stop`` first drains the handler's work while the
-consumer can still commit. A rebalance listener is attached at the same time.
+``consume_one`` (called by the loop for what ``get_msg`` fetched) is replaced on the instance
+by admission into the handler, ``get_msg`` by a batch fetch (see ``fetching``), and ``stop``
+first drains the handler's work while the consumer can still commit. A rebalance listener is
+attached at the same time.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import logging
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from aiokafka import AIOKafkaConsumer
 from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
@@ -19,6 +21,11 @@ from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_o
 from faststream_concurrent_aiokafka.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
+)
+from faststream_concurrent_aiokafka.fetching import (
+    FetchedRecords,
+    fetch_records,
+    fetches_one_at_a_time,
 )
 from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
 from faststream_concurrent_aiokafka.lane import ConsumerLane
@@ -57,12 +64,9 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     if _INSTALLED.get(subscriber) is handler:
         return
     _INSTALLED[subscriber] = handler
-    consume_one, stop = type(subscriber).consume_one, type(subscriber).stop
+    stop = type(subscriber).stop
 
     async def admit(record: Any) -> None:
-        if _INSTALLED.get(subscriber) is not handler:
-            await consume_one(subscriber, record)
-            return
         try:
             lane = admit_record(handler, subscriber, record)
         except CommitterIsDeadError:
@@ -86,14 +90,27 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
 
     subscriber.consume_one = admit  # type: ignore[method-assign,assignment]
     subscriber.stop = drain_then_stop  # type: ignore[method-assign]
+    if fetches_one_at_a_time(subscriber):
+
+        async def fetch(consumer: AIOKafkaConsumer) -> FetchedRecords | None:
+            lane = handler.lane_for(subscriber, consumer)
+            return await fetch_records(consumer, handler.admission_room(lane))
+
+        subscriber.get_msg = fetch  # type: ignore[method-assign]
     _attach_listener(subscriber, handler)
 
 
 def admit_record(
     handler: KafkaConcurrentHandler, subscriber: Any, record: Any
 ) -> ConsumerLane | None:
-    """Hand a fetched record, or a batch subscriber's tuple of records, to the handler;
-    returns the consumer's lane, whose backlog tells the loop whether to wait."""
+    """Hand fetched records to the handler: a batch from ``fetch_records``, a batch
+    subscriber's tuple (one unit of work), or a single record. Returns the consumer's lane,
+    whose backlog tells the loop whether to wait."""
+    if type(record) is FetchedRecords:
+        lane = handler.lane_for(subscriber, record.consumer)
+        for one in record.records:
+            handler.admit(lane, one)
+        return lane
     if isinstance(record, tuple):
         if not record:
             return None

@@ -220,6 +220,15 @@ class KafkaConcurrentHandler:
 
     # ---- backpressure ----------------------------------------------------------------
 
+    def admission_room(self, lane: ConsumerLane) -> int:
+        """How many records one fetch may bring: the free slots plus the room left in the
+        backlog (so it never passes the limit), within the uncommitted budget; at least one."""
+        limit = lane.options.concurrency_limit
+        free = min(limit - len(lane.running), self.settings.concurrency_limit - self._running)
+        room = max(0, free) + limit - len(lane.ready)
+        budget_left = self.settings.max_uncommitted_tasks - self._tally.count
+        return max(1, min(room, budget_left))
+
     async def wait_for_room(self, lane: ConsumerLane) -> None:
         """Hold the consumer's poll loop while its backlog fills its limit: the cheapest
         backpressure, since a pause makes aiokafka drop and re-fetch the records it buffered.

@@ -359,6 +359,45 @@ async def test_message_cancelled_at_shutdown_is_the_commit_point_and_redelivered
 # ---- several subscribers and groups --------------------------------------------------
 
 
+async def test_manual_subscriber_with_max_workers_runs_one_lane_per_consumer() -> None:
+    # FastStream gives a MANUAL subscriber with max_workers its own consumer per worker; each
+    # fetches in batches and commits only the partitions it was assigned.
+    count, partitions = 400, 4
+    topic, group = unique("workers"), unique("g-workers")
+    await create_topic(topic, partitions)
+    await produce(topic, numbers(count), partitions=partitions)
+    broker = concurrent_broker()
+    seen: Counter[int] = Counter()
+
+    sub = broker.subscriber(
+        topic,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        max_workers=2,
+    )
+
+    @sub
+    async def handle(body: int) -> None:
+        await asyncio.sleep(0.001)
+        seen[body] += 1
+
+    handler = await initialize_concurrent_processing(broker.context, commit_batch_size=20)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(seen) == count, timeout=WAIT)
+        await wait_committed(group, topic, await end_offsets(topic, partitions))
+        lanes = handler.lanes_of(sub)
+        owned = [set(lane.consumer.assignment()) for lane in lanes]
+    finally:
+        await shut_down(broker)
+
+    assert set(seen.values()) == {1}
+    assert len(lanes) == 2
+    assert owned[0].isdisjoint(owned[1])
+    assert len(owned[0] | owned[1]) == partitions
+
+
 async def test_subscribers_and_groups_commit_independently() -> None:
     # Group A reads both topics (one subscriber each), group B reads the first topic too.
     # B holds its first message: A must still commit everything, B everything but that.
