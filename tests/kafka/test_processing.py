@@ -10,9 +10,10 @@ import asyncio
 import gc
 import time
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from faststream import FastStream
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.message import KafkaAckableMessage
@@ -357,6 +358,50 @@ async def test_message_cancelled_at_shutdown_is_the_commit_point_and_redelivered
 
 
 # ---- several subscribers and groups --------------------------------------------------
+
+
+async def test_records_are_fetched_in_batches_not_one_getone_per_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 300
+    topic, group = unique("fetch"), unique("g-fetch")
+    await create_topic(topic, 2)
+    await produce(topic, numbers(count), partitions=2)
+    calls: Counter[str] = Counter()
+    getone, getmany = AIOKafkaConsumer.getone, AIOKafkaConsumer.getmany
+
+    async def counted_getone(self: AIOKafkaConsumer, *partitions: Any) -> Any:
+        calls["getone"] += 1
+        return await getone(self, *partitions)
+
+    async def counted_getmany(self: AIOKafkaConsumer, *partitions: Any, **kwargs: Any) -> Any:
+        calls["getmany"] += 1
+        return await getmany(self, *partitions, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getone", counted_getone)
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", counted_getmany)
+    broker = concurrent_broker()
+    seen: set[int] = set()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        seen.add(body)
+
+    await initialize_concurrent_processing(broker.context, concurrency_limit=50)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(seen) == count, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+
+    print(f"\nfetch calls for {count} messages: {dict(calls)}")
+    # Without an app in the context the subscriber is handed over at its first message,
+    # which FastStream fetched with getone() itself.
+    assert calls["getone"] <= 1
+    # At most 100 records per fetch here (50 free slots + 50 of queue room).
+    assert 3 <= calls["getmany"] <= count // 10
 
 
 async def test_manual_subscriber_with_max_workers_runs_one_lane_per_consumer() -> None:
