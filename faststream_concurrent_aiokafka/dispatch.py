@@ -108,8 +108,7 @@ def admit_record(
     whose backlog tells the loop whether to wait."""
     if type(record) is FetchedRecords:
         lane = handler.lane_for(subscriber, record.consumer)
-        for one in record.records:
-            handler.admit(lane, one)
+        handler.admit_records(lane, record.records)
         return lane
     if isinstance(record, tuple):
         if not record:

@@ -106,24 +106,34 @@ class KafkaConcurrentHandler:
     # ---- admission -------------------------------------------------------------------
 
     def admit(self, lane: ConsumerLane, record: "ConsumerRecord[Any, Any]") -> None:
-        """Take a fetched record: run it now, queue it, or hold it behind its key."""
+        """Take one fetched record (see ``admit_records``)."""
+        self.admit_records(lane, (record,))
+
+    def admit_records(
+        self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]"
+    ) -> None:
+        """Take fetched records: each runs now, waits for a slot, or is held behind its key.
+        Slots are filled and the pause state refreshed once for all of them."""
         if lane.closing or not self.is_running:
             # Not tracked, so never committed past: the next owner reads it again.
             return
         self.committer.check_alive()
-        tp = TopicPartition(record.topic, record.partition)
-        tracker = lane.tracker_for(tp)
-        offset = record.offset
-        if offset in tracker.already_done:
-            self._skip_done(lane, tracker, offset)
-            return
-        tracker.track(offset)
-        lane.add_tracked(1)
-        key = ordering_key(lane.options.ordering, record.topic, record.partition, record.key)
-        job = KafkaCommitTask(record, tp, offset, lane=lane, tracker=tracker, key=key)
-        if lane.gate.submit(job, job.key):
-            lane.ready.append(job)
-            self._start_ready(lane)
+        ordering = lane.options.ordering
+        gate, ready = lane.gate, lane.ready
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            tracker = lane.tracker_for(tp)
+            offset = record.offset
+            if offset in tracker.already_done:
+                self._skip_done(lane, tracker, offset)
+                continue
+            tracker.track(offset)
+            lane.add_tracked(1)
+            key = ordering_key(ordering, record.topic, record.partition, record.key)
+            job = KafkaCommitTask(record, tp, offset, lane=lane, tracker=tracker, key=key)
+            if gate.submit(job, key):
+                ready.append(job)
+        self._start_ready(lane)
         self._refresh_pause(lane)
 
     def admit_batch(
