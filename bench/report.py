@@ -261,12 +261,12 @@ library never does by itself): with hundreds of handlers awaiting, each holding 
 hundred objects of FastStream's pipeline, CPython's default threshold of 700 promotes nearly
 all of them to the oldest generation, and full collections take about a third of the CPU.
 Pauses, fetches and fetched bytes (of the untuned runs) as in section 1; every run reads the
-first messages of the same pre-produced topic. The middleware pauses a consumer when `limit`
-messages wait for a slot and resumes it when that backlog has halved. aiokafka discards the
-records it had already fetched for a paused partition (`FetchResult.check_assignment`), so each
-pause costs a new fetch request after the resume, which returns up to
-`max_partition_fetch_bytes` per partition again: compare the pauses, fetches and fetched bytes
-per message with FastStream's.
+first messages of the same pre-produced topic. When `limit` messages wait for a slot the
+middleware holds its poll loop until one frees, and only pauses the consumer if that takes
+longer than half of `max_poll_interval_ms` (at most 10 s): aiokafka discards the records it had
+already fetched for a paused partition (`FetchResult.check_assignment`), so a pause costs a new
+fetch request after the resume, which returns up to `max_partition_fetch_bytes` per partition
+again. Compare the pauses, fetches and fetched bytes per message with FastStream's.
 
 {table}
 
