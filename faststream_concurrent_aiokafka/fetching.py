@@ -3,12 +3,15 @@
 FastStream's loop asks its subscriber for one record at a time, and aiokafka's ``getone()``
 costs more per record than the handler's own work does for fast handlers. Admission takes
 whatever one ``getmany()`` returned as one unit, so nothing is ever buffered outside aiokafka
-and the library: the records go straight into the lane's offset tracking.
+and the library: the records go straight into the lane's offset tracking. Partitions are
+served in turn (see ``_serve_in_turn``).
 """
 
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream.kafka.subscriber.usecase import (
     ConcurrentBetweenPartitionsSubscriber,
     DefaultSubscriber,
@@ -49,4 +52,20 @@ async def fetch_records(consumer: AIOKafkaConsumer, max_records: int) -> Fetched
     records: list[ConsumerRecord[Any, Any]] = []
     for batch in batches.values():
         records += batch
+    _serve_in_turn(consumer, batches)
     return FetchedRecords(consumer, records)
+
+
+def _serve_in_turn(consumer: AIOKafkaConsumer, served: Iterable[TopicPartition]) -> None:
+    """Move the partitions just served behind the others in aiokafka's buffer.
+
+    aiokafka hands out buffered records partition by partition in the order they arrived and
+    stays on one until its buffer (up to max_partition_fetch_bytes) is empty; with fetches
+    capped by free slots, one partition would then take every slot while the others wait.
+    """
+    buffered = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+    if not isinstance(buffered, OrderedDict):
+        return
+    for tp in served:
+        if tp in buffered:
+            buffered.move_to_end(tp)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pytest
 from aiokafka import AIOKafkaConsumer
 from faststream import FastStream
-from faststream.kafka import TestKafkaBroker
+from faststream.kafka import KafkaMessage, TestKafkaBroker
 from faststream.kafka.message import KafkaAckableMessage
 from faststream.middlewares import AckPolicy
 
@@ -402,6 +402,37 @@ async def test_records_are_fetched_in_batches_not_one_getone_per_record(
     assert calls["getone"] <= 1
     # At most 100 records per fetch here (50 free slots + 50 of queue room).
     assert 3 <= calls["getmany"] <= count // 10
+
+
+async def test_partitions_are_served_in_turn_when_slots_are_few() -> None:
+    # aiokafka buffers a whole fetch per partition and hands out one partition's records
+    # until they run out; with 2 slots the other partition would wait for all of them.
+    per_partition, head = 200, 40
+    topic, group = unique("turns"), unique("g-turns")
+    await create_topic(topic, 2)
+    await produce(topic, numbers(2 * per_partition), partitions=2)
+    broker = concurrent_broker()
+    order: list[int] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        assert not isinstance(record, tuple)
+        order.append(record.partition)
+        await asyncio.sleep(0.001)
+
+    await initialize_concurrent_processing(broker.context, concurrency_limit=2)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(order) >= head, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+
+    first = Counter(order[:head])
+    print(f"\npartitions of the first {head} messages: {dict(first)}")
+    assert min(first[0], first[1]) >= head // 4
 
 
 async def test_manual_subscriber_with_max_workers_runs_one_lane_per_consumer() -> None:
