@@ -360,19 +360,21 @@ class KafkaConcurrentHandler:
 def _hold_budget(consumer: AIOKafkaConsumer) -> float:
     """How long a full backlog may hold the poll loop: aiokafka counts the time outside its
     fetch calls against max_poll_interval_ms and leaves the group past it."""
-    max_poll_interval_ms = getattr(consumer, "_max_poll_interval_ms", None)
-    if not isinstance(max_poll_interval_ms, int):
-        return MAX_HOLD_SEC
-    return min(max_poll_interval_ms / 1000 * 0.5, MAX_HOLD_SEC)
+    max_poll_interval = _private_timeout_sec(consumer, "_max_poll_interval_ms")
+    return MAX_HOLD_SEC if max_poll_interval is None else min(max_poll_interval * 0.5, MAX_HOLD_SEC)
 
 
 def _flush_budget(consumer: AIOKafkaConsumer) -> float:
     """Most of the consumer's rebalance timeout: past it Kafka rebalances without this member
     and the flush's commit is refused, so waiting longer only adds duplicates."""
-    rebalance_timeout_ms = getattr(consumer, "_rebalance_timeout_ms", None)
-    if not isinstance(rebalance_timeout_ms, int):
-        return float("inf")
-    return rebalance_timeout_ms / 1000 * 0.6
+    rebalance_timeout = _private_timeout_sec(consumer, "_rebalance_timeout_ms")
+    return float("inf") if rebalance_timeout is None else rebalance_timeout * 0.6
+
+
+def _private_timeout_sec(consumer: AIOKafkaConsumer, attribute: str) -> float | None:
+    """A timeout the consumer keeps only privately (aiokafka 0.14), in seconds; None if absent."""
+    value_ms = getattr(consumer, attribute, None)
+    return value_ms / 1000 if isinstance(value_ms, int) else None
 
 
 def _consumer_owning(subscriber: Any, assigned: set[TopicPartition]) -> AIOKafkaConsumer | None:
