@@ -7,6 +7,7 @@ resumed once the backlog halves. The uncommitted-work budget pauses too.
 """
 
 import asyncio
+import contextvars
 import logging
 import signal
 from collections import deque
@@ -50,6 +51,8 @@ class KafkaConcurrentHandler:
         # no partial allocated per message.
         self._task_jobs: dict[asyncio.Task[None], KafkaCommitTask] = {}
         self._task_done = self._on_task_done
+        # Waits for given jobs to end (rebalance, shutdown): a slot's task outlives its job.
+        self._settle_waiters: list[tuple[set[KafkaCommitTask], asyncio.Future[None]]] = []
         self._over_budget = False
         self.committer = KafkaBatchCommitter(
             self._lanes.values,
@@ -177,18 +180,67 @@ class KafkaConcurrentHandler:
                     self._hungry.append(lane)
                 return
             job = ready.popleft()
-            lane.running.add(job)
-            self._running += 1
-            task = asyncio.create_task(self._run_job(job))
-            job.asyncio_task = task
-            self._task_jobs[task] = job
+            task = asyncio.create_task(self._run_slot(job), context=lane.context.copy())
             task.add_done_callback(self._task_done)
+            self._occupy_slot(lane, job, task)
+
+    def _occupy_slot(
+        self, lane: ConsumerLane, job: KafkaCommitTask, task: "asyncio.Task[None]"
+    ) -> None:
+        lane.running.add(job)
+        self._running += 1
+        job.asyncio_task = task
+        self._task_jobs[task] = job
+
+    async def _run_slot(self, job: KafkaCommitTask) -> None:
+        """A slot's task: after its message it runs the lane's next ready one, so one message's
+        objects are freed just before the next one's are made and CPython's collector does not
+        see the in-flight work pile up. A message that left the task's context variables changed
+        ends the task instead: every message starts from the context its slot started with."""
+        context = contextvars.copy_context()
+        current: KafkaCommitTask | None = job
+        while current is not None:
+            await self._run_job(current)
+            current = self._complete_and_take(current, contextvars.copy_context() == context)
+
+    def _complete_and_take(self, job: KafkaCommitTask, reuse: bool) -> KafkaCommitTask | None:
+        """A slot's task finished its message: settle it and, when it may go on, hand it the
+        lane's next ready message (not while other lanes wait for a global slot)."""
+        task = job.asyncio_task
+        assert task is not None
+        del self._task_jobs[task]
+        lane = job.lane
+        self._settle(job, cancelled=False)
+        following = None
+        if (
+            reuse
+            and lane.ready
+            and not self._hungry
+            and len(lane.running) < lane.options.concurrency_limit
+            and self._running < self.settings.concurrency_limit
+        ):
+            following = lane.ready.popleft()
+            self._occupy_slot(lane, following, task)
+        self._serve_hungry()
+        self._start_ready(lane)
+        self._refresh_pause(lane)
+        return following
 
     def _on_task_done(self, task: "asyncio.Task[None]") -> None:
-        self.complete(self._task_jobs.pop(task), cancelled=task.cancelled())
+        """A slot's task ended with its message unsettled: cancelled, or its runner raised."""
+        job = self._task_jobs.pop(task, None)
+        if job is not None:
+            self.complete(job, cancelled=task.cancelled())
 
     def complete(self, job: KafkaCommitTask, *, cancelled: bool) -> None:
         """A message's processing ended: update offsets, free its slot, start what waits."""
+        self._settle(job, cancelled=cancelled)
+        self._serve_hungry()
+        self._start_ready(job.lane)
+        self._refresh_pause(job.lane)
+
+    def _settle(self, job: KafkaCommitTask, *, cancelled: bool) -> None:
+        """Update offsets and free the message's slot; a cancelled message blocks its offset."""
         lane = job.lane
         lane.running.discard(job)
         job.asyncio_task = None
@@ -210,9 +262,14 @@ class KafkaConcurrentHandler:
             successor = lane.gate.release(job.key)
             if successor is not None and not successor.tracker.retired:
                 lane.ready.append(successor)
-        self._serve_hungry()
-        self._start_ready(lane)
-        self._refresh_pause(lane)
+        if self._settle_waiters:
+            self._wake_settle_waiters(job)
+
+    def _wake_settle_waiters(self, job: KafkaCommitTask) -> None:
+        for jobs, waiter in self._settle_waiters:
+            jobs.discard(job)
+            if not jobs and not waiter.done():
+                waiter.set_result(None)
 
     @staticmethod
     def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
@@ -343,13 +400,16 @@ class KafkaConcurrentHandler:
     async def _wait_running(
         self, lane: ConsumerLane, timeout: float, partitions: set[TopicPartition] | None = None
     ) -> None:
-        tasks = [
-            job.asyncio_task
-            for job in lane.running
-            if job.asyncio_task is not None and (partitions is None or job.touches(partitions))
-        ]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        """Until the running messages (of ``partitions``, if given) ended, or ``timeout``."""
+        jobs = {job for job in lane.running if partitions is None or job.touches(partitions)}
+        if not jobs:
+            return
+        entry = (jobs, asyncio.get_running_loop().create_future())
+        self._settle_waiters.append(entry)
+        try:
+            await asyncio.wait((entry[1],), timeout=timeout)
+        finally:
+            self._settle_waiters.remove(entry)
 
     def forget(self, lanes: Iterable[ConsumerLane]) -> None:
         for lane in lanes:

@@ -5,6 +5,7 @@ partitions assigned to that consumer, and pausing is per consumer too.
 """
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from typing import Any
@@ -62,6 +63,9 @@ class ConsumerLane:
         self.commit_guard = CommitGuard(consumer)
         self.hungry = False
         self.commit_lock = asyncio.Lock()
+        # What every message task of this lane starts from (a copy each): the context the lane
+        # was made in, FastStream's poll loop or rebalance listener, never a handler's.
+        self.context = contextvars.copy_context()
         self._paused: set[TopicPartition] | None = None
 
     def add_tracked(self, delta: int) -> None:

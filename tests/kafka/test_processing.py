@@ -10,6 +10,7 @@ import asyncio
 import gc
 import time
 from collections import Counter
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import pytest
@@ -198,6 +199,73 @@ async def test_finished_messages_leave_no_reference_cycles() -> None:
         gc.enable()
         await shut_down(broker)
     assert leaked == {}, f"freed only by the garbage collector: {dict(leaked)}"
+
+
+REQUEST_ID: ContextVar[int | None] = ContextVar("request_id", default=None)
+
+
+async def test_a_slot_runs_the_next_message_in_the_task_it_already_has() -> None:
+    # Ending one message and starting the next in the same task frees the first one's
+    # objects right before the second one's are made, which keeps CPython's collector from
+    # promoting all in-flight work. A context variable set and reset with its token leaves
+    # the context as it was, so it does not stop the reuse.
+    count = 60
+    topic, group = unique("reuse"), unique("g-reuse")
+    await create_topic(topic, 2)
+    await produce(topic, numbers(count), partitions=2)
+    broker = concurrent_broker()
+    tasks: set[asyncio.Task[Any]] = set()
+    done: set[int] = set()
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        token = REQUEST_ID.set(body)
+        try:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            await asyncio.sleep(0)
+            done.add(body)
+        finally:
+            REQUEST_ID.reset(token)
+
+    handler = await initialize_concurrent_processing(broker.context, concurrency_limit=2)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(done) == count and handler.in_flight == 0, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+    assert len(tasks) <= count // 4, f"{len(tasks)} tasks for {count} messages"
+
+
+async def test_context_variables_a_handler_leaves_set_do_not_reach_the_next_message() -> None:
+    # A handler that sets a context variable and never resets it changes its task's context;
+    # that task then ends instead of running the next message, which gets a fresh one.
+    count = 40
+    topic, group = unique("ctx"), unique("g-ctx")
+    await create_topic(topic, 2)
+    await produce(topic, numbers(count), partitions=2)
+    broker = concurrent_broker()
+    inherited: dict[int, int | None] = {}
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        inherited[body] = REQUEST_ID.get()
+        REQUEST_ID.set(body)
+        await asyncio.sleep(0)
+
+    handler = await initialize_concurrent_processing(broker.context, concurrency_limit=2)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(inherited) == count and handler.in_flight == 0, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+    leaked = {body: value for body, value in inherited.items() if value is not None}
+    assert leaked == {}, f"values left by earlier messages: {leaked}"
 
 
 async def test_a_full_batch_is_committed_without_waiting_for_the_timeout() -> None:
