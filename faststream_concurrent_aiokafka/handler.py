@@ -123,9 +123,14 @@ class KafkaConcurrentHandler:
         self.committer.check_alive()
         ordering = lane.options.ordering
         gate, ready = lane.gate, lane.ready
+        # A fetch brings runs of records of one partition: its TopicPartition and tracker are
+        # looked up once per run, not made again for every record.
+        tp = TopicPartition("", -1)
+        tracker: PartitionOffsets | None = None
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            tracker = lane.tracker_for(tp)
+            if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
+                tp = TopicPartition(record.topic, record.partition)
+                tracker = lane.tracker_for(tp)
             offset = record.offset
             if offset in tracker.already_done:
                 self._skip_done(lane, tracker, offset)
