@@ -23,7 +23,7 @@ from faststream_concurrent_aiokafka.lane import ConsumerLane, Tally
 from faststream_concurrent_aiokafka.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.ordering import ordering_key
 from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
-from faststream_concurrent_aiokafka.runner import run_job
+from faststream_concurrent_aiokafka.runner import NextJob, run_slot
 from faststream_concurrent_aiokafka.subscriber_options import options_of
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
@@ -32,25 +32,26 @@ logger = logging.getLogger("faststream_concurrent_aiokafka")
 # the re-fetch after the resume costs little.
 MAX_HOLD_SEC = 10.0
 
-JobRunner = Callable[[KafkaCommitTask], Coroutine[Any, Any, None]]
+SlotRunner = Callable[[KafkaCommitTask, NextJob], Coroutine[Any, Any, None]]
 
 
 class KafkaConcurrentHandler:
     """Owns the consumer lanes, the global concurrency limit and the batch committer."""
 
     def __init__(
-        self, settings: ConcurrencySettings | None = None, run_job: JobRunner = run_job
+        self, settings: ConcurrencySettings | None = None, run_slot: SlotRunner = run_slot
     ) -> None:
         self.settings = settings or ConcurrencySettings()
-        self._run_job = run_job
+        self._run_slot = run_slot
         self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
         self._hungry: deque[ConsumerLane] = deque()
         self._running = 0
         self._tally = Tally()
-        # One bound method for every task's done callback, and the task's job looked up:
-        # no partial allocated per message.
+        # Bound methods made once, for every task (its done callback, its next message), and
+        # the task's job looked up: nothing allocated per message for them.
         self._task_jobs: dict[asyncio.Task[None], KafkaCommitTask] = {}
         self._task_done = self._on_task_done
+        self._next_job = self._complete_and_take
         # Waits for given jobs to end (rebalance, shutdown): a slot's task outlives its job.
         self._settle_waiters: list[tuple[set[KafkaCommitTask], asyncio.Future[None]]] = []
         self._over_budget = False
@@ -185,7 +186,9 @@ class KafkaConcurrentHandler:
                     self._hungry.append(lane)
                 return
             job = ready.popleft()
-            task = asyncio.create_task(self._run_slot(job), context=lane.context.copy())
+            task = asyncio.create_task(
+                self._run_slot(job, self._next_job), context=lane.context.copy()
+            )
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, job, task)
 
@@ -197,20 +200,12 @@ class KafkaConcurrentHandler:
         job.asyncio_task = task
         self._task_jobs[task] = job
 
-    async def _run_slot(self, job: KafkaCommitTask) -> None:
-        """A slot's task: after its message it runs the lane's next ready one, so one message's
-        objects are freed just before the next one's are made and CPython's collector does not
-        see the in-flight work pile up. A message that left the task's context variables changed
-        ends the task instead: every message starts from the context its slot started with."""
-        context = contextvars.copy_context()
-        current: KafkaCommitTask | None = job
-        while current is not None:
-            await self._run_job(current)
-            current = self._complete_and_take(current, contextvars.copy_context() == context)
-
-    def _complete_and_take(self, job: KafkaCommitTask, reuse: bool) -> KafkaCommitTask | None:
-        """A slot's task finished its message: settle it and, when it may go on, hand it the
-        lane's next ready message (not while other lanes wait for a global slot)."""
+    def _complete_and_take(self, job: KafkaCommitTask) -> KafkaCommitTask | None:
+        """A slot's task finished its message: settle it and hand it the lane's next ready one,
+        so one message's objects are freed just before the next one's are made and CPython's
+        collector does not see the in-flight work pile up. Not while other lanes wait for a
+        global slot, and not when the message left the task's context variables changed: the
+        task ends instead, and every message starts from the lane's context."""
         task = job.asyncio_task
         assert task is not None
         del self._task_jobs[task]
@@ -218,11 +213,11 @@ class KafkaConcurrentHandler:
         self._settle(job, cancelled=False)
         following = None
         if (
-            reuse
-            and lane.ready
+            lane.ready
             and not self._hungry
             and len(lane.running) < lane.options.concurrency_limit
             and self._running < self.settings.concurrency_limit
+            and contextvars.copy_context() == lane.context
         ):
             following = lane.ready.popleft()
             self._occupy_slot(lane, following, task)

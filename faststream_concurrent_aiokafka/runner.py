@@ -7,6 +7,7 @@ the offset is committed after all of it, publishes included.
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -53,57 +54,69 @@ class CommitGuard:
         return getattr(self._consumer, name)
 
 
-async def run_job(job: KafkaCommitTask) -> None:
-    """Task body of one message: attempts, backoff, dead-lettering. Never raises.
+NextJob = Callable[[KafkaCommitTask], "KafkaCommitTask | None"]
 
-    Each attempt is one run of FastStream's pipeline, inline here: a frame less for every
-    message in flight.
+
+async def run_slot(job: KafkaCommitTask, next_job: NextJob) -> None:
+    """Task body of a slot: runs its message, then each one ``next_job`` hands it after that.
+
+    Per message: attempts, backoff, dead-lettering; never raises. FastStream's pipeline is
+    awaited right here, not in a helper coroutine: a frame less for every message in flight.
     """
-    key = id(job.record)
-    RUNNING[key] = job
-    try:
-        subscriber = job.lane.subscriber
-        options = job.lane.options
-        attempt = 0
-        while True:
-            attempt += 1
-            error: BaseException | None = None
-            try:
-                await subscriber.process_message(job.record)
-            except StopConsume:
-                _in_background(subscriber.stop())
-            except SystemExit:
-                _in_background(subscriber.stop())
-                app = subscriber._outer_config.context.get("app")
-                if app is not None:
-                    app.exit()
-            except Exception as exc:  # every failure goes through the policy
-                error = exc
-            if error is None:
-                return
-            if isinstance(error, TaskTimeoutError):
-                logger.warning("Handler for %s timed out: %s", job.describe(), error)
-            outcome = classify(error)
-            if outcome is Outcome.DONE:
-                return
-            if outcome is Outcome.RETRY and attempt <= options.max_retries:
-                delay = backoff_delay(
-                    attempt, options.retry_backoff_sec, options.retry_backoff_max_sec
-                )
-                logger.warning(
-                    "Attempt %d of %s failed (%s); retrying in %.3f s",
-                    attempt,
-                    job.describe(),
-                    _summary(error),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            job.error = error
-            await _settle_failure(job, error, attempt)
-            return
-    finally:
-        del RUNNING[key]
+    current: KafkaCommitTask | None = job
+    while current is not None:
+        key = id(current.record)
+        RUNNING[key] = current
+        try:
+            subscriber = current.lane.subscriber
+            attempt = 0
+            while True:
+                attempt += 1
+                error: BaseException | None = None
+                try:
+                    await subscriber.process_message(current.record)
+                except (StopConsume, SystemExit) as exc:
+                    _stop_consuming(subscriber, exc)
+                except Exception as exc:  # every failure goes through the policy
+                    error = exc
+                if error is None or not await _retry_after(current, error, attempt):
+                    break
+        finally:
+            del RUNNING[key]
+        current = next_job(current)
+
+
+def _stop_consuming(subscriber: Any, request: BaseException) -> None:
+    """A handler raised StopConsume (stop this subscriber) or SystemExit (stop the app)."""
+    _in_background(subscriber.stop())
+    if isinstance(request, SystemExit):
+        app = subscriber._outer_config.context.get("app")
+        if app is not None:
+            app.exit()
+
+
+async def _retry_after(job: KafkaCommitTask, error: BaseException, attempt: int) -> bool:
+    """An attempt failed: wait and say True to retry, or settle the failure and say False."""
+    if isinstance(error, TaskTimeoutError):
+        logger.warning("Handler for %s timed out: %s", job.describe(), error)
+    outcome = classify(error)
+    if outcome is Outcome.DONE:
+        return False
+    options = job.lane.options
+    if outcome is Outcome.RETRY and attempt <= options.max_retries:
+        delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
+        logger.warning(
+            "Attempt %d of %s failed (%s); retrying in %.3f s",
+            attempt,
+            job.describe(),
+            _summary(error),
+            delay,
+        )
+        await asyncio.sleep(delay)
+        return True
+    job.error = error
+    await _settle_failure(job, error, attempt)
+    return False
 
 
 async def _settle_failure(job: KafkaCommitTask, error: BaseException | None, attempts: int) -> None:
