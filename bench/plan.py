@@ -83,6 +83,7 @@ DESCRIPTIONS: dict[str, str] = {
     "noop/fs-ack-first": "FastStream alone, ACK_FIRST (auto-commit): the ceiling",
     "noop/fs-ack": "FastStream alone, AckPolicy.ACK (sequential, commit per message)",
     "noop/fs-workers-100": "FastStream max_workers=100, ACK_FIRST",
+    "io/ceiling": "FastStream alone, ACK_FIRST, no-op handler, on the I/O topic (paired ceiling)",
     "mem/mw-inflight": "this middleware, messages in flight (limit = held)",
     "mem/mw-inflight-rss": "same, without tracemalloc (RSS only)",
     "mem/mw-queued": "this middleware, messages queued (global limit 10)",
@@ -91,6 +92,9 @@ DESCRIPTIONS: dict[str, str] = {
     "profile/mw": "this middleware, limit 100, batch 10, no-op handler",
     "profile/fs": "FastStream alone, ACK_FIRST, no-op handler",
 }
+
+
+PAIRED_CEILING = "io/ceiling"
 
 
 def io_label(system: str, limit: int) -> str:
@@ -143,10 +147,18 @@ def build(
             timeout_sec=params.ack_budget_sec,
         )
     )
-    # 2. I/O-bound handlers; repeats interleave the systems as above.
+    # 2. I/O-bound handlers; repeats interleave the systems as above. Right before each
+    # repeat's top-limit runs, a ceiling run: this machine's speed drifts over minutes, so
+    # the top limit is also compared with a ceiling measured next to it.
     io = {"handler": "sleep", "sleep_sec": params.io_sleep_sec}
+    top = IO_LIMITS[-1]
     for _ in range(params.io_repeat):
         for limit in IO_LIMITS:
+            if limit == top:
+                runs.append(
+                    spec(PAIRED_CEILING, "throughput", "faststream", topics.io,
+                         params.io_messages(top))
+                )  # fmt: skip
             for name, (system, tuned) in IO_SYSTEMS.items():
                 limits = {"concurrency_limit" if system == "middleware" else "max_workers": limit}
                 gc_threshold = DEFAULT_GEN0_THRESHOLD if tuned else None
