@@ -298,8 +298,9 @@ def _paired_section(res: Results) -> str:
     table = _table(["system", "each repeat, vs its ceiling run", "median"], rows)
     return f"""Paired with a ceiling run: this machine's speed drifts over minutes, so each
 repeat's limit-{top:,} runs are also divided by a FastStream ACK_FIRST no-op run on the same
-topic made just before them (ceiling runs: {ceiling_rates} msg/s). The target is checked on
-the median of these ratios; with limit / 0.01 s far above the ceiling, the ideal is the ceiling.
+topic made just before them. The target is checked on the median of these ratios; with
+limit / 0.01 s far above the ceiling, the ideal is the ceiling.
+Ceiling runs, in order: {ceiling_rates} msg/s.
 
 {table}"""
 
