@@ -134,6 +134,14 @@ def numbers(count: int, start: int = 0) -> list[bytes]:
     return [str(i).encode() for i in range(start, start + count)]
 
 
+async def numbered_topic(prefix: str, count: int, partitions: int) -> tuple[str, str]:
+    """A new topic holding the values ``numbers(count)`` over ``partitions``, and a new group."""
+    topic, group = unique(prefix), unique(f"g-{prefix}")
+    await create_topic(topic, partitions)
+    await produce(topic, numbers(count), partitions=partitions)
+    return topic, group
+
+
 async def wait_committed(
     group: str, topic: str, expected: dict[int, int], timeout: float = 20.0
 ) -> None:

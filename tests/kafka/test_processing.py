@@ -10,13 +10,14 @@ import asyncio
 import gc
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from faststream import FastStream
-from faststream.kafka import KafkaMessage, TestKafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
 from faststream.kafka.message import KafkaAckableMessage
 from faststream.middlewares import AckPolicy
 
@@ -31,6 +32,7 @@ from tests.kafka_helpers import (
     concurrent_broker,
     create_topic,
     end_offsets,
+    numbered_topic,
     numbers,
     produce,
     shut_down,
@@ -167,9 +169,7 @@ async def test_finished_messages_leave_no_reference_cycles() -> None:
     # its handler awaits; with many in flight the full collections then cost a third of the
     # CPU. Everything a finished message used must be freed by reference counting alone.
     count = 200
-    topic, group = unique("cycles"), unique("g-cycles")
-    await create_topic(topic, 2)
-    await produce(topic, numbers(count), partitions=2)
+    topic, group = await numbered_topic("cycles", count, partitions=2)
     broker = concurrent_broker()
     done: set[int] = set()
 
@@ -204,15 +204,24 @@ async def test_finished_messages_leave_no_reference_cycles() -> None:
 REQUEST_ID: ContextVar[int | None] = ContextVar("request_id", default=None)
 
 
+async def run_until_idle(broker: KafkaBroker, handled: Callable[[], bool], **settings: Any) -> None:
+    """Start concurrent processing and the broker, wait until ``handled()`` holds and nothing
+    runs any more, then shut down."""
+    handler = await initialize_concurrent_processing(broker.context, **settings)
+    try:
+        await broker.start()
+        await wait_until(lambda: handled() and handler.in_flight == 0, timeout=WAIT)
+    finally:
+        await shut_down(broker)
+
+
 async def test_a_slot_runs_the_next_message_in_the_task_it_already_has() -> None:
     # Ending one message and starting the next in the same task frees the first one's
     # objects right before the second one's are made, which keeps CPython's collector from
     # promoting all in-flight work. A context variable set and reset with its token leaves
     # the context as it was, so it does not stop the reuse.
     count = 60
-    topic, group = unique("reuse"), unique("g-reuse")
-    await create_topic(topic, 2)
-    await produce(topic, numbers(count), partitions=2)
+    topic, group = await numbered_topic("reuse", count, partitions=2)
     broker = concurrent_broker()
     tasks: set[asyncio.Task[Any]] = set()
     done: set[int] = set()
@@ -231,12 +240,7 @@ async def test_a_slot_runs_the_next_message_in_the_task_it_already_has() -> None
         finally:
             REQUEST_ID.reset(token)
 
-    handler = await initialize_concurrent_processing(broker.context, concurrency_limit=2)
-    try:
-        await broker.start()
-        await wait_until(lambda: len(done) == count and handler.in_flight == 0, timeout=WAIT)
-    finally:
-        await shut_down(broker)
+    await run_until_idle(broker, lambda: len(done) == count, concurrency_limit=2)
     assert len(tasks) <= count // 4, f"{len(tasks)} tasks for {count} messages"
 
 
@@ -244,9 +248,7 @@ async def test_context_variables_a_handler_leaves_set_do_not_reach_the_next_mess
     # A handler that sets a context variable and never resets it changes its task's context;
     # that task then ends instead of running the next message, which gets a fresh one.
     count = 40
-    topic, group = unique("ctx"), unique("g-ctx")
-    await create_topic(topic, 2)
-    await produce(topic, numbers(count), partitions=2)
+    topic, group = await numbered_topic("ctx", count, partitions=2)
     broker = concurrent_broker()
     inherited: dict[int, int | None] = {}
 
@@ -258,12 +260,7 @@ async def test_context_variables_a_handler_leaves_set_do_not_reach_the_next_mess
         REQUEST_ID.set(body)
         await asyncio.sleep(0)
 
-    handler = await initialize_concurrent_processing(broker.context, concurrency_limit=2)
-    try:
-        await broker.start()
-        await wait_until(lambda: len(inherited) == count and handler.in_flight == 0, timeout=WAIT)
-    finally:
-        await shut_down(broker)
+    await run_until_idle(broker, lambda: len(inherited) == count, concurrency_limit=2)
     leaked = {body: value for body, value in inherited.items() if value is not None}
     assert leaked == {}, f"values left by earlier messages: {leaked}"
 
