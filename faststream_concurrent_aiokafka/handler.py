@@ -227,7 +227,8 @@ class KafkaConcurrentHandler:
         return following
 
     def _on_task_done(self, task: "asyncio.Task[None]") -> None:
-        """A slot's task ended with its message unsettled: cancelled, or its runner raised."""
+        """A slot's task ended. It settles its messages itself; one it still holds was
+        cancelled, or its runner raised."""
         job = self._task_jobs.pop(task, None)
         if job is not None:
             self.complete(job, cancelled=task.cancelled())

@@ -1,4 +1,4 @@
-"""Running one admitted message: FastStream's whole pipeline inside the message's task.
+"""Running admitted messages: FastStream's whole pipeline inside a slot's task.
 
 The task calls the subscriber's own ``process_message``, so every middleware, the handler,
 its ``@publisher``s and ``reply_to`` run exactly as FastStream runs them, only concurrently;
