@@ -7,9 +7,13 @@ Installed only inside a worker process, by wrapping two methods at class level:
   response that carried records; adds up the record bytes received.
 * ``ConsumerLane.pause``: counted when a consumer goes from running to paused (backpressure).
 
-The wrappers cost one Python call per fetch or pause, nothing per message.
+Besides, a ``gc.callbacks`` hook counts CPython's collections by generation and the time they
+took. The wrappers cost one Python call per fetch or pause, the hook two per collection,
+nothing per message.
 """
 
+import gc
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,10 @@ class Counters:
     fetch_requests: int = 0
     fetched_bytes: int = 0
     pauses: int = 0
+    gc_gen0: int = 0  # collections of (at most) each generation
+    gc_gen1: int = 0
+    gc_gen2: int = 0
+    gc_sec: float = 0.0  # time spent in them
 
 
 COUNTERS = Counters()
@@ -59,4 +67,23 @@ def install() -> Counters:
         pause(self)
 
     ConsumerLane.pause = counted_pause  # type: ignore[method-assign]
+    gc.callbacks.append(_count_collection)
     return COUNTERS
+
+
+_collection_started = 0.0
+
+
+def _count_collection(phase: str, info: dict[str, int]) -> None:
+    global _collection_started  # noqa: PLW0603 - one collection at a time
+    if phase == "start":
+        _collection_started = time.perf_counter()
+        return
+    COUNTERS.gc_sec += time.perf_counter() - _collection_started
+    generation = info["generation"]
+    if generation == 0:
+        COUNTERS.gc_gen0 += 1
+    elif generation == 1:
+        COUNTERS.gc_gen1 += 1
+    else:
+        COUNTERS.gc_gen2 += 1

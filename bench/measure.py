@@ -59,6 +59,7 @@ class Probe:
         self.first: float | None = None
         self.last = 0.0
         self.handler: KafkaConcurrentHandler | None = None
+        self.at_first = instrument.Counters()
         self.at_last = instrument.Counters()
         self.window_processed: int | None = None
         self.window_commit_requests: int | None = None
@@ -79,6 +80,7 @@ class Probe:
     def enter(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.at_first = dataclasses.replace(instrument.COUNTERS)
         self.started += 1
         if self.started == self.target:
             self.all_started.set()
@@ -200,6 +202,13 @@ def _fill_window(result: RunResult, probe: Probe, run: Running) -> None:
         probe.snapshot_counters()
     result.fetch_requests = probe.at_last.fetch_requests
     result.fetched_bytes = probe.at_last.fetched_bytes
+    first, last = probe.at_first, probe.at_last
+    result.gc_collections = [
+        last.gc_gen0 - first.gc_gen0,
+        last.gc_gen1 - first.gc_gen1,
+        last.gc_gen2 - first.gc_gen2,
+    ]
+    result.gc_sec = last.gc_sec - first.gc_sec
     if run.handler is not None:
         result.pauses = probe.at_last.pauses
         result.window_processed = probe.window_processed

@@ -103,6 +103,9 @@ class RunResult:
     pauses: int | None = None  # middleware: times a consumer was paused (backpressure)
     fetch_requests: int | None = None  # aiokafka fetch requests sent
     fetched_bytes: int | None = None  # record bytes those fetches brought in
+    # CPython's collections (generation 0, 1, 2) and their time, first to last counted message.
+    gc_collections: list[int] | None = None
+    gc_sec: float | None = None
     loadavg_start: float = 0.0
     loadavg_end: float = 0.0
     memory: MemoryResult | None = None
@@ -142,6 +145,13 @@ class RunResult:
         if self.pauses is None or not self.handled:
             return None
         return 1000.0 * self.pauses / self.handled
+
+    @property
+    def gc_share(self) -> float | None:
+        """Fraction of the measured window spent in garbage collections."""
+        if self.gc_sec is None or self.elapsed_sec <= 0:
+            return None
+        return self.gc_sec / self.elapsed_sec
 
     @property
     def fetches_per_1000(self) -> float | None:

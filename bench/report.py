@@ -250,6 +250,7 @@ def _io_section(res: Results, params: Params) -> str:
         rows,
     )
     paired = _paired_section(res)
+    collector = _collector_section(res)
     return f"""## 2. I/O-bound handler (`await asyncio.sleep({params.io_sleep_sec})`)
 
 The middleware runs with `concurrency_limit` = limit (commit_batch_size 10), FastStream with
@@ -260,9 +261,7 @@ min(ceiling, limit / 0.01 s), the ceiling being FastStream ACK_FIRST's no-op thr
 `tune_garbage_collector(gen0_threshold={DEFAULT_GEN0_THRESHOLD:,})` before starting (the
 library never does by itself): with hundreds of handlers awaiting, each holding about a
 hundred objects of FastStream's pipeline, CPython's default threshold of 700 runs the collector
-over the work in flight again and again (FastStream `max_workers` promotes nearly all of it to
-the oldest generation; the middleware's slot tasks, which free one message's objects just
-before making the next one's, much less).
+over the work in flight again and again; the collections counted are in the last table below.
 Pauses, fetches and fetched bytes (of the untuned runs) as in section 1; every run reads the
 first messages of the same pre-produced topic. When `limit` messages wait for a slot the
 middleware holds its poll loop until one frees, and only pauses the consumer if that takes
@@ -275,8 +274,42 @@ again. Compare the pauses, fetches and fetched bytes per message with FastStream
 
 {paired}
 
+{collector}
+
 ![I/O-bound throughput](bench-io-bound.png)
 """
+
+
+def _collector_section(res: Results) -> str:
+    """CPython's collections in the top-limit runs, counted by a gc.callbacks hook."""
+    top = IO_LIMITS[-1]
+    rows = []
+    for name, title in IO_COLUMNS.items():
+        runs = [r for r in res.of(io_label(name, top)) if r.gc_collections is not None]
+        if not runs:
+            continue
+        per_generation = [
+            _median([float(r.gc_collections[g]) for r in runs if r.gc_collections])
+            for g in range(3)
+        ]
+        share = _median([v for r in runs if (v := r.gc_share) is not None])
+        rows.append(
+            [
+                title,
+                *(_num(v, 0) for v in per_generation),
+                "n/a" if share is None else f"{100 * share:.0f}%",
+            ]
+        )
+    if not rows:
+        return "(no collector counts in these results)"
+    table = _table(
+        ["system", "generation 0", "generation 1", "generation 2 (full)", "time in collections"],
+        rows,
+    )
+    return f"""CPython's garbage collections during the limit-{top:,} runs (first to last counted
+message; medians over the repeats), counted by a `gc.callbacks` hook in the worker:
+
+{table}"""
 
 
 def _paired_section(res: Results) -> str:
