@@ -1,10 +1,10 @@
 """Opt-in garbage-collector settings for consumers with many handlers awaiting I/O at once.
 
 Each message in flight keeps about a hundred container objects alive (mostly FastStream's
-pipeline) while its handler awaits. CPython's default first-generation threshold (700
-allocations) then collects so often that nearly all of them are promoted to the oldest
-generation, and full collections take a third of the CPU. A threshold above the objects
-that messages in flight hold (about 100 x concurrency_limit) lets them finish before a
+pipeline) while its handler awaits, and CPython's default first-generation threshold (700
+allocations) runs the collector over them again and again: even with slot tasks, which keep
+its counter low, about an eighth of the benchmark's limit-1000 run. A threshold above the
+objects that messages in flight hold (about 100 x concurrency_limit) lets them finish before a
 collection sees them. The library never changes the collector unless this is called: it is
 process-wide, so it is the application's decision.
 """

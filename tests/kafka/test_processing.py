@@ -166,8 +166,8 @@ async def test_concurrency_limit_caps_the_handlers_running_at_once() -> None:
 
 async def test_finished_messages_leave_no_reference_cycles() -> None:
     # A message kept alive by a cycle survives into the collector's oldest generation while
-    # its handler awaits; with many in flight the full collections then cost a third of the
-    # CPU. Everything a finished message used must be freed by reference counting alone.
+    # its handler awaits; with many in flight full collections then cost much of the CPU.
+    # Everything a finished message used must be freed by reference counting alone.
     count = 200
     topic, group = await numbered_topic("cycles", count, partitions=2)
     broker = concurrent_broker()
@@ -218,8 +218,8 @@ async def run_until_idle(broker: KafkaBroker, handled: Callable[[], bool], **set
 async def test_a_slot_runs_the_next_message_in_the_task_it_already_has() -> None:
     # Ending one message and starting the next in the same task frees the first one's
     # objects right before the second one's are made, which keeps CPython's collector from
-    # promoting all in-flight work. A context variable set and reset with its token leaves
-    # the context as it was, so it does not stop the reuse.
+    # running over the in-flight work again and again. A context variable set and reset with
+    # its token leaves the context as it was, so it does not stop the reuse.
     count = 60
     topic, group = await numbered_topic("reuse", count, partitions=2)
     broker = concurrent_broker()
