@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
 
-from faststream_concurrent_aiokafka.lane import ConsumerLane
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 
 
 @dataclass

@@ -1,25 +1,42 @@
-"""Concurrent, commit-safe processing of Kafka messages for FastStream with aiokafka."""
+"""Concurrent, commit-safe processing of Kafka messages for FastStream with aiokafka.
 
-from faststream_concurrent_aiokafka.commit_task import KafkaCommitTask
-from faststream_concurrent_aiokafka.committer import KafkaBatchCommitter
-from faststream_concurrent_aiokafka.config import ConcurrencySettings, Ordering
-from faststream_concurrent_aiokafka.errors import (
+Layers, each importing only those below it (checked by ``lint-imports``): ``integration``
+(FastStream glue) over ``engine`` (asyncio and aiokafka) over ``core`` (pure logic);
+``compat`` holds every private FastStream or aiokafka access.
+"""
+
+from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
+from faststream_concurrent_aiokafka.core.settings import (
+    ConcurrencySettings,
+    Ordering,
+    SubscriberSettings,
+)
+from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
 from faststream_concurrent_aiokafka.gc_tuning import GcThresholds, tune_garbage_collector
-from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
-from faststream_concurrent_aiokafka.lifecycle import (
+from faststream_concurrent_aiokafka.integration.handler import (
+    KafkaConcurrentHandler,
+    KafkaConcurrentRebalanceListener,
+)
+from faststream_concurrent_aiokafka.integration.lifecycle import (
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
     setup_concurrent_processing,
     stop_concurrent_processing,
 )
-from faststream_concurrent_aiokafka.middleware import KafkaConcurrentProcessingMiddleware
-from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
-from faststream_concurrent_aiokafka.subscriber_options import configure_subscriber
+from faststream_concurrent_aiokafka.integration.middleware import (
+    KafkaConcurrentProcessingMiddleware,
+)
+from faststream_concurrent_aiokafka.integration.subscriber_options import configure_subscriber
+
+KafkaCommitTask = AdmittedMessage
+"""The original name of ``AdmittedMessage`` (one admitted message, not a commit), kept."""
 
 __all__ = [
+    "AdmittedMessage",
     "CommitterIsDeadError",
     "ConcurrencySettings",
     "ConcurrentProcessingSetupError",
@@ -30,6 +47,7 @@ __all__ = [
     "KafkaConcurrentProcessingMiddleware",
     "KafkaConcurrentRebalanceListener",
     "Ordering",
+    "SubscriberSettings",
     "configure_subscriber",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",

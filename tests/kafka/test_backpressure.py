@@ -26,7 +26,7 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
-from faststream_concurrent_aiokafka.lane import ConsumerLane
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_offsets,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faststream_concurrent_aiokafka.offset_codec import decode_finished_offsets
+from faststream_concurrent_aiokafka.core.offset_codec import decode_finished_offsets
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_metadata,

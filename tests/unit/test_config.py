@@ -4,7 +4,8 @@ import dataclasses
 import gc
 import math
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, get_type_hints
 
 import pytest
 from faststream.kafka import KafkaBroker
@@ -12,14 +13,19 @@ from faststream.middlewares import AckPolicy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faststream_concurrent_aiokafka.config import (
+from faststream_concurrent_aiokafka.core.settings import (
     ORDERINGS,
     ConcurrencySettings,
-    EffectiveOptions,
-    SubscriberOptions,
-    resolve_options,
+    KeywordSettings,
+    Settings,
+    SubscriberOverrides,
+    SubscriberSettings,
+    check_overrides,
 )
-from faststream_concurrent_aiokafka.subscriber_options import configure_subscriber, options_of
+from faststream_concurrent_aiokafka.integration.subscriber_options import (
+    configure_subscriber,
+    options_of,
+)
 
 # Integer settings and the smallest value each accepts.
 INT_MINIMUMS = {
@@ -108,8 +114,15 @@ def _settings(**kwargs: Any) -> ConcurrencySettings:
     return ConcurrencySettings(**kwargs)
 
 
-def _options(**kwargs: Any) -> SubscriberOptions:
-    return SubscriberOptions(**kwargs)
+def _options(**kwargs: Any) -> Mapping[str, Any]:
+    """Validated per-subscriber overrides: only the ones set."""
+    return check_overrides(kwargs)
+
+
+def resolve_options(
+    current: ConcurrencySettings, overrides: Mapping[str, Any] | None
+) -> SubscriberSettings:
+    return current.for_subscriber(overrides)
 
 
 # ---- ConcurrencySettings -------------------------------------------------------------
@@ -135,6 +148,22 @@ def test_settings_defaults_are_the_documented_ones() -> None:
 def test_settings_field_set_is_what_the_validation_covers() -> None:
     # Guards the parametrised tests below: a new setting must be added to them too.
     assert {f.name for f in dataclasses.fields(ConcurrencySettings)} == set(ALL_PARAMS)
+
+
+def test_keyword_typing_views_equal_the_table() -> None:
+    # The TypedDicts let type checkers catch a misspelt setting; they must stay the table.
+    table = get_type_hints(ConcurrencySettings)
+    assert get_type_hints(Settings) == table
+    keyword_only = get_type_hints(KeywordSettings)
+    assert set(keyword_only) == set(SUBSCRIBER_PARAMS) - {"concurrency_limit"}
+    assert all(keyword_only[name] == table[name] for name in keyword_only)
+
+
+def test_override_typing_view_is_the_subscriber_table_with_none_for_keep() -> None:
+    table = get_type_hints(SubscriberSettings)
+    overrides = get_type_hints(SubscriberOverrides)
+    assert list(overrides) == list(table)
+    assert all(overrides[name] == table[name] | None for name in table)
 
 
 def test_settings_are_immutable() -> None:
@@ -309,18 +338,22 @@ def test_settings_reject_any_non_finite_or_non_positive_seconds(name: str, value
     _assert_names_only(error, name)
 
 
-# ---- SubscriberOptions ---------------------------------------------------------------
+# ---- per-subscriber overrides --------------------------------------------------------
 
 
 def test_subscriber_options_default_to_no_override() -> None:
-    options = SubscriberOptions()
-
-    for name in SUBSCRIBER_PARAMS:
-        assert getattr(options, name) is None, name
+    assert _options() == {}
+    # None means "keep the global value", for every setting.
+    assert _options(**dict.fromkeys(SUBSCRIBER_PARAMS)) == {}
 
 
 def test_subscriber_options_field_set() -> None:
-    assert {f.name for f in dataclasses.fields(SubscriberOptions)} == set(SUBSCRIBER_PARAMS)
+    assert {f.name for f in dataclasses.fields(SubscriberSettings)} == set(SUBSCRIBER_PARAMS)
+
+
+def test_unknown_subscriber_option_is_refused_naming_it() -> None:
+    with pytest.raises(TypeError, match="concurrency_limt"):
+        _options(concurrency_limt=3)
 
 
 @pytest.mark.parametrize(
@@ -372,7 +405,7 @@ def test_subscriber_options_reject_bad_dead_letter_topic(value: object) -> None:
 def test_subscriber_options_reject_backoff_cap_below_base_when_both_are_given() -> None:
     # Inconsistent whatever the global settings are, so it can fail at declaration.
     with pytest.raises(ValueError) as error:
-        SubscriberOptions(retry_backoff_sec=5.0, retry_backoff_max_sec=1.0)
+        _options(retry_backoff_sec=5.0, retry_backoff_max_sec=1.0)
 
     assert "retry_backoff_sec" in str(error.value)
     assert "retry_backoff_max_sec" in str(error.value)
@@ -380,11 +413,11 @@ def test_subscriber_options_reject_backoff_cap_below_base_when_both_are_given() 
 
 @pytest.mark.parametrize("ordering", ["unordered", "key", "partition"])
 def test_subscriber_options_accept_every_ordering(ordering: str) -> None:
-    assert _options(ordering=ordering).ordering == ordering
+    assert _options(ordering=ordering)["ordering"] == ordering
 
 
 def test_subscriber_options_accept_zero_retries() -> None:
-    assert SubscriberOptions(max_retries=0).max_retries == 0
+    assert _options(max_retries=0)["max_retries"] == 0
 
 
 # ---- resolve_options -----------------------------------------------------------------
@@ -418,12 +451,12 @@ def valid_settings(draw: st.DrawFn) -> ConcurrencySettings:
     )
 
 
-def _consistent_overrides(**values: Any) -> SubscriberOptions:
-    """SubscriberOptions refuses a cap below its own base; order such pairs."""
+def _consistent_overrides(**values: Any) -> Mapping[str, Any]:
+    """Overrides refuse a cap below their own base; order such pairs."""
     base, cap = values["retry_backoff_sec"], values["retry_backoff_max_sec"]
     if base is not None and cap is not None and cap < base:
         values["retry_backoff_sec"], values["retry_backoff_max_sec"] = cap, base
-    return SubscriberOptions(**values)
+    return _options(**values)
 
 
 valid_overrides = st.none() | st.builds(
@@ -440,9 +473,10 @@ valid_overrides = st.none() | st.builds(
 
 
 def test_effective_options_carry_exactly_the_overridable_settings() -> None:
-    assert [f.name for f in dataclasses.fields(EffectiveOptions)] == [
-        f.name for f in dataclasses.fields(SubscriberOptions)
-    ]
+    effective = resolve_options(ConcurrencySettings(), None)
+    assert type(effective) is SubscriberSettings
+    names = [f.name for f in dataclasses.fields(effective)]
+    assert names == list(SubscriberOverrides.__annotations__)
 
 
 def test_resolve_without_overrides_takes_the_global_settings() -> None:
@@ -457,7 +491,7 @@ def test_resolve_without_overrides_takes_the_global_settings() -> None:
         track_completed_offsets=False,
     )
 
-    for overrides in (None, SubscriberOptions()):
+    for overrides in (None, _options()):
         effective = resolve_options(current, overrides)
         for name in SUBSCRIBER_PARAMS:
             assert getattr(effective, name) == getattr(current, name), name
@@ -491,29 +525,29 @@ def test_resolve_rejects_override_that_breaks_the_backoff_order() -> None:
     current = ConcurrencySettings(retry_backoff_sec=0.1, retry_backoff_max_sec=1.0)
 
     with pytest.raises(ValueError, match="retry_backoff"):
-        resolve_options(current, SubscriberOptions(retry_backoff_sec=5.0))
+        resolve_options(current, _options(retry_backoff_sec=5.0))
     with pytest.raises(ValueError, match="retry_backoff"):
-        resolve_options(current, SubscriberOptions(retry_backoff_max_sec=0.01))
+        resolve_options(current, _options(retry_backoff_max_sec=0.01))
 
 
 def test_resolve_leaves_settings_and_overrides_untouched() -> None:
     current = ConcurrencySettings(concurrency_limit=7)
-    overrides = SubscriberOptions(concurrency_limit=2)
+    overrides = _options(concurrency_limit=2)
 
     resolve_options(current, overrides)
 
     assert current.concurrency_limit == 7
-    assert overrides.concurrency_limit == 2
+    assert overrides["concurrency_limit"] == 2
 
 
 @HYPOTHESIS
 @given(current=valid_settings(), overrides=valid_overrides)
 def test_resolve_lays_set_overrides_over_the_settings(
-    current: ConcurrencySettings, overrides: SubscriberOptions | None
+    current: ConcurrencySettings, overrides: Mapping[str, Any] | None
 ) -> None:
     expected: dict[str, object] = {}
     for name in SUBSCRIBER_PARAMS:
-        override = None if overrides is None else getattr(overrides, name)
+        override = None if overrides is None else overrides.get(name)
         expected[name] = getattr(current, name) if override is None else override
 
     if expected["retry_backoff_max_sec"] < expected["retry_backoff_sec"]:  # type: ignore[operator]
@@ -541,7 +575,7 @@ def test_configure_subscriber_returns_the_subscriber_and_records_options() -> No
     )
 
     assert returned is subscriber
-    assert options_of(subscriber) == SubscriberOptions(
+    assert options_of(subscriber) == _options(
         concurrency_limit=3, ordering="key", task_timeout_sec=1.5
     )
 
@@ -553,7 +587,7 @@ def test_unconfigured_subscriber_has_no_options() -> None:
 def test_configure_subscriber_without_arguments_overrides_nothing() -> None:
     subscriber = configure_subscriber(_Subscriber())
 
-    assert options_of(subscriber) == SubscriberOptions()
+    assert options_of(subscriber) == _options()
 
 
 def test_configure_subscriber_again_replaces_the_options() -> None:
@@ -561,15 +595,15 @@ def test_configure_subscriber_again_replaces_the_options() -> None:
 
     configure_subscriber(subscriber, task_timeout_sec=2.0)
 
-    assert options_of(subscriber) == SubscriberOptions(task_timeout_sec=2.0)
+    assert options_of(subscriber) == _options(task_timeout_sec=2.0)
 
 
 def test_configured_subscribers_are_independent() -> None:
     first = configure_subscriber(_Subscriber(), concurrency_limit=1)
     second = configure_subscriber(_Subscriber(), concurrency_limit=2)
 
-    assert options_of(first) == SubscriberOptions(concurrency_limit=1)
-    assert options_of(second) == SubscriberOptions(concurrency_limit=2)
+    assert options_of(first) == _options(concurrency_limit=1)
+    assert options_of(second) == _options(concurrency_limit=2)
 
 
 @pytest.mark.parametrize(
@@ -609,7 +643,7 @@ def test_rejected_reconfiguration_keeps_the_previous_options() -> None:
     with pytest.raises(ValueError, match="concurrency_limit"):
         configure_subscriber(subscriber, **kwargs)
 
-    assert options_of(subscriber) == SubscriberOptions(concurrency_limit=4)
+    assert options_of(subscriber) == _options(concurrency_limit=4)
 
 
 def test_configure_subscriber_rejects_inconsistent_backoff_at_declaration() -> None:
@@ -639,5 +673,5 @@ def test_configure_subscriber_on_real_faststream_subscribers() -> None:
 
     assert configure_subscriber(first, ordering="partition", concurrency_limit=5) is first
 
-    assert options_of(first) == SubscriberOptions(ordering="partition", concurrency_limit=5)
+    assert options_of(first) == _options(ordering="partition", concurrency_limit=5)
     assert options_of(second) is None

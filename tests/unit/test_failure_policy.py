@@ -26,11 +26,13 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
-from faststream_concurrent_aiokafka.config import SubscriberOptions, resolve_options
-from faststream_concurrent_aiokafka.dead_letter import dead_letter_headers
-from faststream_concurrent_aiokafka.errors import TaskTimeoutError
-from faststream_concurrent_aiokafka.failure_policy import Outcome, backoff_delay, classify
-from faststream_concurrent_aiokafka.registry import find_handler
+from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
+from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
+from faststream_concurrent_aiokafka.integration.dead_letter import dead_letter_headers
+from faststream_concurrent_aiokafka.integration.handler import find_handler
+from faststream_concurrent_aiokafka.integration.pipeline import FASTSTREAM_POLICY
+
+classify = FASTSTREAM_POLICY.classify
 
 DL_NAMES = [
     "x-dead-letter-topic",
@@ -81,9 +83,10 @@ def test_classify_uses_isinstance_for_control_exceptions() -> None:
     assert classify(MyAck()) is Outcome.DONE
 
 
-def test_classify_treats_an_unknown_ignored_exception_as_a_failure() -> None:
-    # StopConsume is handled by the runner before classification; here it is just an error.
-    assert classify(StopConsume()) is Outcome.RETRY
+def test_classify_reads_stop_consume_and_exit_as_a_stop() -> None:
+    # The runner then stops the subscriber (and, for SystemExit, the app); the message is done.
+    assert classify(StopConsume()) is Outcome.STOP
+    assert classify(SystemExit()) is Outcome.STOP
 
 
 # ---- backoff_delay ---------------------------------------------------------------------------
@@ -342,16 +345,15 @@ async def test_initialize_rejects_an_override_inconsistent_with_the_globals_leav
 
 def test_resolved_backoff_band_is_checked_against_the_global_settings() -> None:
     # Valid on its own, but below the global base once combined.
-    overrides = SubscriberOptions(retry_backoff_max_sec=0.5)
+    overrides = {"retry_backoff_max_sec": 0.5}
 
     with pytest.raises(ValueError, match="retry_backoff_max_sec"):
-        resolve_options(ConcurrencySettings(retry_backoff_sec=1.0), overrides)
+        ConcurrencySettings(retry_backoff_sec=1.0).for_subscriber(overrides)
 
 
 def test_subscriber_overrides_win_over_the_global_failure_policy() -> None:
-    options = resolve_options(
-        ConcurrencySettings(),
-        SubscriberOptions(max_retries=4, retry_backoff_sec=0.2, dead_letter_topic="dlt"),
+    options = ConcurrencySettings().for_subscriber(
+        {"max_retries": 4, "retry_backoff_sec": 0.2, "dead_letter_topic": "dlt"}
     )
 
     assert options.max_retries == 4
@@ -361,7 +363,7 @@ def test_subscriber_overrides_win_over_the_global_failure_policy() -> None:
 
 
 def test_subscriber_max_retries_zero_overrides_a_global_value() -> None:
-    options = resolve_options(ConcurrencySettings(max_retries=5), SubscriberOptions(max_retries=0))
+    options = ConcurrencySettings(max_retries=5).for_subscriber({"max_retries": 0})
 
     assert options.max_retries == 0
 

@@ -4,17 +4,18 @@ The consumer here is a stub recording the getmany() call; what Kafka does with i
 by the real-broker tests.
 """
 
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 
-from faststream_concurrent_aiokafka.fetching import (
+from faststream_concurrent_aiokafka.compat.faststream import fetches_one_at_a_time
+from faststream_concurrent_aiokafka.engine.fetching import (
     FETCH_WAIT_MS,
     FetchedRecords,
     fetch_records,
-    fetches_one_at_a_time,
 )
 
 
@@ -22,10 +23,18 @@ def record(partition: int, offset: int) -> "ConsumerRecord[Any, Any]":
     return ConsumerRecord("t", partition, offset, 0, 0, None, b"1", None, 1, 1, ())
 
 
+class StubFetcher:
+    """Where aiokafka keeps its buffered records (rotated after each fetch)."""
+
+    def __init__(self) -> None:
+        self._records: OrderedDict[TopicPartition, object] = OrderedDict()
+
+
 class StubConsumer:
     def __init__(self, batches: dict[TopicPartition, list[Any]], cap: int | None = None):
         self._batches = batches
         self._max_poll_records = cap
+        self._fetcher = StubFetcher()
         self.calls: list[dict[str, Any]] = []
 
     async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Any]]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faststream_concurrent_aiokafka.offset_codec import (
+from faststream_concurrent_aiokafka.core.offset_codec import (
     _DEFLATE_STRATEGIES,
     _MAX_INFLATED,
     _MAX_SPAN,

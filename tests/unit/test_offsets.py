@@ -1,4 +1,4 @@
-"""PartitionOffsets: the commit point only ever covers the contiguous finished prefix."""
+"""PartitionOffsets: the commit point only ever passes the contiguous finished prefix."""
 
 from collections.abc import Sequence
 
@@ -11,7 +11,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from faststream_concurrent_aiokafka.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 
 HYPOTHESIS = settings(max_examples=80, deadline=None)
 
@@ -35,7 +35,7 @@ class ReferenceOffsets:
     def _done(self, offset: int) -> bool:
         return offset in self.finished and offset not in self.blocked
 
-    def committable(self) -> int | None:
+    def passed_end(self) -> int | None:
         index = self.point_index()
         return None if index == 0 else self.tracked[index - 1] + 1
 
@@ -45,7 +45,7 @@ class ReferenceOffsets:
     def commit_point(self) -> int | None:
         """The first offset not passed yet, else one past the last passed one."""
         index = self.point_index()
-        return self.tracked[index] if index < len(self.tracked) else self.committable()
+        return self.tracked[index] if index < len(self.tracked) else self.passed_end()
 
     def finished_above(self) -> frozenset[int]:
         index = self.point_index()
@@ -73,8 +73,8 @@ class ReferenceOffsets:
 
 
 def point(tracker: PartitionOffsets) -> int | None:
-    """``committable``, read through a call so that mypy does not narrow it between steps."""
-    return tracker.committable
+    """``commit_point``, read through a call so that mypy does not narrow it between steps."""
+    return tracker.commit_point
 
 
 def needs_commit(tracker: PartitionOffsets) -> bool:
@@ -82,7 +82,6 @@ def needs_commit(tracker: PartitionOffsets) -> bool:
 
 
 def assert_matches(tracker: PartitionOffsets, model: ReferenceOffsets) -> None:
-    assert tracker.committable == model.committable()
     assert tracker.commit_point == model.commit_point()
     assert tracker.pending_count == model.pending_count()
     assert tracker.finished_above() == model.finished_above()
@@ -144,7 +143,7 @@ def test_out_of_order_completion_waits_for_the_gap() -> None:
 
     assert tracker.finish(2) == 0
     assert tracker.finish(3) == 0
-    assert point(tracker) is None
+    assert point(tracker) == 0
     assert tracker.finished_above() == {2, 3}
     assert tracker.pending_count == 5
 
@@ -162,8 +161,9 @@ def test_gaps_between_offsets_do_not_stop_the_point() -> None:
         tracker.track(offset)
 
     assert tracker.finish(12) == 0
+    assert point(tracker) == 10
     assert tracker.finish(10) == 2
-    assert point(tracker) == 13
+    assert point(tracker) == 15
     assert tracker.finish(15) == 1
     assert point(tracker) == 16
     assert tracker.pending_count == 0
@@ -215,7 +215,7 @@ def test_blocking_a_passed_or_untracked_offset_changes_nothing() -> None:
     assert tracker.pending_count == 0
 
 
-def test_blocked_lowest_offset_leaves_nothing_committable() -> None:
+def test_blocked_lowest_offset_holds_the_point_at_it() -> None:
     tracker = PartitionOffsets()
     for offset in range(3):
         tracker.track(offset)
@@ -224,18 +224,18 @@ def test_blocked_lowest_offset_leaves_nothing_committable() -> None:
     for offset in range(3):
         tracker.finish(offset)
 
-    assert point(tracker) is None
+    assert point(tracker) == 0
     assert tracker.pending_count == 3
 
 
-def test_needs_commit_until_the_committable_offset_is_recorded_as_committed() -> None:
+def test_needs_commit_until_the_commit_point_is_recorded_as_committed() -> None:
     tracker = PartitionOffsets()
     for offset in range(3):
         tracker.track(offset)
     tracker.finish(0)
 
     assert needs_commit(tracker)
-    tracker.committed = tracker.committable
+    tracker.committed = tracker.commit_point
     assert not needs_commit(tracker)
 
     tracker.finish(2)  # above the gap at 1: the point does not move
@@ -265,7 +265,7 @@ def test_tracking_a_lower_offset_after_a_seek_keeps_the_order() -> None:
 
     assert tracker.pending_count == 4
     assert tracker.finish(5) == 0
-    assert point(tracker) is None
+    assert point(tracker) == 3
     assert tracker.finish(3) == 2
     assert point(tracker) == 6
 
@@ -275,7 +275,7 @@ def test_tracking_a_lower_offset_after_a_seek_keeps_the_order() -> None:
 
 @HYPOTHESIS
 @given(case=tracked_and_finish_order())
-def test_committable_is_always_the_contiguous_finished_prefix(
+def test_commit_point_is_always_the_end_of_the_contiguous_finished_prefix(
     case: tuple[list[int], list[int]],
 ) -> None:
     offsets, order = case
@@ -292,14 +292,14 @@ def test_committable_is_always_the_contiguous_finished_prefix(
         before = prefix
         while prefix < len(offsets) and offsets[prefix] in done:
             prefix += 1
-        expected = None if prefix == 0 else offsets[prefix - 1] + 1
-        assert tracker.committable == expected
+        expected = offsets[prefix] if prefix < len(offsets) else offsets[-1] + 1
+        assert tracker.commit_point == expected
         assert tracker.pending_count == len(offsets) - prefix
         assert passed == prefix - before
         assert tracker.finished_above() == frozenset(done - set(offsets[:prefix]))
 
     if len(order) == len(offsets):
-        assert tracker.committable == offsets[-1] + 1
+        assert tracker.commit_point == offsets[-1] + 1
         assert tracker.pending_count == 0
         assert tracker.finished_above() == frozenset()
 
@@ -316,7 +316,7 @@ def test_finish_results_add_up_to_the_offsets_below_the_point(
 
     total = sum(tracker.finish(offset) for offset in order)
 
-    reached = tracker.committable
+    reached = tracker.commit_point
     below = 0 if reached is None else sum(1 for o in offsets if o < reached)
     assert total == below
     assert total == len(offsets) - tracker.pending_count
@@ -353,11 +353,11 @@ def test_a_blocked_offset_is_never_passed(
     # Every message finished; the point stops at the blocked one only if it was blocked in time.
     index = offsets.index(blocked)
     if blocked in model.blocked:
-        assert tracker.committable == (None if index == 0 else offsets[index - 1] + 1)
+        assert tracker.commit_point == offsets[index]
         assert tracker.pending_count == len(offsets) - index
         assert tracker.finished_above() == frozenset(offsets[index + 1 :])
     else:
-        assert tracker.committable == offsets[-1] + 1
+        assert tracker.commit_point == offsets[-1] + 1
 
 
 class PartitionOffsetsMachine(RuleBasedStateMachine):
@@ -397,7 +397,7 @@ class PartitionOffsetsMachine(RuleBasedStateMachine):
     @rule()
     def commit(self) -> None:
         # What the committer records once a commit of this tracker succeeded.
-        self.tracker.committed = self.tracker.committable
+        self.tracker.committed = self.tracker.commit_point
         self.tracker.committed_version = self.tracker.version
         self.model.changed = False
 
@@ -408,7 +408,7 @@ class PartitionOffsetsMachine(RuleBasedStateMachine):
     @invariant()
     def needs_commit_iff_point_moved_since_last_commit(self) -> None:
         tracker = self.tracker
-        expected = tracker.committable is not None and tracker.committable != tracker.committed
+        expected = tracker.commit_point is not None and tracker.commit_point != tracker.committed
         assert tracker.needs_commit == expected
 
     @invariant()
@@ -417,9 +417,9 @@ class PartitionOffsetsMachine(RuleBasedStateMachine):
 
     @invariant()
     def point_never_passes_a_blocked_offset(self) -> None:
-        committable = self.tracker.committable
-        if committable is not None:
-            assert all(o >= committable for o in self.model.blocked)
+        commit_point = self.tracker.commit_point
+        if commit_point is not None:
+            assert all(o >= commit_point for o in self.model.blocked)
 
 
 PartitionOffsetsMachine.TestCase.settings = settings(

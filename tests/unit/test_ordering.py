@@ -11,7 +11,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from faststream_concurrent_aiokafka.ordering import OrderingGate, ordering_key
+from faststream_concurrent_aiokafka.core.ordering import OrderingGate, ordering_key
 
 HYPOTHESIS = settings(max_examples=80, deadline=None)
 

@@ -11,10 +11,11 @@ from faststream import BaseMiddleware
 from faststream.exceptions import SkipMessage
 from faststream.message import StreamMessage
 
-from faststream_concurrent_aiokafka import dispatch
-from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
-from faststream_concurrent_aiokafka.registry import find_handler
-from faststream_concurrent_aiokafka.runner import RUNNING, call_handler
+from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.engine.runner import RUNNING
+from faststream_concurrent_aiokafka.integration import subscribers
+from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
+from faststream_concurrent_aiokafka.integration.handler import find_handler
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -49,15 +50,15 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
     def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Coroutine[Any, Any, Any]:
         """The coroutine FastStream awaits, returned rather than awaited here: one coroutine
         less per message in flight."""
-        job = RUNNING.get(id(self.msg))
-        if job is not None:
-            return call_handler(job, call_next, msg)
+        admitted = RUNNING.get(id(self.msg))
+        if admitted is not None:
+            return call_handler(admitted, call_next, msg)
         return self._first_contact(call_next, msg)
 
     async def _first_contact(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         """A message FastStream runs itself: before our dispatcher is in place, or a test."""
         subscriber = self.context.get_local("handler_")
-        if not dispatch.uses_concurrent_processing(subscriber, type(self)):
+        if not subscribers.uses_concurrent_processing(subscriber, type(self)):
             return await call_next(msg)
         consumer = getattr(msg, "consumer", None)
         if not isinstance(consumer, AIOKafkaConsumer):
@@ -68,7 +69,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
             logger.error(NOT_INITIALISED)
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
         try:
-            dispatch.install(subscriber, handler)
+            subscribers.install(subscriber, handler)
         except (ValueError, ConcurrentProcessingSetupError) as exc:
             handler.setup_errors.append(exc)
             logger.error(
@@ -76,7 +77,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
             )
             raise
         await handler.partitions_assigned(subscriber, consumer.assignment())
-        # FastStream started this message itself; hand it to the handler, which runs the
-        # whole pipeline again in its own task, and end this run without a result to publish.
-        dispatch.admit_record(handler, subscriber, msg.raw_message)
+        # FastStream started this message itself; hand it to the engine, which runs the whole
+        # pipeline again in its own task, and end this run without a result to publish.
+        subscribers.admit_record(handler, subscriber, msg.raw_message)
         raise SkipMessage(HANDED_OVER)

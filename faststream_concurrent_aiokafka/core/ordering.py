@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-from faststream_concurrent_aiokafka.config import Ordering
+from faststream_concurrent_aiokafka.core.settings import Ordering
 
 T = TypeVar("T")
 

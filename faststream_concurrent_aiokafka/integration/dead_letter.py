@@ -3,9 +3,10 @@
 import asyncio
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
-from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
+from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 
 HEADER_TOPIC: Final = "x-dead-letter-topic"
 HEADER_PARTITION: Final = "x-dead-letter-partition"
@@ -38,20 +39,6 @@ def _clip(text: str) -> str:
     return text.encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore")
 
 
-def producer_of(subscriber: Any) -> AIOKafkaProducer:
-    """The broker's own aiokafka producer, so dead letters keep the original bytes."""
-    fast_producer = subscriber._outer_config.producer
-    state = getattr(fast_producer, "_producer", None)
-    producer = getattr(state, "producer", None)
-    if not isinstance(producer, AIOKafkaProducer):
-        msg = (
-            "dead_letter_topic is set but the broker has no connected Kafka producer; "
-            "do not use consumer-only brokers with a dead-letter topic"
-        )
-        raise ConcurrentProcessingSetupError(msg)
-    return producer
-
-
 async def publish_dead_letter(
     subscriber: Any,
     topic: str,
@@ -59,8 +46,15 @@ async def publish_dead_letter(
     error: BaseException | None,
     attempts: int,
 ) -> None:
-    """Send (every record of a batch) and wait for the broker's acknowledgements."""
-    producer = producer_of(subscriber)
+    """Send (every record of a batch) through the broker's own aiokafka producer, so the
+    original bytes are kept, and wait for the broker's acknowledgements."""
+    producer = faststream_compat.kafka_producer(subscriber)
+    if producer is None:
+        msg = (
+            "dead_letter_topic is set but the broker has no connected Kafka producer; "
+            "do not use consumer-only brokers with a dead-letter topic"
+        )
+        raise ConcurrentProcessingSetupError(msg)
     batch = records if isinstance(records, tuple) else (records,)
     sent = [
         await producer.send(

@@ -19,9 +19,9 @@ class PartitionOffsets:
     __slots__ = (
         "_blocked",
         "_finished",
+        "_passed_end",
         "_pending",
         "already_done",
-        "committable",
         "committed",
         "committed_version",
         "retired",
@@ -32,7 +32,8 @@ class PartitionOffsets:
         self._pending: deque[int] = deque()
         self._finished: set[int] = set()
         self._blocked: set[int] = set()
-        self.committable: int | None = None
+        # One past the last offset the commit point passed; None before any.
+        self._passed_end: int | None = None
         self.committed: int | None = None
         self.retired = False
         self.already_done = already_done
@@ -45,14 +46,16 @@ class PartitionOffsets:
         return len(self._pending)
 
     @property
-    def needs_commit(self) -> bool:
-        """The contiguous finished prefix grew since the last commit."""
-        return self.committable is not None and self.committable != self.committed
+    def commit_point(self) -> int | None:
+        """The offset to commit: the first tracked offset not finished (or one past the last
+        finished when none is left), None before any was tracked."""
+        return self._pending[0] if self._pending else self._passed_end
 
     @property
-    def commit_point(self) -> int | None:
-        """The first unfinished offset (or one past the last finished), None before any."""
-        return self._pending[0] if self._pending else self.committable
+    def needs_commit(self) -> bool:
+        """The commit point moved since the last commit (or was never committed)."""
+        point = self.commit_point
+        return point is not None and point != self.committed
 
     @property
     def changed_since_commit(self) -> bool:
@@ -88,7 +91,7 @@ class PartitionOffsets:
             last = pending.popleft()
             finished.remove(last)
             passed += 1
-        self.committable = last + 1
+        self._passed_end = last + 1
         return passed
 
     def block(self, offset: int) -> None:

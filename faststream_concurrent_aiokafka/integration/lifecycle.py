@@ -1,45 +1,45 @@
-"""Start, stop and probe the handler stored in FastStream's context."""
+"""Start, stop and probe the concurrent processing stored in FastStream's context."""
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from faststream_concurrent_aiokafka import dispatch
-from faststream_concurrent_aiokafka.config import ConcurrencySettings, Ordering
-from faststream_concurrent_aiokafka.errors import ConcurrentProcessingSetupError
-from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
-from faststream_concurrent_aiokafka.middleware import KafkaConcurrentProcessingMiddleware
-from faststream_concurrent_aiokafka.registry import HANDLER_CONTEXT_KEY, find_handler
-from faststream_concurrent_aiokafka.shutdown_signals import (
-    install_signal_handlers,
-    remove_signal_handlers,
+from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.core.settings import (
+    DEFAULTS,
+    ConcurrencySettings,
+    KeywordSettings,
+    Settings,
+)
+from faststream_concurrent_aiokafka.integration import subscribers
+from faststream_concurrent_aiokafka.integration.handler import (
+    HANDLER_CONTEXT_KEY,
+    KafkaConcurrentHandler,
+    find_handler,
+)
+from faststream_concurrent_aiokafka.integration.middleware import (
+    KafkaConcurrentProcessingMiddleware,
 )
 
 if TYPE_CHECKING:
-    from faststream import ContextRepo
-    from faststream._internal.application import Application
-    from faststream._internal.broker import BrokerUsecase
+    from faststream import ContextRepo, FastStream
+    from faststream.asgi import AsgiFastStream
+    from faststream.kafka import KafkaBroker
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 
 async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in the original API
     context: "ContextRepo",
-    concurrency_limit: int = 10,
-    commit_batch_size: int = 10,
-    commit_batch_timeout_sec: float = 10.0,
-    shutdown_timeout_sec: float = 20.0,
-    max_uncommitted_tasks: int = 10_000,
-    rebalance_flush_timeout_sec: float = 10.0,
+    concurrency_limit: int = DEFAULTS.concurrency_limit,
+    commit_batch_size: int = DEFAULTS.commit_batch_size,
+    commit_batch_timeout_sec: float = DEFAULTS.commit_batch_timeout_sec,
+    shutdown_timeout_sec: float = DEFAULTS.shutdown_timeout_sec,
+    max_uncommitted_tasks: int = DEFAULTS.max_uncommitted_tasks,
+    rebalance_flush_timeout_sec: float = DEFAULTS.rebalance_flush_timeout_sec,
     *,
-    ordering: Ordering = "unordered",
-    task_timeout_sec: float | None = None,
-    max_retries: int = 0,
-    retry_backoff_sec: float = 0.1,
-    retry_backoff_max_sec: float = 10.0,
-    dead_letter_topic: str | None = None,
-    track_completed_offsets: bool = True,
-    broker: "BrokerUsecase[Any, Any] | None" = None,
+    broker: "KafkaBroker | None" = None,
+    **settings: Unpack[KeywordSettings],
 ) -> KafkaConcurrentHandler:
     """Create and start the handler and store it in ``context``.
 
@@ -57,40 +57,36 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
             shutdown_timeout_sec=shutdown_timeout_sec,
             max_uncommitted_tasks=max_uncommitted_tasks,
             rebalance_flush_timeout_sec=rebalance_flush_timeout_sec,
-            ordering=ordering,
-            task_timeout_sec=task_timeout_sec,
-            max_retries=max_retries,
-            retry_backoff_sec=retry_backoff_sec,
-            retry_backoff_max_sec=retry_backoff_max_sec,
-            dead_letter_topic=dead_letter_topic,
-            track_completed_offsets=track_completed_offsets,
+            **settings,
         ),
         broker,
     )
 
 
 async def start_concurrent_processing(
-    context: "ContextRepo",
-    settings: ConcurrencySettings,
-    broker: "BrokerUsecase[Any, Any] | None" = None,
+    context: "ContextRepo", settings: ConcurrencySettings, broker: Any = None
 ) -> KafkaConcurrentHandler:
-    """``initialize_concurrent_processing`` for settings already built and validated."""
+    """``initialize_concurrent_processing`` for settings already built and validated (and a
+    broker of any of the app's kinds: only Kafka subscribers are picked up)."""
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"
         raise ConcurrentProcessingSetupError(msg)
-    subscribers = [
+    concurrent = [
         sub
         for sub in _known_subscribers(context, broker)
-        if dispatch.uses_concurrent_processing(sub, KafkaConcurrentProcessingMiddleware)
+        if subscribers.uses_concurrent_processing(sub, KafkaConcurrentProcessingMiddleware)
     ]
-    for subscriber in subscribers:
-        dispatch.validate(subscriber, settings)  # fail before anything runs
+    for subscriber in concurrent:
+        subscribers.validate(subscriber, settings)  # fail before anything runs
     handler = KafkaConcurrentHandler(settings)
     await handler.start()
     context.set_global(HANDLER_CONTEXT_KEY, handler)
-    for subscriber in subscribers:
-        dispatch.install(subscriber, handler)
-    install_signal_handlers(handler, partial(stop_concurrent_processing, context))
+    for subscriber in concurrent:
+        subscribers.install(subscriber, handler)
+    handler.signals.install(
+        partial(stop_concurrent_processing, context),
+        lambda: [lane.consumer for lane in handler.lanes],
+    )
     return handler
 
 
@@ -99,11 +95,7 @@ async def stop_concurrent_processing(context: "ContextRepo") -> None:
     handler = find_handler(context)
     if handler is None:
         return
-    await handler.drain(handler.lanes, handler.settings.shutdown_timeout_sec)
-    handler.forget(handler.lanes)
-    handler.is_running = False
-    await handler.committer.close()
-    remove_signal_handlers(handler)
+    await handler.stop()
     context.reset_global(HANDLER_CONTEXT_KEY)
 
 
@@ -113,7 +105,9 @@ def is_kafka_handler_healthy(context: "ContextRepo") -> bool:
     return handler is not None and handler.is_healthy
 
 
-def setup_concurrent_processing(app: "Application", **settings: Any) -> None:
+def setup_concurrent_processing(
+    app: "FastStream | AsgiFastStream", **settings: Unpack[Settings]
+) -> None:
     """One call for a ``FastStream``/``AsgiFastStream`` app: registers the middleware on each
     of its brokers and starts and stops the processing with the app.
 
@@ -137,9 +131,7 @@ def setup_concurrent_processing(app: "Application", **settings: Any) -> None:
     app.after_shutdown(stop)
 
 
-def _known_subscribers(
-    context: "ContextRepo", broker: "BrokerUsecase[Any, Any] | None"
-) -> list[Any]:
+def _known_subscribers(context: "ContextRepo", broker: Any) -> list[Any]:
     """``broker``'s subscribers, and those of the app's brokers that use this context (all of
     the app's, if none does)."""
     app = context.get("app")

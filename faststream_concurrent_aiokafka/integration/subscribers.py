@@ -1,11 +1,11 @@
-"""Plugging the handler into a FastStream Kafka subscriber.
+"""Wiring FastStream Kafka subscribers to the engine.
 
 FastStream's consume loop awaits each message before fetching the next, and a middleware
 only sees the inside of that await. To run whole messages concurrently the subscriber's
-``consume_one`` (called by the loop for what ``get_msg`` fetched) is replaced on the instance
-by admission into the handler, ``get_msg`` by a batch fetch (see ``fetching``), and ``stop``
-first drains the handler's work while the consumer can still commit. A rebalance listener is
-attached at the same time.
+``consume_one`` (called by the loop for what ``get_msg`` fetched) is taken over by admission
+into the engine, ``get_msg`` by a batch fetch, and ``stop`` first drains the subscriber's work
+while the consumer can still commit. A rebalance listener is attached at the same time. Every
+such take-over goes through ``compat.faststream``.
 """
 
 import asyncio
@@ -14,42 +14,41 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaConsumer
-from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from faststream.middlewares import AckPolicy
 
-from faststream_concurrent_aiokafka.config import ConcurrencySettings, resolve_options
-from faststream_concurrent_aiokafka.errors import (
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
+from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
-from faststream_concurrent_aiokafka.fetching import (
-    FetchedRecords,
-    fetch_records,
-    fetches_one_at_a_time,
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_records
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane
+from faststream_concurrent_aiokafka.integration.handler import (
+    KafkaConcurrentHandler,
+    KafkaConcurrentRebalanceListener,
 )
-from faststream_concurrent_aiokafka.handler import KafkaConcurrentHandler
-from faststream_concurrent_aiokafka.lane import ConsumerLane
-from faststream_concurrent_aiokafka.rebalance import KafkaConcurrentRebalanceListener
-from faststream_concurrent_aiokafka.subscriber_options import options_of
+from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
-_INSTALLED: "WeakKeyDictionary[LogicSubscriber[Any], KafkaConcurrentHandler]" = WeakKeyDictionary()
+_INSTALLED: "WeakKeyDictionary[Any, KafkaConcurrentHandler]" = WeakKeyDictionary()
 
 
 def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
     """A MANUAL-ack Kafka subscriber whose middlewares include ours."""
     return (
-        isinstance(subscriber, LogicSubscriber)
-        and subscriber.ack_policy is AckPolicy.MANUAL
-        and any(m is middleware for m in subscriber._broker_middlewares)
+        faststream_compat.is_kafka_subscriber(subscriber)
+        and getattr(subscriber, "ack_policy", None) is AckPolicy.MANUAL
+        and any(m is middleware for m in faststream_compat.broker_middlewares(subscriber))
     )
 
 
 def validate(subscriber: object, settings: ConcurrencySettings) -> None:
     """Refuse subscribers this library cannot run safely, before anything starts."""
-    options = resolve_options(settings, options_of(subscriber))  # overrides clashing with globals
-    if isinstance(subscriber, BatchSubscriber) and options.ordering != "unordered":
+    options = settings.for_subscriber(options_of(subscriber))  # overrides clashing with globals
+    if faststream_compat.is_batch_subscriber(subscriber) and options.ordering != "unordered":
         msg = (
             f"ordering={options.ordering!r} cannot apply to a batch=True subscriber (a batch "
             "mixes keys and partitions); use configure_subscriber(subscriber, "
@@ -58,13 +57,13 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
         raise ConcurrentProcessingSetupError(msg)
 
 
-def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
+def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
     """Route the subscriber's records through ``handler``; idempotent per handler."""
     validate(subscriber, handler.settings)
     if _INSTALLED.get(subscriber) is handler:
         return
     _INSTALLED[subscriber] = handler
-    stop = type(subscriber).stop
+    engine = handler.engine
 
     async def admit(record: Any) -> None:
         try:
@@ -75,7 +74,7 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
         if lane is None or not lane.ready:
             return
         if len(lane.ready) >= lane.options.concurrency_limit:
-            await handler.wait_for_room(lane)
+            await engine.scheduler.wait_for_room(lane)
         else:
             # Let running messages take a step before fetching more: with fast handlers the
             # backlog then drains instead of filling up.
@@ -84,64 +83,62 @@ def install(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -
     async def drain_then_stop() -> None:
         if _INSTALLED.get(subscriber) is handler and handler.is_running:
             lanes = handler.lanes_of(subscriber)
-            await handler.drain(lanes, handler.settings.shutdown_timeout_sec)
-            handler.forget(lanes)
-        await stop(subscriber)
+            await engine.drain(lanes, handler.settings.shutdown_timeout_sec)
+            engine.forget(lanes)
+        await stop()
 
-    subscriber.consume_one = admit  # type: ignore[method-assign,assignment]
-    subscriber.stop = drain_then_stop  # type: ignore[method-assign]
-    if fetches_one_at_a_time(subscriber):
+    faststream_compat.take_over_consume_one(subscriber, admit)
+    stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)
+    if faststream_compat.fetches_one_at_a_time(subscriber):
 
         async def fetch(consumer: AIOKafkaConsumer) -> FetchedRecords | None:
             lane = handler.lane_for(subscriber, consumer)
-            return await fetch_records(consumer, handler.admission_room(lane))
+            return await fetch_records(consumer, engine.scheduler.fetch_size(lane))
 
-        subscriber.get_msg = fetch  # type: ignore[method-assign]
+        faststream_compat.take_over_get_msg(subscriber, fetch)
     _attach_listener(subscriber, handler)
 
 
 def admit_record(
     handler: KafkaConcurrentHandler, subscriber: Any, record: Any
 ) -> ConsumerLane | None:
-    """Hand fetched records to the handler: a batch from ``fetch_records``, a batch
+    """Hand fetched records to the engine: a batch from ``fetch_records``, a batch
     subscriber's tuple (one unit of work), or a single record. Returns the consumer's lane,
     whose backlog tells the loop whether to wait."""
+    engine = handler.engine
     if type(record) is FetchedRecords:
         lane = handler.lane_for(subscriber, record.consumer)
-        handler.admit_records(lane, record.records)
+        engine.admit(lane, record.records)
         return lane
     if isinstance(record, tuple):
         if not record:
             return None
         consumer = getattr(record[0], "consumer", None) or subscriber.consumer
         lane = handler.lane_for(subscriber, consumer)
-        handler.admit_batch(lane, record)
+        engine.admit_batch(lane, record)
     else:
         consumer = getattr(record, "consumer", None) or subscriber.consumer
         lane = handler.lane_for(subscriber, consumer)
-        handler.admit(lane, record)
+        engine.admit(lane, (record,))
     return lane
 
 
-def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentHandler) -> None:
-    own = subscriber._listener
+def _attach_listener(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
+    own = faststream_compat.rebalance_listener(subscriber)
     if isinstance(own, KafkaConcurrentRebalanceListener):
         own.bind(subscriber, handler)
         return
     listener = KafkaConcurrentRebalanceListener(handler=handler, inner=own)
     listener.bind(subscriber, handler)
     # FastStream hands this to consumer.subscribe() at every start.
-    subscriber._listener = listener
+    faststream_compat.set_rebalance_listener(subscriber, listener)
     subgroup = getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
-    consumers = [c for c in subgroup if c is not None]
-    if not consumers:
-        return
     # Already subscribed (the app was not found in the context at initialisation): wrap the
     # listener aiokafka holds, FastStream's logging one.
-    for consumer in consumers:
-        state = getattr(consumer, "_subscription", None)
-        current = getattr(state, "_listener", None)
-        if state is None or not hasattr(state, "_listener"):
+    for consumer in (c for c in subgroup if c is not None):
+        try:
+            current = aiokafka_compat.subscription_listener(consumer)
+        except AttributeError:
             logger.warning(
                 "Could not attach the rebalance listener to a running consumer; pass "
                 "listener=KafkaConcurrentRebalanceListener(broker.context) to the subscriber"
@@ -151,4 +148,4 @@ def _attach_listener(subscriber: LogicSubscriber[Any], handler: KafkaConcurrentH
             continue
         wrapped = KafkaConcurrentRebalanceListener(handler=handler, inner=current)
         wrapped.bind(subscriber, handler)
-        state._listener = wrapped
+        aiokafka_compat.replace_subscription_listener(consumer, wrapped)

@@ -1,0 +1,125 @@
+"""aiokafka internals the library reads, each behind one named function.
+
+Written against aiokafka 0.14 and pinned by tests (``tests/unit/test_compat_aiokafka.py``,
+``tests/kafka/test_compat_seams.py``) so an upgrade that moves one fails loudly. Where a
+fallback is kept it is logged once at WARNING, naming what is lost.
+"""
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+_warned: set[str] = set()
+_MISSING: Any = object()
+
+
+def _fallback(seam: str, consequence: str) -> None:
+    if seam not in _warned:
+        _warned.add(seam)
+        logger.warning(
+            "aiokafka %s: %s is not where this library expects it (written for aiokafka 0.14); %s",
+            _version(),
+            seam,
+            consequence,
+        )
+
+
+def _version() -> str:
+    import aiokafka
+
+    return str(getattr(aiokafka, "__version__", "?"))
+
+
+async def fetch_committed_offsets(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Committed offsets with their metadata, through the consumer's own group coordinator.
+
+    Why private: the public ``consumer.committed()`` returns the offset without the metadata
+    (where finished offsets are stored), and the admin client would need a second connection.
+    No fallback: the caller logs the failure and processes the messages again.
+    """
+    coordinator = consumer._coordinator
+    result: dict[TopicPartition, OffsetAndMetadata] = await coordinator.fetch_committed_offsets(
+        set(partitions)
+    )
+    return result
+
+
+def max_poll_interval_ms(consumer: AIOKafkaConsumer) -> int | None:
+    """The consumer's ``max_poll_interval_ms``: a poll loop held longer gets the consumer evicted.
+
+    Why private: aiokafka keeps its settings only as private attributes. Fallback: None (a
+    hold then lasts at most ``MAX_HOLD_SEC``).
+    """
+    return _private_int(consumer, "_max_poll_interval_ms", "hold budget capped at 10 s")
+
+
+def rebalance_timeout_ms(consumer: AIOKafkaConsumer) -> int | None:
+    """The consumer's ``rebalance_timeout_ms``, which bounds the revocation flush.
+
+    Why private: as above. Fallback: None (the flush then waits the whole
+    ``rebalance_flush_timeout_sec``).
+    """
+    return _private_int(
+        consumer, "_rebalance_timeout_ms", "the revocation flush is not capped by it"
+    )
+
+
+def max_poll_records(consumer: AIOKafkaConsumer) -> int | None:
+    """The user's ``max_poll_records``, which a batch fetch must not exceed.
+
+    Why private: as above. Fallback: None (fetches are capped by free slots only).
+    """
+    return _private_int(consumer, "_max_poll_records", "fetches ignore max_poll_records")
+
+
+def _private_int(consumer: AIOKafkaConsumer, attribute: str, consequence: str) -> int | None:
+    value = getattr(consumer, attribute, _MISSING)
+    if value is None or isinstance(value, int):
+        return value
+    _fallback(f"AIOKafkaConsumer.{attribute}", consequence)
+    return None
+
+
+def rotate_buffered_partitions(
+    consumer: AIOKafkaConsumer, served: Iterable[TopicPartition]
+) -> None:
+    """Move the partitions just served behind the others in the fetcher's buffer.
+
+    aiokafka hands out buffered records partition by partition in arrival order and stays on
+    one until its buffer is empty; with fetches capped by free slots, one partition would then
+    take every slot while the others wait. Why private: the buffer order is not exposed.
+    Fallback: no rotation (partitions are served in aiokafka's order).
+    """
+    buffered = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+    if not isinstance(buffered, OrderedDict):
+        _fallback("Fetcher._records", "partitions are served in aiokafka's order, not in turn")
+        return
+    for tp in served:
+        if tp in buffered:
+            buffered.move_to_end(tp)
+
+
+def subscription_listener(consumer: AIOKafkaConsumer) -> ConsumerRebalanceListener | None:
+    """The rebalance listener a consumer that already subscribed calls.
+
+    Why private: aiokafka takes the listener only in ``subscribe()``; a consumer that already
+    subscribed keeps it in its subscription state. No fallback: the caller warns and asks for
+    an explicit ``listener=``.
+    """
+    listener: ConsumerRebalanceListener | None = consumer._subscription.listener
+    return listener
+
+
+def replace_subscription_listener(
+    consumer: AIOKafkaConsumer, listener: ConsumerRebalanceListener
+) -> None:
+    """Make a consumer that already subscribed call ``listener`` from its next rebalance."""
+    consumer._subscription._listener = listener

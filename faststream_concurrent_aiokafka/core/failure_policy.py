@@ -1,0 +1,48 @@
+"""What a failed attempt means and how long to wait before the next one.
+
+Pure: no I/O. The exception types that carry a meaning (FastStream's acknowledgement and stop
+exceptions) are handed in by the integration layer, so the policy itself knows no framework.
+"""
+
+import enum
+import random
+from dataclasses import dataclass
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # success, or the handler said the message is settled (ack / skip)
+    RETRY = "retry"  # a failure: try again while attempts remain, then dead-letter
+    DEAD_LETTER = "dead_letter"  # the handler rejected it: dead-letter now, no retries
+    STOP = "stop"  # the handler asked to stop consuming (or the app): done, then stop
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """Sorts an attempt's exception into an ``Outcome``; anything not listed is retried."""
+
+    done: ExceptionTypes = ()
+    dead_letter: ExceptionTypes = ()
+    stop: ExceptionTypes = ()
+
+    def classify(self, error: BaseException | None) -> Outcome:
+        if error is None:
+            return Outcome.DONE
+        if isinstance(error, self.stop):
+            return Outcome.STOP
+        if isinstance(error, self.done):
+            return Outcome.DONE
+        if isinstance(error, self.dead_letter):
+            return Outcome.DEAD_LETTER
+        return Outcome.RETRY
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential delay after failed attempt ``attempt`` (1-based), with jitter in [50%, 100%].
+
+    The jitter spreads retries of messages that failed together, so they do not hit a
+    recovering dependency at the same instant.
+    """
+    exponential = min(cap, base * 2.0 ** min(attempt - 1, 62))
+    return exponential * (0.5 + 0.5 * (rng or random).random())

@@ -1,0 +1,184 @@
+"""The settings table: every setting once, with its default, its check and its level.
+
+Pure: no I/O. The dataclasses below are the table. ``SubscriberSettings`` holds what may differ
+per subscriber (the global values are their defaults), ``ConcurrencySettings`` adds what only
+exists once per handler. Every field carries its own check, run when an instance is built, so a
+misconfigured service fails at start-up with a ``ValueError`` naming the setting. The
+``TypedDict``s at the end are the same table seen by type checkers for keyword arguments; a
+unit test keeps them equal to the dataclasses.
+"""
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypedDict, get_args
+
+Ordering = Literal["unordered", "key", "partition"]
+ORDERINGS: Final = get_args(Ordering)
+
+Check = Callable[[str, Any], None]
+
+_CHECK: Final = "check"
+_OPTIONAL: Final = "optional"
+
+
+def _setting(default: Any, check: Check, *, optional: bool = False) -> Any:
+    """A row of the table: the default and the check; ``optional`` settings accept None (off)."""
+    return dataclasses.field(default=default, metadata={_CHECK: check, _OPTIONAL: optional})
+
+
+def _int_at_least(minimum: int) -> Check:
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            msg = f"{name} must be an int, got {value!r}"
+            raise ValueError(msg)
+        if value < minimum:
+            msg = f"{name} must be >= {minimum}, got {value!r}"
+            raise ValueError(msg)
+
+    return check
+
+
+def _seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be a number of seconds, got {value!r}"
+        raise ValueError(msg)
+    if not math.isfinite(value) or value <= 0:
+        msg = f"{name} must be a finite number of seconds > 0, got {value!r}"
+        raise ValueError(msg)
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise ValueError(msg)
+
+
+def _ordering(name: str, value: Any) -> None:
+    if value not in ORDERINGS:
+        msg = f"{name} must be one of {', '.join(map(repr, ORDERINGS))}, got {value!r}"
+        raise ValueError(msg)
+
+
+_TOPIC_NAME: Final = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic(name: str, value: Any) -> None:
+    """Kafka's own rule for topic names, so a bad one fails now and not at the first failure."""
+    if not isinstance(value, str) or not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
+        msg = (
+            f"{name} must be a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..'), "
+            f"got {value!r}"
+        )
+        raise ValueError(msg)
+
+
+def check_setting(field: "dataclasses.Field[Any]", value: Any) -> None:
+    """Run one row's check on ``value`` (None passes for optional settings)."""
+    if value is None and field.metadata[_OPTIONAL]:
+        return
+    field.metadata[_CHECK](field.name, value)
+
+
+def _check_backoff(base: float, cap: float) -> None:
+    if cap < base:
+        msg = f"retry_backoff_max_sec ({cap}) must be >= retry_backoff_sec ({base})"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberSettings:
+    """What one subscriber runs with. Each may be overridden per subscriber."""
+
+    concurrency_limit: int = _setting(10, _int_at_least(1))
+    ordering: Ordering = _setting("unordered", _ordering)
+    task_timeout_sec: float | None = _setting(None, _seconds, optional=True)
+    max_retries: int = _setting(0, _int_at_least(0))
+    retry_backoff_sec: float = _setting(0.1, _seconds)
+    retry_backoff_max_sec: float = _setting(10.0, _seconds)
+    dead_letter_topic: str | None = _setting(None, _topic, optional=True)
+    track_completed_offsets: bool = _setting(True, _bool)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check_setting(field, getattr(self, field.name))
+        _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencySettings(SubscriberSettings):
+    """All settings: the subscribers' defaults and those that exist once per handler."""
+
+    commit_batch_size: int = _setting(10, _int_at_least(1))
+    commit_batch_timeout_sec: float = _setting(10.0, _seconds)
+    shutdown_timeout_sec: float = _setting(20.0, _seconds)
+    max_uncommitted_tasks: int = _setting(10_000, _int_at_least(1))
+    rebalance_flush_timeout_sec: float = _setting(10.0, _seconds)
+
+    def for_subscriber(self, overrides: Mapping[str, Any] | None) -> SubscriberSettings:
+        """A subscriber's settings: its overrides laid over these; raises if they clash."""
+        values = {f.name: getattr(self, f.name) for f in SUBSCRIBER_FIELDS}
+        if overrides:
+            values.update(overrides)
+        return SubscriberSettings(**values)
+
+
+SUBSCRIBER_FIELDS: Final = dataclasses.fields(SubscriberSettings)
+_SUBSCRIBER_FIELDS_BY_NAME: Final = {f.name: f for f in SUBSCRIBER_FIELDS}
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate per-subscriber overrides on their own (``None`` = keep the global value);
+    returns those that are set."""
+    unknown = sorted(set(overrides) - set(_SUBSCRIBER_FIELDS_BY_NAME))
+    if unknown:
+        allowed = ", ".join(_SUBSCRIBER_FIELDS_BY_NAME)
+        msg = f"unknown per-subscriber setting(s) {', '.join(unknown)}; allowed: {allowed}"
+        raise TypeError(msg)
+    given = {name: value for name, value in overrides.items() if value is not None}
+    for name, value in given.items():
+        _SUBSCRIBER_FIELDS_BY_NAME[name].metadata[_CHECK](name, value)
+    if "retry_backoff_sec" in given and "retry_backoff_max_sec" in given:
+        _check_backoff(given["retry_backoff_sec"], given["retry_backoff_max_sec"])
+    return given
+
+
+DEFAULTS: Final = ConcurrencySettings()
+
+
+class KeywordSettings(TypedDict, total=False):
+    """The settings ``initialize_concurrent_processing`` takes only by keyword (typing view)."""
+
+    ordering: Ordering
+    task_timeout_sec: float | None
+    max_retries: int
+    retry_backoff_sec: float
+    retry_backoff_max_sec: float
+    dead_letter_topic: str | None
+    track_completed_offsets: bool
+
+
+class Settings(KeywordSettings, total=False):
+    """Every setting by keyword (typing view of ``ConcurrencySettings``)."""
+
+    concurrency_limit: int
+    commit_batch_size: int
+    commit_batch_timeout_sec: float
+    shutdown_timeout_sec: float
+    max_uncommitted_tasks: int
+    rebalance_flush_timeout_sec: float
+
+
+class SubscriberOverrides(TypedDict, total=False):
+    """What ``configure_subscriber`` accepts: ``SubscriberSettings``' fields, None = global."""
+
+    concurrency_limit: int | None
+    ordering: Ordering | None
+    task_timeout_sec: float | None
+    max_retries: int | None
+    retry_backoff_sec: float | None
+    retry_backoff_max_sec: float | None
+    dead_letter_topic: str | None
+    track_completed_offsets: bool | None

@@ -1,0 +1,181 @@
+"""The engine's facade: its lanes, start and close, admission gates, rebalance and drain.
+
+Admission and settling live in ``scheduler``, running in ``runner``, commits in
+``committer``; this module ties them together and owns what spans lanes: which lanes exist,
+what happens to a lane's partitions when they move, and how work ends on shutdown.
+"""
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core import backpressure
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.engine.committer import (
+    KafkaBatchCommitter,
+    load_finished_offsets,
+)
+from faststream_concurrent_aiokafka.engine.runner import run_slot
+from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane, Counters, Pipeline, Tally
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+
+class Engine:
+    """Runs the messages of any number of consumers within one set of limits, and keeps each
+    consumer's commit point behind its first unfinished message."""
+
+    def __init__(self, settings: ConcurrencySettings | None = None) -> None:
+        self.settings = settings or ConcurrencySettings()
+        self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
+        self._tally = Tally()
+        self.counters = Counters()
+        self.committer = KafkaBatchCommitter(
+            self._lanes.values,
+            commit_batch_size=self.settings.commit_batch_size,
+            commit_batch_timeout_sec=self.settings.commit_batch_timeout_sec,
+        )
+        self.scheduler = Scheduler(
+            self.settings,
+            lanes=self._lanes,
+            committer=self.committer,
+            counters=self.counters,
+            tally=self._tally,
+            slot_body=run_slot,
+        )
+        self.is_running = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.committer.start()
+        self.is_running = True
+
+    async def close(self) -> None:
+        """Drain every lane (up to ``shutdown_timeout_sec``), commit, stop the committer."""
+        lanes = self.lanes
+        await self.drain(lanes, self.settings.shutdown_timeout_sec)
+        self.forget(lanes)
+        self.is_running = False
+        await self.committer.close()
+
+    @property
+    def is_healthy(self) -> bool:
+        return (
+            self.is_running
+            and self.committer.is_alive
+            and not any(lane.dead_letter_stuck for lane in self._lanes.values())
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.scheduler.running
+
+    # ---- lanes -----------------------------------------------------------------------
+
+    @property
+    def lanes(self) -> list[ConsumerLane]:
+        return list(self._lanes.values())
+
+    def lanes_of(self, owner: object) -> list[ConsumerLane]:
+        return [lane for lane in self._lanes.values() if lane.pipeline.owner is owner]
+
+    def lane_for(self, consumer: AIOKafkaConsumer, pipeline: Pipeline) -> ConsumerLane:
+        lane = self._lanes.get(consumer)
+        if lane is None or lane.pipeline is not pipeline:
+            if lane is not None:
+                lane.leave_tally()
+            lane = ConsumerLane(consumer, pipeline, pipeline.settings(), self._tally)
+            self._lanes[consumer] = lane
+        return lane
+
+    def forget(self, lanes: Iterable[ConsumerLane]) -> None:
+        for lane in lanes:
+            if self._lanes.pop(lane.consumer, None) is lane:
+                lane.leave_tally()
+
+    # ---- admission -------------------------------------------------------------------
+
+    def admit(self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]") -> None:
+        """Take fetched records into the lane (see ``Scheduler.admit``). Nothing is taken
+        while the lane closes or the engine is stopped: untracked, so never committed past,
+        the next owner reads it again."""
+        if lane.closing or not self.is_running:
+            return
+        self.committer.check_alive()
+        self.scheduler.admit(lane, records)
+
+    def admit_batch(
+        self, lane: ConsumerLane, records: "tuple[ConsumerRecord[Any, Any], ...]"
+    ) -> None:
+        """A ``batch=True`` subscriber's records, as one message."""
+        if lane.closing or not self.is_running or not records:
+            return
+        self.committer.check_alive()
+        self.scheduler.admit_batch(lane, records)
+
+    # ---- rebalance -------------------------------------------------------------------
+
+    async def partitions_assigned(self, lane: ConsumerLane, assigned: set[TopicPartition]) -> None:
+        """Re-apply pauses and learn which messages an earlier owner already finished."""
+        lane.reapply_pause()
+        if not lane.options.track_completed_offsets or not assigned:
+            return
+        known = await load_finished_offsets(lane, assigned)
+        if known:
+            logger.info(
+                "%s: %d message(s) above the committed offsets were finished before; "
+                "they will be skipped",
+                lane.name,
+                known,
+            )
+
+    async def release_partitions(
+        self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float
+    ) -> None:
+        """Before partitions move: let their running work finish, commit it, forget them."""
+        revoked = {tp for tp in partitions if tp in lane.trackers}
+        if not revoked:
+            return
+        dropped = lane.drop_waiting(revoked)
+        budget = backpressure.flush_budget_sec(aiokafka_compat.rebalance_timeout_ms(lane.consumer))
+        running = {message for message in lane.running if message.touches(revoked)}
+        await self.scheduler.wait_settled(running, min(timeout, budget))
+        await self.committer.commit_lane(lane, revoked)
+        for tp in revoked:
+            lane.retire(tp)
+        logger.info(
+            "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
+            len(revoked),
+            lane.name,
+            dropped,
+        )
+
+    # ---- drain -----------------------------------------------------------------------
+
+    async def drain(self, lanes: Iterable[ConsumerLane], timeout: float) -> None:
+        """Stop admitting, let running work finish up to ``timeout``, cancel the rest, commit."""
+        lanes = list(lanes)
+        for lane in lanes:
+            lane.closing = True
+            lane.pause()
+            lane.drop_waiting()
+        running = {message for lane in lanes for message in lane.running}
+        await self.scheduler.wait_settled(running, timeout)
+        leftovers = [message.task for lane in lanes for message in lane.running if message.task]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            logger.warning(
+                "%d message(s) still running after %.1f s were cancelled and stay uncommitted",
+                len(leftovers),
+                timeout,
+            )
+            await asyncio.wait(leftovers, timeout=1.0)
+        for lane in lanes:
+            await self.committer.commit_lane(lane)

@@ -1,0 +1,136 @@
+"""A slot's task: runs its message through the lane's pipeline, retries it, dead-letters it.
+
+The pipeline (for FastStream: the subscriber's whole ``process_message``, middlewares,
+handler and publishing) is awaited right here, not in a helper coroutine: a frame less for
+every message in flight. The message's offset is committed only after all of it.
+"""
+
+import asyncio
+import logging
+
+from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
+from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
+from faststream_concurrent_aiokafka.engine.scheduler import TakeNext
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+RUNNING: dict[int, AdmittedMessage] = {}
+"""Messages whose pipeline runs now, by ``id()`` of the raw record the pipeline is given.
+
+The integration finds a message's state here from inside its pipeline: no context variable
+to set (and allocate) per message, and found even when a middleware runs the rest of the
+pipeline in a task of its own.
+"""
+
+
+async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
+    """Task body of a slot: runs its message, then each one ``take_next`` hands it after that.
+
+    Per message: attempts, backoff, dead-lettering; never raises.
+    """
+    current: AdmittedMessage | None = message
+    while current is not None:
+        key = id(current.record)
+        RUNNING[key] = current
+        try:
+            process = current.lane.process
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    await process(current.record)
+                except (Exception, SystemExit) as exc:  # every failure goes through the policy
+                    if not await _after_failed_attempt(current, exc, attempt):
+                        break
+                else:
+                    break
+        finally:
+            del RUNNING[key]
+        current = take_next(current)
+
+
+async def _after_failed_attempt(
+    message: AdmittedMessage, error: BaseException, attempt: int
+) -> bool:
+    """An attempt raised: wait and say True to retry, or settle the failure and say False."""
+    if isinstance(error, TaskTimeoutError):
+        logger.warning("Handler for %s timed out: %s", message.describe(), error)
+    pipeline = message.lane.pipeline
+    outcome = pipeline.policy.classify(error)
+    if outcome is Outcome.DONE:
+        return False
+    if outcome is Outcome.STOP:
+        pipeline.stop_requested(error)
+        return False
+    options = message.lane.options
+    if outcome is Outcome.RETRY and attempt <= options.max_retries:
+        delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
+        logger.warning(
+            "Attempt %d of %s failed (%s); retrying in %.3f s",
+            attempt,
+            message.describe(),
+            _summary(error),
+            delay,
+        )
+        await asyncio.sleep(delay)
+        return True
+    message.error = error
+    await _dead_letter_or_log(message, error, attempt)
+    return False
+
+
+async def _dead_letter_or_log(
+    message: AdmittedMessage, error: BaseException, attempts: int
+) -> None:
+    """Last attempt failed: dead-letter it (retrying the publish until it succeeds) or log it.
+
+    The offset is only committed after this returns; a stuck dead-letter publish holds the
+    partition's commit point, never skips past the message.
+    """
+    lane = message.lane
+    options = lane.options
+    topic = options.dead_letter_topic
+    if topic is None:
+        logger.error(
+            "Message %s failed after %d attempt(s) (%s); committed without a dead-letter topic",
+            message.describe(),
+            attempts,
+            _summary(error),
+        )
+        return
+    stuck = lane.dead_letter_stuck
+    publish_attempt = 0
+    try:
+        while True:
+            publish_attempt += 1
+            try:
+                await lane.pipeline.dead_letter(topic, message.record, error, attempts)
+            except Exception as exc:
+                stuck.add(message)
+                delay = backoff_delay(
+                    publish_attempt, options.retry_backoff_sec, options.retry_backoff_max_sec
+                )
+                logger.error(
+                    "Dead-lettering %s to %r failed (%s); retrying in %.3f s, not committed",
+                    message.describe(),
+                    topic,
+                    _summary(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                logger.warning(
+                    "Message %s dead-lettered to %r after %d attempt(s) (%s)",
+                    message.describe(),
+                    topic,
+                    attempts,
+                    _summary(error),
+                )
+                return
+    finally:
+        stuck.discard(message)
+
+
+def _summary(error: BaseException | None) -> str:
+    return "no error" if error is None else f"{type(error).__name__}: {error}"

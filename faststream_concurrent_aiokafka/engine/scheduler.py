@@ -1,0 +1,297 @@
+"""Admission, slots and settling: where a fetched record becomes a running message and where
+a message's end moves its partition's commit point.
+
+A record is admitted into its lane's offset tracking, then runs at once, waits for a slot or
+is held behind an earlier message with the same key. A message *settles* once its processing
+ended, one way or another: finished (success, or a failure the policy dealt with) or
+cancelled (its offset then blocks the commit point). Settling frees its slot, which the same
+task fills with the lane's next ready message when it can (see ``settle_and_take_next``).
+Backpressure decisions come from ``core.backpressure``.
+"""
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core import backpressure
+from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.core.ordering import ordering_key
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
+from faststream_concurrent_aiokafka.engine.state import (
+    AdmittedMessage,
+    ConsumerLane,
+    Counters,
+    Tally,
+)
+
+TakeNext = Callable[[AdmittedMessage], "AdmittedMessage | None"]
+SlotBody = Callable[[AdmittedMessage, TakeNext], Coroutine[Any, Any, None]]
+
+
+class Scheduler:
+    """Runs admitted messages within the global and per-lane limits; settles them."""
+
+    def __init__(
+        self,
+        settings: ConcurrencySettings,
+        *,
+        lanes: dict[AIOKafkaConsumer, ConsumerLane],
+        committer: KafkaBatchCommitter,
+        counters: Counters,
+        tally: Tally,
+        slot_body: SlotBody,
+    ) -> None:
+        self._limit = settings.concurrency_limit
+        self._max_uncommitted = settings.max_uncommitted_tasks
+        self._lanes = lanes
+        self._committer = committer
+        self._counters = counters
+        self._tally = tally
+        self._slot_body = slot_body
+        self._hungry: deque[ConsumerLane] = deque()
+        self.running = 0
+        # Bound methods made once, for every task (its done callback, its next message), and
+        # the task's message looked up: nothing allocated per message for them.
+        self._task_messages: dict[asyncio.Task[None], AdmittedMessage] = {}
+        self._task_done = self._on_task_done
+        self._take_next = self.settle_and_take_next
+        # Waits for given messages to settle (rebalance, shutdown): a slot's task outlives them.
+        self._settle_waiters: list[tuple[set[AdmittedMessage], asyncio.Future[None]]] = []
+        self._over_budget = False
+
+    # ---- admission -------------------------------------------------------------------
+
+    def admit(self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]") -> None:
+        """Take fetched records: each runs now, waits for a slot, or is held behind its key.
+        Slots are filled and the pause state refreshed once for all of them."""
+        ordering = lane.options.ordering
+        gate, ready = lane.gate, lane.ready
+        # A fetch brings runs of records of one partition: its TopicPartition and tracker are
+        # looked up once per run, not made again for every record.
+        tp = TopicPartition("", -1)
+        tracker: PartitionOffsets | None = None
+        for record in records:
+            if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
+                tp = TopicPartition(record.topic, record.partition)
+                tracker = lane.tracker_for(tp)
+            offset = record.offset
+            if offset in tracker.already_done:
+                self._skip_done(lane, tracker, offset)
+                continue
+            tracker.track(offset)
+            lane.add_tracked(1)
+            key = ordering_key(ordering, record.topic, record.partition, record.key)
+            message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
+            if gate.submit(message, key):
+                ready.append(message)
+        self._start_ready(lane)
+        self.refresh_pause(lane)
+
+    def admit_batch(
+        self, lane: ConsumerLane, records: "tuple[ConsumerRecord[Any, Any], ...]"
+    ) -> None:
+        """A ``batch=True`` subscriber's records run as one message and finish together."""
+        positions = []
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            tracker = lane.tracker_for(tp)
+            tracker.track(record.offset)
+            positions.append((tp, tracker, record.offset))
+        lane.add_tracked(len(positions))
+        first_tp, first_tracker, first_offset = positions[0]
+        message = AdmittedMessage(
+            records, first_tp, first_offset, lane=lane, tracker=first_tracker, key=None
+        )
+        message.batch = tuple(positions)
+        lane.ready.append(message)
+        self._start_ready(lane)
+        self.refresh_pause(lane)
+
+    def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
+        """An earlier owner finished this message (commit metadata said so): count it done."""
+        tracker.track(offset)
+        lane.add_tracked(1 - tracker.finish(offset))
+        self._counters.skipped += 1
+        self._committer.notify_finished()
+
+    # ---- slots -----------------------------------------------------------------------
+
+    def _start_ready(self, lane: ConsumerLane) -> None:
+        limit = self._limit
+        lane_limit = lane.options.concurrency_limit
+        ready = lane.ready
+        while ready and len(lane.running) < lane_limit:
+            if self.running >= limit:
+                if not lane.hungry:
+                    lane.hungry = True
+                    self._hungry.append(lane)
+                return
+            message = ready.popleft()
+            task = asyncio.create_task(
+                self._slot_body(message, self._take_next), context=lane.context.copy()
+            )
+            task.add_done_callback(self._task_done)
+            self._occupy_slot(lane, message, task)
+
+    def _occupy_slot(
+        self, lane: ConsumerLane, message: AdmittedMessage, task: "asyncio.Task[None]"
+    ) -> None:
+        lane.running.add(message)
+        self.running += 1
+        message.task = task
+        self._task_messages[task] = message
+
+    def _serve_hungry(self) -> None:
+        """Hand freed global slots to lanes that waited for one, in turn."""
+        hungry = self._hungry
+        while hungry and self.running < self._limit:
+            lane = hungry.popleft()
+            lane.hungry = False
+            self._start_ready(lane)
+
+    # ---- settling --------------------------------------------------------------------
+
+    def settle_and_take_next(self, message: AdmittedMessage) -> AdmittedMessage | None:
+        """A slot's task finished its message: settle it and hand the task the lane's next
+        ready one, so one message's objects are freed just before the next one's are made and
+        CPython's collector does not see the in-flight work pile up. Not while other lanes wait
+        for a global slot, and not when the message left the task's context variables changed:
+        the task ends instead, and every message starts from the lane's context."""
+        task = message.task
+        assert task is not None
+        del self._task_messages[task]
+        lane = message.lane
+        self._settle(message, cancelled=False)
+        following = None
+        if (
+            lane.ready
+            and not self._hungry
+            and len(lane.running) < lane.options.concurrency_limit
+            and self.running < self._limit
+            and contextvars.copy_context() == lane.context
+        ):
+            following = lane.ready.popleft()
+            self._occupy_slot(lane, following, task)
+        self._after_settle(lane)
+        return following
+
+    def _on_task_done(self, task: "asyncio.Task[None]") -> None:
+        """A slot's task ended. It settles its messages itself; one it still holds was
+        cancelled, or its body raised."""
+        message = self._task_messages.pop(task, None)
+        if message is not None:
+            self._settle(message, cancelled=task.cancelled())
+            self._after_settle(message.lane)
+
+    def _after_settle(self, lane: ConsumerLane) -> None:
+        self._serve_hungry()
+        self._start_ready(lane)
+        self.refresh_pause(lane)
+
+    def _settle(self, message: AdmittedMessage, *, cancelled: bool) -> None:
+        """Free the message's slot and move its offsets: finished, or blocked if cancelled."""
+        lane = message.lane
+        lane.running.discard(message)
+        message.task = None
+        self.running -= 1
+        if cancelled:
+            for _, tracker, offset in message.positions():
+                tracker.block(offset)
+        else:
+            counters = self._counters
+            if message.error is not None:
+                counters.failed += 1
+            counters.processed += 1
+            if message.batch is None:
+                _finish(lane, message.tracker, message.offset)
+            else:
+                for _, tracker, offset in message.batch:
+                    _finish(lane, tracker, offset)
+            self._committer.notify_finished()
+        if message.key is not None:
+            successor = lane.gate.release(message.key)
+            if successor is not None and not successor.tracker.retired:
+                lane.ready.append(successor)
+        if self._settle_waiters:
+            self._wake_settle_waiters(message)
+
+    def _wake_settle_waiters(self, message: AdmittedMessage) -> None:
+        for messages, waiter in self._settle_waiters:
+            messages.discard(message)
+            if not messages and not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_settled(self, messages: set[AdmittedMessage], timeout: float) -> None:
+        """Until every one of ``messages`` settled, or ``timeout``."""
+        if not messages:
+            return
+        entry = (set(messages), asyncio.get_running_loop().create_future())
+        self._settle_waiters.append(entry)
+        try:
+            await asyncio.wait((entry[1],), timeout=timeout)
+        finally:
+            self._settle_waiters.remove(entry)
+
+    # ---- backpressure ----------------------------------------------------------------
+
+    def fetch_size(self, lane: ConsumerLane) -> int:
+        """How many records the lane's next fetch may bring."""
+        return backpressure.fetch_size(
+            lane_limit=lane.options.concurrency_limit,
+            lane_running=len(lane.running),
+            lane_backlog=len(lane.ready),
+            global_limit=self._limit,
+            global_running=self.running,
+            uncommitted_room=self._max_uncommitted - self._tally.count,
+        )
+
+    async def wait_for_room(self, lane: ConsumerLane) -> None:
+        """Hold the consumer's poll loop while its backlog fills its limit: the cheapest
+        backpressure, since a pause makes aiokafka drop and re-fetch the records it buffered.
+        Past the hold budget pause instead, so the loop polls again in time."""
+        limit = lane.options.concurrency_limit
+        if not backpressure.backlog_full(len(lane.ready), limit) or lane.closing:
+            return
+        room = lane.room = asyncio.get_running_loop().create_future()
+        budget = backpressure.hold_budget_sec(aiokafka_compat.max_poll_interval_ms(lane.consumer))
+        try:
+            async with asyncio.timeout(budget):
+                await room
+        except TimeoutError:
+            if backpressure.backlog_full(len(lane.ready), limit):
+                lane.pause()
+        finally:
+            lane.room = None
+
+    def refresh_pause(self, lane: ConsumerLane) -> None:
+        """Wake a held poll loop once its backlog has room; pause when the uncommitted budget
+        is spent; resume once the backlog halved and the budget has room again."""
+        backlog = len(lane.ready)
+        limit = lane.options.concurrency_limit
+        if backlog < limit:
+            lane.wake_admission()
+        if backpressure.over_budget(self._tally.count, self._max_uncommitted):
+            self._over_budget = True
+            lane.pause()
+        elif self._over_budget:
+            # Back under budget: every lane paused only for the budget may fetch again.
+            self._over_budget = False
+            for other in self._lanes.values():
+                if other.paused and backpressure.may_resume(
+                    len(other.ready), other.options.concurrency_limit
+                ):
+                    other.resume()
+        elif lane.paused and backpressure.may_resume(backlog, limit):
+            lane.resume()
+
+
+def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
+    passed = tracker.finish(offset)
+    if not tracker.retired:
+        lane.add_tracked(-passed)

@@ -1,0 +1,272 @@
+"""The engine's state: admitted messages, the lane each belongs to, and what runs them.
+
+The types refer to each other (a message knows its lane, a lane holds its messages), so they
+share this module. Each consumer gets its own lane because Kafka only accepts a consumer's
+commits for the partitions assigned to that consumer, and pausing is per consumer too.
+"""
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
+from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.core.ordering import OrderingGate
+from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+
+class Pipeline(Protocol):
+    """What runs a lane's messages. The engine hands it every admitted message and asks it how
+    a failure reads; it never needs to know the framework behind it."""
+
+    @property
+    def owner(self) -> object:
+        """Whose messages these are (a FastStream subscriber); compared by identity only."""
+
+    @property
+    def name(self) -> str:
+        """For log lines: the consumer group and topics."""
+
+    @property
+    def policy(self) -> FailurePolicy:
+        """How an attempt's exception reads."""
+
+    def settings(self) -> SubscriberSettings:
+        """The settings the next lane made for this pipeline runs with."""
+
+    def process(self, record: Any) -> Awaitable[Any]:
+        """The message's whole processing; an exception is a failed attempt."""
+
+    async def dead_letter(
+        self, topic: str, record: Any, error: BaseException | None, attempts: int
+    ) -> None:
+        """Publish the message to ``topic`` and wait for the broker's acknowledgement."""
+
+    def stop_requested(self, error: BaseException) -> None:
+        """The handler asked to stop consuming (``Outcome.STOP``)."""
+
+
+Position = tuple[TopicPartition, PartitionOffsets, int]
+
+
+class AdmittedMessage:
+    """A message (or a batch) from admission until its processing ended.
+
+    ``error`` is set when its processing failed; ``task`` while a slot runs it.
+    """
+
+    __slots__ = (
+        "batch",
+        "error",
+        "key",
+        "lane",
+        "offset",
+        "record",
+        "task",
+        "topic_partition",
+        "tracker",
+    )
+
+    def __init__(
+        self,
+        record: "ConsumerRecord[Any, Any] | tuple[ConsumerRecord[Any, Any], ...]",
+        topic_partition: TopicPartition,
+        offset: int,
+        *,
+        lane: "ConsumerLane",
+        tracker: PartitionOffsets,
+        key: Hashable | None,
+    ) -> None:
+        self.record = record
+        self.topic_partition = topic_partition
+        self.offset = offset
+        self.lane = lane
+        # Held directly: after a revocation the lane's tracker for this partition is a new one.
+        self.tracker = tracker
+        self.key = key
+        self.task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        # For a batch, every record's place; None for a single message (the common case).
+        self.batch: tuple[Position, ...] | None = None
+
+    def positions(self) -> tuple[Position, ...]:
+        if self.batch is not None:
+            return self.batch
+        return ((self.topic_partition, self.tracker, self.offset),)
+
+    def touches(self, partitions: set[TopicPartition]) -> bool:
+        return any(tp in partitions for tp, _, _ in self.positions())
+
+    def describe(self) -> str:
+        """Where the message sits, for log lines."""
+        tp = self.topic_partition
+        where = f"{tp.topic}[{tp.partition}]@{self.offset}"
+        if self.batch is not None:
+            return f"batch of {len(self.batch)} from {where}"
+        return where
+
+
+class CommitGuard:
+    """What a running message's handler gets as its consumer: commits and seeks are dropped.
+
+    A handler's own ``commit()`` would commit every assigned partition's position and a
+    ``seek()`` would re-read; with other messages in flight either would commit past or
+    re-read unfinished work. The committer alone moves the commit point.
+    """
+
+    __slots__ = ("_consumer",)
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def commit(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def seek(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+class Tally:
+    """Messages admitted and not yet passed by a commit point, over all of an engine's lanes:
+    kept as they change, since the uncommitted budget is checked for every message."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class Counters:
+    """Running totals of an engine, read by health and monitoring, bumped where things happen."""
+
+    __slots__ = ("failed", "processed", "skipped")
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.failed = 0
+        self.skipped = 0
+
+
+class ConsumerLane:
+    """Everything kept for one consumer between admission and commit."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        pipeline: Pipeline,
+        settings: SubscriberSettings,
+        tally: Tally | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.pipeline = pipeline
+        # Bound once: the slot loop calls it for every message.
+        self.process: Callable[[Any], Awaitable[Any]] = pipeline.process
+        self.options = settings
+        self.trackers: dict[TopicPartition, PartitionOffsets] = {}
+        self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
+        self.ready: deque[AdmittedMessage] = deque()
+        self.running: set[AdmittedMessage] = set()
+        self.tracked = 0
+        self.tally = tally or Tally()
+        # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
+        self.room: asyncio.Future[None] | None = None
+        self.closing = False
+        self.dead_letter_stuck: set[AdmittedMessage] = set()
+        self.commit_guard = CommitGuard(consumer)
+        self.hungry = False
+        self.commit_lock = asyncio.Lock()
+        # What every message task of this lane starts from (a copy each): the context the lane
+        # was made in, FastStream's poll loop or rebalance listener, never a handler's.
+        self.context = contextvars.copy_context()
+        self._paused: set[TopicPartition] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+    def add_tracked(self, delta: int) -> None:
+        self.tracked += delta
+        self.tally.count += delta
+
+    def leave_tally(self) -> None:
+        """This lane is dropped from its engine: its backlog stops counting against the
+        engine's budget, whatever happens to its remaining work."""
+        self.tally.count -= self.tracked
+        self.tally = Tally()
+        self.tally.count = self.tracked
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    def tracker_for(self, topic_partition: TopicPartition) -> PartitionOffsets:
+        tracker = self.trackers.get(topic_partition)
+        if tracker is None:
+            tracker = self.trackers[topic_partition] = PartitionOffsets()
+        return tracker
+
+    def retire(self, topic_partition: TopicPartition) -> None:
+        """Forget a partition this consumer no longer owns; late results stay uncommitted."""
+        tracker = self.trackers.pop(topic_partition, None)
+        if tracker is not None:
+            tracker.retired = True
+            self.add_tracked(-tracker.pending_count)
+
+    def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> int:
+        """Discard admitted work that has not started; it stays uncommitted and is redelivered."""
+
+        def matches(message: AdmittedMessage) -> bool:
+            # A batch spanning a partition that stays is kept: dropping it would strand its
+            # other records below that partition's commit point.
+            return partitions is None or all(tp in partitions for tp, _, _ in message.positions())
+
+        kept = [message for message in self.ready if not matches(message)]
+        dropped = len(self.ready) - len(kept)
+        self.ready = deque(kept)
+        dropped += len(self.gate.drop(matches))
+        self.wake_admission()
+        return dropped
+
+    def wake_admission(self) -> None:
+        """Let a poll loop held for backlog room go on."""
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def pause(self) -> None:
+        """Stop fetching on every assigned partition; the poll loop keeps polling."""
+        if self._paused is not None:
+            return
+        self._paused = set()
+        self.reapply_pause()
+
+    def reapply_pause(self) -> None:
+        """Pause state is lost on rebalance; pause whatever is assigned now."""
+        if self._paused is None:
+            return
+        already = self.consumer.paused()
+        targets = {tp for tp in self.consumer.assignment() if tp not in already}
+        if targets:
+            self.consumer.pause(*targets)
+            self._paused |= targets
+            logger.debug("Paused %d partition(s) of %s", len(targets), self.name)
+
+    def resume(self) -> None:
+        """Resume only what this library paused, leaving the user's own pauses alone."""
+        if self._paused is None or self.closing:
+            return
+        targets = self._paused & self.consumer.assignment()
+        self._paused = None
+        if targets:
+            self.consumer.resume(*targets)
+            logger.debug("Resumed %d partition(s) of %s", len(targets), self.name)

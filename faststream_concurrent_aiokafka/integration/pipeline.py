@@ -1,0 +1,67 @@
+"""A FastStream subscriber as the engine's ``Pipeline``: what runs its messages, how their
+failures read, where their dead letters go and how a handler stops consuming."""
+
+import asyncio
+import logging
+from typing import Any
+
+from faststream.exceptions import AckMessage, RejectMessage, SkipMessage, StopConsume
+
+from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
+from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
+from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
+from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
+
+logger = logging.getLogger("faststream_concurrent_aiokafka")
+
+FASTSTREAM_POLICY = FailurePolicy(
+    done=(AckMessage, SkipMessage),
+    dead_letter=(RejectMessage,),
+    stop=(StopConsume, SystemExit),
+)
+"""FastStream's control exceptions: ``AckMessage``/``SkipMessage`` settle the message,
+``RejectMessage`` dead-letters it at once, ``StopConsume`` stops the subscriber and
+``SystemExit`` (``exit()``, ``StopApplication``) the app; anything else is a failure."""
+
+_background: set["asyncio.Task[Any]"] = set()
+
+
+class SubscriberPipeline:
+    """Runs one subscriber's messages through its own ``process_message``: every middleware,
+    the handler, its ``@publisher``s and ``reply_to``, exactly as FastStream runs them."""
+
+    def __init__(self, subscriber: Any, settings: ConcurrencySettings) -> None:
+        self.owner = subscriber
+        self.policy = FASTSTREAM_POLICY
+        self.process = subscriber.process_message
+        self._settings = settings
+
+    @property
+    def name(self) -> str:
+        group = getattr(self.owner, "group_id", None) or "-"
+        topics = ",".join(getattr(self.owner, "topic_names", []) or [])
+        return f"group={group} topics={topics}"
+
+    def settings(self) -> SubscriberSettings:
+        return self._settings.for_subscriber(options_of(self.owner))
+
+    async def dead_letter(
+        self, topic: str, record: Any, error: BaseException | None, attempts: int
+    ) -> None:
+        await publish_dead_letter(self.owner, topic, record, error, attempts)
+
+    def stop_requested(self, error: BaseException) -> None:
+        """``StopConsume`` stops this subscriber (its stop drains the other messages first);
+        ``SystemExit`` also asks the app to exit, as FastStream's own loop does."""
+        _in_background(self.owner.stop())
+        if isinstance(error, SystemExit):
+            app = faststream_compat.subscriber_context(self.owner).get("app")
+            if app is not None:
+                app.exit()
+
+
+def _in_background(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
