@@ -7,7 +7,7 @@ concurrently, so the library takes over the template methods its consume loop ca
 """
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from faststream import ContextRepo
@@ -64,10 +64,7 @@ def subscriber_context(subscriber: Any) -> ContextRepo:
     context = getattr(config, "context", None)
     if context is None:
         context = config.fd_config.context
-    if not isinstance(context, ContextRepo):
-        msg = f"no ContextRepo on {type(subscriber).__name__}'s configuration"
-        raise TypeError(msg)
-    return context
+    return cast("ContextRepo", context)
 
 
 def rebalance_listener(subscriber: Any) -> ConsumerRebalanceListener | None:
@@ -90,9 +87,11 @@ def kafka_producer(subscriber: Any) -> AIOKafkaProducer | None:
     Why private: FastStream's producer wraps aiokafka's in a private state object
     (``_outer_config.producer._producer.producer``); None when not connected.
     """
-    fast_producer = subscriber._outer_config.producer
-    state = getattr(fast_producer, "_producer", None)
-    producer = getattr(state, "producer", None)
+    state = subscriber._outer_config.producer._producer
+    try:
+        producer = state.producer
+    except Exception:  # FastStream's empty state raises until the broker connects
+        return None
     return producer if isinstance(producer, AIOKafkaProducer) else None
 
 

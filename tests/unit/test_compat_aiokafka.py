@@ -1,0 +1,87 @@
+"""Each aiokafka seam in ``compat.aiokafka`` against the installed aiokafka.
+
+The seams that need a started consumer (the coordinator's offset fetch, the fetcher's
+buffer) are pinned against the real broker in ``tests/kafka/test_compat_seams.py``.
+"""
+
+import inspect
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+from faststream_concurrent_aiokafka.compat import aiokafka as compat
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        del revoked
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        del assigned
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings() -> None:
+    compat._warned.clear()
+
+
+async def test_private_settings_read_back_what_the_consumer_was_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers="127.0.0.1:9",
+        max_poll_interval_ms=123_456,
+        rebalance_timeout_ms=6_789,
+        max_poll_records=7,
+    )
+
+    with caplog.at_level(logging.WARNING):
+        assert compat.max_poll_interval_ms(consumer) == 123_456
+        assert compat.rebalance_timeout_ms(consumer) == 6_789
+        assert compat.max_poll_records(consumer) == 7
+        assert compat.max_poll_records(AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")) is None
+
+    assert [r for r in caplog.records if r.name.startswith("faststream_concurrent")] == []
+
+
+async def test_the_subscription_listener_is_read_and_replaced() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id="g")
+    own = Listener()
+    consumer.subscribe(["t"], listener=own)
+
+    assert compat.subscription_listener(consumer) is own
+    replacement = Listener()
+    compat.replace_subscription_listener(consumer, replacement)
+    assert compat.subscription_listener(consumer) is replacement
+
+
+def test_the_coordinator_offers_the_committed_offset_fetch() -> None:
+    fetch = GroupCoordinator.fetch_committed_offsets
+    assert inspect.iscoroutinefunction(fetch)
+    assert list(inspect.signature(fetch).parameters) == ["self", "partitions"]
+
+
+class Bare:
+    """A consumer-like object without aiokafka's private attributes."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+
+def test_a_missing_seam_falls_back_and_warns_once_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bare: Any = Bare()
+    with caplog.at_level(logging.WARNING):
+        assert compat.max_poll_interval_ms(bare) is None
+        assert compat.max_poll_interval_ms(bare) is None
+        compat.rotate_buffered_partitions(bare, [TopicPartition("t", 0)])
+        compat.rotate_buffered_partitions(bare, [TopicPartition("t", 0)])
+
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("faststream_conc")]
+    assert len(messages) == 2, messages
+    assert "_max_poll_interval_ms" in messages[0]
+    assert "Fetcher._records" in messages[1]

@@ -1,0 +1,133 @@
+"""Each FastStream seam in ``compat.faststream`` against the installed FastStream.
+
+If an upgrade moves one of these internals, a test here fails by name instead of the library
+falling back to something silently wrong.
+"""
+
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import ConsumerStoppedError
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+
+from faststream_concurrent_aiokafka import KafkaConcurrentProcessingMiddleware
+from faststream_concurrent_aiokafka.compat import faststream as compat
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        del revoked
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        del assigned
+
+
+def broker_with_middleware() -> KafkaBroker:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    return broker
+
+
+def test_subscriber_kinds_are_recognised() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    single = broker.subscriber("a", group_id="g")
+    batch = broker.subscriber("b", group_id="g", batch=True)
+    workers = broker.subscriber("c", group_id="g", max_workers=2, ack_policy=AckPolicy.MANUAL)
+
+    assert all(compat.is_kafka_subscriber(s) for s in (single, batch, workers))
+    assert not compat.is_kafka_subscriber(object())
+    assert compat.is_batch_subscriber(batch)
+    assert not compat.is_batch_subscriber(single)
+    assert compat.fetches_one_at_a_time(single)
+    assert compat.fetches_one_at_a_time(workers)
+    assert not compat.fetches_one_at_a_time(batch)
+
+
+def test_broker_middlewares_of_a_subscriber_include_the_broker_s() -> None:
+    broker = broker_with_middleware()
+    subscriber = broker.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+
+    assert KafkaConcurrentProcessingMiddleware in compat.broker_middlewares(subscriber)
+
+
+def test_broker_middlewares_of_a_router_subscriber_include_the_router_s() -> None:
+    from faststream.kafka import KafkaRouter
+
+    router = KafkaRouter(middlewares=[KafkaConcurrentProcessingMiddleware])
+    subscriber = router.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+    KafkaBroker("127.0.0.1:9", logger=None).include_router(router)
+
+    assert KafkaConcurrentProcessingMiddleware in compat.broker_middlewares(subscriber)
+
+
+def test_subscriber_context_is_the_broker_s_and_holds_the_app() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+    app = FastStream(broker)
+
+    context = compat.subscriber_context(subscriber)
+
+    assert context is broker.context
+    assert context.get("app") is app
+
+
+def test_rebalance_listener_is_read_and_replaced() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    own = Listener()
+    subscriber = broker.subscriber("t", group_id="g", listener=own)
+    plain = broker.subscriber("u", group_id="g")
+
+    assert compat.rebalance_listener(subscriber) is own
+    assert compat.rebalance_listener(plain) is None
+    replacement = Listener()
+    compat.set_rebalance_listener(subscriber, replacement)
+    assert compat.rebalance_listener(subscriber) is replacement
+
+
+def test_kafka_producer_is_none_before_the_broker_connects() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+
+    assert compat.kafka_producer(subscriber) is None
+
+
+async def test_the_consume_loop_fetches_and_hands_over_through_the_taken_over_methods() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    subscriber = broker.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+    fetched = iter(["first", "second"])
+    handed: list[Any] = []
+
+    async def fetch(consumer: Any) -> Any:
+        del consumer
+        try:
+            return next(fetched)
+        except StopIteration:
+            raise ConsumerStoppedError from None
+
+    async def admit(msg: Any) -> None:
+        handed.append(msg)
+
+    compat.take_over_get_msg(subscriber, fetch)
+    compat.take_over_consume_one(subscriber, admit)
+    subscriber.running = True
+    await subscriber._run_consume_loop(object())  # type: ignore[arg-type]
+
+    assert handed == ["first", "second"]
+
+
+async def test_take_over_stop_runs_the_replacement_and_returns_the_original() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+    calls: list[str] = []
+
+    async def stop() -> None:
+        calls.append("replacement")
+
+    original = compat.take_over_stop(subscriber, stop)
+    await subscriber.stop()
+
+    assert calls == ["replacement"]
+    assert original.__func__ is type(subscriber).stop  # type: ignore[attr-defined]
+    assert original.__self__ is subscriber  # type: ignore[attr-defined]
