@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Create/refresh the project's virtualenv (.venv) with the package installed editable
-# plus the `dev` extra. Idempotent and quiet: when .venv is already in sync with
-# pyproject.toml it does nothing.
+# Create/refresh the project's virtualenvs from uv.lock, so every machine gets the versions
+# that were tested. Idempotent and quiet: an environment already in sync is left alone.
+#
+#   scripts/dev-setup.sh            .venv: the package (editable) + the dev extra, as locked
+#   scripts/dev-setup.sh --lowest   .venv-lowest: the same, but with the lowest FastStream
+#                                   release the package supports (CI runs a subset there)
+#
+# uv itself is taken from PATH when it is the pinned version, else installed once into
+# .cache/uv-tool (a plain pip install from PyPI).
 #
 # Environment (optional):
-#   PYTHON     interpreter used to create the venv (default: python3.11, else python3 >= 3.11)
-#   VENV_DIR   virtualenv location (default <repo>/.venv)
+#   PYTHON     interpreter for the environments (default: python3.11, else python3 >= 3.11)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV_DIR="${VENV_DIR:-${REPO_ROOT}/.venv}"
-STAMP="${VENV_DIR}/.dev-setup-stamp"
-PKG="faststream_concurrent_aiokafka"
-DIST="faststream-concurrent-aiokafka"
+cd "${REPO_ROOT}"
+
+readonly UV_VERSION="0.13.9"
+# The lowest release of the supported range `faststream>=0.7,<0.8` (see pyproject.toml).
+readonly LOWEST_FASTSTREAM="0.7.0"
 
 log() { printf 'dev-setup: %s\n' "$*" >&2; }
 
@@ -25,7 +31,7 @@ pick_python() {
     for candidate in python3.11 python3 python; do
         if command -v "${candidate}" >/dev/null 2>&1 &&
             "${candidate}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            printf '%s\n' "${candidate}"
+            command -v "${candidate}"
             return 0
         fi
     done
@@ -33,74 +39,34 @@ pick_python() {
     return 1
 }
 
-VPY="${VENV_DIR}/bin/python"
+PY="$(pick_python)"
 
-if [[ ! -x "${VPY}" ]] || ! "${VPY}" -c 'import sys' >/dev/null 2>&1; then
-    py="$(pick_python)"
-    log "creating ${VENV_DIR} with $("${py}" -c 'import sys; print(sys.executable)')"
-    rm -rf "${VENV_DIR}"
-    "${py}" -m venv "${VENV_DIR}"
-fi
-
-# What the install depends on: the packaging tables of pyproject.toml (not tool configs
-# such as ruff/mypy/pytest) and the interpreter.
-want="$(
-    "${VPY}" - "${REPO_ROOT}/pyproject.toml" <<'PY'
-import hashlib
-import json
-import sys
-import tomllib
-
-with open(sys.argv[1], "rb") as fh:
-    data = tomllib.load(fh)
-relevant = {
-    "build-system": data.get("build-system"),
-    "project": data.get("project"),
-    "setuptools": data.get("tool", {}).get("setuptools"),
-    "python": sys.version,
-}
-print(hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest())
-PY
-)"
-
-# The editable install must point at *this* checkout (a moved/copied repo reinstalls).
-# Checked through the installed distribution's direct_url.json, without importing.
-installed_here() {
-    (cd / && "${VPY}" - "${REPO_ROOT}" "${DIST}" <<'PY') >/dev/null 2>&1
-import json
-import os
-import sys
-from importlib.metadata import PackageNotFoundError, distribution
-from urllib.parse import unquote, urlparse
-
-root, dist_name = sys.argv[1], sys.argv[2]
-try:
-    raw = distribution(dist_name).read_text("direct_url.json")
-except PackageNotFoundError:
-    sys.exit(1)
-info = json.loads(raw or "{}")
-path = unquote(urlparse(info.get("url", "")).path)
-editable = info.get("dir_info", {}).get("editable", False)
-same = bool(path) and os.path.realpath(path) == os.path.realpath(root)
-sys.exit(0 if editable and same else 1)
-PY
+find_uv() {
+    if command -v uv >/dev/null 2>&1 && [[ "$(uv --version)" == "uv ${UV_VERSION}"* ]]; then
+        command -v uv
+        return 0
+    fi
+    local tool="${REPO_ROOT}/.cache/uv-tool"
+    if [[ ! -x "${tool}/bin/uv" ]] || [[ "$("${tool}/bin/uv" --version)" != "uv ${UV_VERSION}"* ]]; then
+        log "installing uv ${UV_VERSION} into ${tool}"
+        rm -rf "${tool}"
+        "${PY}" -m venv "${tool}"
+        "${tool}/bin/pip" install --quiet --disable-pip-version-check "uv==${UV_VERSION}" >&2
+    fi
+    printf '%s\n' "${tool}/bin/uv"
 }
 
-if [[ -f "${STAMP}" && "$(<"${STAMP}")" == "${want}" ]] && installed_here; then
-    exit 0
-fi
+UV="$(find_uv)"
+export UV_PYTHON="${PY}" UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
 
-log "installing ${PKG} (editable) with the dev extra into ${VENV_DIR}"
-pip_log="${VENV_DIR}/dev-setup.log"
-pip_flags=(--quiet --disable-pip-version-check --no-input)
-if ! {
-    "${VPY}" -m pip install "${pip_flags[@]}" --upgrade pip setuptools wheel &&
-        "${VPY}" -m pip install "${pip_flags[@]}" -e "${REPO_ROOT}[dev]"
-} >"${pip_log}" 2>&1; then
-    tail -n 40 "${pip_log}" >&2 || true
-    log "error: pip install failed (full log: ${pip_log})"
-    rm -f "${STAMP}"
-    exit 1
+if [[ "${1:-}" == "--lowest" ]]; then
+    env_dir="${REPO_ROOT}/.venv-lowest"
+    UV_PROJECT_ENVIRONMENT="${env_dir}" "${UV}" sync --quiet --locked --extra test
+    # Everything else stays as locked; only FastStream moves to the bottom of the range.
+    "${UV}" pip install --quiet --python "${env_dir}/bin/python" \
+        "faststream[kafka]==${LOWEST_FASTSTREAM}"
+    log "${env_dir}: faststream ${LOWEST_FASTSTREAM}"
+else
+    # --locked: refuse to run if pyproject.toml changed without `uv lock`.
+    "${UV}" sync --quiet --locked --extra dev
 fi
-printf '%s\n' "${want}" >"${STAMP}"
-log "done"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The one test command: venv, Kafka, lint, format check, type check, tests.
+# The one test command: venv, Kafka, lint, format check, type check, import contracts, tests;
+# then, for a full run (no pytest args), the unit tests and a Kafka smoke subset again with the
+# lowest FastStream release the package supports.
 #
 #   scripts/test.sh [pytest args...]      e.g. scripts/test.sh -k ordering -x
 #
@@ -35,6 +37,7 @@ run_step() {
 
 run_step "ruff check" ruff check .
 run_step "ruff format" ruff format --check .
+run_step "import contracts" lint-imports --no-cache
 
 # mypy reads `files` from pyproject.toml. While a configured folder does not exist yet
 # (e.g. no bench/ so far) mypy would refuse to run, so pass the existing ones instead;
@@ -62,15 +65,33 @@ else
     run_step "mypy" mypy "${mypy_targets[@]}"
 fi
 
-# pytest last, so its summary line is the last thing a reader sees.
-pytest_rc=0
-log "== pytest: pytest -q $*"
-pytest -q "$@" || pytest_rc=$?
-case "${pytest_rc}" in
-    0) ;;
-    5) failed+=("pytest(exit 5: no tests collected)") ;;
-    *) failed+=("pytest(exit ${pytest_rc})") ;;
-esac
+run_pytest() {
+    local name="$1"
+    shift
+    local rc=0
+    log "== ${name}: $*"
+    "$@" || rc=$?
+    case "${rc}" in
+        0) ;;
+        5) failed+=("${name}(exit 5: no tests collected)") ;;
+        *) failed+=("${name}(exit ${rc})") ;;
+    esac
+}
+
+if (($# == 0)); then
+    # The other end of the supported FastStream range: unit tests and the Kafka smoke subset.
+    if bash scripts/dev-setup.sh --lowest; then
+        lowest="$(.venv-lowest/bin/python -c 'from importlib.metadata import version; print(version("faststream"))')"
+        run_pytest "pytest (faststream ${lowest})" \
+            .venv-lowest/bin/python -m pytest -q -p no:cacheprovider -m "not kafka or smoke"
+    else
+        failed+=("dev-setup --lowest")
+    fi
+fi
+
+# The locked (newest) FastStream last, so its summary line is the last thing a reader sees.
+run_pytest "pytest (faststream $(python -c 'from importlib.metadata import version; print(version("faststream"))'))" \
+    pytest -q "$@"
 
 if ((${#failed[@]})); then
     log "FAILED: ${failed[*]}"

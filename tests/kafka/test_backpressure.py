@@ -120,6 +120,7 @@ EVICTION_SIGNS = (
 )
 
 
+@pytest.mark.smoke
 async def test_slow_handlers_pause_partitions_and_are_never_evicted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -28,6 +28,7 @@ PARTITIONS = 4
 MESSAGES = 400
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("with_app", [True, False], ids=["app", "bare-broker"])
 async def test_batches_run_concurrently_and_commit_when_they_finish(with_app: bool) -> None:
     topic, group = unique("batch"), unique("g-batch")

@@ -106,6 +106,7 @@ async def crash_and_recover(tmp_path: Path, *, track: bool) -> tuple[int, int]:
     return lost, twice
 
 
+@pytest.mark.smoke
 async def test_finished_work_survives_sigkill(tmp_path: Path) -> None:
     lost, twice = await crash_and_recover(tmp_path, track=True)
     assert lost == 0

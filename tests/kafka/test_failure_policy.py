@@ -175,6 +175,7 @@ def assert_dead_letter_headers(
 # ---- 1. acceptance -----------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 async def test_every_tenth_message_is_retried_then_dead_lettered_and_all_is_committed() -> None:
     topic, dead_letters, group = unique("fp-accept"), unique("fp-accept-dlt"), unique("g")
     await create_topic(topic, 4)
@@ -513,6 +514,7 @@ async def test_reject_raised_dead_letters_after_one_attempt() -> None:
     assert handler.failed == 1
 
 
+@pytest.mark.smoke
 async def test_msg_reject_dead_letters_after_one_attempt() -> None:
     calls, handler, letters, topic, _count = await run_control_scenario(
         {b"reject-called": reject_called}

@@ -169,6 +169,7 @@ def enriched(ident: int, partition: int, offset: int) -> dict[str, int]:
 # ---- @publisher ----------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 @with_each_mode
 async def test_publisher_gets_the_real_return_value_of_every_message(mode: Mode) -> None:
     count, partitions, limit = 300, 3, 50
@@ -332,6 +333,7 @@ class Requester:
         return correlation_id, await asyncio.wait_for(future, WAIT)
 
 
+@pytest.mark.smoke
 @with_each_mode
 async def test_reply_to_requests_get_the_real_result(mode: Mode) -> None:
     requests, partitions = 20, 2

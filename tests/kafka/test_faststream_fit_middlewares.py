@@ -241,6 +241,7 @@ def check_recorder(name: str, recorder: Recorder, calls: HandlerCalls, count: in
             assert entry.result == calls.returned[ident], f"{name}: {ident} got {entry.result!r}"
 
 
+@pytest.mark.smoke
 @with_each_mode
 async def test_outer_and_inner_middlewares_see_each_real_handler_call(mode: Mode) -> None:
     count, partitions = 60, 2

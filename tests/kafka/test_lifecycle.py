@@ -172,6 +172,7 @@ async def check_shutdown(work: SlowWork, topic: str, group: str) -> None:
     await check_restart_processes_the_rest(work, topic, group)
 
 
+@pytest.mark.smoke
 async def test_faststream_app_with_lifespan(topic: str, group: str) -> None:
     work = SlowWork()
     broker = make_broker(topic, group, work, work.finished_after_stop_began)
@@ -239,6 +240,7 @@ async def test_asgi_app_lifespan_context(topic: str, group: str) -> None:
     await check_shutdown(work, topic, group)
 
 
+@pytest.mark.smoke
 async def test_asgi_app_lifespan_protocol(topic: str, group: str) -> None:
     """Driven like an ASGI server drives it: lifespan.startup, then lifespan.shutdown."""
     work = SlowWork()
@@ -265,6 +267,7 @@ async def test_asgi_app_lifespan_protocol(topic: str, group: str) -> None:
     await check_shutdown(work, topic, group)
 
 
+@pytest.mark.smoke
 async def test_bare_broker(topic: str, group: str) -> None:
     work = SlowWork()
     broker = make_broker(topic, group, work, work.finished_after_stop_began)

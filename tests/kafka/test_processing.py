@@ -67,6 +67,7 @@ class Gauge:
 # ---- throughput and the concurrency limit ------------------------------------------------
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("with_app", [False, True], ids=["bare-broker", "app-in-context"])
 async def test_acceptance_3000_messages_processed_once_and_committed_to_the_end(
     with_app: bool,
@@ -500,6 +501,7 @@ async def test_partitions_are_served_in_turn_when_slots_are_few() -> None:
     assert min(first[0], first[1]) >= head // 4
 
 
+@pytest.mark.smoke
 async def test_manual_subscriber_with_max_workers_runs_one_lane_per_consumer() -> None:
     # FastStream gives a MANUAL subscriber with max_workers its own consumer per worker; each
     # fetches in batches and commits only the partitions it was assigned.
@@ -612,6 +614,7 @@ async def test_subscribers_and_groups_commit_independently() -> None:
 # ---- TestKafkaBroker -----------------------------------------------------------------
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("setup", ["none", "initialised", "initialised_with_app"])
 async def test_works_under_test_kafka_broker(
     setup: Literal["none", "initialised", "initialised_with_app"],

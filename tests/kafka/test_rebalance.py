@@ -123,6 +123,7 @@ async def stop_member(broker: KafkaBroker) -> None:
         await stop_concurrent_processing(broker.context)
 
 
+@pytest.mark.smoke
 async def test_second_member_joining_causes_no_duplicates(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="faststream_concurrent_aiokafka")
     total = 1200

@@ -166,6 +166,7 @@ async def signal_midway_then_restart(module: str, sig: signal.Signals, tmp_path:
     return figures
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_faststream_app_survives_signal(sig: signal.Signals, tmp_path: Path) -> None:
     """``asyncio.run(app.run())``: FastStream handles the signal and stops the broker."""

@@ -22,7 +22,7 @@ from tests.kafka_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.smoke]
 
 COUNT = 30
 STOPPER = 5

@@ -112,7 +112,7 @@ async def test_the_consume_loop_fetches_and_hands_over_through_the_taken_over_me
     compat.take_over_get_msg(subscriber, fetch)
     compat.take_over_consume_one(subscriber, admit)
     subscriber.running = True
-    await subscriber._run_consume_loop(object())  # type: ignore[arg-type]
+    await subscriber._run_consume_loop(object())
 
     assert handed == ["first", "second"]
 
