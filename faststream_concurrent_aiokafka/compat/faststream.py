@@ -6,6 +6,7 @@ moves one fails loudly. FastStream 0.7 has no public hook to run a subscriber's 
 concurrently, so the library takes over the template methods its consume loop calls.
 """
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -93,6 +94,18 @@ def kafka_producer(subscriber: Any) -> AIOKafkaProducer | None:
     except Exception:  # FastStream's empty state raises until the broker connects
         return None
     return producer if isinstance(producer, AIOKafkaProducer) else None
+
+
+def broker_logger(subscriber: Any) -> logging.Logger | None:
+    """The ``logging.Logger`` FastStream logs the subscriber's messages to (the broker's
+    ``logger=``, by default ``faststream.access.kafka``); None when the broker logs nothing,
+    its logger is not a ``logging.Logger``, or it is not set up yet (before the broker starts).
+
+    Why private: the broker's logger state is only reachable as ``_outer_config.logger``.
+    """
+    proxy = subscriber._outer_config.logger.logger
+    real = getattr(proxy, "logger", None)
+    return real if isinstance(real, logging.Logger) else None
 
 
 def take_over_consume_one(subscriber: Any, admit: Callable[[Any], Awaitable[None]]) -> None:

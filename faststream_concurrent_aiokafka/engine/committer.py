@@ -9,7 +9,6 @@ tracker's ``commit_point``: the first admitted offset not finished yet.
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Iterable
 
 from aiokafka import TopicPartition
@@ -24,8 +23,6 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
 )
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 # Above this many finished offsets, encoding (zlib, several tries) can take milliseconds:
 # it runs in a worker thread so the event loop keeps serving messages and heartbeats.
@@ -154,7 +151,7 @@ class KafkaBatchCommitter:
                 await lane.consumer.commit(await batch.offsets())
             except Exception as exc:
                 self.failed_commits += 1
-                logger.warning(
+                lane.log.warning(
                     "Commit of %d partition(s) for %s failed, will retry: %r",
                     len(batch),
                     lane.name,
@@ -178,14 +175,14 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
     try:
         committed = await aiokafka_compat.fetch_committed_offsets(lane.consumer, assigned)
     except Exception as exc:
-        logger.warning("Could not read commit metadata of %s: %r", lane.name, exc)
+        lane.log.warning("Could not read commit metadata of %s: %r", lane.name, exc)
         return 0
     known = 0
     for tp, meta in committed.items():
         current = lane.trackers.get(tp)
         if current is not None and current.pending_count:
             continue  # still working on it in this process: its own state is newer
-        done = _decode_metadata(tp, meta)
+        done = _decode_metadata(lane, tp, meta)
         if done:
             lane.retire(tp)
             lane.trackers[tp] = PartitionOffsets(done)
@@ -193,12 +190,14 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
     return known
 
 
-def _decode_metadata(tp: TopicPartition, meta: OffsetAndMetadata) -> frozenset[int]:
+def _decode_metadata(
+    lane: ConsumerLane, tp: TopicPartition, meta: OffsetAndMetadata
+) -> frozenset[int]:
     """Finished offsets stored with a commit; anything not ours is ignored with a warning."""
     if not meta.metadata:
         return frozenset()
     try:
         return decode_finished_offsets(meta.metadata, meta.offset)
     except MetadataDecodeError as exc:
-        logger.warning("Ignoring commit metadata of %s[%d]: %s", tp.topic, tp.partition, exc)
+        lane.log.warning("Ignoring commit metadata of %s[%d]: %s", tp.topic, tp.partition, exc)
         return frozenset()

@@ -6,7 +6,6 @@ what happens to a lane's partitions when they move, and how work ends on shutdow
 """
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +21,6 @@ from faststream_concurrent_aiokafka.engine.committer import (
 from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane, Counters, Pipeline, Tally
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 
 class Engine:
@@ -128,7 +125,7 @@ class Engine:
             return
         known = await load_finished_offsets(lane, assigned)
         if known:
-            logger.info(
+            lane.log.info(
                 "%s: %d message(s) above the committed offsets were finished before; "
                 "they will be skipped",
                 lane.name,
@@ -149,7 +146,7 @@ class Engine:
         await self.committer.commit_lane(lane, revoked)
         for tp in revoked:
             lane.retire(tp)
-        logger.info(
+        lane.log.info(
             "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
             len(revoked),
             lane.name,
@@ -167,15 +164,21 @@ class Engine:
             lane.drop_waiting()
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
-        leftovers = [message.task for lane in lanes for message in lane.running if message.task]
-        for task in leftovers:
-            task.cancel()
+        leftovers = []
+        for lane in lanes:
+            tasks = [message.task for message in lane.running if message.task]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                lane.log.warning(
+                    "%d message(s) of %s still running after %.1f s were cancelled and stay "
+                    "uncommitted",
+                    len(tasks),
+                    lane.name,
+                    timeout,
+                )
+            leftovers += tasks
         if leftovers:
-            logger.warning(
-                "%d message(s) still running after %.1f s were cancelled and stay uncommitted",
-                len(leftovers),
-                timeout,
-            )
             await asyncio.wait(leftovers, timeout=1.0)
         for lane in lanes:
             await self.committer.commit_lane(lane)

@@ -6,14 +6,10 @@ every message in flight. The message's offset is committed only after all of it.
 """
 
 import asyncio
-import logging
 
-from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
 from faststream_concurrent_aiokafka.engine.scheduler import TakeNext
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 RUNNING: dict[int, AdmittedMessage] = {}
 """Messages whose pipeline runs now, by ``id()`` of the raw record the pipeline is given.
@@ -40,10 +36,13 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
                 attempt += 1
                 try:
                     await process(current.record)
+                    error = current.attempt_error
                 except (Exception, SystemExit) as exc:  # every failure goes through the policy
-                    if not await _after_failed_attempt(current, exc, attempt):
-                        break
-                else:
+                    error = exc
+                if error is None:
+                    break
+                current.attempt_error = None
+                if not await _after_failed_attempt(current, error, attempt):
                     break
         finally:
             del RUNNING[key]
@@ -53,25 +52,27 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
 async def _after_failed_attempt(
     message: AdmittedMessage, error: BaseException, attempt: int
 ) -> bool:
-    """An attempt raised: wait and say True to retry, or settle the failure and say False."""
-    if isinstance(error, TaskTimeoutError):
-        logger.warning("Handler for %s timed out: %s", message.describe(), error)
-    pipeline = message.lane.pipeline
-    outcome = pipeline.policy.classify(error)
+    """An attempt failed: wait and say True to retry, or settle the failure and say False.
+
+    A retried attempt is logged once, short, at INFO: it is not yet an error of the service.
+    """
+    lane = message.lane
+    outcome = lane.pipeline.policy.classify(error)
     if outcome is Outcome.DONE:
         return False
     if outcome is Outcome.STOP:
-        pipeline.stop_requested(error)
+        lane.pipeline.stop_requested(error)
         return False
-    options = message.lane.options
+    options = lane.options
     if outcome is Outcome.RETRY and attempt <= options.max_retries:
         delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
-        logger.warning(
+        lane.log.info(
             "Attempt %d of %s failed (%s); retrying in %.3f s",
             attempt,
             message.describe(),
             _summary(error),
             delay,
+            extra=message.log_extra(),
         )
         await asyncio.sleep(delay)
         return True
@@ -83,7 +84,8 @@ async def _after_failed_attempt(
 async def _dead_letter_or_log(
     message: AdmittedMessage, error: BaseException, attempts: int
 ) -> None:
-    """Last attempt failed: dead-letter it (retrying the publish until it succeeds) or log it.
+    """Last attempt failed: logged once at ERROR with its traceback, then dead-lettered
+    (retrying the publish until it succeeds) or committed as failed.
 
     The offset is only committed after this returns; a stuck dead-letter publish holds the
     partition's commit point, never skips past the message.
@@ -91,13 +93,19 @@ async def _dead_letter_or_log(
     lane = message.lane
     options = lane.options
     topic = options.dead_letter_topic
+    outcome = (
+        "committed without a dead-letter topic" if topic is None else f"dead-lettering to {topic!r}"
+    )
+    lane.log.error(
+        "Message %s failed after %d attempt(s) (%s); %s",
+        message.describe(),
+        attempts,
+        _summary(error),
+        outcome,
+        exc_info=error,
+        extra=message.log_extra(),
+    )
     if topic is None:
-        logger.error(
-            "Message %s failed after %d attempt(s) (%s); committed without a dead-letter topic",
-            message.describe(),
-            attempts,
-            _summary(error),
-        )
         return
     stuck = lane.dead_letter_stuck
     publish_attempt = 0
@@ -111,22 +119,24 @@ async def _dead_letter_or_log(
                 delay = backoff_delay(
                     publish_attempt, options.retry_backoff_sec, options.retry_backoff_max_sec
                 )
-                logger.error(
+                lane.log.error(
                     "Dead-lettering %s to %r failed (%s); retrying in %.3f s, not committed",
                     message.describe(),
                     topic,
                     _summary(exc),
                     delay,
+                    extra=message.log_extra(),
                 )
                 await asyncio.sleep(delay)
             else:
-                logger.warning(
-                    "Message %s dead-lettered to %r after %d attempt(s) (%s)",
-                    message.describe(),
-                    topic,
-                    attempts,
-                    _summary(error),
-                )
+                if publish_attempt > 1:
+                    lane.log.warning(
+                        "Message %s dead-lettered to %r after %d publish attempt(s)",
+                        message.describe(),
+                        topic,
+                        publish_attempt,
+                        extra=message.log_extra(),
+                    )
                 return
     finally:
         stuck.discard(message)

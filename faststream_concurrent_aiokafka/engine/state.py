@@ -19,7 +19,8 @@ from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 
-logger = logging.getLogger("faststream_concurrent_aiokafka")
+Log = logging.Logger | logging.LoggerAdapter[Any]
+"""Where a lane's lines go; message lines carry ``topic``, ``partition`` and ``offset`` extras."""
 
 
 class Pipeline(Protocol):
@@ -41,8 +42,13 @@ class Pipeline(Protocol):
     def settings(self) -> SubscriberSettings:
         """The settings the next lane made for this pipeline runs with."""
 
+    def logger(self) -> Log:
+        """Where the lines of the next lane made for this pipeline go."""
+
     def process(self, record: Any) -> Awaitable[Any]:
-        """The message's whole processing; an exception is a failed attempt."""
+        """The message's whole processing. A failed attempt raises, or sets the message's
+        ``attempt_error`` and returns (FastStream's pipeline does, so that FastStream does not
+        log every attempt as an error)."""
 
     async def dead_letter(
         self, topic: str, record: Any, error: BaseException | None, attempts: int
@@ -59,10 +65,12 @@ Position = tuple[TopicPartition, PartitionOffsets, int]
 class AdmittedMessage:
     """A message (or a batch) from admission until its processing ended.
 
-    ``error`` is set when its processing failed; ``task`` while a slot runs it.
+    ``error`` is set when its processing failed; ``task`` while a slot runs it;
+    ``attempt_error`` by a pipeline that reports a failed attempt instead of raising it.
     """
 
     __slots__ = (
+        "attempt_error",
         "batch",
         "error",
         "key",
@@ -93,6 +101,7 @@ class AdmittedMessage:
         self.key = key
         self.task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
+        self.attempt_error: BaseException | None = None
         # For a batch, every record's place; None for a single message (the common case).
         self.batch: tuple[Position, ...] | None = None
 
@@ -103,6 +112,11 @@ class AdmittedMessage:
 
     def touches(self, partitions: set[TopicPartition]) -> bool:
         return any(tp in partitions for tp, _, _ in self.positions())
+
+    def log_extra(self) -> dict[str, Any]:
+        """Where the message sits, as log record fields."""
+        tp = self.topic_partition
+        return {"topic": tp.topic, "partition": tp.partition, "offset": self.offset}
 
     def describe(self) -> str:
         """Where the message sits, for log lines."""
@@ -169,6 +183,7 @@ class ConsumerLane:
     ) -> None:
         self.consumer = consumer
         self.pipeline = pipeline
+        self.log = pipeline.logger()
         # Bound once: the slot loop calls it for every message.
         self.process: Callable[[Any], Awaitable[Any]] = pipeline.process
         self.options = settings
@@ -259,7 +274,7 @@ class ConsumerLane:
         if targets:
             self.consumer.pause(*targets)
             self._paused |= targets
-            logger.debug("Paused %d partition(s) of %s", len(targets), self.name)
+            self.log.debug("Paused %d partition(s) of %s", len(targets), self.name)
 
     def resume(self) -> None:
         """Resume only what this library paused, leaving the user's own pauses alone."""
@@ -269,4 +284,4 @@ class ConsumerLane:
         self._paused = None
         if targets:
             self.consumer.resume(*targets)
-            logger.debug("Resumed %d partition(s) of %s", len(targets), self.name)
+            self.log.debug("Resumed %d partition(s) of %s", len(targets), self.name)

@@ -1,7 +1,6 @@
 """The FastStream middleware users register; it marks a broker's MANUAL subscribers for
 concurrent processing and runs the handler call of each admitted message."""
 
-import logging
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -16,8 +15,7 @@ from faststream_concurrent_aiokafka.engine.runner import RUNNING
 from faststream_concurrent_aiokafka.integration import subscribers
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.handler import find_handler
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
+from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 
 NOT_INITIALISED = (
     "A MANUAL-ack subscriber received a message before concurrent processing was set up. "
@@ -45,7 +43,18 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool:
-        return False
+        """A concurrent message's failed attempt (handler, decoding, publishing) is handed to
+        the failure policy through its ``attempt_error`` instead of being raised on, so
+        FastStream does not log every attempt that will be retried as an error: the policy
+        logs each retry once at INFO and the final failure once at ERROR with its traceback.
+        Cancellation and interrupts pass through."""
+        if exc_val is None or not isinstance(exc_val, Exception | SystemExit):
+            return False
+        admitted = RUNNING.get(id(self.msg))
+        if admitted is None:
+            return False
+        admitted.attempt_error = exc_val
+        return True
 
     def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Coroutine[Any, Any, Any]:
         """The coroutine FastStream awaits, returned rather than awaited here: one coroutine
@@ -66,13 +75,13 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
             return await call_next(msg)
         handler = find_handler(self.context)
         if handler is None:
-            logger.error(NOT_INITIALISED)
+            subscriber_logger(subscriber).error(NOT_INITIALISED)
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)
         try:
             subscribers.install(subscriber, handler)
         except (ValueError, ConcurrentProcessingSetupError) as exc:
             handler.setup_errors.append(exc)
-            logger.error(
+            subscriber_logger(subscriber).error(
                 "Subscriber cannot run concurrently, its messages stay uncommitted: %s", exc
             )
             raise

@@ -11,9 +11,8 @@ from faststream_concurrent_aiokafka.compat import faststream as faststream_compa
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
+from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 FASTSTREAM_POLICY = FailurePolicy(
     done=(AckMessage, SkipMessage),
@@ -45,6 +44,9 @@ class SubscriberPipeline:
 
     def settings(self) -> SubscriberSettings:
         return self._settings.for_subscriber(options_of(self.owner))
+
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        return subscriber_logger(self.owner)
 
     async def dead_letter(
         self, topic: str, record: Any, error: BaseException | None, attempts: int

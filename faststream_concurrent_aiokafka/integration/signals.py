@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-logger = logging.getLogger("faststream_concurrent_aiokafka")
+logger = logging.getLogger("faststream_concurrent_aiokafka")  # process-wide: no subscriber
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

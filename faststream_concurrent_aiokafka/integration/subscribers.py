@@ -9,7 +9,6 @@ such take-over goes through ``compat.faststream``.
 """
 
 import asyncio
-import logging
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -29,9 +28,8 @@ from faststream_concurrent_aiokafka.integration.handler import (
     KafkaConcurrentHandler,
     KafkaConcurrentRebalanceListener,
 )
+from faststream_concurrent_aiokafka.integration.logs import LIBRARY_LOGGER, subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
-
-logger = logging.getLogger("faststream_concurrent_aiokafka")
 
 _INSTALLED: "WeakKeyDictionary[Any, KafkaConcurrentHandler]" = WeakKeyDictionary()
 
@@ -69,7 +67,9 @@ def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
         try:
             lane = admit_record(handler, subscriber, record)
         except CommitterIsDeadError:
-            logger.exception("Records left uncommitted: the committer is dead")
+            subscriber_logger(subscriber).exception(
+                "Records left uncommitted: the committer is dead"
+            )
             return
         if lane is None or not lane.ready:
             return
@@ -139,7 +139,7 @@ def _attach_listener(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
         try:
             current = aiokafka_compat.subscription_listener(consumer)
         except AttributeError:
-            logger.warning(
+            LIBRARY_LOGGER.warning(
                 "Could not attach the rebalance listener to a running consumer; pass "
                 "listener=KafkaConcurrentRebalanceListener(broker.context) to the subscriber"
             )

@@ -430,13 +430,16 @@ async def test_task_timeout_cancels_logs_counts_and_commits(
     assert failed == 1
     # Its offset was committed as processed, with everything after it.
     assert await committed_offsets(group, topic) == {0: 8}
-    # Reported as a timeout, at WARNING, naming the message.
+    # Reported once as the message's final failure, a timeout, naming the message.
     timed_out = [
-        r for r in caplog.records if r.name == LIB_LOGGER and "timed out" in r.getMessage()
+        r
+        for r in caplog.records
+        if r.name == LIB_LOGGER and "task_timeout_sec=0.5" in r.getMessage()
     ]
     reports = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LIB_LOGGER]
     assert len(timed_out) == 1, reports
-    assert timed_out[0].levelno == logging.WARNING, reports
+    assert timed_out[0].levelno == logging.ERROR, reports
+    assert "TaskTimeoutError" in timed_out[0].getMessage()
     assert f"{topic}[0]@0" in timed_out[0].getMessage()
 
 

@@ -549,7 +549,7 @@ async def test_ack_and_skip_raised_settle_the_message_without_retry() -> None:
 async def test_undecodable_message_is_retried_and_dead_lettered_with_original_bytes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=LIBRARY_LOGGER)
+    caplog.set_level(logging.INFO, logger=LIBRARY_LOGGER)
     topic, dead_letters, group = unique("fp-decode"), unique("fp-decode-dlt"), unique("g")
     await create_topic(topic, 1)
     await create_topic(dead_letters, 1)
@@ -582,9 +582,10 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
 
     assert sorted(bodies) == [1, 3]
     assert handler.failed == 1
+    # A retried attempt is one short INFO line, not an error.
     retries = [
         r.getMessage()
-        for r in library_records(caplog, logging.WARNING)
+        for r in library_records(caplog, logging.INFO)
         if r.getMessage().startswith("Attempt") and f"{topic}[0]@1" in r.getMessage()
     ]
     assert len(retries) == 2
@@ -736,9 +737,15 @@ async def test_per_subscriber_retries_and_dead_letter_topic_override_global_defa
         exception_message="negative",
         attempts=3,
     )
-    errors = [r.getMessage() for r in library_records(caplog, logging.ERROR)]
-    assert len(errors) == 1
-    assert f"{plain}[0]@1" in errors[0]
+    # One ERROR per message that failed for good, saying where it went.
+    errors = sorted(r.getMessage() for r in library_records(caplog, logging.ERROR))
+    assert len(errors) == 2, errors
+    [to_dead_letters] = [m for m in errors if f"{configured}[0]@1" in m]
+    [given_up] = [m for m in errors if f"{plain}[0]@1" in m]
+    assert "after 3 attempt(s)" in to_dead_letters
+    assert dead_letters in to_dead_letters
+    assert "after 1 attempt(s)" in given_up
+    assert "without a dead-letter topic" in given_up
 
 
 async def test_override_inconsistent_with_global_backoff_does_not_drop_messages_silently() -> None:

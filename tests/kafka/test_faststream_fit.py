@@ -219,7 +219,7 @@ async def test_publisher_gets_the_real_return_value_of_every_message(mode: Mode)
 async def test_failed_publish_fails_the_message_and_dead_letters_it_before_the_commit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=LIBRARY_LOGGER)
+    caplog.set_level(logging.INFO, logger=LIBRARY_LOGGER)
     count = 3
     topic, out, dead, group = (
         unique("fit-pubfail"),
