@@ -87,7 +87,7 @@ class Engine:
         if lane is None or lane.pipeline is not pipeline:
             if lane is not None:
                 lane.leave_tally()
-            lane = ConsumerLane(consumer, pipeline, pipeline.settings(), self._tally)
+            lane = ConsumerLane(consumer, pipeline, pipeline.settings(), self._tally, self.counters)
             self._lanes[consumer] = lane
         return lane
 
@@ -120,6 +120,7 @@ class Engine:
 
     async def partitions_assigned(self, lane: ConsumerLane, assigned: set[TopicPartition]) -> None:
         """Re-apply pauses and learn which messages an earlier owner already finished."""
+        self.counters.assignments += len(assigned)
         lane.reapply_pause()
         if not lane.options.track_completed_offsets or not assigned:
             return
@@ -146,6 +147,7 @@ class Engine:
         await self.committer.commit_lane(lane, revoked)
         for tp in revoked:
             lane.retire(tp)
+        self.counters.revocations += len(revoked)
         lane.log.info(
             "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
             len(revoked),

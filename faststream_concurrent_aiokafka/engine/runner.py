@@ -7,6 +7,7 @@ every message in flight. The message's offset is committed only after all of it.
 
 import asyncio
 
+from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
 from faststream_concurrent_aiokafka.engine.scheduler import TakeNext
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
@@ -57,6 +58,8 @@ async def _after_failed_attempt(
     A retried attempt is logged once, short, at INFO: it is not yet an error of the service.
     """
     lane = message.lane
+    if isinstance(error, TaskTimeoutError):
+        lane.counters.task_timeouts += 1
     outcome = lane.pipeline.policy.classify(error)
     if outcome is Outcome.DONE:
         return False
@@ -66,6 +69,7 @@ async def _after_failed_attempt(
     options = lane.options
     if outcome is Outcome.RETRY and attempt <= options.max_retries:
         delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
+        lane.counters.retries += 1
         lane.log.info(
             "Attempt %d of %s failed (%s); retrying in %.3f s",
             attempt,
@@ -129,6 +133,7 @@ async def _dead_letter_or_log(
                 )
                 await asyncio.sleep(delay)
             else:
+                lane.counters.dead_lettered += 1
                 if publish_attempt > 1:
                     lane.log.warning(
                         "Message %s dead-lettered to %r after %d publish attempt(s)",

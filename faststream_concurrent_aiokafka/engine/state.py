@@ -161,14 +161,32 @@ class Tally:
 
 
 class Counters:
-    """Running totals of an engine, read by health and monitoring, bumped where things happen."""
+    """Running totals of an engine, bumped where things happen, read by health and metrics."""
 
-    __slots__ = ("failed", "processed", "skipped")
+    __slots__ = (
+        "assignments",
+        "dead_lettered",
+        "failed",
+        "pauses",
+        "processed",
+        "resumes",
+        "retries",
+        "revocations",
+        "skipped",
+        "task_timeouts",
+    )
 
     def __init__(self) -> None:
-        self.processed = 0
-        self.failed = 0
-        self.skipped = 0
+        self.processed = 0  # messages whose processing ended, failed ones included
+        self.failed = 0  # ended with an error: dead-lettered, or given up without a topic
+        self.dead_lettered = 0  # published to the dead-letter topic (acknowledged)
+        self.skipped = 0  # finished by an earlier owner, per the commit metadata
+        self.retries = 0  # failed attempts that were tried again
+        self.task_timeouts = 0  # attempts cancelled by task_timeout_sec
+        self.pauses = 0  # a lane paused its partitions (backpressure, drain)
+        self.resumes = 0
+        self.assignments = 0  # partitions assigned to a lane
+        self.revocations = 0  # partitions released by a lane
 
 
 class ConsumerLane:
@@ -180,6 +198,7 @@ class ConsumerLane:
         pipeline: Pipeline,
         settings: SubscriberSettings,
         tally: Tally | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.consumer = consumer
         self.pipeline = pipeline
@@ -193,6 +212,7 @@ class ConsumerLane:
         self.running: set[AdmittedMessage] = set()
         self.tracked = 0
         self.tally = tally or Tally()
+        self.counters = counters or Counters()
         # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
         self.room: asyncio.Future[None] | None = None
         self.closing = False
@@ -263,6 +283,7 @@ class ConsumerLane:
         if self._paused is not None:
             return
         self._paused = set()
+        self.counters.pauses += 1
         self.reapply_pause()
 
     def reapply_pause(self) -> None:
@@ -282,6 +303,7 @@ class ConsumerLane:
             return
         targets = self._paused & self.consumer.assignment()
         self._paused = None
+        self.counters.resumes += 1
         if targets:
             self.consumer.resume(*targets)
             self.log.debug("Resumed %d partition(s) of %s", len(targets), self.name)
