@@ -109,21 +109,38 @@ async def all_committed(group: str, topic: str) -> bool:
         await consumer.stop()
 
 
+# Where standard output is not a terminal (CI, `| tee`, a container log), a plain line this
+# often instead of a bar redrawn with carriage returns.
+PLAIN_LINE_EVERY_SEC = 2.0
+
+
+def progress_line(run: Run, *, bar_width: int | None) -> str:
+    count = len(run.seen)
+    elapsed = time.monotonic() - run.started if run.started else 0.0
+    rate = count / elapsed if elapsed > 0 else 0.0
+    figures = f"{count:>6}/{run.total} {rate:>8.0f} msg/s"
+    if bar_width is None:
+        return f"  {run.name:<12} {figures}"
+    filled = bar_width * count // run.total
+    return f"  {run.name:<12} [{'#' * filled}{'.' * (bar_width - filled)}] {figures}"
+
+
 async def show_progress(run: Run, done: asyncio.Event) -> None:
-    width = 40
+    """A bar redrawn in place on a terminal; elsewhere a plain line every few seconds."""
+    interactive = sys.stdout.isatty()
+    interval = 0.2 if interactive else PLAIN_LINE_EVERY_SEC
     while True:
-        count = len(run.seen)
-        filled = width * count // run.total
-        elapsed = time.monotonic() - run.started if run.started else 0.0
-        rate = count / elapsed if elapsed > 0 else 0.0
-        bar = "#" * filled + "." * (width - filled)
-        sys.stdout.write(f"\r  {run.name:<12} [{bar}] {count:>6}/{run.total} {rate:>8.0f} msg/s")
+        if interactive:
+            sys.stdout.write("\r" + progress_line(run, bar_width=40))
+        else:
+            sys.stdout.write(progress_line(run, bar_width=None) + "\n")
         sys.stdout.flush()
         if done.is_set():
-            sys.stdout.write("\n")
+            if interactive:
+                sys.stdout.write("\n")
             return
         try:
-            await asyncio.wait_for(done.wait(), 0.2)
+            await asyncio.wait_for(done.wait(), interval)
         except TimeoutError:
             continue
 

@@ -45,6 +45,15 @@ def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
 
 def validate(subscriber: object, settings: ConcurrencySettings) -> None:
     """Refuse subscribers this library cannot run safely, before anything starts."""
+    if getattr(subscriber, "group_id", None) is None:
+        topics = ",".join(getattr(subscriber, "topic_names", None) or []) or "?"
+        msg = (
+            f"the subscriber of {topics} has ack_policy=AckPolicy.MANUAL but no group_id: Kafka "
+            "takes commits only from a consumer group, so its offsets could never be committed "
+            "and a restart would read from auto_offset_reset again. Give it a group_id, or use "
+            "another ack policy to consume without commits"
+        )
+        raise ConcurrentProcessingSetupError(msg)
     options = settings.for_subscriber(options_of(subscriber))  # overrides clashing with globals
     if faststream_compat.is_batch_subscriber(subscriber) and options.ordering != "unordered":
         msg = (

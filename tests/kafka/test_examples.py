@@ -58,3 +58,27 @@ def test_pipeline_runs_as_a_module() -> None:
     assert "valid enriched       200" in done.stdout
     assert "committed == end     yes" in done.stdout
     assert done.stdout.rstrip().endswith("OK")
+
+
+def test_demo_prints_plain_progress_lines_when_not_on_a_terminal() -> None:
+    """Piped (CI, ``| tee``, a container log), the demo writes no carriage-return frames:
+    plain progress lines, then its closing table."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--messages", "300", "--latency-ms", "5"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,  # bytes: text mode would turn a carriage return into a newline
+        timeout=120,
+        check=False,
+    )
+    printed = done.stdout.decode()
+    assert done.returncode == 0, printed + done.stderr.decode()
+    assert b"\r" not in done.stdout
+    lines = printed.splitlines()
+    for mode in ("sequential", "concurrent"):
+        progress = [line for line in lines if line.startswith(f"  {mode}") and "msg/s" in line]
+        assert progress, printed
+        assert progress[-1].split()[1] == "300/300", progress
+    table = lines[lines.index(next(line for line in lines if line.startswith("mode"))) :]
+    assert any(line.startswith("concurrent") and line.endswith("yes") for line in table), table

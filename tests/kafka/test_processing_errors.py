@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 from faststream import FastStream
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker, KafkaMessage, TopicPartition
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
@@ -324,3 +324,63 @@ async def test_msg_nack_in_a_handler_neither_seeks_nor_redelivers() -> None:
 
     assert {value: n for value, n in seen.items() if n > 1} == {}, "redelivered after nack()"
     assert handler.failed == count // 2
+
+
+# ---- a concurrent subscriber without a consumer group -------------------------------------
+
+
+@pytest.mark.parametrize("assignment", ["topics", "partitions"])
+async def test_subscriber_without_group_is_refused_at_initialisation_naming_the_fix(
+    assignment: str,
+) -> None:
+    topic = unique("nogroup")
+    broker = concurrent_broker()
+    if assignment == "topics":
+        subscriber = broker.subscriber(topic, ack_policy=AckPolicy.MANUAL)
+    else:
+        subscriber = broker.subscriber(
+            partitions=[TopicPartition(topic, 0)], ack_policy=AckPolicy.MANUAL
+        )
+
+    @subscriber
+    async def handle(body: int) -> None:
+        del body
+
+    FastStream(broker)
+    try:
+        with pytest.raises(ConcurrentProcessingSetupError, match="no group_id") as error:
+            await initialize_concurrent_processing(broker.context)
+        assert "Give it a group_id" in str(error.value)
+    finally:
+        await stop_concurrent_processing(broker.context)
+
+
+async def test_subscriber_without_group_found_at_first_message_fails_once_without_commits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    topic = unique("nogroup-late")
+    await create_topic(topic, 1)
+    await produce(topic, numbers(3), partitions=1)
+    broker = concurrent_broker(logging.getLogger(BROKER_LOGGER))
+    calls: list[int] = []
+
+    @broker.subscriber(topic, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest")
+    async def handle(body: int) -> None:
+        calls.append(body)
+
+    # No app in the context: the subscriber is only seen at its first message.
+    handler = await initialize_concurrent_processing(broker.context, commit_batch_timeout_sec=0.1)
+    try:
+        await broker.start()
+        await wait_until(lambda: len(setup_errors(caplog)) >= 1, timeout=WAIT)
+        assert not is_kafka_handler_healthy(broker.context)
+        (subscriber,) = broker.subscribers
+        # Never taken over, so there is nothing to commit and no commit to fail again and again.
+        assert handler.lanes_of(subscriber) == []
+        assert handler.committer.failed_commits == 0
+    finally:
+        await shut_down(broker)
+
+    assert "no group_id" in str(setup_errors(caplog)[0])
+    assert not [r for r in caplog.records if "Commit of" in r.getMessage()]
