@@ -139,13 +139,20 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
-def run_worker(spec: RunSpec, workdir: Path, index: int) -> RunResult:
+def run_worker(
+    spec: RunSpec, workdir: Path, index: int, pythonpath: list[Path] | None = None
+) -> RunResult:
+    """One run in a worker process; ``pythonpath`` goes first on its path (bench.paired puts
+    another checkout's package there)."""
     spec_path = workdir / f"{index:03d}-spec.json"
     result_path = workdir / f"{index:03d}-result.json"
     log_path = workdir / f"{index:03d}-worker.log"
     write_json(spec_path, spec)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    first = [str(path) for path in pythonpath or []]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(REPO), env.get("PYTHONPATH")]))
+    # The working directory (this checkout) must not come before that path.
+    env["PYTHONSAFEPATH"] = "1"
     # A worker that overruns is killed and reported as having written no result.
     with log_path.open("w") as log, contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(

@@ -1,0 +1,144 @@
+"""Paired runs of this checkout's library against another checkout's, same harness and topics.
+
+    python -m bench.paired --against ../older-checkout [--repeat 5] [--cases noop,io1000]
+
+Each repeat runs one case for both libraries back to back, in alternating order (ABBA), so a
+drift of the machine's speed hits both alike; the report gives, per case, both medians and the
+median of the per-repeat ratios (this / other). Only the library is swapped: the harness, the
+topics and the broker are the same. Nothing here asserts a speed.
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.kafka_io import create_topic, produce, unique
+from bench.model import RunResult, RunSpec
+from bench.run import REPO, delete_topics, run_worker
+
+CASES = {
+    "noop": RunSpec(
+        label="paired/noop",
+        kind="throughput",
+        system="middleware",
+        bootstrap="",
+        topic="",
+        group="",
+        partitions=4,
+        messages=20_000,
+        concurrency_limit=100,
+        commit_batch_size=10,
+    ),
+    "io1000": RunSpec(
+        label="paired/io1000",
+        kind="throughput",
+        system="middleware",
+        bootstrap="",
+        topic="",
+        group="",
+        partitions=4,
+        messages=20_000,
+        handler="sleep",
+        sleep_sec=0.01,
+        concurrency_limit=1000,
+    ),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--against", required=True, type=Path, help="the other checkout")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cases", default="noop,io1000", help=f"of {', '.join(CASES)}")
+    parser.add_argument("--out", type=Path, help="append the report to this markdown file")
+    return parser.parse_args(argv)
+
+
+def library_dir(checkout: Path, scratch: Path) -> Path:
+    """A folder holding only the checkout's package, to put first on the worker's path (the
+    harness itself always comes from this checkout)."""
+    folder = scratch / f"lib-{abs(hash(checkout.resolve()))}"
+    folder.mkdir(exist_ok=True)
+    link = folder / "faststream_concurrent_aiokafka"
+    if not link.exists():
+        link.symlink_to(checkout.resolve() / "faststream_concurrent_aiokafka")
+    return folder
+
+
+async def fill(bootstrap: str, topic: str, spec: RunSpec) -> None:
+    await create_topic(bootstrap, topic, spec.partitions)
+    await produce(bootstrap, topic, spec.messages, spec.partitions)
+
+
+def measure(spec: RunSpec, library: Path, scratch: Path, index: int) -> RunResult:
+    return run_worker(spec, scratch, index, pythonpath=[library])
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cases = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = [name for name in cases if name not in CASES]
+    if unknown:
+        print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    lines = [
+        f"## Paired runs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"This checkout ({REPO}) against {args.against.resolve()}; {args.repeat} repeats in "
+        "ABBA order, broker " + args.bootstrap + ". msg/s, medians; ratio = median of the "
+        "per-repeat ratios (this / other).",
+        "",
+        "| case | this | other | ratio | ratios |",
+        "|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-paired-") as tmp:
+        scratch = Path(tmp)
+        mine = library_dir(REPO, scratch)
+        theirs = library_dir(args.against, scratch)
+        index = 0
+        for name in cases:
+            base = CASES[name]
+            topic = unique(f"bench-paired-{name}")
+            asyncio.run(fill(args.bootstrap, topic, base))
+            rates: dict[str, list[float]] = {"this": [], "other": []}
+            try:
+                for repeat in range(args.repeat):
+                    order = [("this", mine), ("other", theirs)]
+                    if repeat % 2:
+                        order.reverse()
+                    for who, library in order:
+                        spec = replace(
+                            base, bootstrap=args.bootstrap, topic=topic, group=unique("bench-g")
+                        )
+                        index += 1
+                        result = measure(spec, library, scratch, index)
+                        if result.error or result.partial:
+                            print(f"{name} {who}: {result.error or 'partial'}", file=sys.stderr)
+                            return 1
+                        rates[who].append(result.throughput)
+                        print(f"{name} #{repeat + 1} {who}: {result.throughput:,.0f} msg/s")
+            finally:
+                asyncio.run(delete_topics(args.bootstrap, [topic]))
+            ratios = [a / b for a, b in zip(rates["this"], rates["other"], strict=True)]
+            lines.append(
+                f"| {name} | {statistics.median(rates['this']):,.0f} "
+                f"| {statistics.median(rates['other']):,.0f} "
+                f"| {statistics.median(ratios):.3f} "
+                f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
+            )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out is not None:
+        with args.out.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
