@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from examples import batch, key_ordering, retries_and_dead_letters
 from examples.pipeline import expected_result, run_pipeline
 from tests.kafka_helpers import BOOTSTRAP, committed_offsets, end_offsets, read_all
 
@@ -82,3 +83,40 @@ def test_demo_prints_plain_progress_lines_when_not_on_a_terminal() -> None:
         assert progress[-1].split()[1] == "300/300", progress
     table = lines[lines.index(next(line for line in lines if line.startswith("mode"))) :]
     assert any(line.startswith("concurrent") and line.endswith("yes") for line in table), table
+
+
+async def test_key_ordering_example_applies_each_account_in_order_and_accounts_concurrently() -> (
+    None
+):
+    outcome = await key_ordering.demo(BOOTSTRAP)
+
+    assert len(outcome.applied) == key_ordering.ACCOUNTS
+    assert all(
+        seq == list(range(key_ordering.EVENTS_PER_ACCOUNT)) for seq in outcome.applied.values()
+    )
+    assert outcome.most_at_once > 1
+    assert outcome.most_at_once <= key_ordering.ACCOUNTS  # one per account at most
+    assert outcome.committed
+
+
+async def test_retries_example_retries_timeouts_and_dead_letters_refusals() -> None:
+    outcome = await retries_and_dead_letters.demo(BOOTSTRAP)
+
+    refused = {i for i in range(retries_and_dead_letters.PAYMENTS) if i % 50 == 7}
+    assert outcome.applied == set(range(retries_and_dead_letters.PAYMENTS)) - refused
+    assert all(outcome.attempts[i] == 4 for i in refused)  # max_retries=3
+    assert all(outcome.attempts[i] == 2 for i in outcome.applied if i % 10 == 3)
+    assert len(outcome.dead_letters) == len(refused)
+    assert {h["x-dead-letter-exception-type"] for h in outcome.dead_letters} == {
+        "PaymentRefusedError"
+    }
+    assert outcome.committed
+
+
+async def test_batch_example_stores_every_reading_in_concurrent_batches() -> None:
+    outcome = await batch.demo(BOOTSTRAP)
+
+    assert outcome.stored == set(range(batch.READINGS))
+    assert max(outcome.batch_sizes) <= 100
+    assert outcome.most_at_once > 1
+    assert outcome.committed
