@@ -7,7 +7,7 @@ OpenTelemetry SDK configured by the application::
 
     from faststream_concurrent_aiokafka.otel import ConcurrentProcessingMetrics
 
-    ConcurrentProcessingMetrics(broker.context)  # uses the global MeterProvider
+    ConcurrentProcessingMetrics(broker)  # on the global MeterProvider
 
 The instruments are those of the Prometheus collector, with the same names (counters
 without ``_total``: OpenTelemetry's Prometheus exporter adds it) and attributes.
@@ -16,7 +16,7 @@ without ``_total``: OpenTelemetry's Prometheus exporter adds it) and attributes.
 import time
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 try:
     from opentelemetry.metrics import (
@@ -35,12 +35,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from faststream_concurrent_aiokafka.core import metrics
 from faststream_concurrent_aiokafka.core.health import HealthReport
 from faststream_concurrent_aiokafka.integration.monitoring import (
+    ContextSource,
+    current_context,
     health_report,
     processing_snapshot,
 )
-
-if TYPE_CHECKING:
-    from faststream import ContextRepo
 
 __all__ = ["ConcurrentProcessingMetrics"]
 
@@ -52,10 +51,11 @@ _REUSE_SEC: Final = 0.5
 
 class ConcurrentProcessingMetrics:
     """Creates one observable instrument per metric on ``meter_provider`` (default: the
-    global one). Keep the object as long as the metrics are wanted."""
+    global one). ``context``: the broker (read at each collection) or the ``ContextRepo``
+    the processing was initialised in."""
 
     def __init__(
-        self, context: "ContextRepo", *, meter_provider: MeterProvider | None = None
+        self, context: ContextSource, *, meter_provider: MeterProvider | None = None
     ) -> None:
         self._context = context
         self._measured: dict[metrics.Metric, list[metrics.Sample]] = {}
@@ -89,8 +89,8 @@ class ConcurrentProcessingMetrics:
         now = time.monotonic()
         if now - self._measured_at >= _REUSE_SEC:
             try:
-                snapshot = processing_snapshot(self._context)
-                health: HealthReport = health_report(self._context)
+                snapshot = processing_snapshot(current_context(self._context))
+                health: HealthReport = health_report(current_context(self._context))
             except TimeoutError:  # the event loop is blocked: nothing this time
                 return {}
             self._measured = metrics.measure(snapshot, health)

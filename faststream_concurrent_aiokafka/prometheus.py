@@ -5,7 +5,7 @@ Needs the ``prometheus`` extra (``pip install 'faststream-concurrent-aiokafka[pr
     from prometheus_client import REGISTRY
     from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 
-    REGISTRY.register(ConcurrentProcessingCollector(broker.context))
+    REGISTRY.register(ConcurrentProcessingCollector(broker))
 
 Each scrape takes one ``processing_snapshot`` and one ``health_report``; nothing is counted
 on the message path. The metrics and their meaning are in ``core.metrics``.
@@ -13,7 +13,6 @@ on the message path. The metrics and their meaning are in ``core.metrics``.
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,12 +27,11 @@ from faststream_concurrent_aiokafka.core import metrics
 from faststream_concurrent_aiokafka.core.health import HealthReport
 from faststream_concurrent_aiokafka.core.snapshot import ProcessingSnapshot
 from faststream_concurrent_aiokafka.integration.monitoring import (
+    ContextSource,
+    current_context,
     health_report,
     processing_snapshot,
 )
-
-if TYPE_CHECKING:
-    from faststream import ContextRepo
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -41,14 +39,15 @@ __all__ = ["ConcurrentProcessingCollector"]
 
 
 class ConcurrentProcessingCollector:
-    """A custom collector: ``registry.register(ConcurrentProcessingCollector(context))``.
+    """A custom collector: ``registry.register(ConcurrentProcessingCollector(broker))``.
 
-    ``context`` is where the processing was initialised (normally ``broker.context``). It may
-    be registered before the processing starts and outlive it: while nothing runs, the
-    gauges show nothing running and health ``failed``.
+    ``context``: the broker (its current context is read at each scrape: FastStream gives a
+    broker a new one when an app is made around it), or the ``ContextRepo`` the processing
+    was initialised in. It may be registered before the processing starts and outlive it:
+    while nothing runs, there are no per-subscriber samples and health is ``failed``.
     """
 
-    def __init__(self, context: "ContextRepo") -> None:
+    def __init__(self, context: ContextSource) -> None:
         self._context = context
 
     def describe(self) -> list[Metric]:
@@ -57,8 +56,8 @@ class ConcurrentProcessingCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            snapshot = processing_snapshot(self._context)
-            health = health_report(self._context)
+            snapshot = processing_snapshot(current_context(self._context))
+            health = health_report(current_context(self._context))
         except TimeoutError:
             # The event loop did not answer within 5 s (blocked by CPU-bound work?): this
             # scrape goes without these metrics rather than hanging.
