@@ -24,6 +24,7 @@ from faststream.middlewares import AckPolicy
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
+    processing_snapshot,
     stop_concurrent_processing,
 )
 
@@ -109,15 +110,29 @@ async def all_committed(group: str, topic: str) -> bool:
         await consumer.stop()
 
 
-async def show_progress(run: Run, done: asyncio.Event) -> None:
-    width = 40
+def engine_view(broker: KafkaBroker | None) -> str:
+    """What the library is doing right now, from its snapshot (nothing for FastStream alone)."""
+    if broker is None:
+        return ""
+    snapshot = processing_snapshot(broker)
+    paused = sum(p.paused for p in snapshot.partitions() if p.assigned)
+    queued = sum(p.queued + p.held for p in snapshot.partitions())
+    return (
+        f" | in flight {snapshot.in_flight:>4} queued {queued:>5} "
+        f"paused {paused} uncommitted {snapshot.uncommitted:>5}"
+    )
+
+
+async def show_progress(run: Run, done: asyncio.Event, broker: KafkaBroker | None) -> None:
+    width = 30
     while True:
         count = len(run.seen)
         filled = width * count // run.total
         elapsed = time.monotonic() - run.started if run.started else 0.0
         rate = count / elapsed if elapsed > 0 else 0.0
         bar = "#" * filled + "." * (width - filled)
-        sys.stdout.write(f"\r  {run.name:<12} [{bar}] {count:>6}/{run.total} {rate:>8.0f} msg/s")
+        line = f"  {run.name:<12} [{bar}] {count:>6}/{run.total} {rate:>7.0f} msg/s"
+        sys.stdout.write(f"\r{line}{engine_view(broker)}\033[K")
         sys.stdout.flush()
         if done.is_set():
             sys.stdout.write("\n")
@@ -156,7 +171,7 @@ async def consume(topic: str, run: Run, latency: float, concurrent: bool, limit:
             await initialize_concurrent_processing(
                 broker.context, concurrency_limit=limit, commit_batch_size=100
             )
-        progress = asyncio.create_task(show_progress(run, done))
+        progress = asyncio.create_task(show_progress(run, done, broker if concurrent else None))
         await broker.start()
         await done.wait()
         await progress
