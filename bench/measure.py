@@ -7,6 +7,7 @@ would (``broker.stop()`` drains the middleware's in-flight work, then
 """
 
 import asyncio
+import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -25,6 +26,7 @@ from typing import Any
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bench import instrument
 from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec
@@ -36,6 +38,7 @@ from faststream_concurrent_aiokafka import (
     stop_concurrent_processing,
     tune_garbage_collector,
 )
+from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 
 OURS = "faststream_concurrent_aiokafka"
 
@@ -107,6 +110,37 @@ class Running:
     subscriber: Any
     handler: KafkaConcurrentHandler | None
     started_at: float
+    scraper: "Scraper | None" = None
+
+
+class Scraper:
+    """Scrapes ``ConcurrentProcessingCollector`` every ``interval`` seconds on the event loop,
+    as a service's /metrics route would: the cost of the snapshot and the exposition."""
+
+    def __init__(self, broker: KafkaBroker, interval: float) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ConcurrentProcessingCollector(broker))
+        self.interval = interval
+        self.count = 0
+        self.seconds = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            started = time.perf_counter()
+            generate_latest(self.registry)
+            self.seconds += time.perf_counter() - started
+            self.count += 1
 
 
 def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
@@ -173,11 +207,18 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
     probe.handler = handler
     if spec.gc_gen0_threshold is not None:
         tune_garbage_collector(gen0_threshold=spec.gc_gen0_threshold)
+    scraper = None
+    if spec.scrape_interval_sec is not None and handler is not None:
+        scraper = Scraper(broker, spec.scrape_interval_sec)
     started_at = time.perf_counter()
     await broker.start()
+    if scraper is not None:
+        scraper.start()
     try:
-        yield Running(broker, app, subscriber, handler, started_at)
+        yield Running(broker, app, subscriber, handler, started_at, scraper)
     finally:
+        if scraper is not None:
+            await scraper.stop()
         await broker.stop()
         if handler is not None:
             await stop_concurrent_processing(app.context)
@@ -235,6 +276,9 @@ async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None
             if profiler is not None:
                 profiler.disable()
         _fill_window(result, probe, run)
+        if run.scraper is not None:
+            result.scrapes = run.scraper.count
+            result.scrape_sec = run.scraper.seconds
     if run.handler is not None:
         _fill_handler_stats(result, run.handler)
     result.loadavg_end = os.getloadavg()[0]

@@ -48,6 +48,9 @@ class RunSpec:
     gc_gen0_threshold: int | None = None
     timeout_sec: float = 60.0
     profile_path: str | None = None
+    # Middleware: register ConcurrentProcessingCollector and scrape it this often (None: no
+    # collector), as a /metrics route would, on the event loop.
+    scrape_interval_sec: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -110,6 +113,8 @@ class RunResult:
     loadavg_end: float = 0.0
     memory: MemoryResult | None = None
     profile: ProfileResult | None = None
+    scrapes: int | None = None  # collector scrapes made during the run
+    scrape_sec: float | None = None  # ... and the time they took, in all
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 

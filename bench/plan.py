@@ -33,6 +33,9 @@ class Params:
     memory_messages: int
     queued_limit: int = 10
     profile_messages: int
+    # The monitoring overhead runs: long enough for several scrapes (a default, so that saved
+    # results from before this section still load).
+    obs_messages: int = 200_000
     run_timeout_sec: float
 
     def io_messages(self, limit: int) -> int:
@@ -66,6 +69,7 @@ QUICK = Params(
     io_per_limit=100,
     memory_messages=2_000,
     profile_messages=5_000,
+    obs_messages=20_000,
     run_timeout_sec=60.0,
 )
 
@@ -74,6 +78,7 @@ QUICK = Params(
 class Topics:
     noop: str
     io: str
+    obs: str
 
 
 # What each label means, for the report (the label is the key of a configuration).
@@ -91,7 +96,13 @@ DESCRIPTIONS: dict[str, str] = {
     "mem/fs-inflight-rss": "same, without tracemalloc (RSS only)",
     "profile/mw": "this middleware, limit 100, batch 10, no-op handler",
     "profile/fs": "FastStream alone, ACK_FIRST, no-op handler",
+    "obs/mw": "this middleware, limit 100, batch 10, no-op handler",
+    "obs/mw-scraped": "the same with ConcurrentProcessingCollector registered, scraped every 1 s",
 }
+
+OBS_PLAIN = "obs/mw"
+OBS_SCRAPED = "obs/mw-scraped"
+SCRAPE_INTERVAL_SEC = 1.0
 
 
 PAIRED_CEILING = "io/ceiling"
@@ -190,4 +201,14 @@ def build(
         spec("profile/mw", "profile", "middleware", topics.noop, p),
         spec("profile/fs", "profile", "faststream", topics.noop, p),
     ]
+    # 6. Monitoring overhead: the no-op run with and without the collector scraped every
+    # second, paired; which of the two goes first alternates, so drift hits both alike.
+    m = params.obs_messages
+    for repeat in range(params.repeat):
+        pair = [
+            spec(OBS_PLAIN, "throughput", "middleware", topics.obs, m),
+            spec(OBS_SCRAPED, "throughput", "middleware", topics.obs, m,
+                 scrape_interval_sec=SCRAPE_INTERVAL_SEC),
+        ]  # fmt: skip
+        runs += pair if repeat % 2 == 0 else pair[::-1]
     return runs

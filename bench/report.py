@@ -11,7 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.model import MemoryResult, ProfileRow, RunResult
-from bench.plan import DESCRIPTIONS, IO_LIMITS, PAIRED_CEILING, Params, io_label
+from bench.plan import (
+    DESCRIPTIONS,
+    IO_LIMITS,
+    OBS_PLAIN,
+    OBS_SCRAPED,
+    PAIRED_CEILING,
+    SCRAPE_INTERVAL_SEC,
+    Params,
+    io_label,
+)
 from faststream_concurrent_aiokafka.gc_tuning import DEFAULT_GEN0_THRESHOLD
 
 OURS = "faststream_concurrent_aiokafka"
@@ -574,6 +583,39 @@ is set apart as idle, and "busy" time and the shares are over the rest."""
     return "\n\n".join(parts) + "\n"
 
 
+def _per_scrape_ms(run: RunResult) -> str:
+    if not run.scrapes or run.scrape_sec is None:
+        return ""
+    return f"{1000 * run.scrape_sec / run.scrapes:.2f}"
+
+
+def _overhead_section(res: Results, params: Params) -> str:
+    plain, scraped = res.of(OBS_PLAIN), res.of(OBS_SCRAPED)
+    if not plain or not scraped:
+        return "## 6. Monitoring overhead\n\nnot run / failed\n"
+    rows = [
+        [str(i), _rate(a.throughput), _rate(b.throughput), str(b.scrapes or 0),
+         _per_scrape_ms(b), f"{b.throughput / a.throughput:.3f}"]
+        for i, (a, b) in enumerate(zip(plain, scraped, strict=False), 1)
+    ]  # fmt: skip
+    median_plain, median_scraped = res.median_rate(OBS_PLAIN), res.median_rate(OBS_SCRAPED)
+    ratio = (median_scraped or 0.0) / median_plain if median_plain else 0.0
+    header = ["pair", DESCRIPTIONS[OBS_PLAIN], "scraped", "scrapes", "ms per scrape", "ratio"]
+    table = _table(header, rows)
+    return f"""## 6. Monitoring overhead
+
+{params.obs_messages:,} pre-produced messages, no-op handler, limit 100, batch 10; each pair
+once without and once with `ConcurrentProcessingCollector` registered and scraped every
+{SCRAPE_INTERVAL_SEC:g} s on the event loop (`generate_latest`), in alternating order. The
+stall watchdog runs in both (it is always on). Target: ratio of medians >= 0.95.
+
+{table}
+
+Medians: {_rate(median_plain)} msg/s without, {_rate(median_scraped)} msg/s scraped; ratio of
+medians **{ratio:.3f}**.
+"""
+
+
 def _raw_section(res: Results) -> str:
     rows = []
     for r in res.all:
@@ -609,6 +651,7 @@ def write_markdown(path: Path, results: list[RunResult], meta: Meta) -> None:
         _commits_section(res),
         _memory_section(res, meta.params),
         _profile_section(res),
+        _overhead_section(res, meta.params),
         _raw_section(res),
     ]
     path.write_text("\n".join(sections))

@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["noop", "io", "mem", "profile"],
+        choices=["noop", "io", "mem", "profile", "obs"],
         help="run only these sections (repeatable); the report marks the others as not run",
     )
     parser.add_argument("--broker-label", default="", help="e.g. 'Kafka 4.1.1, KRaft, 1 node'")
@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     if args.broker_label:
         cluster = {"broker": args.broker_label, **cluster}
 
-    topics = Topics(noop=unique("bench-noop"), io=unique("bench-io"))
+    topics = Topics(noop=unique("bench-noop"), io=unique("bench-io"), obs=unique("bench-obs"))
     planned = build(params, args.bootstrap, topics, lambda: unique("bench-mem"))
     specs = [s for s in planned if _selected(s, args.only)]
     created = asyncio.run(prepare(params, args.bootstrap, specs))

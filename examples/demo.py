@@ -24,6 +24,7 @@ from faststream.middlewares import AckPolicy
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
+    processing_snapshot,
     stop_concurrent_processing,
 )
 
@@ -114,26 +115,39 @@ async def all_committed(group: str, topic: str) -> bool:
 PLAIN_LINE_EVERY_SEC = 2.0
 
 
-def progress_line(run: Run, *, bar_width: int | None) -> str:
+def engine_view(broker: KafkaBroker | None) -> str:
+    """What the library is doing right now, from its snapshot (nothing for FastStream alone)."""
+    if broker is None:
+        return ""
+    snapshot = processing_snapshot(broker)
+    paused = sum(p.paused for p in snapshot.partitions() if p.assigned)
+    queued = sum(p.queued + p.held for p in snapshot.partitions())
+    return (
+        f" | in flight {snapshot.in_flight:>4} queued {queued:>5} "
+        f"paused {paused} uncommitted {snapshot.uncommitted:>5}"
+    )
+
+
+def progress_line(run: Run, broker: KafkaBroker | None, *, bar_width: int | None) -> str:
     count = len(run.seen)
     elapsed = time.monotonic() - run.started if run.started else 0.0
     rate = count / elapsed if elapsed > 0 else 0.0
-    figures = f"{count:>6}/{run.total} {rate:>8.0f} msg/s"
+    figures = f"{count:>6}/{run.total} {rate:>7.0f} msg/s{engine_view(broker)}"
     if bar_width is None:
         return f"  {run.name:<12} {figures}"
     filled = bar_width * count // run.total
     return f"  {run.name:<12} [{'#' * filled}{'.' * (bar_width - filled)}] {figures}"
 
 
-async def show_progress(run: Run, done: asyncio.Event) -> None:
+async def show_progress(run: Run, done: asyncio.Event, broker: KafkaBroker | None) -> None:
     """A bar redrawn in place on a terminal; elsewhere a plain line every few seconds."""
     interactive = sys.stdout.isatty()
     interval = 0.2 if interactive else PLAIN_LINE_EVERY_SEC
     while True:
         if interactive:
-            sys.stdout.write("\r" + progress_line(run, bar_width=40))
+            sys.stdout.write("\r" + progress_line(run, broker, bar_width=30) + "\033[K")
         else:
-            sys.stdout.write(progress_line(run, bar_width=None) + "\n")
+            sys.stdout.write(progress_line(run, broker, bar_width=None) + "\n")
         sys.stdout.flush()
         if done.is_set():
             if interactive:
@@ -173,7 +187,7 @@ async def consume(topic: str, run: Run, latency: float, concurrent: bool, limit:
             await initialize_concurrent_processing(
                 broker.context, concurrency_limit=limit, commit_batch_size=100
             )
-        progress = asyncio.create_task(show_progress(run, done))
+        progress = asyncio.create_task(show_progress(run, done, broker if concurrent else None))
         await broker.start()
         await done.wait()
         await progress

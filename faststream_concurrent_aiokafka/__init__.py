@@ -9,10 +9,17 @@ from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
+from faststream_concurrent_aiokafka.core.health import HealthReport
 from faststream_concurrent_aiokafka.core.settings import (
     ConcurrencySettings,
     Ordering,
     SubscriberSettings,
+)
+from faststream_concurrent_aiokafka.core.snapshot import (
+    PartitionSnapshot,
+    ProcessingSnapshot,
+    SubscriberSnapshot,
+    Totals,
 )
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
@@ -30,6 +37,10 @@ from faststream_concurrent_aiokafka.integration.lifecycle import (
 from faststream_concurrent_aiokafka.integration.middleware import (
     KafkaConcurrentProcessingMiddleware,
 )
+from faststream_concurrent_aiokafka.integration.monitoring import (
+    health_report,
+    processing_snapshot,
+)
 from faststream_concurrent_aiokafka.integration.subscriber_options import configure_subscriber
 
 KafkaCommitTask = AdmittedMessage
@@ -41,16 +52,23 @@ __all__ = [
     "ConcurrencySettings",
     "ConcurrentProcessingSetupError",
     "GcThresholds",
+    "HealthReport",
     "KafkaBatchCommitter",
     "KafkaCommitTask",
     "KafkaConcurrentHandler",
     "KafkaConcurrentProcessingMiddleware",
     "KafkaConcurrentRebalanceListener",
     "Ordering",
+    "PartitionSnapshot",
+    "ProcessingSnapshot",
     "SubscriberSettings",
+    "SubscriberSnapshot",
+    "Totals",
     "configure_subscriber",
+    "health_report",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",
+    "processing_snapshot",
     "setup_concurrent_processing",
     "stop_concurrent_processing",
     "tune_garbage_collector",

@@ -7,6 +7,7 @@ concurrently, so the library takes over the template methods its consume loop ca
 """
 
 import logging
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -23,6 +24,18 @@ KafkaSubscriber = LogicSubscriber
 
 # Subscribers whose get_msg is FastStream's own getone(): only those are fetched in batches.
 _GETONE_FETCHERS = (DefaultSubscriber.get_msg, ConcurrentBetweenPartitionsSubscriber.get_msg)
+
+
+_CONTEXT_REPO_CLASS: type = typing.get_args(ContextRepo)[0]
+
+
+def is_context_repo(value: object) -> bool:
+    """A FastStream ``ContextRepo`` (as opposed to a broker or an app that has one).
+
+    Why internal: ``faststream.ContextRepo`` is exported as ``Annotated[<the class>, ...]``
+    for dependency injection, which ``isinstance`` refuses; the class is its first argument.
+    """
+    return isinstance(value, _CONTEXT_REPO_CLASS)
 
 
 def is_kafka_subscriber(subscriber: object) -> bool:

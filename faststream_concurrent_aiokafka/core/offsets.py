@@ -46,6 +46,11 @@ class PartitionOffsets:
         return len(self._pending)
 
     @property
+    def finished_count(self) -> int:
+        """Messages finished above the commit point, waiting for an earlier one to end."""
+        return len(self._finished)
+
+    @property
     def commit_point(self) -> int | None:
         """The offset to commit: the first tracked offset not finished (or one past the last
         finished when none is left), None before any was tracked."""

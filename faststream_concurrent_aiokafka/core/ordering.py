@@ -6,7 +6,7 @@ key cannot take slots from other keys.
 """
 
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 from faststream_concurrent_aiokafka.core.settings import Ordering
@@ -39,6 +39,11 @@ class OrderingGate(Generic[T]):
     def held_count(self) -> int:
         """Items waiting behind a running item of their key."""
         return self._held_count
+
+    def held(self) -> Iterator[T]:
+        """The items waiting, in no particular order (read by snapshots, not by admission)."""
+        for queue in self._waiting.values():
+            yield from queue
 
     def submit(self, item: T, key: Hashable | None) -> bool:
         """True if the item may run now; otherwise it is held until its key is released."""

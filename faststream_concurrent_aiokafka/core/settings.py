@@ -100,6 +100,7 @@ class SubscriberSettings:
     retry_backoff_max_sec: float = _setting(10.0, _seconds)
     dead_letter_topic: str | None = _setting(None, _topic, optional=True)
     track_completed_offsets: bool = _setting(True, _bool)
+    stall_warning_sec: float | None = _setting(60.0, _seconds, optional=True)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -116,6 +117,7 @@ class ConcurrencySettings(SubscriberSettings):
     shutdown_timeout_sec: float = _setting(20.0, _seconds)
     max_uncommitted_tasks: int = _setting(10_000, _int_at_least(1))
     rebalance_flush_timeout_sec: float = _setting(10.0, _seconds)
+    commit_timeout_sec: float = _setting(10.0, _seconds)
 
     def for_subscriber(self, overrides: Mapping[str, Any] | None) -> SubscriberSettings:
         """A subscriber's settings: its overrides laid over these; raises if they clash."""
@@ -158,6 +160,8 @@ class KeywordSettings(TypedDict, total=False):
     retry_backoff_max_sec: float
     dead_letter_topic: str | None
     track_completed_offsets: bool
+    stall_warning_sec: float | None
+    commit_timeout_sec: float
 
 
 class Settings(KeywordSettings, total=False):
@@ -182,3 +186,4 @@ class SubscriberOverrides(TypedDict, total=False):
     retry_backoff_max_sec: float | None
     dead_letter_topic: str | None
     track_completed_offsets: bool | None
+    stall_warning_sec: float | None

@@ -95,10 +95,12 @@ class KafkaBatchCommitter:
         *,
         commit_batch_size: int,
         commit_batch_timeout_sec: float,
+        commit_timeout_sec: float = 10.0,
     ) -> None:
         self._lanes = lanes
         self._batch_size = commit_batch_size
         self._timeout = commit_batch_timeout_sec
+        self._commit_timeout = commit_timeout_sec
         self._finished_since_commit = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +110,14 @@ class KafkaBatchCommitter:
     @property
     def is_alive(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the background task died of (None while alive, or if it was cancelled)."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
 
     def start(self) -> None:
         if self._task is None:
@@ -141,25 +151,46 @@ class KafkaBatchCommitter:
     async def commit_lane(
         self, lane: ConsumerLane, partitions: set[TopicPartition] | None = None
     ) -> bool:
-        """One commit request for this consumer; False if Kafka refused it (kept for later)."""
+        """One commit request for this consumer; False if Kafka refused it or it timed out
+        (kept for later).
+
+        Bounded by ``commit_timeout_sec``: aiokafka retries a commit for as long as no
+        coordinator answers, so without a bound a lost broker would hold every lane's commits
+        (and the shutdown) forever. A request cut off this way may still land later; it only
+        carries a commit point that was valid when it was sent.
+        """
         async with lane.commit_lock:
             batch = collect_commit(lane, partitions)
             if not batch:
                 return True
             self.commit_requests += 1
+            lane.counters.commit_requests += 1
+            offsets = await batch.offsets()
             try:
-                await lane.consumer.commit(await batch.offsets())
+                async with asyncio.timeout(self._commit_timeout):
+                    await lane.consumer.commit(offsets)
             except Exception as exc:
-                self.failed_commits += 1
-                lane.log.warning(
-                    "Commit of %d partition(s) for %s failed, will retry: %r",
-                    len(batch),
-                    lane.name,
-                    exc,
-                )
+                self._failed(lane, len(batch), exc)
                 return False
+            lane.commit_failures_in_a_row = 0
+            lane.last_commit_error = None
             batch.mark_committed()
             return True
+
+    def _failed(self, lane: ConsumerLane, partitions: int, error: Exception) -> None:
+        if isinstance(error, TimeoutError):
+            error = TimeoutError(f"no answer within commit_timeout_sec={self._commit_timeout:g}")
+        self.failed_commits += 1
+        lane.counters.failed_commits += 1
+        lane.commit_failures_in_a_row += 1
+        lane.last_commit_error = error
+        lane.log.warning(
+            "Commit of %d partition(s) for %s failed (%d in a row), will retry: %r",
+            partitions,
+            lane.name,
+            lane.commit_failures_in_a_row,
+            error,
+        )
 
     async def close(self) -> None:
         """Stop the loop; the caller flushes what is left with ``commit_lane``."""

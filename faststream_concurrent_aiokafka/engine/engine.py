@@ -20,7 +20,14 @@ from faststream_concurrent_aiokafka.engine.committer import (
 )
 from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
-from faststream_concurrent_aiokafka.engine.state import ConsumerLane, Counters, Pipeline, Tally
+from faststream_concurrent_aiokafka.engine.state import (
+    ConsumerLane,
+    Counters,
+    Faults,
+    Pipeline,
+    Tally,
+)
+from faststream_concurrent_aiokafka.engine.watchdog import Watchdog
 
 
 class Engine:
@@ -31,26 +38,32 @@ class Engine:
         self.settings = settings or ConcurrencySettings()
         self._lanes: dict[AIOKafkaConsumer, ConsumerLane] = {}
         self._tally = Tally()
-        self.counters = Counters()
+        # Per pipeline (subscriber), kept after its lanes are gone: totals only ever grow.
+        self._counters: dict[Pipeline, Counters] = {}
+        self.faults = Faults()
         self.committer = KafkaBatchCommitter(
             self._lanes.values,
             commit_batch_size=self.settings.commit_batch_size,
             commit_batch_timeout_sec=self.settings.commit_batch_timeout_sec,
+            commit_timeout_sec=self.settings.commit_timeout_sec,
         )
         self.scheduler = Scheduler(
             self.settings,
             lanes=self._lanes,
             committer=self.committer,
-            counters=self.counters,
             tally=self._tally,
             slot_body=run_slot,
         )
+        self.watchdog = Watchdog(self._lanes.values)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.is_running = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.committer.start()
+        self.watchdog.start()
         self.is_running = True
 
     async def close(self) -> None:
@@ -59,19 +72,29 @@ class Engine:
         await self.drain(lanes, self.settings.shutdown_timeout_sec)
         self.forget(lanes)
         self.is_running = False
+        await self.watchdog.close()
         await self.committer.close()
-
-    @property
-    def is_healthy(self) -> bool:
-        return (
-            self.is_running
-            and self.committer.is_alive
-            and not any(lane.dead_letter_stuck for lane in self._lanes.values())
-        )
 
     @property
     def in_flight(self) -> int:
         return self.scheduler.running
+
+    @property
+    def uncommitted(self) -> int:
+        """Admitted messages no commit point has passed yet, over all lanes."""
+        return self._tally.count
+
+    def counters_by_pipeline(self) -> list[tuple[Pipeline, Counters]]:
+        return list(self._counters.items())
+
+    @property
+    def counters(self) -> Counters:
+        """Every pipeline's counters added up."""
+        total = Counters()
+        for counters in self._counters.values():
+            for name in Counters.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(counters, name))
+        return total
 
     # ---- lanes -----------------------------------------------------------------------
 
@@ -87,7 +110,15 @@ class Engine:
         if lane is None or lane.pipeline is not pipeline:
             if lane is not None:
                 lane.leave_tally()
-            lane = ConsumerLane(consumer, pipeline, pipeline.settings(), self._tally, self.counters)
+            counters = self._counters.setdefault(pipeline, Counters())
+            lane = ConsumerLane(
+                consumer,
+                pipeline,
+                pipeline.settings(),
+                tally=self._tally,
+                counters=counters,
+                faults=self.faults,
+            )
             self._lanes[consumer] = lane
         return lane
 
@@ -120,7 +151,8 @@ class Engine:
 
     async def partitions_assigned(self, lane: ConsumerLane, assigned: set[TopicPartition]) -> None:
         """Re-apply pauses and learn which messages an earlier owner already finished."""
-        self.counters.assignments += len(assigned)
+        lane.counters.rebalances += 1
+        lane.counters.assignments += len(assigned)
         lane.reapply_pause()
         if not lane.options.track_completed_offsets or not assigned:
             return
@@ -147,7 +179,7 @@ class Engine:
         await self.committer.commit_lane(lane, revoked)
         for tp in revoked:
             lane.retire(tp)
-        self.counters.revocations += len(revoked)
+        lane.counters.revocations += len(revoked)
         lane.log.info(
             "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
             len(revoked),

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 
 # How long one getmany() waits for records before FastStream's loop checks whether it stops.
 FETCH_WAIT_MS = 500
@@ -41,3 +42,15 @@ async def fetch_records(consumer: AIOKafkaConsumer, max_records: int) -> Fetched
         records += batch
     aiokafka_compat.rotate_buffered_partitions(consumer, batches)
     return FetchedRecords(consumer, records)
+
+
+async def fetch_for(lane: ConsumerLane, max_records: int) -> FetchedRecords | None:
+    """``fetch_records`` for a lane, which keeps the error of a failing fetch (FastStream's
+    loop logs it and tries again after a pause) for health until a fetch succeeds."""
+    try:
+        fetched = await fetch_records(lane.consumer, max_records)
+    except Exception as exc:
+        lane.fetch_error = exc
+        raise
+    lane.fetch_error = None
+    return fetched

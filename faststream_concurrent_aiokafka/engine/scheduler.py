@@ -26,7 +26,6 @@ from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
     AdmittedMessage,
     ConsumerLane,
-    Counters,
     Tally,
 )
 
@@ -43,7 +42,6 @@ class Scheduler:
         *,
         lanes: dict[AIOKafkaConsumer, ConsumerLane],
         committer: KafkaBatchCommitter,
-        counters: Counters,
         tally: Tally,
         slot_body: SlotBody,
     ) -> None:
@@ -51,7 +49,6 @@ class Scheduler:
         self._max_uncommitted = settings.max_uncommitted_tasks
         self._lanes = lanes
         self._committer = committer
-        self._counters = counters
         self._tally = tally
         self._slot_body = slot_body
         self._hungry: deque[ConsumerLane] = deque()
@@ -117,7 +114,7 @@ class Scheduler:
         """An earlier owner finished this message (commit metadata said so): count it done."""
         tracker.track(offset)
         lane.add_tracked(1 - tracker.finish(offset))
-        self._counters.skipped += 1
+        lane.counters.skipped += 1
         self._committer.notify_finished()
 
     # ---- slots -----------------------------------------------------------------------
@@ -204,7 +201,7 @@ class Scheduler:
             for _, tracker, offset in message.positions():
                 tracker.block(offset)
         else:
-            counters = self._counters
+            counters = lane.counters
             if message.error is not None:
                 counters.failed += 1
             counters.processed += 1

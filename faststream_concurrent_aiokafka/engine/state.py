@@ -9,12 +9,13 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
+from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
@@ -34,6 +35,14 @@ class Pipeline(Protocol):
     @property
     def name(self) -> str:
         """For log lines: the consumer group and topics."""
+
+    @property
+    def group(self) -> str:
+        """The consumer group, for metrics ("" without one)."""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The subscribed topics (or pattern), for metrics."""
 
     @property
     def policy(self) -> FailurePolicy:
@@ -161,18 +170,23 @@ class Tally:
 
 
 class Counters:
-    """Running totals of an engine, bumped where things happen, read by health and metrics."""
+    """Running totals of one pipeline (subscriber), bumped where things happen, read by health
+    and metrics; its lanes share them."""
 
     __slots__ = (
         "assignments",
+        "commit_requests",
         "dead_lettered",
         "failed",
+        "failed_commits",
         "pauses",
         "processed",
+        "rebalances",
         "resumes",
         "retries",
         "revocations",
         "skipped",
+        "stalls",
         "task_timeouts",
     )
 
@@ -183,10 +197,34 @@ class Counters:
         self.skipped = 0  # finished by an earlier owner, per the commit metadata
         self.retries = 0  # failed attempts that were tried again
         self.task_timeouts = 0  # attempts cancelled by task_timeout_sec
+        self.stalls = 0  # messages seen running longer than stall_warning_sec
+        self.commit_requests = 0
+        self.failed_commits = 0  # refused by Kafka, or timed out
         self.pauses = 0  # a lane paused its partitions (backpressure, drain)
         self.resumes = 0
+        self.rebalances = 0  # assignments a lane's consumer received
         self.assignments = 0  # partitions assigned to a lane
         self.revocations = 0  # partitions released by a lane
+
+
+class Faults:
+    """Faults that last until cleared or until the processing stops (a subscriber whose
+    handler stopped it, ...): set where they happen, read by health. A fault that ends by
+    itself is better read from state where health gathers them (``monitor.current_faults``)."""
+
+    __slots__ = ("_current",)
+
+    def __init__(self) -> None:
+        self._current: dict[Hashable, Fault] = {}
+
+    def set(self, key: Hashable, fault: Fault) -> None:
+        self._current[key] = fault
+
+    def clear(self, key: Hashable) -> None:
+        self._current.pop(key, None)
+
+    def __iter__(self) -> Iterator[Fault]:
+        return iter(list(self._current.values()))
 
 
 class ConsumerLane:
@@ -197,8 +235,10 @@ class ConsumerLane:
         consumer: AIOKafkaConsumer,
         pipeline: Pipeline,
         settings: SubscriberSettings,
+        *,
         tally: Tally | None = None,
         counters: Counters | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.consumer = consumer
         self.pipeline = pipeline
@@ -213,6 +253,7 @@ class ConsumerLane:
         self.tracked = 0
         self.tally = tally or Tally()
         self.counters = counters or Counters()
+        self.faults = faults or Faults()
         # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
         self.room: asyncio.Future[None] | None = None
         self.closing = False
@@ -220,6 +261,11 @@ class ConsumerLane:
         self.commit_guard = CommitGuard(consumer)
         self.hungry = False
         self.commit_lock = asyncio.Lock()
+        # Commit requests refused or timed out since the last one that went through.
+        self.commit_failures_in_a_row = 0
+        self.last_commit_error: BaseException | None = None
+        # The error of the consumer's last fetch, None once one succeeded.
+        self.fetch_error: BaseException | None = None
         # What every message task of this lane starts from (a copy each): the context the lane
         # was made in, FastStream's poll loop or rebalance listener, never a handler's.
         self.context = contextvars.copy_context()

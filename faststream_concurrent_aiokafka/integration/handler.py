@@ -11,7 +11,9 @@ from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from faststream_concurrent_aiokafka.core.health import FAILED, Fault, assess
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.engine import monitor
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
@@ -54,9 +56,20 @@ class KafkaConcurrentHandler:
     def is_running(self) -> bool:
         return self.engine.is_running
 
+    def faults(self) -> list[Fault]:
+        """What is wrong now (see ``engine.monitor.current_faults``), and every subscriber
+        that could not be set up: its messages stay uncommitted."""
+        faults = monitor.current_faults(self.engine)
+        faults += (
+            Fault(FAILED, f"a subscriber cannot run concurrently: {error}")
+            for error in self.setup_errors
+        )
+        return faults
+
     @property
     def is_healthy(self) -> bool:
-        return self.engine.is_healthy and not self.setup_errors
+        """Nothing failed; a degraded handler counts as healthy (see ``health_report``)."""
+        return not assess(self.faults()).is_failed
 
     @property
     def committer(self) -> KafkaBatchCommitter:

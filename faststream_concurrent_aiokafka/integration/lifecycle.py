@@ -20,6 +20,7 @@ from faststream_concurrent_aiokafka.integration.handler import (
 from faststream_concurrent_aiokafka.integration.middleware import (
     KafkaConcurrentProcessingMiddleware,
 )
+from faststream_concurrent_aiokafka.integration.monitoring import health_report
 
 if TYPE_CHECKING:
     from faststream import ContextRepo, FastStream
@@ -100,9 +101,11 @@ async def stop_concurrent_processing(context: "ContextRepo") -> None:
 
 
 def is_kafka_handler_healthy(context: "ContextRepo") -> bool:
-    """True while the handler in ``context`` runs and its committer is alive."""
-    handler = find_handler(context)
-    return handler is not None and handler.is_healthy
+    """False when ``health_report(context)`` says failed: the processing is not running, its
+    committer died, a subscriber could not be set up or stopped consuming by an error.
+    True when ok and when degraded: degraded processing goes on, and a restart would not
+    help what it waits for (a broker, a dead-letter topic, a slow message)."""
+    return not health_report(context).is_failed
 
 
 def setup_concurrent_processing(

@@ -38,9 +38,15 @@ class SubscriberPipeline:
 
     @property
     def name(self) -> str:
-        group = getattr(self.owner, "group_id", None) or "-"
-        topics = ",".join(getattr(self.owner, "topic_names", []) or [])
-        return f"group={group} topics={topics}"
+        return f"group={self.group or '-'} topics={','.join(self.topics)}"
+
+    @property
+    def group(self) -> str:
+        return getattr(self.owner, "group_id", None) or ""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(getattr(self.owner, "topic_names", None) or ())
 
     def settings(self) -> SubscriberSettings:
         return self._settings.for_subscriber(options_of(self.owner))

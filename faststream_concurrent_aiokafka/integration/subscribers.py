@@ -22,7 +22,7 @@ from faststream_concurrent_aiokafka.core.errors import (
     ConcurrentProcessingSetupError,
 )
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
-from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_records
+from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_for
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from faststream_concurrent_aiokafka.integration.handler import (
     KafkaConcurrentHandler,
@@ -102,7 +102,7 @@ def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
 
         async def fetch(consumer: AIOKafkaConsumer) -> FetchedRecords | None:
             lane = handler.lane_for(subscriber, consumer)
-            return await fetch_records(consumer, engine.scheduler.fetch_size(lane))
+            return await fetch_for(lane, engine.scheduler.fetch_size(lane))
 
         faststream_compat.take_over_get_msg(subscriber, fetch)
     _attach_listener(subscriber, handler)
@@ -111,7 +111,7 @@ def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
 def admit_record(
     handler: KafkaConcurrentHandler, subscriber: Any, record: Any
 ) -> ConsumerLane | None:
-    """Hand fetched records to the engine: a batch from ``fetch_records``, a batch
+    """Hand fetched records to the engine: a batch from ``fetch_for``, a batch
     subscriber's tuple (one unit of work), or a single record. Returns the consumer's lane,
     whose backlog tells the loop whether to wait."""
     engine = handler.engine

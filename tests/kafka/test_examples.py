@@ -1,16 +1,31 @@
 """The examples run against the real broker and do what they claim."""
 
+import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples import batch, key_ordering, retries_and_dead_letters
 from examples.pipeline import expected_result, run_pipeline
-from tests.kafka_helpers import BOOTSTRAP, committed_offsets, end_offsets, read_all
+from tests.kafka_helpers import (
+    BOOTSTRAP,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    produce,
+    read_all,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -120,3 +135,122 @@ async def test_batch_example_stores_every_reading_in_concurrent_batches() -> Non
     assert max(outcome.batch_sizes) <= 100
     assert outcome.most_at_once > 1
     assert outcome.committed
+
+
+# ---- the service: /health and /metrics over HTTP, under uvicorn ---------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """A scrape parsed by prometheus_client's own parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+async def test_service_serves_health_and_metrics_of_a_run_with_dead_letters(
+    tmp_path: Path,
+) -> None:
+    """2000 orders over 4 partitions, every 10th invalid (raises on every attempt);
+    max_retries=1 and a dead-letter topic. Scraped over HTTP after the run."""
+    topic, group = unique("svc-orders"), unique("g-svc")
+    dead_letters = f"{topic}.dlq"
+    partitions, count = 4, 2000
+    await create_topic(topic, partitions)
+    await create_topic(dead_letters, 1)
+    orders = [
+        json.dumps({"id": i, "amount": 0 if i % 10 == 9 else 10.5}).encode() for i in range(count)
+    ]
+    await produce(topic, orders, partitions=partitions)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
+        "PYTHONPATH": str(REPO),
+        "SERVICE_TOPIC": topic,
+        "SERVICE_GROUP": group,
+        "SERVICE_DEAD_LETTER_TOPIC": dead_letters,
+    }
+    # FastStream logs every message: to a file, as a pipe nobody reads would fill and block.
+    log = tmp_path / "service.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+            [sys.executable, "-m", "uvicorn", "examples.service:app", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def answers() -> bool:
+            try:
+                status, _ = await asyncio.to_thread(http_get, f"{base}/health")
+            except OSError:
+                return False
+            return status == 200
+
+        await wait_until(answers, timeout=60)
+        processed = "faststream_concurrent_processed_messages_total"
+
+        async def scraped() -> Samples:
+            status, text = await asyncio.to_thread(http_get, f"{base}/metrics")
+            assert status == 200
+            return parse_metrics(text)
+
+        async def all_processed() -> bool:
+            return total(await scraped(), processed, group=group) == count
+
+        await wait_until(all_processed, timeout=90)
+        samples = await scraped()
+        assert total(samples, processed, group=group, outcome="ok") == 1800
+        assert total(samples, processed, group=group, outcome="dead_lettered") == 200
+        assert total(samples, processed, group=group, outcome="failed") == 0
+        assert total(samples, "faststream_concurrent_retries_total", group=group) == 200
+        assert total(samples, "faststream_concurrent_in_flight_messages", group=group) == 0
+        assert total(samples, "faststream_concurrent_uncommitted_messages", group=group) == 0
+        assert total(samples, "faststream_concurrent_commits_total", result="failed") == 0
+        assert total(samples, "faststream_concurrent_health", status="ok") == 1
+        # FastStream's own Prometheus middleware shares the registry.
+        assert any(name.startswith("faststream_received_") for name, _ in samples)
+
+        status, body = await asyncio.to_thread(http_get, f"{base}/health")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "reasons": []})
+    finally:
+        server.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(server.wait, 60)
+    # uvicorn re-raises the signal once it shut down gracefully.
+    assert returncode in {0, -signal.SIGTERM}, log.read_text()[-3000:]
+    assert "Application shutdown complete" in log.read_text()
+    ends = await end_offsets(topic, partitions)
+    assert await committed_offsets(group, topic) == ends
+    assert sum((await end_offsets(dead_letters, 1)).values()) == 200

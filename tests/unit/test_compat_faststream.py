@@ -131,3 +131,13 @@ async def test_take_over_stop_runs_the_replacement_and_returns_the_original() ->
     assert calls == ["replacement"]
     assert original.__func__ is type(subscriber).stop  # type: ignore[attr-defined]
     assert original.__self__ is subscriber  # type: ignore[attr-defined]
+
+
+def test_a_context_repo_is_told_from_a_broker_or_an_app() -> None:
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    app = FastStream(broker)
+
+    assert compat.is_context_repo(broker.context)
+    assert compat.is_context_repo(app.context)
+    assert not compat.is_context_repo(broker)
+    assert not compat.is_context_repo(app)

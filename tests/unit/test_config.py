@@ -41,8 +41,9 @@ REQUIRED_SECONDS_PARAMS = (
     "rebalance_flush_timeout_sec",
     "retry_backoff_sec",
     "retry_backoff_max_sec",
+    "commit_timeout_sec",
 )
-SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec")
+SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec", "stall_warning_sec")
 BOOL_PARAMS = ("track_completed_offsets",)
 ALL_PARAMS = (*INT_PARAMS, *SECONDS_PARAMS, *BOOL_PARAMS, "ordering", "dead_letter_topic")
 SUBSCRIBER_PARAMS = (
@@ -54,9 +55,15 @@ SUBSCRIBER_PARAMS = (
     "retry_backoff_max_sec",
     "dead_letter_topic",
     "track_completed_offsets",
+    "stall_warning_sec",
 )
 SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries")
-SUBSCRIBER_SECONDS_PARAMS = ("task_timeout_sec", "retry_backoff_sec", "retry_backoff_max_sec")
+SUBSCRIBER_SECONDS_PARAMS = (
+    "task_timeout_sec",
+    "retry_backoff_sec",
+    "retry_backoff_max_sec",
+    "stall_warning_sec",
+)
 
 # Not an int, whatever the setting (values below the minimum are added per setting).
 NOT_INTS: tuple[object, ...] = (True, False, 1.0, 2.5, "3", math.nan, [1])
@@ -142,6 +149,8 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     assert defaults.max_retries == 0
     assert defaults.dead_letter_topic is None
     assert defaults.track_completed_offsets is True
+    assert defaults.stall_warning_sec == 60.0
+    assert defaults.commit_timeout_sec == 10.0
     assert 0 < defaults.retry_backoff_sec <= defaults.retry_backoff_max_sec
 
 
@@ -155,7 +164,10 @@ def test_keyword_typing_views_equal_the_table() -> None:
     table = get_type_hints(ConcurrencySettings)
     assert get_type_hints(Settings) == table
     keyword_only = get_type_hints(KeywordSettings)
-    assert set(keyword_only) == set(SUBSCRIBER_PARAMS) - {"concurrency_limit"}
+    # The subscribers' settings after the positional ones, and the global settings added
+    # after the original six positional parameters.
+    added_globals = {"commit_timeout_sec"}
+    assert set(keyword_only) == set(SUBSCRIBER_PARAMS) - {"concurrency_limit"} | added_globals
     assert all(keyword_only[name] == table[name] for name in keyword_only)
 
 

@@ -1,0 +1,226 @@
+"""The metrics, once for every exporter: names, meaning, labels, and their values in a
+snapshot. ``prometheus`` and ``otel`` only render this table.
+
+Pure: no I/O. Label values are bounded: consumer group, topic (a subscriber's topics joined
+by ","), partition number, and fixed words; never an offset or a key.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from faststream_concurrent_aiokafka.core.health import HealthReport
+from faststream_concurrent_aiokafka.core.snapshot import (
+    PartitionSnapshot,
+    ProcessingSnapshot,
+    SubscriberSnapshot,
+    Totals,
+)
+
+Kind = Literal["gauge", "counter"]
+Labels = tuple[str, ...]
+Sample = tuple[Labels, float]
+
+PARTITION_LABELS: Final = ("group", "topic", "partition")
+SUBSCRIBER_LABELS: Final = ("group", "topic")
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric. Counter names are given without ``_total`` (Prometheus adds it)."""
+
+    name: str
+    kind: Kind
+    help: str
+    unit: str  # UCUM, for OpenTelemetry
+    labels: Labels = ()
+
+
+def _partition_gauge(name: str, help_text: str, unit: str = "{message}") -> Metric:
+    return Metric(f"faststream_concurrent_{name}", "gauge", help_text, unit, PARTITION_LABELS)
+
+
+def _counter(name: str, help_text: str, unit: str, extra: Labels = ()) -> Metric:
+    labels = (*SUBSCRIBER_LABELS, *extra)
+    return Metric(f"faststream_concurrent_{name}", "counter", help_text, unit, labels)
+
+
+IN_FLIGHT: Final = _partition_gauge("in_flight_messages", "Messages running now.")
+QUEUED: Final = _partition_gauge("queued_messages", "Messages waiting for a free slot.")
+HELD: Final = _partition_gauge(
+    "held_messages", "Messages waiting behind a running message with the same key."
+)
+UNCOMMITTED: Final = _partition_gauge(
+    "uncommitted_messages", "Messages admitted and not yet passed by the commit point."
+)
+FINISHED_ABOVE: Final = _partition_gauge(
+    "finished_above_commit_point_messages",
+    "Messages finished above the commit point, waiting for an earlier one to end.",
+)
+STALLED: Final = _partition_gauge(
+    "stalled_messages", "Messages running longer than stall_warning_sec."
+)
+OLDEST: Final = _partition_gauge(
+    "oldest_in_flight_seconds",
+    "How long the longest-running message has run (0 without any; resolution: the watchdog "
+    "tick, 1 s or less).",
+    "s",
+)
+COMMIT_POINT: Final = _partition_gauge(
+    "commit_point_offset", "The offset that would be committed now.", "{offset}"
+)
+COMMITTED: Final = _partition_gauge(
+    "committed_offset", "The last offset this process committed.", "{offset}"
+)
+PAUSED: Final = Metric(
+    "faststream_concurrent_paused_partitions",
+    "gauge",
+    "Assigned partitions whose fetching is paused (backpressure, shutdown, the application).",
+    "{partition}",
+    SUBSCRIBER_LABELS,
+)
+ASSIGNED: Final = Metric(
+    "faststream_concurrent_assigned_partitions",
+    "gauge",
+    "Partitions assigned to the subscriber's consumers.",
+    "{partition}",
+    SUBSCRIBER_LABELS,
+)
+LIMIT: Final = Metric(
+    "faststream_concurrent_concurrency_limit",
+    "gauge",
+    "The subscriber's concurrency_limit.",
+    "{message}",
+    SUBSCRIBER_LABELS,
+)
+TASKS: Final = Metric(
+    "faststream_concurrent_running_tasks",
+    "gauge",
+    "Message tasks running over all subscribers (a batch is one), against the global limit.",
+    "{task}",
+)
+GLOBAL_LIMIT: Final = Metric(
+    "faststream_concurrent_global_concurrency_limit",
+    "gauge",
+    "The global concurrency_limit.",
+    "{task}",
+)
+ALL_UNCOMMITTED: Final = Metric(
+    "faststream_concurrent_all_uncommitted_messages",
+    "gauge",
+    "Uncommitted messages over all subscribers, against max_uncommitted_tasks.",
+    "{message}",
+)
+MAX_UNCOMMITTED: Final = Metric(
+    "faststream_concurrent_max_uncommitted_messages",
+    "gauge",
+    "max_uncommitted_tasks: above it fetching pauses.",
+    "{message}",
+)
+HEALTH: Final = Metric(
+    "faststream_concurrent_health",
+    "gauge",
+    "1 for the current health status (ok, degraded, failed), 0 for the others.",
+    "1",
+    ("status",),
+)
+PROCESSED: Final = _counter(
+    "processed_messages",
+    "Messages whose processing ended, by outcome: ok, failed (logged, committed), "
+    "dead_lettered, skipped (finished by an earlier owner).",
+    "{message}",
+    ("outcome",),
+)
+RETRIES: Final = _counter("retries", "Failed attempts that were tried again.", "{attempt}")
+TASK_TIMEOUTS: Final = _counter(
+    "task_timeouts", "Attempts cancelled by task_timeout_sec.", "{attempt}"
+)
+STALLS: Final = _counter("stalls", "Messages that ran longer than stall_warning_sec.", "{message}")
+COMMITS: Final = _counter(
+    "commits",
+    "Commit requests, by result: ok, failed (refused by Kafka or timed out).",
+    "{request}",
+    ("result",),
+)
+PAUSES: Final = _counter("pauses", "Times the library paused a consumer's partitions.", "{pause}")
+RESUMES: Final = _counter("resumes", "Times the library resumed them.", "{resume}")
+REBALANCES: Final = _counter(
+    "rebalances", "Partition assignments the subscriber's consumers received.", "{rebalance}"
+)
+
+STATUSES: Final = ("ok", "degraded", "failed")
+
+_PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | None]], ...]] = (
+    (IN_FLIGHT, lambda p: p.in_flight),
+    (QUEUED, lambda p: p.queued),
+    (HELD, lambda p: p.held),
+    (UNCOMMITTED, lambda p: p.uncommitted),
+    (FINISHED_ABOVE, lambda p: p.finished_above),
+    (STALLED, lambda p: p.stalled),
+    (OLDEST, lambda p: p.oldest_in_flight_sec or 0.0),
+    (COMMIT_POINT, lambda p: p.commit_point),
+    (COMMITTED, lambda p: p.committed),
+)
+_PER_SUBSCRIBER: Final[tuple[tuple[Metric, Callable[[SubscriberSnapshot], float]], ...]] = (
+    (PAUSED, lambda s: s.paused_partitions),
+    (ASSIGNED, lambda s: sum(p.assigned for p in s.partitions)),
+    (LIMIT, lambda s: s.settings.concurrency_limit),
+)
+_TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
+    (RETRIES, lambda t: t.retries),
+    (TASK_TIMEOUTS, lambda t: t.task_timeouts),
+    (STALLS, lambda t: t.stalls),
+    (PAUSES, lambda t: t.pauses),
+    (RESUMES, lambda t: t.resumes),
+    (REBALANCES, lambda t: t.rebalances),
+)
+
+METRICS: Final = (
+    *(metric for metric, _ in _PER_PARTITION),
+    *(metric for metric, _ in _PER_SUBSCRIBER),
+    TASKS,
+    GLOBAL_LIMIT,
+    ALL_UNCOMMITTED,
+    MAX_UNCOMMITTED,
+    HEALTH,
+    PROCESSED,
+    *(metric for metric, _ in _TOTALS),
+    COMMITS,
+)
+"""Every metric, in the order exporters show them."""
+
+
+def measure(snapshot: ProcessingSnapshot, health: HealthReport) -> dict[Metric, list[Sample]]:
+    """Every metric's samples in ``snapshot`` (a metric may have none)."""
+    samples: dict[Metric, list[Sample]] = {metric: [] for metric in METRICS}
+    for subscriber in snapshot.subscribers:
+        labels = (subscriber.group, ",".join(subscriber.topics))
+        for partition in subscriber.partitions:
+            where = (partition.group, partition.topic, str(partition.partition))
+            for metric, read in _PER_PARTITION:
+                value = read(partition)
+                if value is not None:
+                    samples[metric].append((where, value))
+        for metric, read_subscriber in _PER_SUBSCRIBER:
+            samples[metric].append((labels, read_subscriber(subscriber)))
+        samples[PROCESSED] += _processed(labels, subscriber.totals)
+        for metric, read_totals in _TOTALS:
+            samples[metric].append((labels, read_totals(subscriber.totals)))
+        totals = subscriber.totals
+        samples[COMMITS] += [
+            ((*labels, "ok"), totals.commit_requests - totals.failed_commits),
+            ((*labels, "failed"), totals.failed_commits),
+        ]
+    samples[TASKS].append(((), snapshot.in_flight))
+    samples[GLOBAL_LIMIT].append(((), snapshot.concurrency_limit))
+    samples[ALL_UNCOMMITTED].append(((), snapshot.uncommitted))
+    samples[MAX_UNCOMMITTED].append(((), snapshot.max_uncommitted_tasks))
+    samples[HEALTH] += [((status,), float(health.status == status)) for status in STATUSES]
+    return samples
+
+
+def _processed(labels: Labels, totals: Totals) -> Iterator[Sample]:
+    yield (*labels, "ok"), totals.ok
+    yield (*labels, "failed"), totals.failed
+    yield (*labels, "dead_lettered"), totals.dead_lettered
+    yield (*labels, "skipped"), totals.skipped

@@ -1,0 +1,134 @@
+"""What the processing looks like at one moment: the types of ``processing_snapshot``.
+
+Pure: no I/O. Immutable values, built from the engine's own state when asked for (never
+kept up to date on the per-message path), so a metrics scrape or a health probe reads a
+consistent picture and can keep it.
+"""
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Self
+
+from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionSnapshot:
+    """One partition of one consumer. Counts are messages (records, for batch subscribers)."""
+
+    group: str
+    topic: str
+    partition: int
+    assigned: bool  # assigned to this consumer now (False: revoked, work still ending)
+    paused: bool  # fetching paused, by the library's backpressure or by the application
+    in_flight: int  # running: handler, retries, a dead-letter publish
+    queued: int  # admitted, waiting for a free slot
+    held: int  # admitted, waiting behind a running message with the same key
+    commit_point: int | None  # the offset that would be committed now (first unfinished)
+    committed: int | None  # the last offset this process committed (None: none yet)
+    finished_above: int  # finished, above the commit point: waiting for an earlier one
+    uncommitted: int  # admitted and not yet passed by the commit point
+    stalled: int  # running longer than stall_warning_sec
+    oldest_in_flight_offset: int | None
+    oldest_in_flight_sec: float | None  # see Watchdog for its resolution
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Totals:
+    """Running totals since the processing started. ``ok``, ``failed``, ``dead_lettered``
+    and ``skipped`` are the outcomes of messages, each message counted once."""
+
+    ok: int = 0  # ended without an error (or settled by AckMessage, SkipMessage, ack())
+    failed: int = 0  # attempts used up, logged and committed without a dead-letter topic
+    dead_lettered: int = 0  # published to the dead-letter topic, acknowledged
+    skipped: int = 0  # finished by an earlier owner (commit metadata), not run again
+    retries: int = 0  # failed attempts that were tried again
+    task_timeouts: int = 0  # attempts cancelled by task_timeout_sec
+    stalls: int = 0  # messages that ran longer than stall_warning_sec
+    commit_requests: int = 0
+    failed_commits: int = 0  # refused by Kafka or timed out (commit_timeout_sec)
+    pauses: int = 0  # the library paused a consumer's partitions (backpressure, drain)
+    resumes: int = 0
+    rebalances: int = 0  # assignments a consumer received (each rebalance gives one)
+    partitions_assigned: int = 0
+    partitions_revoked: int = 0
+
+    @property
+    def processed(self) -> int:
+        """Messages whose processing ended, whatever the outcome (skipped ones not run)."""
+        return self.ok + self.failed + self.dead_lettered
+
+    @classmethod
+    def sum(cls, items: Iterable["Totals"]) -> Self:
+        values = dict.fromkeys((field.name for field in dataclasses.fields(cls)), 0)
+        for item in items:
+            for name in values:
+                values[name] += getattr(item, name)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberSnapshot:
+    """One concurrent subscriber: its limits in force, its partitions over all its consumers
+    (several with ``max_workers``) and its totals."""
+
+    name: str
+    group: str
+    topics: tuple[str, ...]
+    settings: SubscriberSettings
+    consumers: int
+    partitions: tuple[PartitionSnapshot, ...]
+    totals: Totals
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p.in_flight for p in self.partitions)
+
+    @property
+    def queued(self) -> int:
+        return sum(p.queued for p in self.partitions)
+
+    @property
+    def held(self) -> int:
+        return sum(p.held for p in self.partitions)
+
+    @property
+    def uncommitted(self) -> int:
+        return sum(p.uncommitted for p in self.partitions)
+
+    @property
+    def paused_partitions(self) -> int:
+        return sum(p.paused for p in self.partitions if p.assigned)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessingSnapshot:
+    """Everything at once. ``in_flight`` counts running tasks over all subscribers (a batch
+    is one), against ``concurrency_limit``; ``uncommitted`` counts messages against
+    ``max_uncommitted_tasks``."""
+
+    running: bool
+    concurrency_limit: int
+    max_uncommitted_tasks: int
+    in_flight: int
+    uncommitted: int
+    subscribers: tuple[SubscriberSnapshot, ...]
+    totals: Totals
+
+    def partitions(self) -> Iterator[PartitionSnapshot]:
+        for subscriber in self.subscribers:
+            yield from subscriber.partitions
+
+    @classmethod
+    def stopped(cls, concurrency_limit: int = 0, max_uncommitted_tasks: int = 0) -> Self:
+        """What there is to see when no processing runs."""
+        return cls(
+            running=False,
+            concurrency_limit=concurrency_limit,
+            max_uncommitted_tasks=max_uncommitted_tasks,
+            in_flight=0,
+            uncommitted=0,
+            subscribers=(),
+            totals=Totals(),
+        )

@@ -1,0 +1,228 @@
+"""What operators see: the snapshot and the current faults, read from the engine's own state
+when asked for. Nothing here runs on the per-message path.
+
+Both read sets and dicts the event loop changes, so they run on the engine's loop;
+``on_engine_loop`` takes a caller in another thread there (a metrics server thread).
+"""
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from aiokafka import TopicPartition
+
+from faststream_concurrent_aiokafka.core.health import (
+    COMMIT_FAILURES_DEGRADED,
+    DEGRADED,
+    FAILED,
+    Fault,
+)
+from faststream_concurrent_aiokafka.core.snapshot import (
+    PartitionSnapshot,
+    ProcessingSnapshot,
+    SubscriberSnapshot,
+    Totals,
+)
+from faststream_concurrent_aiokafka.engine.engine import Engine
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane, Counters
+
+T = TypeVar("T")
+
+READ_TIMEOUT_SEC = 5.0
+
+
+def on_engine_loop(engine: Engine, read: Callable[[], T], timeout: float = READ_TIMEOUT_SEC) -> T:
+    """``read()`` where the engine's state may be read: on its event loop. Called from that
+    loop (a health route, FastStream's ASGI app) it runs at once; from another thread it runs
+    on the loop and the caller waits up to ``timeout`` (then ``TimeoutError``)."""
+    loop = engine.loop
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    if loop is None or current is loop or not loop.is_running():
+        return read()
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            result.set_result(read())
+        except BaseException as exc:  # handed to the waiting thread
+            result.set_exception(exc)
+
+    loop.call_soon_threadsafe(run)
+    return result.result(timeout)
+
+
+# ---- faults --------------------------------------------------------------------------
+
+
+def current_faults(engine: Engine) -> list[Fault]:
+    """Everything wrong now, each with a reason naming what and where. The one place health
+    reads: a new kind of fault is one line here (or a ``Faults.set`` where it happens)."""
+    faults = list(engine.faults)
+    if not engine.is_running:
+        faults.append(Fault(FAILED, "concurrent processing is not running"))
+    elif not engine.committer.is_alive:
+        error = engine.committer.error
+        cause = f" ({error!r})" if error is not None else ""
+        faults.append(
+            Fault(FAILED, f"the batch committer is dead{cause}: offsets can no longer be committed")
+        )
+    now = time.monotonic()
+    for lane in engine.lanes:
+        faults += _lane_faults(lane)
+    for message, lane in list(engine.watchdog.stalled.items()):
+        faults.append(
+            Fault(
+                DEGRADED,
+                f"message {message.describe()} of {lane.name} has been running for "
+                f"{engine.watchdog.age(message, now):.0f} s "
+                f"(stall_warning_sec={lane.options.stall_warning_sec:g})",
+            )
+        )
+    return faults
+
+
+def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
+    if lane.fetch_error is not None:
+        yield Fault(
+            FAILED,
+            f"consuming of {lane.name} stopped by an error: its fetch fails with "
+            f"{lane.fetch_error!r} (FastStream retries it)",
+        )
+    topic = lane.options.dead_letter_topic
+    for message in list(lane.dead_letter_stuck):
+        yield Fault(
+            DEGRADED,
+            f"dead-letter publish of {message.describe()} to {topic!r} is failing (retried "
+            "with backoff); its partition's commit point waits for it",
+        )
+    if lane.commit_failures_in_a_row >= COMMIT_FAILURES_DEGRADED:
+        yield Fault(
+            DEGRADED,
+            f"{lane.commit_failures_in_a_row} commits in a row failed for {lane.name} "
+            f"(last: {lane.last_commit_error!r})",
+        )
+
+
+# ---- snapshot ------------------------------------------------------------------------
+
+
+def snapshot(engine: Engine) -> ProcessingSnapshot:
+    """The processing as it is now (see ``core.snapshot`` for what each figure means). Every
+    subscriber that ran is listed, with its totals, also once its consumers are gone."""
+    now = time.monotonic()
+    by_pipeline: dict[object, list[ConsumerLane]] = {}
+    for lane in engine.lanes:
+        by_pipeline.setdefault(lane.pipeline, []).append(lane)
+    subscribers = []
+    for pipeline, counters in engine.counters_by_pipeline():
+        lanes = by_pipeline.get(pipeline, [])
+        partitions = [p for lane in lanes for p in _partitions(engine, lane, now)]
+        partitions.sort(key=lambda p: (p.topic, p.partition))
+        subscribers.append(
+            SubscriberSnapshot(
+                name=pipeline.name,
+                group=pipeline.group,
+                topics=pipeline.topics,
+                settings=lanes[0].options if lanes else pipeline.settings(),
+                consumers=len(lanes),
+                partitions=tuple(partitions),
+                totals=totals_of(counters),
+            )
+        )
+    settings = engine.settings
+    return ProcessingSnapshot(
+        running=engine.is_running,
+        concurrency_limit=settings.concurrency_limit,
+        max_uncommitted_tasks=settings.max_uncommitted_tasks,
+        in_flight=engine.in_flight,
+        uncommitted=engine.uncommitted,
+        subscribers=tuple(subscribers),
+        totals=Totals.sum(subscriber.totals for subscriber in subscribers),
+    )
+
+
+def totals_of(counters: Counters) -> Totals:
+    """The counters as outcomes: each ended message is exactly one of ok, failed or
+    dead-lettered (a dead letter is bumped just before its message settles)."""
+    dead_lettered = min(counters.dead_lettered, counters.failed)
+    return Totals(
+        ok=counters.processed - counters.failed,
+        failed=counters.failed - dead_lettered,
+        dead_lettered=dead_lettered,
+        skipped=counters.skipped,
+        retries=counters.retries,
+        task_timeouts=counters.task_timeouts,
+        stalls=counters.stalls,
+        commit_requests=counters.commit_requests,
+        failed_commits=counters.failed_commits,
+        pauses=counters.pauses,
+        resumes=counters.resumes,
+        rebalances=counters.rebalances,
+        partitions_assigned=counters.assignments,
+        partitions_revoked=counters.revocations,
+    )
+
+
+@dataclass
+class _Partition:
+    in_flight: int = 0
+    queued: int = 0
+    held: int = 0
+    stalled: int = 0
+    oldest_offset: int | None = None  # the longest running; the lowest offset among equals
+    oldest_sec: float = 0.0
+
+    def note_running(self, offset: int, age: float) -> None:
+        self.in_flight += 1
+        oldest = self.oldest_offset
+        if oldest is None or age > self.oldest_sec or (age == self.oldest_sec and offset < oldest):
+            self.oldest_sec, self.oldest_offset = age, offset
+
+
+def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[PartitionSnapshot]:
+    consumer = lane.consumer
+    assigned = set(consumer.assignment())
+    paused = set(consumer.paused())
+    found: dict[TopicPartition, _Partition] = {tp: _Partition() for tp in assigned}
+    for tp in lane.trackers:
+        found.setdefault(tp, _Partition())
+    watchdog = engine.watchdog
+    for message in list(lane.running):
+        age = watchdog.age(message, now)
+        stalled = message in watchdog.stalled
+        for tp, _, offset in message.positions():
+            part = found.setdefault(tp, _Partition())
+            part.stalled += stalled
+            part.note_running(offset, age)
+    for message in list(lane.ready):
+        for tp, _, _ in message.positions():
+            found.setdefault(tp, _Partition()).queued += 1
+    for message in list(lane.gate.held()):
+        for tp, _, _ in message.positions():
+            found.setdefault(tp, _Partition()).held += 1
+    group = lane.pipeline.group
+    for tp, part in found.items():
+        tracker = lane.trackers.get(tp)
+        yield PartitionSnapshot(
+            group=group,
+            topic=tp.topic,
+            partition=tp.partition,
+            assigned=tp in assigned,
+            paused=tp in paused,
+            in_flight=part.in_flight,
+            queued=part.queued,
+            held=part.held,
+            commit_point=tracker.commit_point if tracker else None,
+            committed=tracker.committed if tracker else None,
+            finished_above=tracker.finished_count if tracker else 0,
+            uncommitted=tracker.pending_count if tracker else 0,
+            stalled=part.stalled,
+            oldest_in_flight_offset=part.oldest_offset,
+            oldest_in_flight_sec=None if part.oldest_offset is None else part.oldest_sec,
+        )
