@@ -6,8 +6,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def runs(tests: str, example: str) -> bool:
-    """Run as a module (``-m examples.<name>``) or through its ``demo()``."""
-    return f'"examples.{example}"' in tests or f"{example}.demo(" in tests
+    """Run as a module (``-m examples.<name>``), served (``examples.<name>:app``) or through
+    its ``demo()``."""
+    return any(
+        form in tests
+        for form in (f'"examples.{example}"', f'"examples.{example}:', f"{example}.demo(")
+    )
 
 
 def test_every_example_module_is_run_by_a_test() -> None:
