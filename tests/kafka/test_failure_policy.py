@@ -546,8 +546,21 @@ async def test_ack_and_skip_raised_settle_the_message_without_retry() -> None:
 # ---- 5. decode errors ---------------------------------------------------------------------
 
 
-async def test_undecodable_message_is_retried_and_dead_lettered_with_original_bytes(
+@pytest.mark.parametrize(
+    ("no_retry_on", "attempts"),
+    [
+        # The default: FastStream's decoding errors are not worth retrying (issue 16; this
+        # test asserted 2 retries before no_retry_on existed).
+        (None, 1),
+        # Opting out of the default retries them like any failure.
+        ((), 3),
+    ],
+    ids=["default-no-retry", "retried-when-opted-out"],
+)
+async def test_undecodable_message_is_dead_lettered_with_original_bytes(
     caplog: pytest.LogCaptureFixture,
+    no_retry_on: tuple[type[Exception], ...] | None,
+    attempts: int,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LIBRARY_LOGGER)
     topic, dead_letters, group = unique("fp-decode"), unique("fp-decode-dlt"), unique("g")
@@ -569,6 +582,7 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
     async def handle(body: int) -> None:
         bodies.append(body)
 
+    policy = {} if no_retry_on is None else {"no_retry_on": no_retry_on}
     async with running(
         broker,
         commit_batch_size=1,
@@ -576,6 +590,7 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
         max_retries=2,
         retry_backoff_sec=0.01,
         dead_letter_topic=dead_letters,
+        **policy,
     ) as handler:
         await wait_until(lambda: handler.processed >= 3)
         await wait_until(lambda: all_committed(group, topic, 1))
@@ -588,7 +603,14 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
         for r in library_records(caplog, logging.INFO)
         if r.getMessage().startswith("Attempt") and f"{topic}[0]@1" in r.getMessage()
     ]
-    assert len(retries) == 2
+    assert len(retries) == attempts - 1
+    [final] = [
+        r.getMessage()
+        for r in library_records(caplog, logging.ERROR)
+        if f"{topic}[0]@1" in r.getMessage()
+    ]
+    assert f"after {attempts} attempt(s)" in final
+    assert ("not retried" in final) is (attempts == 1)
 
     assert await record_count(dead_letters, 1) == 1
     [(key, value, headers)] = await read_all(dead_letters, 1)
@@ -597,10 +619,12 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
     found = header_map(headers)
     assert found[DL_TOPIC] == topic.encode()
     assert found[DL_OFFSET] == b"1"
-    assert found[DL_ATTEMPTS] == b"3"
+    assert found[DL_ATTEMPTS] == str(attempts).encode()
     # FastStream validates the body with pydantic before the handler is called.
     assert found[DL_TYPE] == b"ValidationError"
-    assert b"body" in found[DL_MESSAGE]
+    # The rule that failed, by field, without the body pydantic's own text quotes.
+    assert b"body: Input should be a valid integer" in found[DL_MESSAGE]
+    assert b"not-json" not in found[DL_MESSAGE]
 
 
 # ---- 6. key ordering with retries ---------------------------------------------------------
