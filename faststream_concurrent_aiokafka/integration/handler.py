@@ -56,6 +56,8 @@ class KafkaConcurrentHandler:
 
     @property
     def is_healthy(self) -> bool:
+        """Running, committer alive, no dead-letter publish stuck, no brake tripped, no set-up
+        error."""
         return self.engine.is_healthy and not self.setup_errors
 
     @property
@@ -77,6 +79,11 @@ class KafkaConcurrentHandler:
     @property
     def lanes(self) -> list[ConsumerLane]:
         return self.engine.lanes
+
+    @property
+    def brake_reasons(self) -> list[str]:
+        """Why subscribers stopped: one line per tripped dead-letter brake (none: empty)."""
+        return self.engine.brake_reasons
 
     def create_rebalance_listener(self) -> "KafkaConcurrentRebalanceListener":
         """A listener bound to this handler, for ``subscriber(..., listener=...)``."""

@@ -100,7 +100,9 @@ async def stop_concurrent_processing(context: "ContextRepo") -> None:
 
 
 def is_kafka_handler_healthy(context: "ContextRepo") -> bool:
-    """True while the handler in ``context`` runs and its committer is alive."""
+    """True while the handler in ``context`` runs, its committer is alive, no dead-letter
+    publish is stuck and no subscriber's dead-letter brake tripped (``brake_reasons`` says
+    which)."""
     handler = find_handler(context)
     return handler is not None and handler.is_healthy
 

@@ -793,3 +793,54 @@ async def test_override_inconsistent_with_global_backoff_does_not_drop_messages_
         await wait_until(
             lambda: len(bodies) == 3 or not is_kafka_handler_healthy(broker.context), timeout=10
         )
+
+
+# ---- 8. errors not worth retrying ---------------------------------------------------------
+
+
+class NotWorthRetryingError(Exception):
+    """Fails again on every attempt (a message that breaks a business rule)."""
+
+
+@pytest.mark.smoke
+async def test_errors_not_worth_retrying_are_dead_lettered_without_a_retry() -> None:
+    topic, dead_letters, group = unique("fp-noretry"), unique("fp-noretry-dlt"), unique("g")
+    await create_topic(topic, 4)
+    await create_topic(dead_letters, 2)
+    total = 1000
+    await send(topic, [(i % 4, None, str(i).encode(), []) for i in range(total)])
+
+    calls: Counter[int] = Counter()
+    broker = concurrent_broker()
+
+    @manual_subscriber(broker, topic, group)
+    async def handle(body: int) -> None:
+        calls[body] += 1
+        if body % 10 == 0:
+            raise NotWorthRetryingError(f"rule broken by {body}")
+
+    async with running(
+        broker,
+        concurrency_limit=32,
+        commit_batch_size=50,
+        commit_batch_timeout_sec=0.5,
+        max_retries=3,
+        retry_backoff_sec=0.01,
+        dead_letter_topic=dead_letters,
+        no_retry_on=(NotWorthRetryingError,),
+    ) as handler:
+        await wait_until(lambda: handler.processed >= total, timeout=60)
+
+    assert sum(calls.values()) == total
+    assert set(calls) == set(range(total))
+    assert handler.failed == 100
+    assert handler.engine.counters.retries == 0
+    assert await record_count(dead_letters, 2) == 100
+    letters = await read_all(dead_letters, 100)
+    assert {int(value) for _key, value, _headers in letters} == set(range(0, total, 10))
+    assert {header_map(h)[DL_ATTEMPTS] for _k, _v, h in letters} == {b"1"}
+    assert {header_map(h)[DL_TYPE] for _k, _v, h in letters} == {b"NotWorthRetryingError"}
+    assert {header_map(h)["x-dead-letter-consumer-group"] for _k, _v, h in letters} == {
+        group.encode()
+    }
+    assert await committed_offsets(group, topic) == await end_offsets(topic, 4)
