@@ -74,7 +74,11 @@ async def test_the_brake_stops_a_stream_that_fails_and_a_restart_resumes_it(
     assert f"group={group}" in reason
     assert f"max_consecutive_failures={LIMIT}" in reason
     assert "dead-letter brake tripped at" in reason
-    trips = [r for r in library_records(caplog, logging.ERROR) if r.getMessage().startswith("Dead-letter brake")]
+    trips = [
+        r
+        for r in library_records(caplog, logging.ERROR)
+        if r.getMessage().startswith("Dead-letter brake")
+    ]
     assert len(trips) == 1  # logged once, at ERROR
 
     dead_count = await record_count(dead_letters, 1)

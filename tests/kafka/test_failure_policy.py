@@ -35,6 +35,7 @@ from tests.kafka_helpers import (
     create_topic,
     end_offsets,
     read_all,
+    shut_down,
     unique,
     wait_until,
 )
@@ -844,3 +845,81 @@ async def test_errors_not_worth_retrying_are_dead_lettered_without_a_retry() -> 
         group.encode()
     }
     assert await committed_offsets(group, topic) == await end_offsets(topic, 4)
+
+
+# ---- 9. dead letters through the broker's publish path ------------------------------------
+
+
+async def test_dead_letters_pass_publish_middlewares_and_keep_the_original_bytes() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from faststream import BaseMiddleware
+    from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+    topic, dead_letters, group = unique("fp-mw"), unique("fp-mw-dlt"), unique("g")
+    await create_topic(topic, 1)
+    await create_topic(dead_letters, 1)
+    original = [("trace", b"1"), ("raw", b"\xff\xfe not utf-8"), ("trace", b"2")]
+    await send(topic, [(0, b"\x00key", b"\x81\x82 body", original)])
+    seen: list[str] = []
+
+    class Tracing(BaseMiddleware):
+        """Adds a header to what it publishes, as OpenTelemetry's middleware does."""
+
+        async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+            seen.append(cmd.destination)
+            cmd.headers["traceparent"] = "00-abc-01"
+            return await call_next(cmd)
+
+    registry = prometheus_client.CollectorRegistry()
+    broker = concurrent_broker()
+    broker.add_middleware(KafkaPrometheusMiddleware(registry=registry))
+    broker.add_middleware(Tracing)
+
+    @manual_subscriber(broker, topic, group)
+    async def handle(msg: KafkaMessage) -> None:
+        raise AssertionError("never called: FastStream cannot parse a non-UTF-8 header")
+
+    # Set up before the first message: FastStream's own loop cannot parse it.
+    handler = await initialize_concurrent_processing(
+        broker.context,
+        broker=broker,
+        commit_batch_size=1,
+        commit_batch_timeout_sec=0.1,
+        dead_letter_topic=dead_letters,
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: handler.processed >= 1)
+    finally:
+        await shut_down(broker)
+
+    assert seen == [dead_letters]
+    published = sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "faststream_published_messages_total"
+        and sample.labels.get("destination") == dead_letters
+        and sample.labels.get("status") == "success"
+    )
+    assert published == 1
+    [(key, value, headers)] = await read_all(dead_letters, 1)
+    assert (key, value) == (b"\x00key", b"\x81\x82 body")
+    assert headers[:3] == original  # repeated and non-UTF-8 headers kept byte for byte
+    assert [name for name, _ in headers[3:]] == [*DL_HEADERS_NOW, "traceparent"]
+    assert headers[-1] == ("traceparent", b"00-abc-01")
+    # Parsing the header failed: a decoding error, dead-lettered without retries.
+    assert header_map(headers)[DL_TYPE] == b"UnicodeDecodeError"
+    assert header_map(headers)[DL_ATTEMPTS] == b"1"
+
+
+DL_HEADERS_NOW = [
+    DL_TOPIC,
+    DL_PARTITION,
+    DL_OFFSET,
+    "x-dead-letter-timestamp",
+    "x-dead-letter-consumer-group",
+    DL_TYPE,
+    DL_MESSAGE,
+    DL_ATTEMPTS,
+]
