@@ -66,7 +66,7 @@ def dead_letter_headers(
     ``exception_text`` turns the error into the text of ``x-dead-letter-exception-message``
     (None: no text); whatever it returns is cut to ``MAX_EXCEPTION_TEXT_BYTES``.
     """
-    text = "" if error is None or exception_text is None else clip(exception_text(error))
+    text = "" if error is None or exception_text is None else _text(exception_text, error)
     ours = {
         TOPIC: origin.topic,
         PARTITION: str(origin.partition),
@@ -79,6 +79,15 @@ def dead_letter_headers(
     }
     kept = [(name, value) for name, value in original if name not in ours]
     return kept + [(name, value.encode()) for name, value in ours.items()]
+
+
+def _text(exception_text: Callable[[BaseException], str], error: BaseException) -> str:
+    """The user's text for the error, cut; a function that fails must not keep the message
+    from its dead letter, so its own failure is named instead."""
+    try:
+        return clip(str(exception_text(error)))
+    except Exception as exc:
+        return f"(dead_letter_exception_text raised {type(exc).__name__})"
 
 
 def clip(text: str) -> str:

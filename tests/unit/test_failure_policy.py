@@ -346,6 +346,18 @@ def test_dead_letter_text_of_the_users_function_is_cut_too() -> None:
     assert len(found["x-dead-letter-exception-message"]) == MAX_EXCEPTION_TEXT_BYTES
 
 
+def test_a_failing_text_function_still_gives_a_dead_letter() -> None:
+    def broken(error: BaseException) -> str:
+        raise KeyError(error)
+
+    found = dict(dead_letter_headers(_record([]), PoisonError("x"), 1, text=broken))
+
+    assert (
+        found["x-dead-letter-exception-message"] == b"(dead_letter_exception_text raised KeyError)"
+    )
+    assert found["x-dead-letter-exception-type"] == b"PoisonError"
+
+
 def test_dead_letter_text_is_empty_when_turned_off() -> None:
     found = dict(dead_letter_headers(_record([]), PoisonError("private"), 1, text=None))
 
