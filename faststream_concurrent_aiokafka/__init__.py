@@ -5,6 +5,8 @@ Layers, each importing only those below it (checked by ``lint-imports``): ``inte
 ``compat`` holds every private FastStream or aiokafka access.
 """
 
+from faststream_concurrent_aiokafka.core.dead_letters import MAX_EXCEPTION_TEXT_BYTES, ReplayFilter
+from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, describe_exception
 from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
@@ -42,11 +44,14 @@ from faststream_concurrent_aiokafka.integration.monitoring import (
     processing_snapshot,
 )
 from faststream_concurrent_aiokafka.integration.subscriber_options import configure_subscriber
+from faststream_concurrent_aiokafka.replay import KafkaConnection, ReplayReport, replay_dead_letters
 
 KafkaCommitTask = AdmittedMessage
 """The original name of ``AdmittedMessage`` (one admitted message, not a commit), kept."""
 
 __all__ = [
+    "DECODE_ERRORS",
+    "MAX_EXCEPTION_TEXT_BYTES",
     "AdmittedMessage",
     "CommitterIsDeadError",
     "ConcurrencySettings",
@@ -58,17 +63,22 @@ __all__ = [
     "KafkaConcurrentHandler",
     "KafkaConcurrentProcessingMiddleware",
     "KafkaConcurrentRebalanceListener",
+    "KafkaConnection",
     "Ordering",
     "PartitionSnapshot",
     "ProcessingSnapshot",
+    "ReplayFilter",
+    "ReplayReport",
     "SubscriberSettings",
     "SubscriberSnapshot",
     "Totals",
     "configure_subscriber",
+    "describe_exception",
     "health_report",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",
     "processing_snapshot",
+    "replay_dead_letters",
     "setup_concurrent_processing",
     "stop_concurrent_processing",
     "tune_garbage_collector",

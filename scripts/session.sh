@@ -4,6 +4,9 @@
 # After `start_session NAME`: the venv is on PATH, KAFKA_BOOTSTRAP_SERVERS points at a broker
 # that answers, and a broker started here is stopped on exit unless KEEP_KAFKA=1.
 # KAFKA_BOOTSTRAP_SERVERS (reuse that broker) and KAFKA_PORT (default 9092) are honoured.
+# A broker started here also opens a SASL_PLAINTEXT listener on KAFKA_SASL_PORT (default
+# KAFKA_PORT+2; set it empty to go without): one more listener, no second broker, so the SASL
+# tests run in every full run. KAFKA_SASL_BOOTSTRAP_SERVERS is exported when it answers.
 
 log() { printf '%s: %s\n' "${SESSION_NAME:-session}" "$*" >&2; }
 
@@ -32,6 +35,7 @@ start_session() {
 
     local report bootstrap bootstrap_rc=0
     report="$(mktemp "${TMPDIR:-/tmp}/fca-kafka-start.XXXXXX")"
+    export KAFKA_SASL_PORT="${KAFKA_SASL_PORT-$((${KAFKA_PORT:-9092} + 2))}"
     bootstrap="$(KAFKA_START_REPORT="${report}" bash scripts/kafka.sh start)" || bootstrap_rc=$?
     [[ "$(cat "${report}" 2>/dev/null)" == started ]] && _started_kafka=1
     rm -f "${report}"
@@ -41,4 +45,11 @@ start_session() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS="${bootstrap}"
     log "KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS}"
+    if [[ -n "${KAFKA_SASL_PORT}" ]] &&
+        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "${KAFKA_SASL_PORT}" 2>/dev/null; then
+        export KAFKA_SASL_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_SASL_PORT}"
+        log "KAFKA_SASL_BOOTSTRAP_SERVERS=${KAFKA_SASL_BOOTSTRAP_SERVERS}"
+    else
+        log "no SASL listener: the SASL tests will be skipped"
+    fi
 }

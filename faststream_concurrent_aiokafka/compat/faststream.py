@@ -13,12 +13,14 @@ from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from faststream import ContextRepo
+from faststream.kafka.response import KafkaPublishCommand
 from faststream.kafka.subscriber.usecase import (
     BatchSubscriber,
     ConcurrentBetweenPartitionsSubscriber,
     DefaultSubscriber,
     LogicSubscriber,
 )
+from faststream.response.publish_type import PublishType
 
 KafkaSubscriber = LogicSubscriber
 
@@ -99,14 +101,85 @@ def kafka_producer(subscriber: Any) -> AIOKafkaProducer | None:
     """The broker's connected aiokafka producer, for dead letters that keep the original bytes.
 
     Why private: FastStream's producer wraps aiokafka's in a private state object
-    (``_outer_config.producer._producer.producer``); None when not connected.
+    (``_outer_config.producer._producer.producer``); None when not connected, and under
+    ``TestKafkaBroker`` (whose producer has no such state).
     """
-    state = subscriber._outer_config.producer._producer
+    state = getattr(configured_producer(subscriber), "_producer", None)
     try:
-        producer = state.producer
+        producer = state.producer  # type: ignore[union-attr]
     except Exception:  # FastStream's empty state raises until the broker connects
         return None
     return producer if isinstance(producer, AIOKafkaProducer) else None
+
+
+def configured_producer(subscriber: Any) -> Any:
+    """FastStream's producer of the subscriber's broker (``broker.config.producer``): the
+    innermost step of ``broker.publish``, the test producer under ``TestKafkaBroker``; false
+    while not connected.
+
+    Why private: a subscriber reaches its broker's configuration only as ``_outer_config``.
+    """
+    return subscriber._outer_config.producer
+
+
+def publish_command(
+    body: bytes | None,
+    *,
+    topic: str,
+    key: bytes | None,
+    headers: dict[str, str],
+    correlation_id: str | None,
+) -> KafkaPublishCommand:
+    """The command ``broker.publish(body, topic, key=..., headers=...)`` hands its publish
+    middlewares, for a publish the library runs through them itself.
+
+    Why internal: FastStream builds it inside ``publish``; its constructor takes the publish
+    type as the private keyword ``_publish_type``.
+    """
+    return KafkaPublishCommand(
+        body,
+        topic=topic,
+        key=key,
+        headers=headers,
+        correlation_id=correlation_id,
+        _publish_type=PublishType.PUBLISH,
+    )
+
+
+# What a consumer, a producer and an admin client all accept: where the cluster is and how to
+# log in. The rest of FastStream's keyword arguments belong to one kind of client only.
+_CONNECTION_KEYS = frozenset(
+    {
+        "bootstrap_servers",
+        "client_id",
+        "request_timeout_ms",
+        "retry_backoff_ms",
+        "metadata_max_age_ms",
+        "connections_max_idle_ms",
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+    }
+)
+
+
+def connection_settings(broker: Any) -> dict[str, Any]:
+    """The connection settings of a ``KafkaBroker`` (servers, security: SASL, SSL), as keyword
+    arguments for any aiokafka client, so a client the library opens itself connects as the
+    broker does.
+
+    Why private: FastStream keeps what it passes to its clients only as the broker's
+    ``_connection_kwargs`` (the same in every 0.7 release).
+    """
+    given: dict[str, Any] = broker._connection_kwargs
+    return {
+        key: value for key, value in given.items() if key in _CONNECTION_KEYS and value is not None
+    }
 
 
 def broker_logger(subscriber: Any) -> logging.Logger | None:

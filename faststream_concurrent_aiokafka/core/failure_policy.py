@@ -4,6 +4,7 @@ Pure: no I/O. The exception types that carry a meaning (FastStream's acknowledge
 exceptions) are handed in by the integration layer, so the policy itself knows no framework.
 """
 
+import dataclasses
 import enum
 import random
 from dataclasses import dataclass
@@ -14,17 +15,22 @@ ExceptionTypes = tuple[type[BaseException], ...]
 class Outcome(enum.Enum):
     DONE = "done"  # success, or the handler said the message is settled (ack / skip)
     RETRY = "retry"  # a failure: try again while attempts remain, then dead-letter
-    DEAD_LETTER = "dead_letter"  # the handler rejected it: dead-letter now, no retries
+    DEAD_LETTER = "dead_letter"  # rejected, or not worth retrying: dead-letter now
     STOP = "stop"  # the handler asked to stop consuming (or the app): done, then stop
 
 
 @dataclass(frozen=True, slots=True)
 class FailurePolicy:
-    """Sorts an attempt's exception into an ``Outcome``; anything not listed is retried."""
+    """Sorts an attempt's exception into an ``Outcome``; anything not listed is retried.
+
+    ``no_retry`` holds the user's errors not worth retrying (``no_retry_on``); they are read
+    after the control exceptions, so listing ``Exception`` never turns an ack into a failure.
+    """
 
     done: ExceptionTypes = ()
     dead_letter: ExceptionTypes = ()
     stop: ExceptionTypes = ()
+    no_retry: ExceptionTypes = ()
 
     def classify(self, error: BaseException | None) -> Outcome:
         if error is None:
@@ -33,9 +39,13 @@ class FailurePolicy:
             return Outcome.STOP
         if isinstance(error, self.done):
             return Outcome.DONE
-        if isinstance(error, self.dead_letter):
+        if isinstance(error, (*self.dead_letter, *self.no_retry)):
             return Outcome.DEAD_LETTER
         return Outcome.RETRY
+
+    def with_no_retry(self, no_retry: ExceptionTypes) -> "FailurePolicy":
+        """This policy, with ``no_retry`` as the errors that are not retried."""
+        return dataclasses.replace(self, no_retry=tuple(no_retry))
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -15,10 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict, get_args
 
+from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, describe_exception
+
 Ordering = Literal["unordered", "key", "partition"]
 ORDERINGS: Final = get_args(Ordering)
 
 Check = Callable[[str, Any], None]
+ExceptionTypes = tuple[type[Exception], ...]
+ExceptionText = Callable[[BaseException], str]
 
 _CHECK: Final = "check"
 _OPTIONAL: Final = "optional"
@@ -62,6 +66,34 @@ def _ordering(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+def _ratio(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be a number between 0 and 1, got {value!r}"
+        raise ValueError(msg)
+    if not 0 < value < 1:
+        msg = f"{name} must be > 0 and < 1 (a share of messages), got {value!r}"
+        raise ValueError(msg)
+
+
+def _exception_types(name: str, value: Any) -> None:
+    """A tuple of exception classes: a single class is refused, so that a forgotten comma
+    fails here and not by retrying what should not be."""
+    if not isinstance(value, tuple) or not all(
+        isinstance(item, type) and issubclass(item, Exception) for item in value
+    ):
+        msg = (
+            f"{name} must be a tuple of exception classes (subclasses of Exception), such as "
+            f"(ValueError,) or (*DECODE_ERRORS, MyError); got {value!r}"
+        )
+        raise ValueError(msg)
+
+
+def _function(name: str, value: Any) -> None:
+    if not callable(value):
+        msg = f"{name} must be a function from an exception to a str (or None), got {value!r}"
+        raise ValueError(msg)
+
+
 _TOPIC_NAME: Final = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
@@ -99,6 +131,13 @@ class SubscriberSettings:
     retry_backoff_sec: float = _setting(0.1, _seconds)
     retry_backoff_max_sec: float = _setting(10.0, _seconds)
     dead_letter_topic: str | None = _setting(None, _topic, optional=True)
+    no_retry_on: ExceptionTypes = _setting(DECODE_ERRORS, _exception_types)
+    dead_letter_exception_text: ExceptionText | None = _setting(
+        describe_exception, _function, optional=True
+    )
+    max_consecutive_failures: int | None = _setting(None, _int_at_least(1), optional=True)
+    max_failure_ratio: float | None = _setting(None, _ratio, optional=True)
+    failure_ratio_window: int = _setting(100, _int_at_least(1))
     track_completed_offsets: bool = _setting(True, _bool)
     stall_warning_sec: float | None = _setting(60.0, _seconds, optional=True)
 
@@ -159,6 +198,11 @@ class KeywordSettings(TypedDict, total=False):
     retry_backoff_sec: float
     retry_backoff_max_sec: float
     dead_letter_topic: str | None
+    no_retry_on: ExceptionTypes
+    dead_letter_exception_text: ExceptionText | None
+    max_consecutive_failures: int | None
+    max_failure_ratio: float | None
+    failure_ratio_window: int
     track_completed_offsets: bool
     stall_warning_sec: float | None
     commit_timeout_sec: float
@@ -185,5 +229,10 @@ class SubscriberOverrides(TypedDict, total=False):
     retry_backoff_sec: float | None
     retry_backoff_max_sec: float | None
     dead_letter_topic: str | None
+    no_retry_on: ExceptionTypes | None
+    dead_letter_exception_text: ExceptionText | None
+    max_consecutive_failures: int | None
+    max_failure_ratio: float | None
+    failure_ratio_window: int | None
     track_completed_offsets: bool | None
     stall_warning_sec: float | None

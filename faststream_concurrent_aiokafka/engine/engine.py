@@ -76,6 +76,19 @@ class Engine:
         await self.committer.close()
 
     @property
+    def brake_reasons(self) -> list[str]:
+        """One line per subscriber whose dead-letter brake tripped: which, where, why."""
+        reasons: dict[int, str] = {}
+        for lane in self._lanes.values():
+            brake = lane.brake
+            if brake.tripped and id(brake) not in reasons:
+                reasons[id(brake)] = (
+                    f"{lane.name}: dead-letter brake tripped at {brake.held_at}: {brake.cause}; "
+                    "nothing from there on is committed, restart after the fix"
+                )
+        return list(reasons.values())
+
+    @property
     def in_flight(self) -> int:
         return self.scheduler.running
 
@@ -111,6 +124,8 @@ class Engine:
             if lane is not None:
                 lane.leave_tally()
             counters = self._counters.setdefault(pipeline, Counters())
+            # The pipeline's other consumers share one brake: it stops the whole subscriber.
+            brake = next((o.brake for o in self._lanes.values() if o.pipeline is pipeline), None)
             lane = ConsumerLane(
                 consumer,
                 pipeline,
@@ -118,8 +133,11 @@ class Engine:
                 tally=self._tally,
                 counters=counters,
                 faults=self.faults,
+                brake=brake,
             )
             self._lanes[consumer] = lane
+            if lane.brake.tripped:
+                lane.stop_taking()
         return lane
 
     def forget(self, lanes: Iterable[ConsumerLane]) -> None:
@@ -135,6 +153,9 @@ class Engine:
         the next owner reads it again."""
         if lane.closing or not self.is_running:
             return
+        if lane.brake.tripped:  # tripped by another consumer of the same subscriber
+            lane.stop_taking()
+            return
         self.committer.check_alive()
         self.scheduler.admit(lane, records)
 
@@ -143,6 +164,9 @@ class Engine:
     ) -> None:
         """A ``batch=True`` subscriber's records, as one message."""
         if lane.closing or not self.is_running or not records:
+            return
+        if lane.brake.tripped:
+            lane.stop_taking()
             return
         self.committer.check_alive()
         self.scheduler.admit_batch(lane, records)
@@ -193,9 +217,7 @@ class Engine:
         """Stop admitting, let running work finish up to ``timeout``, cancel the rest, commit."""
         lanes = list(lanes)
         for lane in lanes:
-            lane.closing = True
-            lane.pause()
-            lane.drop_waiting()
+            lane.stop_taking()
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
         leftovers = []

@@ -60,7 +60,7 @@ async def _after_failed_attempt(
     lane = message.lane
     if isinstance(error, TaskTimeoutError):
         lane.counters.task_timeouts += 1
-    outcome = lane.pipeline.policy.classify(error)
+    outcome = lane.policy.classify(error)
     if outcome is Outcome.DONE:
         return False
     if outcome is Outcome.STOP:
@@ -81,12 +81,52 @@ async def _after_failed_attempt(
         await asyncio.sleep(delay)
         return True
     message.error = error
-    await _dead_letter_or_log(message, error, attempt)
+    brake = lane.brake
+    was_tripped = brake.tripped
+    cause = brake.record_failure()
+    if cause is not None:
+        _hold(message, error, attempt, cause, first=not was_tripped)
+        return False
+    await _dead_letter_or_log(message, error, attempt, retried=outcome is Outcome.RETRY)
     return False
 
 
+def _hold(
+    message: AdmittedMessage, error: BaseException, attempts: int, cause: str, *, first: bool
+) -> None:
+    """The dead-letter brake is tripped: the message is neither dead-lettered nor committed
+    (its offsets block the commit point), and its subscriber takes no new messages. The trip
+    is logged once at ERROR; every message held after it once at WARNING."""
+    lane = message.lane
+    for _, tracker, offset in message.positions():
+        tracker.block(offset)
+    if first:
+        lane.brake.held_at = message.describe()
+        lane.log.error(
+            "Dead-letter brake of %s tripped at %s: %s. Nothing from this message on is "
+            "dead-lettered or committed and no new messages are taken; fix the cause and "
+            "restart, processing resumes here",
+            lane.name,
+            message.describe(),
+            cause,
+            exc_info=error,
+            extra=message.log_extra(),
+        )
+    else:
+        lane.log.warning(
+            "Message %s failed after %d attempt(s) (%s); held uncommitted by the tripped "
+            "dead-letter brake",
+            message.describe(),
+            attempts,
+            _summary(error),
+            extra=message.log_extra(),
+        )
+    if not lane.closing:
+        lane.stop_taking()
+
+
 async def _dead_letter_or_log(
-    message: AdmittedMessage, error: BaseException, attempts: int
+    message: AdmittedMessage, error: BaseException, attempts: int, *, retried: bool
 ) -> None:
     """Last attempt failed: logged once at ERROR with its traceback, then dead-lettered
     (retrying the publish until it succeeds) or committed as failed.
@@ -101,10 +141,11 @@ async def _dead_letter_or_log(
         "committed without a dead-letter topic" if topic is None else f"dead-lettering to {topic!r}"
     )
     lane.log.error(
-        "Message %s failed after %d attempt(s) (%s); %s",
+        "Message %s failed after %d attempt(s) (%s)%s; %s",
         message.describe(),
         attempts,
         _summary(error),
+        "" if retried else ", not retried",
         outcome,
         exc_info=error,
         extra=message.log_extra(),
@@ -117,7 +158,9 @@ async def _dead_letter_or_log(
         while True:
             publish_attempt += 1
             try:
-                await lane.pipeline.dead_letter(topic, message.record, error, attempts)
+                await lane.pipeline.dead_letter(
+                    topic, message.record, error, attempts, options.dead_letter_exception_text
+                )
             except Exception as exc:
                 stuck.add(message)
                 delay = backoff_delay(

@@ -204,6 +204,8 @@ class Scheduler:
             counters = lane.counters
             if message.error is not None:
                 counters.failed += 1
+            else:
+                lane.brake.succeeded += 1
             counters.processed += 1
             if message.batch is None:
                 _finish(lane, message.tracker, message.offset)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from faststream_concurrent_aiokafka.core.dead_letter_brake import DeadLetterBrake
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
@@ -60,9 +61,15 @@ class Pipeline(Protocol):
         log every attempt as an error)."""
 
     async def dead_letter(
-        self, topic: str, record: Any, error: BaseException | None, attempts: int
+        self,
+        topic: str,
+        record: Any,
+        error: BaseException | None,
+        attempts: int,
+        exception_text: Callable[[BaseException], str] | None,
     ) -> None:
-        """Publish the message to ``topic`` and wait for the broker's acknowledgement."""
+        """Publish the message to ``topic`` and wait for the broker's acknowledgement;
+        ``exception_text`` writes the error's text into the dead letter."""
 
     def stop_requested(self, error: BaseException) -> None:
         """The handler asked to stop consuming (``Outcome.STOP``)."""
@@ -239,6 +246,7 @@ class ConsumerLane:
         tally: Tally | None = None,
         counters: Counters | None = None,
         faults: Faults | None = None,
+        brake: DeadLetterBrake | None = None,
     ) -> None:
         self.consumer = consumer
         self.pipeline = pipeline
@@ -246,6 +254,14 @@ class ConsumerLane:
         # Bound once: the slot loop calls it for every message.
         self.process: Callable[[Any], Awaitable[Any]] = pipeline.process
         self.options = settings
+        # The pipeline's control exceptions plus the subscriber's errors not worth retrying.
+        self.policy = pipeline.policy.with_no_retry(settings.no_retry_on)
+        # Shared by every lane of the same pipeline: the brake stops the whole subscriber.
+        self.brake = brake or DeadLetterBrake(
+            max_consecutive_failures=settings.max_consecutive_failures,
+            max_failure_ratio=settings.max_failure_ratio,
+            failure_ratio_window=settings.failure_ratio_window,
+        )
         self.trackers: dict[TopicPartition, PartitionOffsets] = {}
         self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
         self.ready: deque[AdmittedMessage] = deque()
@@ -317,6 +333,13 @@ class ConsumerLane:
         dropped += len(self.gate.drop(matches))
         self.wake_admission()
         return dropped
+
+    def stop_taking(self) -> None:
+        """Take no new messages (shutdown, or a tripped brake): admission closes, fetching
+        pauses for good, and what waits for a slot is dropped, uncommitted, for a later read."""
+        self.closing = True
+        self.pause()
+        self.drop_waiting()
 
     def wake_admission(self) -> None:
         """Let a poll loop held for backlog room go on."""

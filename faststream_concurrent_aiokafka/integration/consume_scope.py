@@ -9,7 +9,7 @@ from faststream.exceptions import NackMessage, RejectMessage
 from faststream.message import AckStatus, StreamMessage
 
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
-from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
+from faststream_concurrent_aiokafka.engine.state import CommitGuard
 
 
 async def _record_reject(message: StreamMessage[Any]) -> None:
@@ -19,17 +19,20 @@ async def _record_reject(message: StreamMessage[Any]) -> None:
 
 
 async def call_handler(
-    admitted: AdmittedMessage, call_next: Any, message: StreamMessage[Any]
+    timeout: float | None,
+    call_next: Any,
+    message: StreamMessage[Any],
+    consumer: CommitGuard | None = None,
 ) -> Any:
     """The handler call: timeout, and acks turned into outcomes.
 
     ``msg.nack()`` and ``msg.reject()`` become ``NackMessage``/``RejectMessage`` so the
-    failure policy sees them and FastStream publishes no result for the message.
+    failure policy sees them and FastStream publishes no result for the message. ``consumer``,
+    if given, replaces the message's consumer (commits and seeks dropped).
     """
-    lane = admitted.lane
-    message.consumer = lane.commit_guard  # type: ignore[attr-defined]
+    if consumer is not None:
+        message.consumer = consumer  # type: ignore[attr-defined]
     message.reject = partial(_record_reject, message)  # type: ignore[method-assign]
-    timeout = lane.options.task_timeout_sec
     try:
         if timeout is None:
             result = await call_next(message)

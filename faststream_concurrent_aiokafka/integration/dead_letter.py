@@ -1,68 +1,93 @@
-"""Dead-letter records: the original message plus headers saying where and why it failed."""
+"""Publishing dead letters: the original record plus headers saying where and why it failed
+(``core.dead_letters``), through the broker's own publish path.
 
-import asyncio
-from typing import Any, Final
+Each dead letter goes through the publish middlewares of the subscriber's broker (and router),
+as ``broker.publish`` would send it, so FastStream's Prometheus and OpenTelemetry middlewares
+count and trace it. The innermost step differs: with a connected aiokafka producer the record
+is sent with its original bytes (FastStream's producer would turn headers into a ``dict`` of
+``str``, losing repeated and non-UTF-8 headers); headers a middleware added (trace context)
+are sent too. Under ``TestKafkaBroker`` the broker's own (test) producer sends it, so a test
+subscriber of the dead-letter topic receives it.
+"""
 
-from aiokafka import ConsumerRecord
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
+from faststream_concurrent_aiokafka.core.dead_letters import Headers, Origin, dead_letter_headers
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 
-HEADER_TOPIC: Final = "x-dead-letter-topic"
-HEADER_PARTITION: Final = "x-dead-letter-partition"
-HEADER_OFFSET: Final = "x-dead-letter-offset"
-HEADER_EXCEPTION_TYPE: Final = "x-dead-letter-exception-type"
-HEADER_EXCEPTION_MESSAGE: Final = "x-dead-letter-exception-message"
-HEADER_ATTEMPTS: Final = "x-dead-letter-attempts"
-
-_MAX_MESSAGE_BYTES: Final = 1024
+ExceptionText = Callable[[BaseException], str] | None
 
 
-def dead_letter_headers(
-    record: "ConsumerRecord[Any, Any]", error: BaseException | None, attempts: int
-) -> list[tuple[str, bytes]]:
-    """The original headers, then ours (earlier dead-letter headers are replaced)."""
-    ours = {
-        HEADER_TOPIC: record.topic,
-        HEADER_PARTITION: str(record.partition),
-        HEADER_OFFSET: str(record.offset),
-        HEADER_EXCEPTION_TYPE: type(error).__name__ if error is not None else "",
-        HEADER_EXCEPTION_MESSAGE: _clip(str(error)) if error is not None else "",
-        HEADER_ATTEMPTS: str(attempts),
-    }
-    kept = [(name, value) for name, value in record.headers if name not in ours]
-    return kept + [(name, value.encode()) for name, value in ours.items()]
-
-
-def _clip(text: str) -> str:
-    """At most _MAX_MESSAGE_BYTES of UTF-8, cut on a character boundary."""
-    return text.encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore")
+def record_headers(
+    record: "ConsumerRecord[Any, Any]",
+    group: str | None,
+    error: BaseException | None,
+    attempts: int,
+    exception_text: ExceptionText,
+) -> Headers:
+    """The headers of the dead letter of ``record``."""
+    origin = Origin(record.topic, record.partition, record.offset, record.timestamp, group)
+    return dead_letter_headers(record.headers, origin, error, attempts, exception_text)
 
 
 async def publish_dead_letter(
     subscriber: Any,
     topic: str,
     records: "ConsumerRecord[Any, Any] | tuple[ConsumerRecord[Any, Any], ...]",
+    *,
     error: BaseException | None,
     attempts: int,
+    exception_text: ExceptionText,
 ) -> None:
-    """Send (every record of a batch) through the broker's own aiokafka producer, so the
-    original bytes are kept, and wait for the broker's acknowledgements."""
-    producer = faststream_compat.kafka_producer(subscriber)
-    if producer is None:
+    """Publish the dead letter of each record (every record of a batch) and wait for the
+    broker's acknowledgement of each."""
+    exact = faststream_compat.kafka_producer(subscriber)
+    producer = faststream_compat.configured_producer(subscriber)
+    if exact is None and not producer:
         msg = (
             "dead_letter_topic is set but the broker has no connected Kafka producer; "
             "do not use consumer-only brokers with a dead-letter topic"
         )
         raise ConcurrentProcessingSetupError(msg)
-    batch = records if isinstance(records, tuple) else (records,)
-    sent = [
-        await producer.send(
-            topic,
-            value=record.value,
+    group = getattr(subscriber, "group_id", None)
+    for record in records if isinstance(records, tuple) else (records,):
+        headers = record_headers(record, group, error, attempts, exception_text)
+        as_text = {name: value.decode(errors="replace") for name, value in headers}
+        command = faststream_compat.publish_command(
+            record.value,
+            topic=topic,
             key=record.key,
-            headers=dead_letter_headers(record, error, attempts),
+            headers=as_text,
+            correlation_id=as_text.get("correlation_id"),
         )
-        for record in batch
+        send = producer.publish if exact is None else partial(_send_exact, exact, headers)
+        await _through_middlewares(subscriber, send, command)
+
+
+async def _through_middlewares(
+    subscriber: Any, send: Callable[[Any], Awaitable[Any]], command: Any
+) -> Any:
+    """``send(command)`` wrapped in the publish scope of every broker middleware, the first
+    outermost, as ``broker.publish`` does."""
+    context = faststream_compat.subscriber_context(subscriber)
+    publish = send
+    for middleware in reversed(faststream_compat.broker_middlewares(subscriber)):
+        publish = partial(middleware(None, context=context).publish_scope, publish)
+    return await publish(command)
+
+
+async def _send_exact(producer: AIOKafkaProducer, headers: Headers, command: Any) -> Any:
+    """Send the record's bytes with ``headers``, plus any header a middleware added."""
+    ours = {name for name, _ in headers}
+    added = [
+        (name, str(value).encode()) for name, value in command.headers.items() if name not in ours
     ]
-    await asyncio.gather(*sent)
+    sent = await producer.send(
+        command.destination, value=command.body, key=command.key, headers=headers + added
+    )
+    return await sent

@@ -91,6 +91,11 @@ class KafkaConcurrentHandler:
     def lanes(self) -> list[ConsumerLane]:
         return self.engine.lanes
 
+    @property
+    def brake_reasons(self) -> list[str]:
+        """Why subscribers stopped: one line per tripped dead-letter brake (none: empty)."""
+        return self.engine.brake_reasons
+
     def create_rebalance_listener(self) -> "KafkaConcurrentRebalanceListener":
         """A listener bound to this handler, for ``subscriber(..., listener=...)``."""
         return KafkaConcurrentRebalanceListener(handler=self)

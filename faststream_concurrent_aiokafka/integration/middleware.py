@@ -11,11 +11,14 @@ from faststream.exceptions import SkipMessage
 from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.core.settings import DEFAULTS
 from faststream_concurrent_aiokafka.engine.runner import RUNNING
 from faststream_concurrent_aiokafka.integration import subscribers
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.handler import find_handler
+from faststream_concurrent_aiokafka.integration.inline import DeadLettered, run_inline
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
+from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
 
 NOT_INITIALISED = (
     "A MANUAL-ack subscriber received a message before concurrent processing was set up. "
@@ -50,6 +53,8 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         Cancellation and interrupts pass through."""
         if exc_val is None or not isinstance(exc_val, Exception | SystemExit):
             return False
+        if isinstance(exc_val, DeadLettered):
+            return True
         admitted = RUNNING.get(id(self.msg))
         if admitted is None:
             return False
@@ -61,7 +66,8 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         less per message in flight."""
         admitted = RUNNING.get(id(self.msg))
         if admitted is not None:
-            return call_handler(admitted, call_next, msg)
+            lane = admitted.lane
+            return call_handler(lane.options.task_timeout_sec, call_next, msg, lane.commit_guard)
         return self._first_contact(call_next, msg)
 
     async def _first_contact(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
@@ -70,10 +76,12 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         if not subscribers.uses_concurrent_processing(subscriber, type(self)):
             return await call_next(msg)
         consumer = getattr(msg, "consumer", None)
-        if not isinstance(consumer, AIOKafkaConsumer):
-            # TestKafkaBroker and friends: no offsets to keep, run it as FastStream would.
-            return await call_next(msg)
         handler = find_handler(self.context)
+        if not isinstance(consumer, AIOKafkaConsumer):
+            # TestKafkaBroker and friends: no offsets to keep; the failure policy runs inline.
+            settings = handler.settings if handler is not None else DEFAULTS
+            options = settings.for_subscriber(options_of(subscriber))
+            return await run_inline(subscriber, options, call_next, msg)
         if handler is None:
             subscriber_logger(subscriber).error(NOT_INITIALISED)
             raise ConcurrentProcessingSetupError(NOT_INITIALISED)

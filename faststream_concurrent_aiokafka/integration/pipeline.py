@@ -3,6 +3,7 @@ failures read, where their dead letters go and how a handler stops consuming."""
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from faststream.exceptions import AckMessage, RejectMessage, SkipMessage, StopConsume
@@ -55,9 +56,16 @@ class SubscriberPipeline:
         return subscriber_logger(self.owner)
 
     async def dead_letter(
-        self, topic: str, record: Any, error: BaseException | None, attempts: int
+        self,
+        topic: str,
+        record: Any,
+        error: BaseException | None,
+        attempts: int,
+        exception_text: Callable[[BaseException], str] | None,
     ) -> None:
-        await publish_dead_letter(self.owner, topic, record, error, attempts)
+        await publish_dead_letter(
+            self.owner, topic, record, error=error, attempts=attempts, exception_text=exception_text
+        )
 
     def stop_requested(self, error: BaseException) -> None:
         """``StopConsume`` stops this subscriber (its stop drains the other messages first);

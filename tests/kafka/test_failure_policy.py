@@ -36,6 +36,7 @@ from tests.kafka_helpers import (
     create_topic,
     end_offsets,
     read_all,
+    shut_down,
     unique,
     wait_until,
 )
@@ -557,8 +558,21 @@ async def test_ack_and_skip_raised_settle_the_message_without_retry() -> None:
 # ---- 5. decode errors ---------------------------------------------------------------------
 
 
-async def test_undecodable_message_is_retried_and_dead_lettered_with_original_bytes(
+@pytest.mark.parametrize(
+    ("no_retry_on", "attempts"),
+    [
+        # The default: FastStream's decoding errors are not worth retrying (issue 16; this
+        # test asserted 2 retries before no_retry_on existed).
+        (None, 1),
+        # Opting out of the default retries them like any failure.
+        ((), 3),
+    ],
+    ids=["default-no-retry", "retried-when-opted-out"],
+)
+async def test_undecodable_message_is_dead_lettered_with_original_bytes(
     caplog: pytest.LogCaptureFixture,
+    no_retry_on: tuple[type[Exception], ...] | None,
+    attempts: int,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LIBRARY_LOGGER)
     topic, dead_letters, group = unique("fp-decode"), unique("fp-decode-dlt"), unique("g")
@@ -580,6 +594,7 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
     async def handle(body: int) -> None:
         bodies.append(body)
 
+    policy = {} if no_retry_on is None else {"no_retry_on": no_retry_on}
     async with running(
         broker,
         commit_batch_size=1,
@@ -587,6 +602,7 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
         max_retries=2,
         retry_backoff_sec=0.01,
         dead_letter_topic=dead_letters,
+        **policy,
     ) as handler:
         await wait_until(lambda: handler.processed >= 3)
         await wait_until(lambda: all_committed(group, topic, 1))
@@ -599,7 +615,14 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
         for r in library_records(caplog, logging.INFO)
         if r.getMessage().startswith("Attempt") and f"{topic}[0]@1" in r.getMessage()
     ]
-    assert len(retries) == 2
+    assert len(retries) == attempts - 1
+    [final] = [
+        r.getMessage()
+        for r in library_records(caplog, logging.ERROR)
+        if f"{topic}[0]@1" in r.getMessage()
+    ]
+    assert f"after {attempts} attempt(s)" in final
+    assert ("not retried" in final) is (attempts == 1)
 
     assert await record_count(dead_letters, 1) == 1
     [(key, value, headers)] = await read_all(dead_letters, 1)
@@ -608,10 +631,12 @@ async def test_undecodable_message_is_retried_and_dead_lettered_with_original_by
     found = header_map(headers)
     assert found[DL_TOPIC] == topic.encode()
     assert found[DL_OFFSET] == b"1"
-    assert found[DL_ATTEMPTS] == b"3"
+    assert found[DL_ATTEMPTS] == str(attempts).encode()
     # FastStream validates the body with pydantic before the handler is called.
     assert found[DL_TYPE] == b"ValidationError"
-    assert b"body" in found[DL_MESSAGE]
+    # The rule that failed, by field, without the body pydantic's own text quotes.
+    assert b"body: Input should be a valid integer" in found[DL_MESSAGE]
+    assert b"not-json" not in found[DL_MESSAGE]
 
 
 # ---- 6. key ordering with retries ---------------------------------------------------------
@@ -780,3 +805,132 @@ async def test_override_inconsistent_with_global_backoff_does_not_drop_messages_
         await wait_until(
             lambda: len(bodies) == 3 or not is_kafka_handler_healthy(broker.context), timeout=10
         )
+
+
+# ---- 8. errors not worth retrying ---------------------------------------------------------
+
+
+class NotWorthRetryingError(Exception):
+    """Fails again on every attempt (a message that breaks a business rule)."""
+
+
+@pytest.mark.smoke
+async def test_errors_not_worth_retrying_are_dead_lettered_without_a_retry() -> None:
+    topic, dead_letters, group = unique("fp-noretry"), unique("fp-noretry-dlt"), unique("g")
+    await create_topic(topic, 4)
+    await create_topic(dead_letters, 2)
+    total = 1000
+    await send(topic, [(i % 4, None, str(i).encode(), []) for i in range(total)])
+
+    calls: Counter[int] = Counter()
+    broker = concurrent_broker()
+
+    @manual_subscriber(broker, topic, group)
+    async def handle(body: int) -> None:
+        calls[body] += 1
+        if body % 10 == 0:
+            raise NotWorthRetryingError(f"rule broken by {body}")
+
+    async with running(
+        broker,
+        concurrency_limit=32,
+        commit_batch_size=50,
+        commit_batch_timeout_sec=0.5,
+        max_retries=3,
+        retry_backoff_sec=0.01,
+        dead_letter_topic=dead_letters,
+        no_retry_on=(NotWorthRetryingError,),
+    ) as handler:
+        await wait_until(lambda: handler.processed >= total, timeout=60)
+
+    assert sum(calls.values()) == total
+    assert set(calls) == set(range(total))
+    assert handler.failed == 100
+    assert handler.engine.counters.retries == 0
+    assert await record_count(dead_letters, 2) == 100
+    letters = await read_all(dead_letters, 100)
+    assert {int(value) for _key, value, _headers in letters} == set(range(0, total, 10))
+    assert {header_map(h)[DL_ATTEMPTS] for _k, _v, h in letters} == {b"1"}
+    assert {header_map(h)[DL_TYPE] for _k, _v, h in letters} == {b"NotWorthRetryingError"}
+    assert {header_map(h)["x-dead-letter-consumer-group"] for _k, _v, h in letters} == {
+        group.encode()
+    }
+    assert await committed_offsets(group, topic) == await end_offsets(topic, 4)
+
+
+# ---- 9. dead letters through the broker's publish path ------------------------------------
+
+
+async def test_dead_letters_pass_publish_middlewares_and_keep_the_original_bytes() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from faststream import BaseMiddleware
+    from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+    topic, dead_letters, group = unique("fp-mw"), unique("fp-mw-dlt"), unique("g")
+    await create_topic(topic, 1)
+    await create_topic(dead_letters, 1)
+    original = [("trace", b"1"), ("raw", b"\xff\xfe not utf-8"), ("trace", b"2")]
+    await send(topic, [(0, b"\x00key", b"\x81\x82 body", original)])
+    seen: list[str] = []
+
+    class Tracing(BaseMiddleware):
+        """Adds a header to what it publishes, as OpenTelemetry's middleware does."""
+
+        async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+            seen.append(cmd.destination)
+            cmd.headers["traceparent"] = "00-abc-01"
+            return await call_next(cmd)
+
+    registry = prometheus_client.CollectorRegistry()
+    broker = concurrent_broker()
+    broker.add_middleware(KafkaPrometheusMiddleware(registry=registry))
+    broker.add_middleware(Tracing)
+
+    @manual_subscriber(broker, topic, group)
+    async def handle(msg: KafkaMessage) -> None:
+        raise AssertionError("never called: FastStream cannot parse a non-UTF-8 header")
+
+    # Set up before the first message: FastStream's own loop cannot parse it.
+    handler = await initialize_concurrent_processing(
+        broker.context,
+        broker=broker,
+        commit_batch_size=1,
+        commit_batch_timeout_sec=0.1,
+        dead_letter_topic=dead_letters,
+    )
+    try:
+        await broker.start()
+        await wait_until(lambda: handler.processed >= 1)
+    finally:
+        await shut_down(broker)
+
+    assert seen == [dead_letters]
+    published = sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "faststream_published_messages_total"
+        and sample.labels.get("destination") == dead_letters
+        and sample.labels.get("status") == "success"
+    )
+    assert published == 1
+    [(key, value, headers)] = await read_all(dead_letters, 1)
+    assert (key, value) == (b"\x00key", b"\x81\x82 body")
+    assert headers[:3] == original  # repeated and non-UTF-8 headers kept byte for byte
+    assert [name for name, _ in headers[3:]] == [*DL_HEADERS_NOW, "traceparent"]
+    assert headers[-1] == ("traceparent", b"00-abc-01")
+    # Parsing the header failed: a decoding error, dead-lettered without retries.
+    assert header_map(headers)[DL_TYPE] == b"UnicodeDecodeError"
+    assert header_map(headers)[DL_ATTEMPTS] == b"1"
+
+
+DL_HEADERS_NOW = [
+    DL_TOPIC,
+    DL_PARTITION,
+    DL_OFFSET,
+    "x-dead-letter-timestamp",
+    "x-dead-letter-consumer-group",
+    DL_TYPE,
+    DL_MESSAGE,
+    DL_ATTEMPTS,
+]

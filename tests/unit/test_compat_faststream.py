@@ -141,3 +141,69 @@ def test_a_context_repo_is_told_from_a_broker_or_an_app() -> None:
     assert compat.is_context_repo(app.context)
     assert not compat.is_context_repo(broker)
     assert not compat.is_context_repo(app)
+
+
+def test_connection_settings_of_a_broker_carry_its_servers_and_sasl() -> None:
+    from faststream.security import SASLScram512
+
+    broker = KafkaBroker(
+        ["h1:1", "h2:2"],
+        security=SASLScram512(username="u", password="p"),
+        client_id="svc",
+        linger_ms=7,  # a producer-only setting: not for every client
+        logger=None,
+    )
+
+    settings = compat.connection_settings(broker)
+
+    assert settings["bootstrap_servers"] == ["h1:1", "h2:2"]
+    assert settings["client_id"] == "svc"
+    assert settings["security_protocol"] == "SASL_PLAINTEXT"
+    assert settings["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (settings["sasl_plain_username"], settings["sasl_plain_password"]) == ("u", "p")
+    assert "linger_ms" not in settings
+    assert None not in settings.values()
+
+
+def test_connection_settings_of_a_broker_carry_its_ssl_context() -> None:
+    import ssl
+
+    from faststream.security import BaseSecurity
+
+    context = ssl.create_default_context()
+    broker = KafkaBroker("h:1", security=BaseSecurity(ssl_context=context), logger=None)
+
+    settings = compat.connection_settings(broker)
+
+    assert settings["security_protocol"] == "SSL"
+    assert settings["ssl_context"] is context
+
+
+def test_publish_command_is_what_broker_publish_hands_its_middlewares() -> None:
+    from faststream.response.publish_type import PublishType
+
+    command = compat.publish_command(
+        b"body", topic="dlq", key=b"k", headers={"h": "v"}, correlation_id="c-1"
+    )
+
+    assert command.destination == "dlq"
+    assert command.body == b"body"
+    assert command.key == b"k"
+    assert command.headers == {"h": "v"}
+    assert command.correlation_id == "c-1"
+    assert command.publish_type is PublishType.PUBLISH
+    assert command.headers_to_publish() == {"correlation_id": "c-1", "h": "v"}
+
+
+async def test_the_configured_producer_is_the_test_broker_s_under_test_kafka_broker() -> None:
+    from faststream.kafka import TestKafkaBroker
+
+    broker = KafkaBroker("127.0.0.1:9", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+    assert not compat.configured_producer(subscriber)  # not connected
+
+    async with TestKafkaBroker(broker):
+        producer = compat.configured_producer(subscriber)
+        assert producer is broker.config.producer
+        assert producer  # the test producer counts as connected
+        assert compat.kafka_producer(subscriber) is None  # no aiokafka producer inside

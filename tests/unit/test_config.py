@@ -2,17 +2,21 @@
 
 import dataclasses
 import gc
+import json
 import math
 import weakref
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
+import pydantic
 import pytest
+from fast_depends.exceptions import ValidationError as FastDependsValidationError
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, describe_exception
 from faststream_concurrent_aiokafka.core.settings import (
     ORDERINGS,
     ConcurrencySettings,
@@ -33,8 +37,11 @@ INT_MINIMUMS = {
     "commit_batch_size": 1,
     "max_uncommitted_tasks": 1,
     "max_retries": 0,
+    "failure_ratio_window": 1,
 }
 INT_PARAMS = tuple(INT_MINIMUMS)
+# Integer settings that None turns off.
+OPTIONAL_INT_PARAMS = ("max_consecutive_failures",)
 REQUIRED_SECONDS_PARAMS = (
     "commit_batch_timeout_sec",
     "shutdown_timeout_sec",
@@ -45,7 +52,21 @@ REQUIRED_SECONDS_PARAMS = (
 )
 SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec", "stall_warning_sec")
 BOOL_PARAMS = ("track_completed_offsets",)
-ALL_PARAMS = (*INT_PARAMS, *SECONDS_PARAMS, *BOOL_PARAMS, "ordering", "dead_letter_topic")
+POLICY_PARAMS = (
+    "no_retry_on",
+    "dead_letter_exception_text",
+    "max_consecutive_failures",
+    "max_failure_ratio",
+    "failure_ratio_window",
+)
+ALL_PARAMS = (
+    *INT_PARAMS,
+    *SECONDS_PARAMS,
+    *BOOL_PARAMS,
+    *POLICY_PARAMS,
+    "ordering",
+    "dead_letter_topic",
+)
 SUBSCRIBER_PARAMS = (
     "concurrency_limit",
     "ordering",
@@ -54,10 +75,11 @@ SUBSCRIBER_PARAMS = (
     "retry_backoff_sec",
     "retry_backoff_max_sec",
     "dead_letter_topic",
+    *POLICY_PARAMS,
     "track_completed_offsets",
     "stall_warning_sec",
 )
-SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries")
+SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries", "failure_ratio_window")
 SUBSCRIBER_SECONDS_PARAMS = (
     "task_timeout_sec",
     "retry_backoff_sec",
@@ -91,7 +113,7 @@ ILLEGAL_TOPIC_NAMES = ("dead letters", "dlq/orders", "dlq:orders", "orders-é", 
 
 
 def _bad_ints(name: str) -> list[object]:
-    minimum = INT_MINIMUMS[name]
+    minimum = INT_MINIMUMS.get(name, 1)
     return [minimum - 1, minimum - 10**20, *NOT_INTS]
 
 
@@ -152,6 +174,20 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     assert defaults.stall_warning_sec == 60.0
     assert defaults.commit_timeout_sec == 10.0
     assert 0 < defaults.retry_backoff_sec <= defaults.retry_backoff_max_sec
+    assert defaults.no_retry_on == DECODE_ERRORS
+    assert defaults.dead_letter_exception_text is describe_exception
+    assert defaults.max_consecutive_failures is None
+    assert defaults.max_failure_ratio is None
+    assert defaults.failure_ratio_window == 100
+
+
+def test_decode_errors_are_what_faststream_raises_for_an_undecodable_body() -> None:
+    assert set(DECODE_ERRORS) == {
+        pydantic.ValidationError,
+        FastDependsValidationError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+    }
 
 
 def test_settings_field_set_is_what_the_validation_covers() -> None:
@@ -274,6 +310,80 @@ def test_settings_accept_backoff_cap_equal_to_base() -> None:
     current = ConcurrencySettings(retry_backoff_sec=3.0, retry_backoff_max_sec=3.0)
 
     assert current.retry_backoff_sec == current.retry_backoff_max_sec == 3.0
+
+
+@pytest.mark.parametrize("name", OPTIONAL_INT_PARAMS)
+@pytest.mark.parametrize("value", [0, -1, *NOT_INTS], ids=repr)
+def test_settings_reject_bad_optional_int_naming_the_parameter(name: str, value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize("name", OPTIONAL_INT_PARAMS)
+@pytest.mark.parametrize("value", [None, 1, 20, 10**9])
+def test_settings_accept_an_optional_int_or_none(name: str, value: int | None) -> None:
+    assert getattr(_settings(**{name: value}), name) == value
+
+
+BAD_RATIOS: tuple[object, ...] = (0, 0.0, 1, 1.0, 1.5, -0.1, math.nan, math.inf, True, "0.5")
+
+
+@pytest.mark.parametrize("value", BAD_RATIOS, ids=repr)
+def test_settings_reject_a_failure_ratio_outside_zero_to_one(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(max_failure_ratio=value)
+
+    _assert_names_only(error, "max_failure_ratio")
+
+
+@pytest.mark.parametrize("value", [None, 0.001, 0.5, 0.999])
+def test_settings_accept_a_failure_ratio_between_zero_and_one(value: float | None) -> None:
+    assert _settings(max_failure_ratio=value).max_failure_ratio == value
+
+
+class _MyError(Exception):
+    pass
+
+
+BAD_EXCEPTION_TUPLES: tuple[object, ...] = (
+    None,
+    ValueError,  # a forgotten comma: not a tuple
+    [ValueError],
+    (ValueError, "KeyError"),
+    (ValueError()),
+    (KeyboardInterrupt,),  # not an Exception: never reaches the policy
+    (BaseException,),
+    "ValueError",
+)
+
+
+@pytest.mark.parametrize("value", BAD_EXCEPTION_TUPLES, ids=repr)
+def test_settings_reject_no_retry_on_that_is_not_a_tuple_of_exceptions(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(no_retry_on=value)
+
+    _assert_names_only(error, "no_retry_on")
+    assert "DECODE_ERRORS" in str(error.value)  # the message shows how to extend the default
+
+
+@pytest.mark.parametrize("value", [(), (ValueError,), (*DECODE_ERRORS, _MyError)], ids=repr)
+def test_settings_accept_a_tuple_of_exception_classes(value: tuple[type[Exception], ...]) -> None:
+    assert _settings(no_retry_on=value).no_retry_on == value
+
+
+@pytest.mark.parametrize("value", ["text", 1, b"x"], ids=repr)
+def test_settings_reject_an_exception_text_that_is_no_function(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(dead_letter_exception_text=value)
+
+    _assert_names_only(error, "dead_letter_exception_text")
+
+
+def test_settings_accept_an_exception_text_function_or_none() -> None:
+    assert _settings(dead_letter_exception_text=None).dead_letter_exception_text is None
+    assert _settings(dead_letter_exception_text=repr).dead_letter_exception_text is repr
 
 
 @pytest.mark.parametrize("ordering", ["unordered", "key", "partition"])
@@ -436,6 +546,9 @@ def test_subscriber_options_accept_zero_retries() -> None:
 
 positive_seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
 orderings = st.sampled_from(ORDERINGS)
+exception_tuples = st.sampled_from([(), (ValueError,), DECODE_ERRORS, (_MyError, KeyError)])
+exception_texts = st.sampled_from([None, repr, str])
+ratios = st.floats(min_value=0.01, max_value=0.99)
 topics = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-",
     min_size=3,
@@ -459,6 +572,11 @@ def valid_settings(draw: st.DrawFn) -> ConcurrencySettings:
         retry_backoff_sec=base,
         retry_backoff_max_sec=cap,
         dead_letter_topic=draw(st.none() | topics),
+        no_retry_on=draw(exception_tuples),
+        dead_letter_exception_text=draw(exception_texts),
+        max_consecutive_failures=draw(st.none() | st.integers(1, 1000)),
+        max_failure_ratio=draw(st.none() | ratios),
+        failure_ratio_window=draw(st.integers(1, 1000)),
         track_completed_offsets=draw(st.booleans()),
     )
 
@@ -480,6 +598,11 @@ valid_overrides = st.none() | st.builds(
     retry_backoff_sec=st.none() | positive_seconds,
     retry_backoff_max_sec=st.none() | positive_seconds,
     dead_letter_topic=st.none() | topics,
+    no_retry_on=st.none() | exception_tuples,
+    dead_letter_exception_text=st.none() | exception_texts,
+    max_consecutive_failures=st.none() | st.integers(1, 1000),
+    max_failure_ratio=st.none() | ratios,
+    failure_ratio_window=st.none() | st.integers(1, 1000),
     track_completed_offsets=st.none() | st.booleans(),
 )
 
@@ -500,6 +623,11 @@ def test_resolve_without_overrides_takes_the_global_settings() -> None:
         retry_backoff_sec=0.5,
         retry_backoff_max_sec=4.0,
         dead_letter_topic="dlq",
+        no_retry_on=(KeyError,),
+        dead_letter_exception_text=repr,
+        max_consecutive_failures=5,
+        max_failure_ratio=0.5,
+        failure_ratio_window=10,
         track_completed_offsets=False,
     )
 
@@ -519,6 +647,12 @@ def test_resolve_without_overrides_takes_the_global_settings() -> None:
         ("retry_backoff_sec", 1.0),
         ("retry_backoff_max_sec", 60.0),
         ("dead_letter_topic", "orders-dlq"),
+        ("no_retry_on", (KeyError,)),
+        ("no_retry_on", ()),
+        ("dead_letter_exception_text", repr),
+        ("max_consecutive_failures", 3),
+        ("max_failure_ratio", 0.25),
+        ("failure_ratio_window", 7),
         ("track_completed_offsets", False),
     ],
 )

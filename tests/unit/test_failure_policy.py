@@ -2,10 +2,13 @@
 headers, and validation of the failure-policy settings."""
 
 import random
+from collections.abc import Callable
 from typing import Any
 
+import pydantic
 import pytest
 from aiokafka.structs import ConsumerRecord
+from fast_depends.exceptions import ValidationError as FastDependsValidationError
 from faststream import FastStream
 from faststream.exceptions import (
     AckMessage,
@@ -26,9 +29,11 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.core.dead_letters import MAX_EXCEPTION_TEXT_BYTES
+from faststream_concurrent_aiokafka.core.decode_errors import describe_exception
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
-from faststream_concurrent_aiokafka.integration.dead_letter import dead_letter_headers
+from faststream_concurrent_aiokafka.integration.dead_letter import record_headers
 from faststream_concurrent_aiokafka.integration.handler import find_handler
 from faststream_concurrent_aiokafka.integration.pipeline import FASTSTREAM_POLICY
 
@@ -38,6 +43,8 @@ DL_NAMES = [
     "x-dead-letter-topic",
     "x-dead-letter-partition",
     "x-dead-letter-offset",
+    "x-dead-letter-timestamp",
+    "x-dead-letter-consumer-group",
     "x-dead-letter-exception-type",
     "x-dead-letter-exception-message",
     "x-dead-letter-attempts",
@@ -157,7 +164,7 @@ def test_backoff_delay_without_rng_uses_the_module_random_and_is_bounded() -> No
         assert full * 0.5 <= delay <= full
 
 
-# ---- dead_letter_headers -------------------------------------------------------------------
+# ---- dead-letter headers ---------------------------------------------------------------
 
 
 def _record(
@@ -166,6 +173,7 @@ def _record(
     topic: str = "orders",
     partition: int = 3,
     offset: int = 1234,
+    timestamp: int = 1_700_000_000_123,
     key: bytes | None = b"k",
     value: bytes | None = b"v",
 ) -> "ConsumerRecord[Any, Any]":
@@ -173,7 +181,7 @@ def _record(
         topic=topic,
         partition=partition,
         offset=offset,
-        timestamp=0,
+        timestamp=timestamp,
         timestamp_type=0,
         key=key,
         value=value,
@@ -182,6 +190,17 @@ def _record(
         serialized_value_size=len(value or b""),
         headers=headers,
     )
+
+
+def dead_letter_headers(
+    record: "ConsumerRecord[Any, Any]",
+    error: BaseException | None,
+    attempts: int,
+    *,
+    group: str | None = "billing",
+    text: Callable[[BaseException], str] | None = describe_exception,
+) -> list[tuple[str, bytes]]:
+    return record_headers(record, group, error, attempts, text)
 
 
 def test_dead_letter_headers_keep_the_original_headers_first_then_add_ours() -> None:
@@ -193,11 +212,19 @@ def test_dead_letter_headers_keep_the_original_headers_first_then_add_ours() -> 
         ("x-dead-letter-topic", b"orders"),
         ("x-dead-letter-partition", b"3"),
         ("x-dead-letter-offset", b"1234"),
+        ("x-dead-letter-timestamp", b"1700000000123"),
+        ("x-dead-letter-consumer-group", b"billing"),
         ("x-dead-letter-exception-type", b"PoisonError"),
         ("x-dead-letter-exception-message", b"it broke"),
         ("x-dead-letter-attempts", b"3"),
     ]
     assert all(isinstance(value, bytes) for _name, value in headers)
+
+
+def test_dead_letter_headers_of_a_subscriber_without_group_have_an_empty_group() -> None:
+    found = dict(dead_letter_headers(_record([]), PoisonError("x"), 1, group=None))
+
+    assert found["x-dead-letter-consumer-group"] == b""
 
 
 def test_dead_letter_headers_replace_those_of_an_earlier_dead_lettering() -> None:
@@ -235,11 +262,18 @@ def test_dead_letter_headers_use_the_exception_class_name_and_str() -> None:
     assert found["x-dead-letter-exception-message"] == str(RejectMessage()).encode()
 
 
-def test_dead_letter_headers_truncate_a_long_exception_message() -> None:
+def test_dead_letter_headers_cut_a_long_exception_message_to_512_bytes() -> None:
     found = dict(dead_letter_headers(_record([]), PoisonError("m" * 100_000), 1))
 
-    message = found["x-dead-letter-exception-message"]
-    assert message == b"m" * 1024
+    assert found["x-dead-letter-exception-message"] == b"m" * MAX_EXCEPTION_TEXT_BYTES
+    assert MAX_EXCEPTION_TEXT_BYTES == 512
+
+
+def test_dead_letter_headers_cut_utf8_text_on_a_character_boundary() -> None:
+    found = dict(dead_letter_headers(_record([]), PoisonError("é" * 1000), 1))
+
+    text = found["x-dead-letter-exception-message"]
+    assert text.decode("utf-8") == "é" * (MAX_EXCEPTION_TEXT_BYTES // 2)
 
 
 def test_dead_letter_headers_encode_non_ascii_messages_as_utf8() -> None:
@@ -254,6 +288,81 @@ def test_dead_letter_headers_do_not_modify_the_record() -> None:
     dead_letter_headers(record, PoisonError("x"), 1)
 
     assert list(record.headers) == original
+
+
+class Payment(pydantic.BaseModel):
+    card_number: int
+
+
+def _validation_error() -> pydantic.ValidationError:
+    try:
+        Payment(card_number="4111-1111-SECRET")  # type: ignore[arg-type]
+    except pydantic.ValidationError as error:
+        return error
+    raise AssertionError
+
+
+def test_dead_letter_text_of_a_validation_error_does_not_quote_the_message() -> None:
+    # Issue 20: str() of pydantic's error (what FastStream raises for a body that does not fit
+    # the handler) quotes the input, i.e. the message: a dead-letter topic with wider read
+    # access would carry it in a header.
+    error = _validation_error()
+    assert "SECRET" in str(error)
+
+    found = dict(dead_letter_headers(_record([]), error, 1))
+
+    text = found["x-dead-letter-exception-message"].decode()
+    assert "SECRET" not in text
+    assert text == (
+        "1 validation error(s) for Payment: card_number: Input should be a valid integer, "
+        "unable to parse string as an integer [int_parsing]"
+    )
+
+
+def test_dead_letter_text_of_a_wrapped_validation_error_does_not_quote_the_message() -> None:
+    wrapped = FastDependsValidationError(
+        incoming_options={"body": "4111-1111-SECRET"},
+        locations=("card_number",),
+        expected={},
+        original_error=_validation_error(),
+    )
+    assert "SECRET" in str(wrapped)
+
+    found = dict(dead_letter_headers(_record([]), wrapped, 1))
+
+    assert b"SECRET" not in found["x-dead-letter-exception-message"]
+    assert b"card_number" in found["x-dead-letter-exception-message"]
+
+
+def test_dead_letter_text_is_what_the_users_function_makes_of_the_error() -> None:
+    found = dict(dead_letter_headers(_record([]), PoisonError("id 42"), 1, text=lambda e: f"<{e}>"))
+
+    assert found["x-dead-letter-exception-message"] == b"<id 42>"
+
+
+def test_dead_letter_text_of_the_users_function_is_cut_too() -> None:
+    found = dict(dead_letter_headers(_record([]), PoisonError(), 1, text=lambda e: "x" * 5000))
+
+    assert len(found["x-dead-letter-exception-message"]) == MAX_EXCEPTION_TEXT_BYTES
+
+
+def test_a_failing_text_function_still_gives_a_dead_letter() -> None:
+    def broken(error: BaseException) -> str:
+        raise KeyError(error)
+
+    found = dict(dead_letter_headers(_record([]), PoisonError("x"), 1, text=broken))
+
+    assert (
+        found["x-dead-letter-exception-message"] == b"(dead_letter_exception_text raised KeyError)"
+    )
+    assert found["x-dead-letter-exception-type"] == b"PoisonError"
+
+
+def test_dead_letter_text_is_empty_when_turned_off() -> None:
+    found = dict(dead_letter_headers(_record([]), PoisonError("private"), 1, text=None))
+
+    assert found["x-dead-letter-exception-message"] == b""
+    assert found["x-dead-letter-exception-type"] == b"PoisonError"
 
 
 # ---- validation of the failure-policy settings -----------------------------------------------

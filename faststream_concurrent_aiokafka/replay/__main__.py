@@ -1,0 +1,137 @@
+"""``python -m faststream_concurrent_aiokafka.replay``: copy dead letters back (see ``--help``).
+
+A dry run prints one line per dead letter it would copy; a run draws a progress bar on
+stderr when that is a terminal, and ends with one summary line. Exit status 0 on success,
+1 when the replay failed (the message says why), 2 for wrong arguments.
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from faststream_concurrent_aiokafka.core.dead_letters import ReplayFilter
+from faststream_concurrent_aiokafka.replay.connection import (
+    PASSWORD_VARIABLE,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    KafkaConnection,
+)
+from faststream_concurrent_aiokafka.replay.copier import Copy, ReplayReport, replay_dead_letters
+
+BAR_WIDTH = 30
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m faststream_concurrent_aiokafka.replay",
+        description=(
+            "Copy records of a dead-letter topic back to the topic each came from (or --to), "
+            "with the original key, value and headers. The replay's consumer group remembers "
+            "how far it got: run it again after an interruption and it copies nothing twice."
+        ),
+    )
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT[,HOST:PORT...] of the brokers")
+    p.add_argument("--from", dest="source", required=True, help="the dead-letter topic")
+    p.add_argument("--to", dest="target", help="copy here instead of each original topic")
+    p.add_argument("--group", help="the replay's consumer group (default: <from>.replay)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
+    chosen = p.add_argument_group("filters (original record; repeat an option for several)")
+    chosen.add_argument("--exception-type", action="append", default=[], metavar="NAME")
+    chosen.add_argument("--original-topic", action="append", default=[], metavar="TOPIC")
+    chosen.add_argument("--partition", action="append", default=[], type=int, metavar="N")
+    chosen.add_argument("--offset-from", type=int, metavar="OFFSET", help="inclusive")
+    chosen.add_argument("--offset-to", type=int, metavar="OFFSET", help="inclusive")
+    p.add_argument(
+        "--drop-history",
+        action="store_true",
+        help="drop the dead-letter headers instead of keeping them as x-dead-letter-history-*",
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="records per commit (100)")
+    security = p.add_argument_group("security")
+    security.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT")
+    security.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS)
+    security.add_argument("--sasl-username")
+    security.add_argument(
+        "--sasl-password", help=f"better given in the {PASSWORD_VARIABLE} environment variable"
+    )
+    security.add_argument("--ssl-cafile", help="CA bundle for SSL (default: the system's)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        connection = KafkaConnection(
+            bootstrap_servers=args.bootstrap,
+            security_protocol=args.security_protocol,
+            sasl_mechanism=args.sasl_mechanism,
+            sasl_username=args.sasl_username,
+            sasl_password=args.sasl_password,
+            ssl_cafile=args.ssl_cafile,
+        )
+        only = ReplayFilter(
+            exception_types=frozenset(args.exception_type),
+            topics=frozenset(args.original_topic),
+            partitions=frozenset(args.partition),
+            min_offset=args.offset_from,
+            max_offset=args.offset_to,
+        )
+        report = asyncio.run(
+            replay_dead_letters(
+                args.source,
+                connection,
+                target=args.target,
+                group=args.group,
+                dry_run=args.dry_run,
+                only=only,
+                keep_history=not args.drop_history,
+                batch_size=args.batch_size,
+                progress=draw_bar if sys.stderr.isatty() else None,
+                on_copy=print_copy if args.dry_run else None,
+            )
+        )
+    except (ValueError, OSError) as exc:
+        print(f"replay failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # aiokafka's errors (authentication, unknown topic, timeouts)
+        print(f"replay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(summary(report))
+    return 0
+
+
+def print_copy(copy: Copy) -> None:
+    letter = copy.letter
+    origin = "-" if letter is None else f"{letter.topic}[{letter.partition}]@{letter.offset}"
+    error = "-" if letter is None else letter.exception_type or "-"
+    target = f"{copy.topic}[{copy.target_partition}]"
+    print(f"{copy.partition}@{copy.offset}\t{origin}\t{error}\t-> {target}")
+
+
+def draw_bar(report: ReplayReport) -> None:
+    done = min(report.read, report.total)
+    share = done / report.total if report.total else 1.0
+    filled = int(share * BAR_WIDTH)
+    print(
+        f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{report.total} read, "
+        f"{report.copied} copied",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def summary(report: ReplayReport) -> str:
+    verb = "would copy" if report.dry_run else "copied"
+    return (
+        f"group {report.group}: read {report.read} of {report.total}, {verb} {report.copied}, "
+        f"filtered out {report.filtered_out}, not dead letters {report.unrecognised}, "
+        f"already copied by an interrupted run {report.already_copied}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

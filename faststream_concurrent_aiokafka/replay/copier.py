@@ -1,0 +1,360 @@
+"""Copying dead letters back: read the dead-letter topic with the replay's own consumer group,
+copy what the filter selects, commit the group's place only behind acknowledged copies.
+
+A run reads each partition of the dead-letter topic from the group's committed offset up to
+the end it had when the run started (dead letters that arrive meanwhile, a replayed message
+failing again among them, wait for the next run). Each batch is copied under an intent (see
+``core.replay_intent``), so a run killed at any point and started again copies no record
+twice and skips none.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import OffsetAndMetadata
+from faststream.kafka import KafkaBroker
+
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core.dead_letters import (
+    REPLAYED_FROM,
+    DeadLetter,
+    ReplayFilter,
+    read_dead_letter,
+    replay_headers,
+    replayed_from,
+)
+from faststream_concurrent_aiokafka.core.replay_intent import MAX_LENGTH, Intent, decode_intent
+from faststream_concurrent_aiokafka.replay.connection import KafkaConnection, client_settings
+
+FETCH_WAIT_MS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One dead letter the replay copies (or, in a dry run, would copy)."""
+
+    partition: int  # of the dead-letter topic
+    offset: int
+    letter: DeadLetter | None  # what its headers say; None for a record without them
+    topic: str  # where the copy goes
+    target_partition: int
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a run did: records read, copied, left out by the filter, not dead letters of
+    ours (without ``target``: nowhere to copy them), and found already copied by an
+    interrupted run."""
+
+    group: str
+    total: int = 0
+    read: int = 0
+    copied: int = 0
+    filtered_out: int = 0
+    unrecognised: int = 0
+    already_copied: int = 0
+    dry_run: bool = False
+    copies: list[Copy] = field(default_factory=list)
+
+
+async def replay_dead_letters(
+    source: str,
+    connection: KafkaConnection | KafkaBroker,
+    *,
+    target: str | None = None,
+    group: str | None = None,
+    dry_run: bool = False,
+    only: ReplayFilter | None = None,
+    keep_history: bool = True,
+    batch_size: int = 100,
+    progress: Callable[[ReplayReport], None] | None = None,
+    on_copy: Callable[[Copy], None] | None = None,
+) -> ReplayReport:
+    """Copy the dead letters of ``source`` back to the topic each came from (or ``target``).
+
+    ``connection`` is a FastStream ``KafkaBroker`` (its servers and security are reused; it
+    need not be started) or a ``KafkaConnection``. ``group`` (default ``<source>.replay``,
+    or ``<source>.replay-to.<target>``) remembers how far the replay got: a second run with
+    the same group goes on from there, whatever ``only`` said. Copies keep the original key,
+    value and headers; the dead-letter headers are moved under ``x-dead-letter-history-``
+    (``keep_history=False``: dropped) and ``x-dead-letter-replayed-from`` names the dead
+    letter. A ``dry_run`` copies and commits nothing: it lists (``on_copy``, and the report's
+    ``copies``) what a run would copy. ``progress`` is called after each batch.
+
+    Do not run two replays with the same group at once: each would copy the same records.
+    """
+    if batch_size < 1:
+        msg = f"batch_size must be >= 1, got {batch_size!r}"
+        raise ValueError(msg)
+    settings = client_settings(connection)
+    group = group or (f"{source}.replay" if target is None else f"{source}.replay-to.{target}")
+    replay = _Replay(
+        source,
+        settings,
+        target=target,
+        group=group,
+        dry_run=dry_run,
+        only=only or ReplayFilter(),
+        keep_history=keep_history,
+        batch_size=batch_size,
+    )
+    return await replay.run(progress, on_copy)
+
+
+class _Replay:
+    def __init__(
+        self,
+        source: str,
+        settings: dict[str, Any],
+        *,
+        target: str | None,
+        group: str,
+        dry_run: bool,
+        only: ReplayFilter,
+        keep_history: bool,
+        batch_size: int,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        self.target = target
+        self.only = only
+        self.keep_history = keep_history
+        self.batch_size = batch_size
+        self.report = ReplayReport(group=group, dry_run=dry_run)
+        self.consumer = AIOKafkaConsumer(
+            group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **settings
+        )
+        self.partitioner = DefaultPartitioner()
+        # Per partition of the source: offsets an interrupted run already copied.
+        self.already: dict[TopicPartition, set[int]] = {}
+        self.admin = AIOKafkaAdminClient(**settings)
+        self.probe: AIOKafkaConsumer
+        self.producer: AIOKafkaProducer
+        self.partitions: dict[str, list[int]] = {}
+
+    async def run(
+        self,
+        progress: Callable[[ReplayReport], None] | None,
+        on_copy: Callable[[Copy], None] | None,
+    ) -> ReplayReport:
+        consumer = self.consumer
+        async with contextlib.AsyncExitStack() as clients:
+            # Each is closed even when its start failed (wrong credentials fail the first).
+            for client in self._clients():
+                clients.push_async_callback(_close, client)
+                await client.start()
+            ends = await self._start_positions()
+            while await _short_of(consumer, ends):
+                fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
+                for tp, records in fetched.items():
+                    end = ends[tp]
+                    for batch in self._batches(r for r in records if r.offset < end):
+                        await self._replay_batch(tp, batch, on_copy)
+                if progress is not None and fetched:
+                    progress(self.report)
+        return self.report
+
+    def _clients(self) -> Iterator[Any]:
+        """The clients this run opens, made one by one as the previous one started (a dry run
+        neither writes nor needs end offsets)."""
+        yield self.consumer
+        yield self.admin
+        if not self.report.dry_run:
+            # Asks for the end offsets of the partitions copies go to: the reading consumer
+            # answers only after its fetch in flight (up to fetch_max_wait_ms, 500 ms).
+            self.probe = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
+            yield self.probe
+            self.producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **self.settings)
+            yield self.producer
+
+    # ---- where to start ------------------------------------------------------------------
+
+    async def _start_positions(self) -> dict[TopicPartition, int]:
+        """Assign every partition of the source, seek to the group's place (resolving what an
+        interrupted run left), and return where this run stops."""
+        consumer = self.consumer
+        partitions = await self._partitions(self.source)
+        tps = [TopicPartition(self.source, p) for p in partitions]
+        consumer.assign(tps)
+        committed = await aiokafka_compat.fetch_committed_offsets(consumer, tps)
+        beginnings = await consumer.beginning_offsets(tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        for tp in tps:
+            meta = committed.get(tp)
+            start = beginnings[tp] if meta is None or meta.offset < 0 else meta.offset
+            consumer.seek(tp, start)
+            self.report.total += max(0, ends[tp] - start)
+            intent = decode_intent(meta.metadata) if meta is not None and meta.metadata else None
+            if intent is not None and not self.report.dry_run:
+                self.already[tp] = await self._copies_made(tp, start, intent)
+        return ends
+
+    async def _copies_made(self, tp: TopicPartition, start: int, intent: Intent) -> set[int]:
+        """Offsets of ``tp`` in [start, intent.upto) an interrupted run already copied: found
+        by their ``x-dead-letter-replayed-from`` in the partitions the intent names, read from
+        where they ended before that run's copies."""
+        wanted = {replayed_from(tp.topic, tp.partition, o): o for o in range(start, intent.upto)}
+        targets = [TopicPartition(topic, partition) for topic, partition in intent.ends]
+        found: set[int] = set()
+        scanner = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
+        await scanner.start()
+        try:
+            scanner.assign(targets)
+            ends = await scanner.end_offsets(targets)
+            for target in targets:
+                scanner.seek(target, intent.ends[target.topic, target.partition])
+            while await _short_of(scanner, ends):
+                fetched = await scanner.getmany(timeout_ms=FETCH_WAIT_MS)
+                for records in fetched.values():
+                    for record in records:
+                        found.update(_markers(record.headers, wanted))
+        finally:
+            await scanner.stop()
+        return found
+
+    async def _partitions(self, topic: str) -> list[int]:
+        """The partitions of ``topic``, asked once per topic."""
+        known = self.partitions.get(topic)
+        if known is None:
+            [description] = await self.admin.describe_topics([topic])
+            known = sorted(p["partition"] for p in description["partitions"])
+            code = description["error_code"]
+            if code or not known:
+                msg = f"cannot find the partitions of topic {topic!r} (Kafka error code {code})"
+                raise ValueError(msg)
+            self.partitions[topic] = known
+        return known
+
+    # ---- copying -------------------------------------------------------------------------
+
+    def _batches(
+        self, records: "Iterable[ConsumerRecord[Any, Any]]"
+    ) -> "Iterable[list[ConsumerRecord[Any, Any]]]":
+        batch: list[ConsumerRecord[Any, Any]] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def _replay_batch(
+        self,
+        tp: TopicPartition,
+        batch: "list[ConsumerRecord[Any, Any]]",
+        on_copy: Callable[[Copy], None] | None,
+    ) -> None:
+        """Plan the batch's copies; in a real run commit the intent, copy, wait for every
+        acknowledgement, then commit past the batch. An intent too long for the commit
+        metadata splits the batch."""
+        report = self.report
+        already = self.already.get(tp, set())
+        plan: list[tuple[ConsumerRecord[Any, Any], Copy]] = []
+        targets: set[tuple[str, int]] = set()
+        for index, record in enumerate(batch):
+            report.read += 1
+            copy = await self._plan(tp, record)
+            if copy is None:
+                continue
+            if record.offset in already:
+                report.already_copied += 1
+                continue
+            place = (copy.topic, copy.target_partition)
+            if place not in targets and _intent_length(targets | {place}) > MAX_LENGTH:
+                report.read -= 1  # read again with the rest of the batch
+                await self._copy(tp, plan, targets, upto=record.offset)
+                await self._replay_batch(tp, batch[index:], on_copy)
+                return
+            targets.add(place)
+            plan.append((record, copy))
+            if on_copy is not None:
+                on_copy(copy)
+        await self._copy(tp, plan, targets, upto=batch[-1].offset + 1)
+
+    async def _plan(self, tp: TopicPartition, record: "ConsumerRecord[Any, Any]") -> Copy | None:
+        letter = read_dead_letter(record.headers)
+        if not self.only.matches(letter):
+            self.report.filtered_out += 1
+            return None
+        topic = self.target or (letter.topic if letter is not None else None)
+        if topic is None:
+            self.report.unrecognised += 1
+            return None
+        partitions = await self._partitions(topic)
+        if self.target is None and letter is not None and letter.partition in partitions:
+            partition = letter.partition  # back where it was: the key keeps its partition
+        elif record.key is not None:
+            partition = self.partitioner(record.key, partitions, partitions)
+        else:
+            fallback = letter.partition if letter is not None else record.offset
+            partition = partitions[fallback % len(partitions)]
+        return Copy(tp.partition, record.offset, letter, topic, partition)
+
+    async def _copy(
+        self,
+        tp: TopicPartition,
+        plan: "list[tuple[ConsumerRecord[Any, Any], Copy]]",
+        targets: set[tuple[str, int]],
+        *,
+        upto: int,
+    ) -> None:
+        report = self.report
+        if report.dry_run:
+            report.copies += [copy for _, copy in plan]
+            report.copied += len(plan)
+            return
+        producer = self.producer
+        if plan:
+            places = [TopicPartition(topic, partition) for topic, partition in sorted(targets)]
+            before = await self.probe.end_offsets(places)
+            ends = {(t.topic, t.partition): before[t] for t in places}
+            await self._commit(tp, plan[0][0].offset, Intent(upto, ends).encode())
+            sent = [
+                await producer.send(
+                    copy.topic,
+                    value=record.value,
+                    key=record.key,
+                    partition=copy.target_partition,
+                    headers=replay_headers(
+                        record.headers,
+                        replayed_from(tp.topic, tp.partition, record.offset),
+                        keep_history=self.keep_history,
+                    ),
+                )
+                for record, copy in plan
+            ]
+            await asyncio.gather(*sent)
+            report.copied += len(plan)
+        await self._commit(tp, upto)
+
+    async def _commit(self, tp: TopicPartition, offset: int, metadata: str = "") -> None:
+        await self.consumer.commit({tp: OffsetAndMetadata(offset, metadata)})
+
+
+def _intent_length(targets: set[tuple[str, int]]) -> int:
+    return len(Intent(2**63, dict.fromkeys(targets, 2**63)).encode())
+
+
+def _markers(headers: Iterable[tuple[str, bytes]], wanted: dict[bytes, int]) -> Iterable[int]:
+    for name, value in headers:
+        if name == REPLAYED_FROM and value in wanted:
+            yield wanted[value]
+
+
+async def _short_of(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer has not yet read up to ``ends`` on some partition."""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return True
+    return False
+
+
+async def _close(client: Any) -> None:
+    await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())

@@ -1,0 +1,317 @@
+"""The replay tool against a real broker: dead letters copied back and processed once, a run
+interrupted at any point and started again copying none twice, filters and dry runs, and the
+broker's SASL settings reused."""
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faststream.exceptions import RejectMessage
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.security import SASLPlaintext
+
+from faststream_concurrent_aiokafka.core.dead_letters import (
+    REPLAYED_FROM,
+    Origin,
+    ReplayFilter,
+    dead_letter_headers,
+)
+from faststream_concurrent_aiokafka.replay import KafkaConnection, replay_dead_letters
+from tests.kafka.test_failure_policy import header_map, manual_subscriber, record_count, running
+from tests.kafka_helpers import (
+    BOOTSTRAP,
+    committed_offsets,
+    concurrent_broker,
+    create_topic,
+    end_offsets,
+    numbered_topic,
+    read_all,
+    unique,
+    wait_committed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+
+SASL_BOOTSTRAP = os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS")
+SASL_USER, SASL_PASSWORD = "fcak-test", "fcak-test-secret"  # scripts/kafka.sh's test user
+
+Letter = tuple[str, int, int, str]  # original topic, partition, offset, exception type
+
+
+async def make_dead_letters(
+    topic: str, letters: list[Letter], *, bootstrap: str = BOOTSTRAP
+) -> None:
+    """Produce dead letters in the library's format, value ``b"<offset>"``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for original, partition, offset, error in letters:
+            origin = Origin(original, partition, offset, 1_700_000_000_000, "billing")
+            headers = dead_letter_headers(
+                [("origin", b"producer")], origin, type(error, (Exception,), {})(), 1, str
+            )
+            await producer.send(topic, str(offset).encode(), key=b"k%d" % offset, headers=headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def replayed(records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> Counter[bytes]:
+    """How often each dead letter (by its x-dead-letter-replayed-from) was copied."""
+    return Counter(
+        value for _k, _v, headers in records for name, value in headers if name == REPLAYED_FROM
+    )
+
+
+# ---- replayed and processed ----------------------------------------------------------------
+
+
+@pytest.mark.smoke
+async def test_dead_letters_replayed_to_their_topic_are_processed_once_by_the_fixed_handler() -> (
+    None
+):
+    total, partitions = 100, 2
+    topic, group = await numbered_topic("replay", total, partitions)
+    dead_letters = unique("replay-dlt")
+    await create_topic(dead_letters, 1)
+    settings: dict[str, Any] = {
+        "commit_batch_size": 10,
+        "commit_batch_timeout_sec": 0.1,
+        "dead_letter_topic": dead_letters,
+    }
+
+    broken = concurrent_broker()
+
+    @manual_subscriber(broken, topic, group)
+    async def reject(body: int) -> None:
+        raise RejectMessage
+
+    async with running(broken, **settings):
+        await wait_committed(group, topic, await end_offsets(topic, partitions))
+    assert await record_count(dead_letters, 1) == total
+
+    # The replay reuses a FastStream broker's connection settings (not started).
+    report = await replay_dead_letters(dead_letters, KafkaBroker(BOOTSTRAP))
+    assert (report.read, report.copied, report.filtered_out, report.unrecognised) == (
+        total,
+        total,
+        0,
+        0,
+    )
+    assert report.group == f"{dead_letters}.replay"
+    assert await committed_offsets(report.group, dead_letters) == {0: total}
+    ends = await end_offsets(topic, partitions)
+    assert sum(ends.values()) == 2 * total  # each back in its own partition
+    assert ends == {0: total, 1: total}
+
+    fixed = concurrent_broker()
+    processed: Counter[int] = Counter()
+    replays: list[dict[str, bytes]] = []
+
+    @manual_subscriber(fixed, topic, group)
+    async def handle(body: int, msg: KafkaMessage) -> None:
+        processed[body] += 1
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        replays.append(header_map(raw.headers))
+
+    async with running(fixed, **settings):
+        await wait_committed(group, topic, ends)
+    assert processed == Counter(range(total))
+    headers = replays[0]
+    assert headers[REPLAYED_FROM].startswith(f"{dead_letters}/0/".encode())
+    assert headers["x-dead-letter-history-exception-type"] == b"RejectMessage"
+    assert headers["x-dead-letter-history-topic"] == topic.encode()
+    assert "x-dead-letter-topic" not in headers
+
+    # The replay's group remembers: a second run copies nothing.
+    again = await replay_dead_letters(dead_letters, KafkaBroker(BOOTSTRAP))
+    assert (again.total, again.copied) == (0, 0)
+
+
+# ---- interrupted runs ----------------------------------------------------------------------
+
+
+async def dead_letter_topic(count: int, partitions: int = 2) -> tuple[str, str, str]:
+    """A dead-letter topic holding ``count`` dead letters of a 4-partition topic (offset ``i``
+    of partition ``i % 4``), that topic, and a 3-partition topic to replay to."""
+    source, original, target = unique("replay-src"), unique("orders"), unique("replay-to")
+    await create_topic(source, partitions)
+    await create_topic(original, 4)
+    await create_topic(target, 3)
+    await make_dead_letters(source, [(original, i % 4, i, "PoisonError") for i in range(count)])
+    return source, original, target
+
+
+async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 60
+    source, _original, target = await dead_letter_topic(count)
+    real_commit = AIOKafkaConsumer.commit
+    done_commits = 0
+
+    async def commit_then_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        # The third batch was copied and acknowledged; its commit never happens.
+        nonlocal done_commits
+        if offsets and all(meta.metadata == "" for meta in offsets.values()):
+            done_commits += 1
+            if done_commits == 3:
+                raise RuntimeError("killed between the copies and the commit")
+        await real_commit(self, offsets)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", commit_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10)
+    monkeypatch.undo()
+    landed = sum((await end_offsets(target, 3)).values())
+    committed = sum((await committed_offsets(f"{source}.replay-to.{target}", source)).values())
+    assert committed < landed  # the last batch's copies landed, its commit did not
+
+    report = await replay_dead_letters(
+        source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10
+    )
+
+    assert report.already_copied == landed - committed  # found by their markers
+    assert report.copied == count - landed
+    copies = replayed(await read_all(target, count))
+    assert len(copies) == count
+    assert set(copies.values()) == {1}
+
+
+async def run_replay(*args: str) -> tuple[int, str, str]:
+    """Run the command line to its end: exit status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "faststream_concurrent_aiokafka.replay",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_replay_killed_halfway_and_run_again_copies_none_twice() -> None:
+    count = 200
+    source, _original, target = await dead_letter_topic(count)
+    args = ["--bootstrap", BOOTSTRAP, "--from", source, "--to", target, "--batch-size", "1"]
+    first = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "faststream_concurrent_aiokafka.replay",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        async def halfway() -> bool:
+            return sum((await end_offsets(target, 3)).values()) >= count // 4
+
+        await wait_until(halfway, timeout=60, interval=0.01)
+        assert first.returncode is None, "the replay ended before it could be killed"
+        first.send_signal(signal.SIGKILL)
+    finally:
+        if first.returncode is None:
+            first.kill()
+        await first.wait()
+    copied_before = sum((await end_offsets(target, 3)).values())
+    assert count // 4 <= copied_before < count
+
+    status, out, err = await run_replay(*args)
+
+    assert status == 0, err
+    assert "copied" in out
+    copies = replayed(await read_all(target, count))
+    assert sum(copies.values()) == count
+    assert len(copies) == count
+
+
+# ---- filters and dry runs ------------------------------------------------------------------
+
+
+async def test_a_dry_run_lists_what_the_filter_selects_and_changes_nothing() -> None:
+    source, target = unique("replay-f"), unique("replay-f-to")
+    await create_topic(source, 1)
+    await create_topic(target, 1)
+    letters: list[Letter] = [
+        ("orders", i % 3, i, "ValidationError" if i % 2 else "TimeoutError") for i in range(30)
+    ]
+    await make_dead_letters(source, letters)
+    only = ReplayFilter(
+        exception_types={"ValidationError"}, partitions={1}, min_offset=5, max_offset=25
+    )
+    expected = [i for i in range(30) if i % 2 and i % 3 == 1 and 5 <= i <= 25]
+    listed: list[int] = []
+
+    dry = await replay_dead_letters(
+        source,
+        KafkaConnection(BOOTSTRAP),
+        target=target,
+        dry_run=True,
+        only=only,
+        on_copy=lambda copy: listed.append(copy.letter.offset if copy.letter else -1),
+    )
+
+    assert listed == expected
+    assert [copy.offset for copy in dry.copies] == expected
+    assert (dry.copied, dry.filtered_out) == (len(expected), 30 - len(expected))
+    assert await end_offsets(target, 1) == {0: 0}
+    assert await committed_offsets(dry.group, source) == {}
+
+    real = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, only=only)
+    assert real.copied == len(expected)
+    copies = await read_all(target, len(expected))
+    assert sorted(int(value) for _k, value, _h in copies) == expected
+    _key, _value, headers = copies[0]
+    assert headers[0] == ("origin", b"producer")
+    assert header_map(headers)["x-dead-letter-history-consumer-group"] == b"billing"
+
+
+async def test_the_command_line_dry_run_prints_one_line_per_dead_letter() -> None:
+    source, original, _target = await dead_letter_topic(3, partitions=1)
+
+    status, out, err = await run_replay("--bootstrap", BOOTSTRAP, "--from", source, "--dry-run")
+
+    assert status == 0, err
+    assert out.splitlines() == [
+        *(f"0@{i}\t{original}[{i}]@{i}\tPoisonError\t-> {original}[{i}]" for i in range(3)),
+        f"group {source}.replay: read 3 of 3, would copy 3, filtered out 0, not dead letters 0, "
+        "already copied by an interrupted run 0",
+    ]
+    assert await end_offsets(original, 4) == dict.fromkeys(range(4), 0)
+
+
+# ---- SASL ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(SASL_BOOTSTRAP is None, reason="no SASL listener (KAFKA_SASL_PORT)")
+async def test_the_replay_connects_with_the_broker_s_sasl_settings() -> None:
+    assert SASL_BOOTSTRAP is not None
+    source, target = unique("replay-sasl"), unique("replay-sasl-to")
+    await create_topic(source, 1)
+    await create_topic(target, 1)
+    await make_dead_letters(source, [("orders", 0, i, "PoisonError") for i in range(5)])
+
+    wrong = KafkaBroker(
+        SASL_BOOTSTRAP, security=SASLPlaintext(username=SASL_USER, password="wrong")
+    )
+    with pytest.raises(Exception, match=r"Authentication failed|Unable to bootstrap"):
+        await replay_dead_letters(source, wrong, target=target)
+
+    broker = KafkaBroker(
+        SASL_BOOTSTRAP, security=SASLPlaintext(username=SASL_USER, password=SASL_PASSWORD)
+    )
+    report = await replay_dead_letters(source, broker, target=target)
+
+    assert report.copied == 5
+    assert len(replayed(await read_all(target, 5))) == 5

@@ -1,0 +1,220 @@
+"""The replay's pure parts: reading dead-letter headers, filters, the headers a copy carries,
+the intent stored with the replay's commits, and the command line's connection options."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from faststream_concurrent_aiokafka.core.dead_letters import (
+    HISTORY_PREFIX,
+    REPLAYED_FROM,
+    DeadLetter,
+    Origin,
+    ReplayFilter,
+    dead_letter_headers,
+    read_dead_letter,
+    replay_headers,
+    replayed_from,
+)
+from faststream_concurrent_aiokafka.core.replay_intent import Intent, decode_intent
+from faststream_concurrent_aiokafka.replay import KafkaConnection
+from faststream_concurrent_aiokafka.replay.__main__ import parser
+
+ORIGINAL = [("trace", b"1"), ("raw", b"\xff"), ("trace", b"2")]
+
+
+def letter_headers(error: Exception | None = None) -> list[tuple[str, bytes]]:
+    origin = Origin("orders", 2, 40, 1_700_000_000_000, "billing")
+    return dead_letter_headers(ORIGINAL, origin, error or KeyError("k"), 3, str)
+
+
+def test_read_dead_letter_gives_the_original_place_and_error() -> None:
+    assert read_dead_letter(letter_headers()) == DeadLetter("orders", 2, 40, "KeyError")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [("x-dead-letter-topic", b"orders")],
+        [
+            ("x-dead-letter-topic", b"o"),
+            ("x-dead-letter-partition", b"x"),
+            ("x-dead-letter-offset", b"1"),
+        ],
+    ],
+    ids=["none", "partial", "not-a-number"],
+)
+def test_records_without_our_headers_are_no_dead_letters(headers: list[tuple[str, bytes]]) -> None:
+    assert read_dead_letter(headers) is None
+
+
+def test_an_empty_filter_matches_everything_even_foreign_records() -> None:
+    assert ReplayFilter().matches(None)
+    assert ReplayFilter().matches(DeadLetter("t", 0, 0, "E"))
+
+
+@pytest.mark.parametrize(
+    ("only", "matches"),
+    [
+        (ReplayFilter(exception_types={"KeyError"}), True),
+        (ReplayFilter(exception_types={"ValueError"}), False),
+        (ReplayFilter(topics={"orders"}), True),
+        (ReplayFilter(topics={"payments"}), False),
+        (ReplayFilter(partitions={1, 2}), True),
+        (ReplayFilter(partitions={0}), False),
+        (ReplayFilter(min_offset=40, max_offset=40), True),
+        (ReplayFilter(min_offset=41), False),
+        (ReplayFilter(max_offset=39), False),
+        (ReplayFilter(exception_types={"KeyError"}, partitions={0}), False),
+    ],
+)
+def test_a_filter_matches_on_every_field_it_has(only: ReplayFilter, matches: bool) -> None:
+    letter = DeadLetter("orders", 2, 40, "KeyError")
+
+    assert only.matches(letter) is matches
+    assert only.matches(None) is False  # a foreign record matches no filter with a field
+
+
+def test_a_copy_keeps_the_original_headers_and_moves_ours_under_history() -> None:
+    marker = replayed_from("orders.dlq", 0, 7)
+
+    headers = replay_headers(letter_headers(), marker, keep_history=True)
+
+    assert headers[:3] == ORIGINAL
+    assert headers[-1] == (REPLAYED_FROM, b"orders.dlq/0/7")
+    history = dict(headers[3:-1])
+    assert history[HISTORY_PREFIX + "topic"] == b"orders"
+    assert history[HISTORY_PREFIX + "exception-type"] == b"KeyError"
+    assert all(name.startswith(HISTORY_PREFIX) for name in history)
+    assert read_dead_letter(headers) is None  # no longer reads as a dead letter
+
+
+def test_a_copy_without_history_keeps_only_the_original_headers_and_the_marker() -> None:
+    headers = replay_headers(letter_headers(), b"d/0/1", keep_history=False)
+
+    assert headers == [*ORIGINAL, (REPLAYED_FROM, b"d/0/1")]
+
+
+def test_a_second_failure_and_replay_keep_the_first_history() -> None:
+    first = replay_headers(letter_headers(KeyError("one")), b"dlq/0/1", keep_history=True)
+    # The copy fails again and is dead-lettered again, then replayed again.
+    again = dead_letter_headers(
+        first, Origin("orders", 2, 99, None, "billing"), ValueError("two"), 1, str
+    )
+    second = replay_headers(again, b"dlq/0/5", keep_history=True)
+
+    names = [name for name, _ in second]
+    assert names.count(HISTORY_PREFIX + "exception-type") == 2
+    assert [v for n, v in second if n == HISTORY_PREFIX + "exception-type"] == [
+        b"KeyError",
+        b"ValueError",
+    ]
+    # Only the latest copy's marker is a marker; the earlier one is history.
+    assert [v for n, v in second if n == REPLAYED_FROM] == [b"dlq/0/5"]
+    assert [v for n, v in second if n == HISTORY_PREFIX + "replayed-from"] == [b"dlq/0/1"]
+
+
+topics = st.text(alphabet="abcXYZ09._-", min_size=1, max_size=40)
+
+
+@given(
+    upto=st.integers(0, 2**62),
+    ends=st.dictionaries(
+        st.tuples(topics, st.integers(0, 10_000)), st.integers(0, 2**62), max_size=20
+    ),
+)
+def test_an_intent_reads_back_as_written(upto: int, ends: dict[tuple[str, int], int]) -> None:
+    assert decode_intent(Intent(upto, ends).encode()) == Intent(upto, ends)
+
+
+@pytest.mark.parametrize("metadata", ["", "fcak1:abc", "other"])
+def test_metadata_without_an_intent_reads_as_none(metadata: str) -> None:
+    assert decode_intent(metadata) is None
+
+
+@pytest.mark.parametrize(
+    "metadata", ["fcak-replay1:x:", "fcak-replay1:5:t/x=1", "fcak-replay1:5:/1=2"]
+)
+def test_a_damaged_intent_is_an_error_not_silence(metadata: str) -> None:
+    with pytest.raises(ValueError, match="unreadable replay intent"):
+        decode_intent(metadata)
+
+
+# ---- the command line's connection ------------------------------------------------------------
+
+
+def connection(*args: str) -> KafkaConnection:
+    parsed = parser().parse_args(["--bootstrap", "h:1", "--from", "dlq", *args])
+    return KafkaConnection(
+        bootstrap_servers=parsed.bootstrap,
+        security_protocol=parsed.security_protocol,
+        sasl_mechanism=parsed.sasl_mechanism,
+        sasl_username=parsed.sasl_username,
+        sasl_password=parsed.sasl_password,
+        ssl_cafile=parsed.ssl_cafile,
+    )
+
+
+def test_the_default_connection_is_plaintext() -> None:
+    assert connection().client_settings() == {
+        "bootstrap_servers": "h:1",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_sasl_options_become_aiokafka_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    settings = connection(
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "u",
+        "--sasl-password",
+        "p",
+    ).client_settings()
+
+    assert settings == {
+        "bootstrap_servers": "h:1",
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
+
+
+def test_the_password_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "from-env")
+    found = connection(
+        "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"
+    )
+
+    settings = found.client_settings()
+
+    assert settings["sasl_plain_password"] == "from-env"
+    assert settings["ssl_context"] is not None
+    assert "from-env" not in repr(found)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--security-protocol", "SASL_PLAINTEXT"], "sasl_mechanism"),
+        (["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN"], "sasl_username"),
+    ],
+)
+def test_incomplete_sasl_options_fail_naming_what_is_missing(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    with pytest.raises(ValueError, match=message):
+        connection(*args)
+
+
+def test_an_ssl_ca_file_is_loaded() -> None:
+    with pytest.raises(FileNotFoundError):
+        connection(
+            "--security-protocol", "SSL", "--ssl-cafile", "/nonexistent/ca.pem"
+        ).client_settings()

@@ -1,0 +1,261 @@
+"""The failure policy under FastStream's ``TestKafkaBroker``: retries, task timeouts, errors
+not worth retrying and dead letters, without Kafka (README, "Testing your app")."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
+from faststream.kafka.subscriber.usecase import DefaultSubscriber
+from faststream.middlewares import AckPolicy
+
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentProcessingMiddleware,
+    configure_subscriber,
+    initialize_concurrent_processing,
+    stop_concurrent_processing,
+)
+from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
+
+FAST: dict[str, Any] = {"retry_backoff_sec": 0.001, "retry_backoff_max_sec": 0.002}
+
+
+class PoisonError(Exception):
+    pass
+
+
+def broker() -> KafkaBroker:
+    broker = KafkaBroker(logger=None)
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    return broker
+
+
+def manual(broker: KafkaBroker, topic: str = "orders", **overrides: Any) -> DefaultSubscriber:
+    subscriber = broker.subscriber(topic, group_id="billing", ack_policy=AckPolicy.MANUAL)
+    return configure_subscriber(subscriber, **overrides) if overrides else subscriber
+
+
+async def test_a_failing_message_is_tried_max_retries_plus_one_times() -> None:
+    br = broker()
+    calls: list[int] = []
+
+    @manual(br, max_retries=3, **FAST)
+    async def handle(body: int) -> None:
+        calls.append(body)
+        raise PoisonError(body)
+
+    async with TestKafkaBroker(br) as test:
+        # Without a dead-letter topic the final failure is raised, as FastStream's test
+        # client does with any handler error.
+        with pytest.raises(PoisonError):
+            await test.publish(7, "orders")
+
+    assert calls == [7, 7, 7, 7]
+
+
+async def test_a_retried_message_that_then_succeeds_publishes_its_result_once() -> None:
+    br = broker()
+    calls: list[int] = []
+    results: list[str] = []
+
+    @manual(br, max_retries=2, **FAST)
+    @br.publisher("results")
+    async def handle(body: int) -> str:
+        calls.append(body)
+        if len(calls) == 1:
+            raise PoisonError
+        return f"done {body}"
+
+    @br.subscriber("results")
+    async def collect(body: str) -> None:
+        results.append(body)
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish(1, "orders")
+
+    assert calls == [1, 1]
+    assert results == ["done 1"]
+
+
+async def test_a_task_timeout_cancels_the_attempt_and_counts_as_a_failure() -> None:
+    br = broker()
+    attempts: list[str] = []
+
+    @manual(br, task_timeout_sec=0.05, max_retries=1, **FAST)
+    async def handle(body: str) -> None:
+        attempts.append("started")
+        if len(attempts) == 1:
+            await asyncio.sleep(10)  # cancelled by the timeout
+        attempts.append("finished")
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish("slow once", "orders")
+
+    assert attempts == ["started", "started", "finished"]
+
+
+async def test_a_task_timeout_on_every_attempt_raises_task_timeout_error() -> None:
+    br = broker()
+
+    @manual(br, task_timeout_sec=0.02)
+    async def handle(body: str) -> None:
+        await asyncio.sleep(10)
+
+    async with TestKafkaBroker(br) as test:
+        with pytest.raises(TaskTimeoutError, match=r"task_timeout_sec=0\.02"):
+            await test.publish("slow", "orders")
+
+
+async def test_the_dead_letter_reaches_a_test_subscriber_of_the_dead_letter_topic() -> None:
+    br = broker()
+    calls: list[int] = []
+    letters: list[KafkaMessage] = []
+    results: list[Any] = []
+
+    @manual(br, max_retries=2, dead_letter_topic="orders.dlq", **FAST)
+    @br.publisher("results")
+    async def handle(body: int) -> int:
+        calls.append(body)
+        raise PoisonError(f"poison {body}")
+
+    @br.subscriber("orders.dlq")
+    async def dead(msg: KafkaMessage) -> None:
+        letters.append(msg)
+
+    @br.subscriber("results")
+    async def collect(body: Any) -> None:
+        results.append(body)
+
+    async with TestKafkaBroker(br) as test:
+        # The message is settled by its dead letter: publish returns normally.
+        await test.publish(42, "orders", key=b"k-42", headers={"origin": "test"})
+
+    assert calls == [42, 42, 42]
+    assert results == []  # a failed message publishes no result
+    [letter] = letters
+    assert letter.body == b"42"
+    assert letter.raw_message.key == b"k-42"  # type: ignore[union-attr]
+    headers = letter.headers
+    assert headers["origin"] == "test"
+    assert headers["x-dead-letter-topic"] == "orders"
+    assert headers["x-dead-letter-consumer-group"] == "billing"
+    assert headers["x-dead-letter-exception-type"] == "PoisonError"
+    assert headers["x-dead-letter-exception-message"] == "poison 42"
+    assert headers["x-dead-letter-attempts"] == "3"
+    assert int(headers["x-dead-letter-timestamp"]) > 0
+
+
+async def test_an_undecodable_body_is_dead_lettered_at_once_by_default() -> None:
+    br = broker()
+    letters: list[KafkaMessage] = []
+
+    @manual(br, max_retries=5, dead_letter_topic="orders.dlq", **FAST)
+    async def handle(body: int) -> None:
+        raise AssertionError("never called: the body is no int")
+
+    @br.subscriber("orders.dlq")
+    async def dead(msg: KafkaMessage) -> None:
+        letters.append(msg)
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish(b"card 4111-SECRET", "orders")
+
+    [letter] = letters
+    assert letter.headers["x-dead-letter-exception-type"] == "ValidationError"
+    assert letter.headers["x-dead-letter-attempts"] == "1"
+    assert "SECRET" not in letter.headers["x-dead-letter-exception-message"]
+
+
+async def test_no_retry_on_sends_the_listed_errors_to_the_dead_letter_topic_at_once() -> None:
+    br = broker()
+    calls: list[str] = []
+    letters: list[str] = []
+
+    class NotFoundError(Exception):
+        pass
+
+    @manual(br, max_retries=3, dead_letter_topic="dlq", no_retry_on=(NotFoundError,), **FAST)
+    async def handle(body: str) -> None:
+        calls.append(body)
+        raise NotFoundError if body == "missing" else PoisonError
+
+    @br.subscriber("dlq")
+    async def dead(msg: KafkaMessage) -> None:
+        letters.append(msg.headers["x-dead-letter-attempts"])
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish("missing", "orders")
+        await test.publish("flaky", "orders")
+
+    assert calls.count("missing") == 1
+    assert calls.count("flaky") == 4
+    assert letters == ["1", "4"]
+
+
+async def test_nack_is_retried_and_reject_is_dead_lettered() -> None:
+    br = broker()
+    calls: list[str] = []
+    letters: list[str] = []
+
+    @manual(br, max_retries=2, dead_letter_topic="dlq", **FAST)
+    async def handle(body: str, msg: KafkaMessage) -> None:
+        calls.append(body)
+        if body == "nack" and calls.count(body) == 1:
+            await msg.nack()
+        elif body == "reject":
+            await msg.reject()
+
+    @br.subscriber("dlq")
+    async def dead(body: str, msg: KafkaMessage) -> None:
+        letters.append(f"{body}:{msg.headers['x-dead-letter-exception-type']}")
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish("nack", "orders")
+        await test.publish("reject", "orders")
+
+    assert calls == ["nack", "nack", "reject"]
+    assert letters == ["reject:RejectMessage"]
+
+
+@pytest.fixture
+async def initialised() -> AsyncIterator[KafkaBroker]:
+    br = broker()
+    await initialize_concurrent_processing(br.context, max_retries=2, **FAST)
+    try:
+        yield br
+    finally:
+        await stop_concurrent_processing(br.context)
+
+
+async def test_the_global_settings_apply_when_processing_is_initialised(
+    initialised: KafkaBroker,
+) -> None:
+    calls: list[int] = []
+
+    @manual(initialised)
+    async def handle(body: int) -> None:
+        calls.append(body)
+        raise PoisonError
+
+    async with TestKafkaBroker(initialised) as test:
+        with pytest.raises(PoisonError):
+            await test.publish(1, "orders")
+
+    assert calls == [1, 1, 1]
+
+
+async def test_without_a_policy_a_handler_error_is_raised_once_as_before() -> None:
+    br = broker()
+    calls: list[int] = []
+
+    @manual(br)
+    async def handle(body: int) -> None:
+        calls.append(body)
+        raise PoisonError
+
+    async with TestKafkaBroker(br) as test:
+        with pytest.raises(PoisonError):
+            await test.publish(1, "orders")
+
+    assert calls == [1]
