@@ -9,6 +9,7 @@ does is decided by the test: it waits until the test releases it, or plays a scr
 """
 
 import asyncio
+import selectors
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -65,6 +66,52 @@ async def let_run(steps: int = 20) -> None:
     happen once the loop had its chance."""
     for _ in range(steps):
         await asyncio.sleep(0)
+
+
+# ---- time ----------------------------------------------------------------------------
+
+
+class _SkippingSelector(selectors.DefaultSelector):
+    """Never sleeps: where the loop would wait for its next timer, the clock jumps to it."""
+
+    def __init__(self, loop: "VirtualClockLoop") -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            # Nothing ready, no timer: only another thread could wake the loop now.
+            events = super().select(DEADLOCK_AFTER_SEC)
+            if not events:
+                msg = (
+                    f"event loop deadlocked: nothing to run and no timer for {DEADLOCK_AFTER_SEC} s"
+                )
+                raise RuntimeError(msg)
+            return events
+        self._loop.advance(timeout)
+        return events
+
+
+DEADLOCK_AFTER_SEC = 5.0
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when nothing is ready to run, straight to the next
+    timer: sleeps and timeouts cost no wall time, and which of two timers fires first depends
+    on their deadlines alone, not on how busy the machine is, so runs replay exactly."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        super().__init__(_SkippingSelector(self))
+
+    def time(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
 
 
 # ---- consumer ------------------------------------------------------------------------
