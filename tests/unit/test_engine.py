@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka.errors import CommitFailedError, KafkaConnectionError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
@@ -129,6 +129,26 @@ async def make_rig() -> AsyncIterator[MakeRig]:
         await engine.close()
 
 
+# ---- the fake itself ----------------------------------------------------------------
+
+
+async def test_the_fake_consumer_commits_and_refuses_like_aiokafka() -> None:
+    """The engine's commit handling is only as good as the fake's refusals are faithful."""
+    consumer = FakeConsumer(assignment=[P0, P1])
+    await consumer.commit({P0: 3, P1: (5, "meta")})
+    await consumer.commit({P0: OffsetAndMetadata(4, "")})
+    assert consumer.cluster.committed == {P0: (4, ""), P1: (5, "meta")}
+    with pytest.raises(IllegalStateError):
+        await consumer.commit({tp(2): 1})
+    consumer.commit_failures.append(CommitFailedError())
+    with pytest.raises(CommitFailedError):
+        await consumer.commit({P0: 9})
+    assert consumer.cluster.committed_offset(P0) == 4
+    assert [request.ok for request in consumer.commits] == [True, True, False, False]
+    with pytest.raises(IllegalStateError):
+        consumer.pause(tp(2))
+
+
 # ---- limits --------------------------------------------------------------------------
 
 
@@ -210,6 +230,25 @@ async def test_a_message_that_changed_context_variables_does_not_pass_them_on(
     await wait_until(lambda: len(rig.pipeline.finished()) == 3)
     assert seen == ["clean", "clean", "clean"]
     assert len({call.task for call in rig.pipeline.calls}) == 3
+
+
+async def test_a_batch_runs_as_one_message_and_commits_every_partition_it_spans(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(partitions=(0, 1))
+    rig.consumer.produce(0, 2)
+    rig.consumer.produce(1, 1)
+    records = rig.consumer.deliver(P0, 0, 1) + rig.consumer.deliver(P1, 0)
+    rig.engine.admit_batch(rig.lane, tuple(records))
+    await wait_until(lambda: bool(rig.pipeline.waiting()))
+    (call,) = rig.pipeline.calls
+    assert isinstance(call.record, tuple) and len(call.record) == 3
+    await rig.flush()
+    assert rig.consumer.committed_offsets() == [{0: 0, 1: 0}]  # nothing finished yet
+    await rig.pipeline.release(0, 0)
+    await wait_until(lambda: rig.engine.counters.processed == 1)
+    await rig.flush()
+    assert rig.consumer.committed_offsets()[-1] == {0: 2, 1: 1}
 
 
 # ---- ordering ------------------------------------------------------------------------
