@@ -10,7 +10,6 @@ does is decided by the test: it waits until the test releases it, or plays a scr
 
 import asyncio
 import selectors
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,10 +51,12 @@ def key_of(record: Any) -> Key:
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll ``condition`` while the event loop runs; fail the test if it never holds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``condition`` while the event loop runs; fail the test if it never holds within
+    ``timeout`` of the loop's clock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while not condition():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             msg = f"condition not met within {timeout} s"
             raise AssertionError(msg)
         await asyncio.sleep(0.001)

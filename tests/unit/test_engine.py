@@ -1,5 +1,6 @@
 """The engine driven without Kafka: a fake consumer and a fake pipeline whose messages end
-when the test says so.
+when the test says so, on an event loop whose clock jumps from timer to timer (timeouts cost
+no wall time and never race the test).
 
 Each test pins one behaviour the library promises: limits, ordering, backpressure, what a
 rebalance or a shutdown commits, commit batching and metadata, failures and dead letters.
@@ -7,7 +8,6 @@ rebalance or a shutdown commits, commit batching and metadata, failures and dead
 
 import asyncio
 import contextvars
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,21 @@ from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, Su
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-from tests.fakes import FakeCluster, FakeConsumer, FakePipeline, let_run, tp, wait_until
+from tests.fakes import (
+    FakeCluster,
+    FakeConsumer,
+    FakePipeline,
+    let_run,
+    tp,
+    wait_until,
+)
+
+VIRTUAL_CLOCK = True  # see tests/unit/conftest.py
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
 
 P0 = tp(0)
 P1 = tp(1)
@@ -345,9 +359,9 @@ async def test_a_held_poll_loop_pauses_the_consumer_after_the_hold_budget(
     consumer = FakeConsumer(assignment=[P0, P1], max_poll_interval_ms=60)
     rig = await make_rig(consumer=consumer, concurrency_limit=2)
     rig.admit(0, *range(4))
-    started = time.monotonic()
+    started = loop_time()
     await asyncio.wait_for(rig.engine.scheduler.wait_for_room(rig.lane), 1)
-    assert time.monotonic() - started >= 0.025
+    assert loop_time() - started >= 0.025
     assert consumer.paused() == {P0, P1}
     assert rig.lane.paused
 
@@ -411,11 +425,11 @@ async def test_release_drops_queued_waits_for_running_and_commits_them(
     assert not release.done()
     assert not rig.lane.ready  # 2, 3 and 4 are left for the next owner
 
-    started = time.monotonic()
+    started = loop_time()
     await rig.pipeline.release(0, 1)
     await rig.pipeline.release(0, 0)
     await asyncio.wait_for(release, 1)
-    assert time.monotonic() - started < 1  # did not wait out the 5 s
+    assert loop_time() - started < 1  # did not wait out the 5 s
     assert rig.pipeline.started() == [(0, 0), (0, 1)]
     assert rig.consumer.committed_offsets() == [{0: 2}]
     assert P0 not in rig.lane.trackers
@@ -432,9 +446,9 @@ async def test_release_commits_the_finished_prefix_at_its_timeout_and_never_late
     await let_run()
     await rig.pipeline.release(0, 0)
     await rig.pipeline.release(0, 2)
-    started = time.monotonic()
+    started = loop_time()
     await asyncio.wait_for(release, 1)
-    assert time.monotonic() - started >= 0.03  # waited for 3 until the timeout
+    assert loop_time() - started >= 0.03  # waited for 3 until the timeout
     assert rig.pipeline.running_keys() == {(0, 3)}
     assert rig.consumer.committed_offsets() == [{0: 3}]
 
@@ -530,9 +544,13 @@ async def test_a_commit_follows_commit_batch_size_finished_messages(make_rig: Ma
 
 async def test_a_commit_follows_the_batch_timeout(make_rig: MakeRig) -> None:
     rig = await make_rig(commit_batch_size=100, commit_batch_timeout_sec=0.05)
+    started = loop_time()
     rig.admit(0, 0, 1)
     await rig.pipeline.release(0, 0)
+    await let_run()
+    assert rig.consumer.commits == []
     await wait_until(lambda: bool(rig.consumer.commits), timeout=0.5)
+    assert loop_time() - started >= 0.05
     assert rig.consumer.committed_offsets() == [{0: 1}]
 
 
