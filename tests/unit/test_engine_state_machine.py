@@ -74,6 +74,8 @@ from tests.fakes import (
 
 T = TypeVar("T")
 
+VIRTUAL_CLOCK = True  # the examples at the end run on it too (see tests/unit/conftest.py)
+
 RELEASE_TIMEOUT = 0.01
 DEAD_LETTER_TOPIC = "dlq"
 
