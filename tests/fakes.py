@@ -9,6 +9,7 @@ does is decided by the test: it waits until the test releases it, or plays a scr
 """
 
 import asyncio
+import logging
 import selectors
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -436,6 +437,8 @@ class FakePipeline:
     policy: FailurePolicy = field(default_factory=FailurePolicy)
     hold: bool = True
     name: str = "fake-pipeline"
+    group: str = "fake-group"
+    topics: tuple[str, ...] = ("t",)
     owner: object = field(default_factory=object)
     script: dict[Key, deque[BaseException | None]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
@@ -450,6 +453,9 @@ class FakePipeline:
 
     def settings(self) -> SubscriberSettings:
         return self.subscriber_settings
+
+    def logger(self) -> logging.Logger:
+        return logging.getLogger("tests.fakes.pipeline")
 
     async def process(self, record: Any) -> None:
         # Attempts of one admission share the record object, a redelivery is a new one.
@@ -486,8 +492,14 @@ class FakePipeline:
             self.on_attempt_end(call)
 
     async def dead_letter(
-        self, topic: str, record: Any, error: BaseException | None, attempts: int
+        self,
+        topic: str,
+        record: Any,
+        error: BaseException | None,
+        attempts: int,
+        exception_text: Callable[[BaseException], str] | None = None,
     ) -> None:
+        del exception_text
         entry = DeadLetterCall(topic, record, error, attempts)
         self.dead_letters.append(entry)
         if self.dead_letter_failures:
