@@ -67,16 +67,19 @@ class PartitionOffsets:
         """Something finished or was blocked since the last commit: its metadata is stale."""
         return self.version != self.committed_version
 
-    def track(self, offset: int) -> None:
-        """Record a dispatched offset; offsets normally arrive in increasing order."""
+    def track(self, offset: int) -> bool:
+        """Record a dispatched offset; False if it is tracked already (delivered again while
+        its message has not been passed by the commit point). Offsets normally arrive in
+        increasing order."""
         pending = self._pending
         if not pending or offset > pending[-1]:
             pending.append(offset)
-            return
+            return True
         if offset in pending:
-            return
+            return False
         # A seek moved the consumer back: keep the queue sorted, rare enough to be slow here.
         self._pending = deque(sorted((*pending, offset)))
+        return True
 
     def finish(self, offset: int) -> int:
         """Mark an offset done; returns how many offsets the commit point passed."""

@@ -70,6 +70,14 @@ class OrderingGate(Generic[T]):
         del self._waiting[key]
         return None
 
+    def release_past(self, key: Hashable | None, gone: Callable[[T], bool]) -> T | None:
+        """``release``, skipping held items that are ``gone`` (their partition went away):
+        each of those is released in turn, so the key ends with an item that runs or free."""
+        successor = self.release(key)
+        while successor is not None and gone(successor):
+            successor = self.release(key)
+        return successor
+
     def drop(self, predicate: Callable[[T], bool]) -> list[T]:
         """Remove held items matching ``predicate`` (their partition was revoked)."""
         dropped: list[T] = []

@@ -203,6 +203,9 @@ class Engine:
         await self.committer.commit_lane(lane, revoked)
         for tp in revoked:
             lane.retire(tp)
+        # Retiring gave their messages' share of the uncommitted budget back: a lane paused for
+        # the budget may fetch again (no settle would come to tell it).
+        self.scheduler.refresh_pause(lane)
         lane.counters.revocations += len(revoked)
         lane.log.info(
             "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",

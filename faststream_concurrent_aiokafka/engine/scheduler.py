@@ -81,7 +81,8 @@ class Scheduler:
             if offset in tracker.already_done:
                 self._skip_done(lane, tracker, offset)
                 continue
-            tracker.track(offset)
+            if not tracker.track(offset):
+                continue  # delivered again while its first delivery is still on its way
             lane.add_tracked(1)
             key = ordering_key(ordering, record.topic, record.partition, record.key)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
@@ -98,8 +99,10 @@ class Scheduler:
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             tracker = lane.tracker_for(tp)
-            tracker.track(record.offset)
-            positions.append((tp, tracker, record.offset))
+            if tracker.track(record.offset):
+                positions.append((tp, tracker, record.offset))
+        if not positions:
+            return  # every record delivered again while its first delivery is on its way
         lane.add_tracked(len(positions))
         first_tp, first_tracker, first_offset = positions[0]
         message = AdmittedMessage(
@@ -214,8 +217,10 @@ class Scheduler:
                     _finish(lane, tracker, offset)
             self._committer.notify_finished()
         if message.key is not None:
-            successor = lane.gate.release(message.key)
-            if successor is not None and not successor.tracker.retired:
+            # The next message of the key runs; one whose partition went away meanwhile is
+            # discarded, and the key passes on past it.
+            successor = lane.gate.release_past(message.key, _retired)
+            if successor is not None:
                 lane.ready.append(successor)
         if self._settle_waiters:
             self._wake_settle_waiters(message)
@@ -288,6 +293,10 @@ class Scheduler:
                     other.resume()
         elif lane.paused and backpressure.may_resume(backlog, limit):
             lane.resume()
+
+
+def _retired(message: AdmittedMessage) -> bool:
+    return message.tracker.retired
 
 
 def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:

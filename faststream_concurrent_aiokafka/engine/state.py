@@ -328,9 +328,17 @@ class ConsumerLane:
             return partitions is None or all(tp in partitions for tp, _, _ in message.positions())
 
         kept = [message for message in self.ready if not matches(message)]
-        dropped = len(self.ready) - len(kept)
+        leaving = [message for message in self.ready if matches(message)]
         self.ready = deque(kept)
-        dropped += len(self.gate.drop(matches))
+        gate = self.gate
+        dropped = len(leaving) + len(gate.drop(matches))
+        # A ready message passed the ordering gate: it holds its key until it ends, and
+        # dropped it never will, so its key is handed on here (to a message that stays).
+        for message in leaving:
+            if message.key is not None:
+                successor = gate.release_past(message.key, matches)
+                if successor is not None:
+                    self.ready.append(successor)
         self.wake_admission()
         return dropped
 

@@ -735,3 +735,24 @@ async def test_a_failing_dead_letter_publish_holds_the_commit_point(make_rig: Ma
     await rig.flush()
     assert rig.committed() == 2
     assert [dead.failed is None for dead in rig.pipeline.dead_letters] == [False, False, True]
+
+
+async def test_a_record_delivered_again_while_on_its_way_runs_once_and_counts_once(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    rig.admit(0, 0, 1)
+    await wait_until(lambda: len(rig.pipeline.running()) == 2)
+    tracked = rig.lane.tracked
+
+    rig.admit(0, 0, 1)  # e.g. a seek back, or the partition back before it was retired
+
+    await let_run()
+    assert len(rig.pipeline.running()) == 2
+    assert rig.lane.tracked == tracked == 2
+    await rig.pipeline.release(0, 0)
+    await rig.pipeline.release(0, 1)
+    await wait_until(lambda: rig.engine.counters.processed == 2)
+    assert rig.lane.tracked == 0
+    await rig.flush()
+    assert rig.committed() == 2

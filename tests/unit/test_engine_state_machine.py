@@ -25,9 +25,10 @@ request as it is made:
 And when nothing runs after ``run_until_idle``, no message waits for a slot or behind its
 key and the consumer is not left paused: nothing would ever move them again.
 
-The machine found three engine bugs, pinned at the end of this module as strict expected
-failures; it steers clear of them (or, for the stalled pause, does what the fix would) to
-look for others.
+The machine found three engine bugs, now fixed; the examples it found are kept at the end of
+this module: a message dropped while waiting for a slot, or discarded when its partition went
+away, left its ordering key taken for good, and a release that gave the uncommitted budget back
+left a lane paused for it.
 """
 
 import asyncio
@@ -311,8 +312,6 @@ class EngineMachine(RuleBasedStateMachine):
         current = self.consumer.assignment()
         revoked = current if self.eager else current - assignment
         added = assignment if self.eager else assignment - current
-        if self._would_strand_a_key(revoked):
-            return
         if revoked:
             await self._release(revoked)
         for partition in revoked:
@@ -323,15 +322,6 @@ class EngineMachine(RuleBasedStateMachine):
         for partition in added:
             self._new_generation(partition)
         await self.engine.partitions_assigned(self.lane, added)
-
-    def _would_strand_a_key(self, revoked: set[Any]) -> bool:
-        """Releasing drops a keyed message waiting for a slot but leaves its key taken in the
-        ordering gate (the known bug of
-        ``test_a_dropped_message_waiting_for_a_slot_frees_its_key``): the machine steers
-        clear of it to look for others."""
-        return any(
-            message.key is not None and message.touches(revoked) for message in self.lane.ready
-        )
 
     async def _release(self, partitions: set[Any]) -> None:
         await self.engine.release_partitions(self.lane, partitions, RELEASE_TIMEOUT)
@@ -457,14 +447,11 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _may_lose(self) -> bool:
         """Once per run, and not the last assigned partition (the run would have nothing
-        left to do). Not while a message is held behind its key: once the partition is
-        retired that message is discarded with its key still taken (the known bug of
-        ``test_a_discarded_successor_frees_its_key``)."""
+        left to do)."""
         return (
             self._open()
             and len(self.consumer.assignment()) > 1
             and not any(model.lost for model in self.partitions.values())
-            and not self.lane.gate.held_count
         )
 
     @precondition(_may_lose)
@@ -511,13 +498,6 @@ class EngineMachine(RuleBasedStateMachine):
                 f"stalled: nothing runs, yet {len(lane.ready)} message(s) wait for a slot "
                 f"and {lane.gate.held_count} behind their key"
             )
-        if not lane.paused:
-            return
-        if lane.tally.count < self.engine.settings.max_uncommitted_tasks:
-            # The known bug of test_a_lane_paused_for_the_budget_resumes_when_a_release_frees_it:
-            # a release freed the budget without refreshing the pause. Do what the fix would,
-            # so the run goes on; the pause must then be lifted.
-            self.engine.scheduler.refresh_pause(lane)
         if lane.paused:
             self.violations.append(
                 f"stalled: nothing runs, yet the consumer stays paused ({self.consumer.paused()})"
@@ -609,16 +589,6 @@ async def _close(engine: Engine, pipeline: FakePipeline) -> None:
     await engine.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Known engine bug: a message that passed the ordering gate and waits in lane.ready "
-        "for a slot holds its key in the gate; release_partitions drops it from lane.ready "
-        "(ConsumerLane.drop_waiting) without releasing that key, and nothing ever will. "
-        "When the partition comes back, every message with that key (with "
-        "ordering='partition': every message of the partition) is held forever."
-    ),
-)
 @pytest.mark.parametrize("ordering", ["partition", "key"])
 async def test_a_dropped_message_waiting_for_a_slot_frees_its_key(ordering: Ordering) -> None:
     engine, consumer, pipeline, lane = await _ordered_lane(ordering, partitions=2)
@@ -641,16 +611,6 @@ async def test_a_dropped_message_waiting_for_a_slot_frees_its_key(ordering: Orde
         await _close(engine, pipeline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Known engine bug: when a keyed message settles, OrderingGate.release hands its key "
-        "to the next held message, and Scheduler._settle discards that successor if its "
-        "tracker was retired (its partition went away without release_partitions, retired "
-        "by collect_commit) but leaves the key taken by it. When the partition comes back, "
-        "every message with that key is held forever."
-    ),
-)
 async def test_a_discarded_successor_frees_its_key() -> None:
     engine, consumer, pipeline, lane = await _ordered_lane("partition", partitions=1)
     consumer.produce(0, 2)
@@ -666,22 +626,13 @@ async def test_a_discarded_successor_frees_its_key() -> None:
     await engine.partitions_assigned(lane, {tp(0)})
     engine.admit(lane, consumer.deliver(tp(0), 0, 1))  # nothing was committed: read again
     try:
-        await wait_until(lambda: len(pipeline.started()) == 3, timeout=0.2)
+        await wait_until(lambda: pipeline.started() == [(0, 0), (0, 0)], timeout=0.2)
+        await pipeline.release(0, 0)  # then 1, in partition order
+        await wait_until(lambda: pipeline.started() == [(0, 0), (0, 0), (0, 1)], timeout=0.2)
     finally:
         await _close(engine, pipeline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Known engine bug: a lane paused because the uncommitted budget was spent is resumed "
-        "only by Scheduler.refresh_pause, which runs on admission and when a message settles. "
-        "release_partitions brings the budget back by retiring the revoked trackers "
-        "(ConsumerLane.retire), after the last settle, and never refreshes the pause: with "
-        "nothing left running the lane stays paused, and partitions_assigned re-pauses "
-        "whatever is assigned next, so the consumer never fetches again."
-    ),
-)
 async def test_a_lane_paused_for_the_budget_resumes_when_a_release_frees_it() -> None:
     engine = Engine(
         ConcurrencySettings(

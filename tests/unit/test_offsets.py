@@ -247,9 +247,9 @@ def test_needs_commit_until_the_commit_point_is_recorded_as_committed() -> None:
 
 def test_tracking_the_same_offset_twice_counts_it_once() -> None:
     tracker = PartitionOffsets()
-    tracker.track(3)
-    tracker.track(4)
-    tracker.track(3)
+    assert tracker.track(3)
+    assert tracker.track(4)
+    assert not tracker.track(3)  # said, so the caller does not count it again
 
     assert tracker.pending_count == 2
     assert tracker.finish(3) == 1
