@@ -207,6 +207,9 @@ class ConsumerLane:
         self.process: Callable[[Any], Awaitable[Any]] = pipeline.process
         self.options = settings
         self.trackers: dict[TopicPartition, PartitionOffsets] = {}
+        # Revoked partitions whose last commit was refused: kept until the next assignment,
+        # which commits those given back (see ``KafkaBatchCommitter.recommit_after_rejoin``).
+        self.awaiting_rejoin: dict[TopicPartition, PartitionOffsets] = {}
         self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
         self.ready: deque[AdmittedMessage] = deque()
         self.running: set[AdmittedMessage] = set()
