@@ -238,7 +238,7 @@ class KafkaBatchCommitter:
                 "Commit for %s: %s; sending the commit points without the finished offsets "
                 "above them (raise the broker's offset.metadata.max.bytes to keep them)",
                 lane.name,
-                attempt.failure.value if attempt.failure else "",
+                attempt.reason(),
             )
             attempt = await self._attempt(lane, partitions, deadline, with_metadata=False)
         return attempt
