@@ -124,7 +124,9 @@ async def test_consumer_recovers_from_a_broker_outage(spare: SpareBroker, tmp_pa
         cpu, idle_from = app.cpu_seconds(), loop.time()
         await asyncio.sleep(max(OUTAGE_SEC - (idle_from - killed), 2.0))  # the outage itself
         idle_share = (app.cpu_seconds() - cpu) / (loop.time() - idle_from)
+        restarted = loop.time()
         await spare.restart()
+        back = loop.time()
         assert app.running, app.tail()
 
         await produce(
@@ -142,7 +144,9 @@ async def test_consumer_recovers_from_a_broker_outage(spare: SpareBroker, tmp_pa
 
     counts = Counter(read_ids(output))
     print(
-        f"\nbroker outage: CPU while idle and the broker away {idle_share:.1%} of a core; "
+        f"\nbroker outage: restarted {restarted - killed:.1f} s after the kill, serving again "
+        f"{back - killed:.1f} s after it; CPU while idle and the broker away {idle_share:.1%} "
+        "of a core; "
         f"processed twice {sum(n - 1 for n in counts.values())}, lost {total - len(counts)}"
     )
     assert set(counts) == set(range(total))
