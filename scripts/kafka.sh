@@ -6,6 +6,8 @@
 #   scripts/kafka.sh status    print whether it runs (exit 0 running, 3 not running)
 #   scripts/kafka.sh restart   stop + start
 #   scripts/kafka.sh logs      tail the broker's log
+#   scripts/kafka.sh kill      SIGKILL the broker and keep its data (an outage, for tests);
+#                              `KAFKA_KEEP_DATA=1 scripts/kafka.sh start` brings it back
 #
 # No Docker and no tarball download: the broker's jars come from Maven Central through
 # scripts/kafka-pom.xml and are resolved once into a cache folder.
@@ -27,6 +29,9 @@
 #   KAFKA_SASL_PORT            also open a SASL_PLAINTEXT listener on this port (PLAIN
 #                              mechanism, one user: fcak-test / fcak-test-secret), for tests
 #                              of the library's own clients with SASL; off when unset or empty
+#   KAFKA_KEEP_DATA            1: `start` restarts on the data a `kill` left (topics, offsets,
+#                              groups) instead of a fresh broker; without such data it starts
+#                              fresh as usual
 #
 # Human-readable messages go to stderr; stdout of `start` is only the bootstrap address.
 set -euo pipefail
@@ -430,8 +435,14 @@ cmd_start() {
     # The bound is for the broker itself, not for a (possibly slow) first Maven resolve.
     deadline=$((SECONDS + START_TIMEOUT))
 
-    # Fresh state every time: a dev/test broker never keeps data across restarts.
-    rm -rf "${STATE_DIR}"
+    # Fresh state every time (a dev/test broker never keeps data across restarts), except
+    # when an outage test restarts a killed broker on its own data.
+    local keep=0
+    if [[ "${KAFKA_KEEP_DATA:-0}" == 1 && -s "${DATA_DIR}/meta.properties" ]]; then
+        keep=1
+    else
+        rm -rf "${STATE_DIR}"
+    fi
     mkdir -p "${DATA_DIR}" "${LOG_DIR}"
     write_config
 
@@ -440,12 +451,16 @@ cmd_start() {
     mapfile -d '' -t java < <(java_cmd broker "${cds[@]}")
     mapfile -d '' -t tool < <(java_cmd tool)
 
-    local cluster_id
-    cluster_id="$(new_cluster_id)"
-    if ! "${tool[@]}" kafka.tools.StorageTool format -t "${cluster_id}" -c "${PROPS_FILE}" \
-        >"${CONSOLE_LOG}" 2>&1; then
-        show_log_tail
-        die "formatting the KRaft storage failed"
+    if ((keep)); then
+        log "restarting on the data kept in ${DATA_DIR}"
+    else
+        local cluster_id
+        cluster_id="$(new_cluster_id)"
+        if ! "${tool[@]}" kafka.tools.StorageTool format -t "${cluster_id}" -c "${PROPS_FILE}" \
+            >"${CONSOLE_LOG}" 2>&1; then
+            show_log_tail
+            die "formatting the KRaft storage failed"
+        fi
     fi
 
     log "starting Kafka ${KAFKA_VERSION} (KRaft) on ${BOOTSTRAP}, state in ${STATE_DIR}"
@@ -538,6 +553,21 @@ cmd_stop() {
     cmd_stop_locked
 }
 
+# An outage: the broker dies at once (no controlled shutdown) and its data stays for a
+# `KAFKA_KEEP_DATA=1 start`. `stop` still cleans up afterwards.
+cmd_kill() {
+    with_lock
+    local pid
+    if pid="$(our_pid)"; then
+        log "killing broker (pid ${pid}) with SIGKILL; data kept in ${DATA_DIR}"
+        kill -KILL "${pid}" 2>/dev/null || true
+        while kill -0 "${pid}" 2>/dev/null; do sleep 0.05; done
+        rm -f "${CDS_DUMP}" "${PID_FILE}"
+    else
+        log "not running"
+    fi
+}
+
 cmd_status() {
     local pid
     if pid="$(our_pid)"; then
@@ -562,7 +592,7 @@ cmd_logs() {
 }
 
 usage() {
-    echo "usage: $(basename "$0") {start|stop|status|restart|logs}" >&2
+    echo "usage: $(basename "$0") {start|stop|status|restart|logs|kill}" >&2
     exit 2
 }
 
@@ -578,6 +608,7 @@ main() {
             cmd_start
             ;;
         logs) cmd_logs ;;
+        kill) cmd_kill ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

@@ -250,6 +250,11 @@ class FakeConsumer:
         """The next offset this consumer delivers from ``partition``."""
         return self._positions[partition]
 
+    def seek(self, partition: Any, offset: int) -> None:
+        """Deliver from ``offset`` next (what was buffered before it is dropped)."""
+        self._assigned(partition)
+        self._positions[partition] = offset
+
     def _assigned(self, partition: Any) -> None:
         if partition not in self._assignment:
             msg = f"No current assignment for partition {partition}"

@@ -24,8 +24,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def create_topic(name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+async def create_topic(name: str, partitions: int, *, bootstrap: str = BOOTSTRAP) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
@@ -39,10 +39,11 @@ async def produce(
     *,
     partitions: int,
     key: Callable[[int], bytes | None] = lambda _i: None,
+    bootstrap: str = BOOTSTRAP,
 ) -> int:
     """Send values round-robin over partitions; returns how many were sent."""
     # Idempotence keeps each partition in send order even when a batch is retried.
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5, enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
     await producer.start()
     count = 0
     try:
@@ -55,8 +56,10 @@ async def produce(
     return count
 
 
-async def _group_offsets(group: str, topic: str) -> dict[int, OffsetAndMetadata]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+async def _group_offsets(
+    group: str, topic: str, bootstrap: str = BOOTSTRAP
+) -> dict[int, OffsetAndMetadata]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -65,9 +68,12 @@ async def _group_offsets(group: str, topic: str) -> dict[int, OffsetAndMetadata]
     return {tp.partition: meta for tp, meta in offsets.items() if tp.topic == topic}
 
 
-async def committed_offsets(group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(
+    group: str, topic: str, *, bootstrap: str = BOOTSTRAP
+) -> dict[int, int]:
     """partition -> committed offset of ``group`` (absent when nothing was committed)."""
-    return {p: meta.offset for p, meta in (await _group_offsets(group, topic)).items()}
+    offsets = await _group_offsets(group, topic, bootstrap)
+    return {p: meta.offset for p, meta in offsets.items()}
 
 
 async def committed_metadata(group: str, topic: str) -> dict[int, str]:
@@ -75,8 +81,8 @@ async def committed_metadata(group: str, topic: str) -> dict[int, str]:
     return {p: meta.metadata for p, meta in (await _group_offsets(group, topic)).items()}
 
 
-async def end_offsets(topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+async def end_offsets(topic: str, partitions: int, *, bootstrap: str = BOOTSTRAP) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -143,17 +149,22 @@ async def numbered_topic(prefix: str, count: int, partitions: int) -> tuple[str,
 
 
 async def wait_committed(
-    group: str, topic: str, expected: dict[int, int], timeout: float = 20.0
+    group: str,
+    topic: str,
+    expected: dict[int, int],
+    timeout: float = 20.0,
+    *,
+    bootstrap: str = BOOTSTRAP,
 ) -> None:
     """Wait until ``group``'s committed offsets of ``topic`` are exactly ``expected``."""
 
     async def reached() -> bool:
-        return await committed_offsets(group, topic) == expected
+        return await committed_offsets(group, topic, bootstrap=bootstrap) == expected
 
     try:
         await wait_until(reached, timeout=timeout, interval=0.2)
     except AssertionError:
-        actual = await committed_offsets(group, topic)
+        actual = await committed_offsets(group, topic, bootstrap=bootstrap)
         msg = f"committed offsets of {group} on {topic}: {actual}, expected {expected}"
         raise AssertionError(msg) from None
 

@@ -1,10 +1,13 @@
 """Everything about commits: which commit points to send, their metadata, sending them in
-batches, and reading the finished offsets back when partitions are assigned.
+batches, what a failed one means, and reading the finished offsets back when partitions are
+assigned.
 
 Finished messages only bump a counter on the hot path; one commit request per consumer is
 sent when ``commit_batch_size`` messages finished, when ``commit_batch_timeout_sec`` passed,
 or when a flush is asked for (rebalance, shutdown). Each partition's commit point is its
-tracker's ``commit_point``: the first admitted offset not finished yet.
+tracker's ``commit_point``: the first admitted offset not finished yet. Every request is
+bounded by the deadline it serves, and a failed one is handled as ``core.commit_policy``
+decides for its cause.
 """
 
 import asyncio
@@ -15,6 +18,12 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core.commit_policy import (
+    CommitDecision,
+    CommitFailure,
+    decide,
+    point_to_restore,
+)
 from faststream_concurrent_aiokafka.core.errors import CommitterIsDeadError
 from faststream_concurrent_aiokafka.core.offset_codec import (
     MetadataDecodeError,
@@ -22,11 +31,15 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
     encode_finished_offsets,
 )
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.engine.commit_errors import classify_commit_error
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 
 # Above this many finished offsets, encoding (zlib, several tries) can take milliseconds:
 # it runs in a worker thread so the event loop keeps serving messages and heartbeats.
 _ENCODE_INLINE_MAX = 256
+
+# Longest error text in a commit's log line.
+_ERROR_TEXT_MAX = 200
 
 
 class CommitBatch:
@@ -49,11 +62,22 @@ class CommitBatch:
     ) -> None:
         self._taken.append((tp, tracker, point, finished, tracker.version))
 
-    async def offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        return [tp for tp, *_ in self._taken]
+
+    def points(self) -> dict[TopicPartition, int]:
+        return {tp: point for tp, _, point, _, _ in self._taken}
+
+    async def offsets(
+        self, *, with_metadata: bool = True
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         """The request body, with each partition's finished offsets encoded as metadata."""
         offsets = {}
         for tp, _, point, finished, _ in self._taken:
-            if len(finished) > _ENCODE_INLINE_MAX:
+            if not with_metadata:
+                metadata = ""
+            elif len(finished) > _ENCODE_INLINE_MAX:
                 metadata = await asyncio.to_thread(encode_finished_offsets, point, finished)
             else:
                 metadata = encode_finished_offsets(point, finished) if finished else ""
@@ -64,6 +88,48 @@ class CommitBatch:
         for _, tracker, point, _, version in self._taken:
             tracker.committed = point
             tracker.committed_version = version
+
+
+class CommitAttempt:
+    """What one commit request became: the batch it carried (empty when it failed before one
+    was taken) and, if it failed, why."""
+
+    __slots__ = ("batch", "error", "failure")
+
+    def __init__(
+        self,
+        batch: CommitBatch,
+        failure: CommitFailure | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.batch = batch
+        self.failure = failure
+        self.error = error
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def decision(self) -> CommitDecision | None:
+        return None if self.failure is None else decide(self.failure)
+
+    def reason(self) -> str:
+        if self.failure is None:
+            return "committed"
+        if self.failure is CommitFailure.TIMED_OUT or self.error is None:
+            return str(self.failure.value)
+        return f"{self.failure.value}: {describe_error(self.error)}"
+
+
+def describe_error(error: BaseException) -> str:
+    """An error in a few words: aiokafka's ``CommitFailedError`` carries a paragraph of advice
+    and the broker's error only as its cause."""
+    cause = error.__cause__
+    if cause is not None:
+        return f"{type(error).__name__} from {type(cause).__name__}"
+    text = repr(error)
+    return text if len(text) <= _ERROR_TEXT_MAX else f"{text[: _ERROR_TEXT_MAX - 3]}..."
 
 
 def collect_commit(
@@ -151,45 +217,177 @@ class KafkaBatchCommitter:
     async def commit_lane(
         self, lane: ConsumerLane, partitions: set[TopicPartition] | None = None
     ) -> bool:
-        """One commit request for this consumer; False if Kafka refused it or it timed out
-        (kept for later).
+        """One commit request for this consumer, bounded by ``commit_timeout_sec``: aiokafka
+        retries a commit for as long as no coordinator answers, so without a bound a lost
+        broker would hold every commit (and the shutdown) forever. False if it failed (what
+        is kept and what is dropped: ``core.commit_policy``)."""
+        timeout = self._commit_timeout
+        attempt = await self.send(lane, partitions, timeout=timeout)
+        if not attempt.ok:
+            self._log_failure(lane, attempt, timeout)
+        return attempt.ok
 
-        Bounded by ``commit_timeout_sec``: aiokafka retries a commit for as long as no
-        coordinator answers, so without a bound a lost broker would hold every lane's commits
-        (and the shutdown) forever. A request cut off this way may still land later; it only
-        carries a commit point that was valid when it was sent.
-        """
-        async with lane.commit_lock:
-            batch = collect_commit(lane, partitions)
-            if not batch:
-                return True
-            self.commit_requests += 1
-            lane.counters.commit_requests += 1
-            offsets = await batch.offsets()
-            try:
-                async with asyncio.timeout(self._commit_timeout):
-                    await lane.consumer.commit(offsets)
-            except Exception as exc:
-                self._failed(lane, len(batch), exc)
-                return False
-            lane.commit_failures_in_a_row = 0
-            lane.last_commit_error = None
-            batch.mark_committed()
-            return True
+    async def send(
+        self, lane: ConsumerLane, partitions: set[TopicPartition] | None, *, timeout: float
+    ) -> CommitAttempt:
+        """Commit the lane's changed commit points (of ``partitions``, or all) within
+        ``timeout`` seconds, the wait for a commit already in flight included. A failure is
+        handled as its decision says (the caller logs what it means for its own deadline);
+        nothing is ever marked committed that Kafka did not acknowledge."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        attempt = await self._attempt(lane, partitions, deadline)
+        if attempt.decision is CommitDecision.DROP_UNASSIGNED:
+            # The next collection retires what is no longer assigned and keeps the rest.
+            lane.log.info(
+                "Commit for %s: %s; sending the partitions still assigned again",
+                lane.name,
+                attempt.reason(),
+            )
+            attempt = await self._attempt(lane, partitions, deadline)
+        elif attempt.decision is CommitDecision.WITHOUT_METADATA:
+            lane.log.warning(
+                "Commit for %s: %s; sending the commit points without the finished offsets "
+                "above them (raise the broker's offset.metadata.max.bytes to keep them)",
+                lane.name,
+                attempt.reason(),
+            )
+            attempt = await self._attempt(lane, partitions, deadline, with_metadata=False)
+        return attempt
 
-    def _failed(self, lane: ConsumerLane, partitions: int, error: Exception) -> None:
-        if isinstance(error, TimeoutError):
-            error = TimeoutError(f"no answer within commit_timeout_sec={self._commit_timeout:g}")
-        self.failed_commits += 1
-        lane.counters.failed_commits += 1
-        lane.commit_failures_in_a_row += 1
-        lane.last_commit_error = error
-        lane.log.warning(
-            "Commit of %d partition(s) for %s failed (%d in a row), will retry: %r",
-            partitions,
+    async def _attempt(
+        self,
+        lane: ConsumerLane,
+        partitions: set[TopicPartition] | None,
+        deadline: float,
+        *,
+        with_metadata: bool = True,
+    ) -> CommitAttempt:
+        batch = CommitBatch()
+        try:
+            # aiokafka retries an unreachable coordinator inside commit() without end: the
+            # deadline is the only bound. Cancelling it leaves Kafka's state untouched.
+            async with asyncio.timeout_at(deadline), lane.commit_lock:
+                batch = collect_commit(lane, partitions)
+                if not batch:
+                    return CommitAttempt(batch)
+                self.commit_requests += 1
+                lane.counters.commit_requests += 1
+                await lane.consumer.commit(await batch.offsets(with_metadata=with_metadata))
+        except Exception as exc:  # TimeoutError included: each cause has its decision
+            self.failed_commits += 1
+            lane.counters.failed_commits += 1
+            lane.commit_failures_in_a_row += 1
+            lane.last_commit_error = exc
+            return CommitAttempt(batch, classify_commit_error(exc), exc)
+        lane.commit_failures_in_a_row = 0
+        lane.last_commit_error = None
+        batch.mark_committed()
+        return CommitAttempt(batch)
+
+    def _log_failure(self, lane: ConsumerLane, attempt: CommitAttempt, timeout: float) -> None:
+        failure = attempt.failure
+        count = len(attempt.batch)
+        if failure is CommitFailure.TIMED_OUT:
+            lane.log.warning(
+                "Commit for %s got no answer within %.1f s (broker or group coordinator "
+                "unreachable); the commit points are kept and sent with the next commit",
+                lane.name,
+                timeout,
+            )
+        elif attempt.decision is CommitDecision.AFTER_REJOIN:
+            lane.log.warning(
+                "Commit of %d partition(s) for %s refused, %s; the finished work is kept "
+                "through the rejoin and committed after it for the partitions this consumer "
+                "gets back",
+                count,
+                lane.name,
+                attempt.reason(),
+            )
+        elif failure is CommitFailure.REFUSED:
+            lane.log.error(
+                "Commit of %d partition(s) for %s refused, %s; kept and sent again with the "
+                "next commit",
+                count,
+                lane.name,
+                attempt.reason(),
+            )
+        else:
+            lane.log.warning(
+                "Commit of %d partition(s) for %s failed, %s; kept and sent again with the "
+                "next commit",
+                count,
+                lane.name,
+                attempt.reason(),
+            )
+
+    async def recommit_after_rejoin(
+        self, lane: ConsumerLane, assigned: set[TopicPartition], timeout: float
+    ) -> None:
+        """Commit the finished work a refused commit left behind (see ``release_partitions``)
+        on each partition the rejoin gave back to this consumer, and start reading it after
+        that work; the other partitions' new owners read it again, as logged here."""
+        kept, lane.awaiting_rejoin = lane.awaiting_rejoin, {}
+        back = {tp: tracker for tp, tracker in kept.items() if tp in assigned}
+        for tp, tracker in kept.items():
+            if tp not in assigned:
+                log_redelivery(lane, tp, tracker, "it went to another member")
+        if not back:
+            return
+        consumer = lane.consumer
+        # Nothing of these may be fetched from the old committed offset meanwhile: paused
+        # before the first await, so the poll loop cannot get any of their records.
+        held = set(back) - set(consumer.paused())
+        if held:
+            consumer.pause(*held)
+        try:
+            await self._restore(lane, back, timeout)
+        finally:
+            still = held & consumer.assignment()
+            if still and not lane.paused:
+                consumer.resume(*still)
+
+    async def _restore(
+        self, lane: ConsumerLane, back: dict[TopicPartition, PartitionOffsets], timeout: float
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                committed = await aiokafka_compat.fetch_committed_offsets(lane.consumer, back)
+        except Exception as exc:
+            for tp, tracker in back.items():
+                log_redelivery(
+                    lane, tp, tracker, f"its committed offset was not read: {describe_error(exc)}"
+                )
+            return
+        track = lane.options.track_completed_offsets
+        batch = CommitBatch()
+        for tp, tracker in back.items():
+            meta = committed.get(tp)
+            now = meta.offset if meta is not None and meta.offset >= 0 else None
+            point = point_to_restore(tracker.commit_point, now)
+            if point is not None:
+                batch.add(tp, tracker, point, tracker.finished_above() if track else frozenset())
+        if not batch:
+            return
+        try:
+            async with asyncio.timeout_at(deadline), lane.commit_lock:
+                self.commit_requests += 1
+                lane.counters.commit_requests += 1
+                await lane.consumer.commit(await batch.offsets())
+        except Exception as exc:
+            self.failed_commits += 1
+            lane.counters.failed_commits += 1
+            reason = f"{classify_commit_error(exc).value}: {describe_error(exc)}"
+            for tp in batch.partitions:
+                log_redelivery(lane, tp, back[tp], f"the commit after the rejoin failed, {reason}")
+            return
+        for tp, point in batch.points().items():
+            lane.consumer.seek(tp, point)
+        lane.log.info(
+            "Committed the finished work of %d partition(s) of %s that the rejoin gave back; "
+            "none of it runs again",
+            len(batch),
             lane.name,
-            lane.commit_failures_in_a_row,
-            error,
         )
 
     async def close(self) -> None:
@@ -198,6 +396,41 @@ class KafkaBatchCommitter:
             self._task.cancel()
             # Bounded: a commit stuck on a dead connection must not hold up the shutdown.
             await asyncio.wait([self._task], timeout=5)
+
+
+def uncommitted(
+    lane: ConsumerLane, partitions: set[TopicPartition] | None = None
+) -> list[tuple[TopicPartition, PartitionOffsets]]:
+    """The lane's partitions whose commit point moved past what Kafka acknowledged."""
+    return [
+        (tp, tracker)
+        for tp, tracker in lane.trackers.items()
+        if (partitions is None or tp in partitions) and tracker.needs_commit
+    ]
+
+
+def log_redelivery(
+    lane: ConsumerLane, tp: TopicPartition, tracker: PartitionOffsets, why: str
+) -> None:
+    """One WARNING line per partition whose finished work stays uncommitted: which offsets
+    its next reader gets again."""
+    point = tracker.commit_point
+    if point is None:
+        return
+    if tracker.committed is None:
+        offsets = f"offsets below {point} (from the offset committed before this consumer got it)"
+    else:
+        offsets = f"offsets {tracker.committed} to {point - 1}"
+    above = len(tracker.finished_above())
+    lane.log.warning(
+        "%s[%d] of %s not committed (%s): %s%s were finished here and will be delivered again",
+        tp.topic,
+        tp.partition,
+        lane.name,
+        why,
+        offsets,
+        f" and {above} above them" if above else "",
+    )
 
 
 async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:

@@ -13,10 +13,17 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
+from faststream_concurrent_aiokafka.core.commit_policy import (
+    CANCEL_GRACE_SEC,
+    CommitDecision,
+    final_commit_timeout,
+)
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import (
     KafkaBatchCommitter,
     load_finished_offsets,
+    log_redelivery,
+    uncommitted,
 )
 from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
@@ -174,10 +181,15 @@ class Engine:
     # ---- rebalance -------------------------------------------------------------------
 
     async def partitions_assigned(self, lane: ConsumerLane, assigned: set[TopicPartition]) -> None:
-        """Re-apply pauses and learn which messages an earlier owner already finished."""
+        """Re-apply pauses, commit what a refused commit left of partitions given back, and
+        learn which messages an earlier owner already finished."""
         lane.counters.rebalances += 1
         lane.counters.assignments += len(assigned)
         lane.reapply_pause()
+        if lane.awaiting_rejoin:
+            await self.committer.recommit_after_rejoin(
+                lane, assigned, self.settings.rebalance_flush_timeout_sec
+            )
         if not lane.options.track_completed_offsets or not assigned:
             return
         known = await load_finished_offsets(lane, assigned)
@@ -192,15 +204,35 @@ class Engine:
     async def release_partitions(
         self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float
     ) -> None:
-        """Before partitions move: let their running work finish, commit it, forget them."""
+        """Before partitions move: let their running work finish, commit it, forget them.
+
+        Running work gets ``timeout`` (capped by the consumer's rebalance timeout), the commit
+        what is left of that and at least ``MIN_FINAL_COMMIT_SEC``. A refused commit keeps the
+        finished work until the next assignment (``CommitDecision.AFTER_REJOIN``)."""
         revoked = {tp for tp in partitions if tp in lane.trackers}
         if not revoked:
             return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         dropped = lane.drop_waiting(revoked)
         budget = backpressure.flush_budget_sec(aiokafka_compat.rebalance_timeout_ms(lane.consumer))
+        wait = min(timeout, budget)
         running = {message for message in lane.running if message.touches(revoked)}
-        await self.scheduler.wait_settled(running, min(timeout, budget))
-        await self.committer.commit_lane(lane, revoked)
+        await self.scheduler.wait_settled(running, wait)
+        left = wait - (loop.time() - started)
+        attempt = await self.committer.send(lane, revoked, timeout=final_commit_timeout(left))
+        if not attempt.ok and attempt.decision is not CommitDecision.DROP_UNASSIGNED:
+            kept = dict(uncommitted(lane, revoked))
+            lane.awaiting_rejoin.update(kept)
+            if kept:
+                lane.log.warning(
+                    "%d revoked partition(s) of %s could not be committed (%s); their finished "
+                    "work is kept until the next assignment: committed then for the partitions "
+                    "this consumer gets back, read again by the new owner for the others",
+                    len(kept),
+                    lane.name,
+                    attempt.reason(),
+                )
         for tp in revoked:
             lane.retire(tp)
         # Retiring gave their messages' share of the uncommitted budget back: a lane paused for
@@ -217,10 +249,18 @@ class Engine:
     # ---- drain -----------------------------------------------------------------------
 
     async def drain(self, lanes: Iterable[ConsumerLane], timeout: float) -> None:
-        """Stop admitting, let running work finish up to ``timeout``, cancel the rest, commit."""
+        """Stop admitting, let running work finish up to ``timeout``, cancel the rest, commit.
+
+        Returns within ``timeout`` + ``SHUTDOWN_MARGIN_SEC`` whatever the broker does: the
+        commit gets what is left of ``timeout``, at least ``MIN_FINAL_COMMIT_SEC``, and every
+        partition it could not commit is logged with the offsets that are read again."""
         lanes = list(lanes)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        dropped = []
         for lane in lanes:
-            lane.stop_taking()
+            # Admission is closed first: nothing starts from here on.
+            dropped.append(lane.stop_taking())
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
         leftovers = []
@@ -238,6 +278,23 @@ class Engine:
                 )
             leftovers += tasks
         if leftovers:
-            await asyncio.wait(leftovers, timeout=1.0)
-        for lane in lanes:
-            await self.committer.commit_lane(lane)
+            await asyncio.wait(leftovers, timeout=CANCEL_GRACE_SEC)
+        commit_timeout = final_commit_timeout(timeout - (loop.time() - started))
+        attempts = await asyncio.gather(
+            *(self.committer.send(lane, None, timeout=commit_timeout) for lane in lanes)
+        )
+        for lane, attempt, not_started in zip(lanes, attempts, dropped, strict=True):
+            if not attempt.ok:
+                for tp, tracker in uncommitted(lane):
+                    log_redelivery(
+                        lane, tp, tracker, f"the final commit failed, {attempt.reason()}"
+                    )
+            kept, lane.awaiting_rejoin = lane.awaiting_rejoin, {}
+            for tp, tracker in kept.items():
+                log_redelivery(lane, tp, tracker, "revoked while its commit was refused")
+            if not_started:
+                lane.log.info(
+                    "%d fetched message(s) of %s were not started; they stay for the next owner",
+                    not_started,
+                    lane.name,
+                )

@@ -263,6 +263,9 @@ class ConsumerLane:
             failure_ratio_window=settings.failure_ratio_window,
         )
         self.trackers: dict[TopicPartition, PartitionOffsets] = {}
+        # Revoked partitions whose last commit was refused: kept until the next assignment,
+        # which commits those given back (see ``KafkaBatchCommitter.recommit_after_rejoin``).
+        self.awaiting_rejoin: dict[TopicPartition, PartitionOffsets] = {}
         self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
         self.ready: deque[AdmittedMessage] = deque()
         self.running: set[AdmittedMessage] = set()
@@ -342,12 +345,13 @@ class ConsumerLane:
         self.wake_admission()
         return dropped
 
-    def stop_taking(self) -> None:
+    def stop_taking(self) -> int:
         """Take no new messages (shutdown, or a tripped brake): admission closes, fetching
-        pauses for good, and what waits for a slot is dropped, uncommitted, for a later read."""
+        pauses for good, and what waits for a slot is dropped, uncommitted, for a later read;
+        returns how many were dropped."""
         self.closing = True
         self.pause()
-        self.drop_waiting()
+        return self.drop_waiting()
 
     def wake_admission(self) -> None:
         """Let a poll loop held for backlog room go on."""

@@ -90,11 +90,16 @@ def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
             await asyncio.sleep(0)
 
     async def drain_then_stop() -> None:
+        lanes = []
         if _INSTALLED.get(subscriber) is handler and handler.is_running:
             lanes = handler.lanes_of(subscriber)
             await engine.drain(lanes, handler.settings.shutdown_timeout_sec)
+        try:
+            # The drained lanes stay registered until the consumer stopped: a fetch still in
+            # flight finds its lane closed and is not admitted into a new one.
+            await stop()
+        finally:
             engine.forget(lanes)
-        await stop()
 
     faststream_compat.take_over_consume_one(subscriber, admit)
     stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)

@@ -6,27 +6,14 @@ the test signals it, waits for it to exit, restarts it in the same group until e
 written, and counts: 0 lost, 0 written twice, and the group's commits reach the end offsets.
 """
 
-import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.apps._common import (
-    ENV_BOOTSTRAP,
-    ENV_CONCURRENCY,
-    ENV_GROUP,
-    ENV_HANDLER_SEC,
-    ENV_OUTPUT,
-    ENV_SHUTDOWN_SEC,
-    ENV_TOPIC,
-)
 from tests.kafka_helpers import (
-    BOOTSTRAP,
     committed_offsets,
     create_topic,
     end_offsets,
@@ -34,14 +21,13 @@ from tests.kafka_helpers import (
     unique,
     wait_until,
 )
+from tests.processes import AppProcess, app_env, read_ids
 
 pytestmark = pytest.mark.kafka
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 4000
 PARTITIONS = 4
 SIGNAL_AFTER = 1000
-EXIT_WITHIN_SEC = 20.0
 START_WITHIN_SEC = 60.0
 
 
@@ -61,67 +47,13 @@ class Figures:
         )
 
 
-class AppProcess:
-    """One run of an app module; its output goes to a log file shown when a check fails."""
-
-    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
-        self.module = module
-        self.env = env
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                f"tests.apps.{self.module}",
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-
-    async def stop(self, sig: signal.Signals) -> int:
-        """Send ``sig`` and wait for the exit; returns the exit code."""
-        assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            return await asyncio.wait_for(self.process.wait(), EXIT_WITHIN_SEC)
-        except TimeoutError:
-            pytest.fail(f"{self.module} did not exit within {EXIT_WITHIN_SEC} s of {sig.name}")
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-
-def read_ids(output: Path) -> list[int]:
-    return [int(line) for line in output.read_text().splitlines() if line]
-
-
 async def signal_midway_then_restart(module: str, sig: signal.Signals, tmp_path: Path) -> Figures:
     topic, group = unique("sigterm"), unique("sigterm-group")
     await create_topic(topic, PARTITIONS)
     await produce(topic, [str(i).encode() for i in range(TOTAL)], partitions=PARTITIONS)
     output = tmp_path / "processed.txt"
     output.touch()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        ENV_TOPIC: topic,
-        ENV_GROUP: group,
-        ENV_BOOTSTRAP: BOOTSTRAP,
-        ENV_OUTPUT: str(output),
-        ENV_HANDLER_SEC: "0.01",
-        ENV_CONCURRENCY: "100",
-        ENV_SHUTDOWN_SEC: "3",
-    }
+    env = app_env(topic, group, output, handler_sec=0.01, concurrency=100, shutdown_sec=3)
     first = AppProcess(module, env, tmp_path / "first.log")
     second = AppProcess(module, env, tmp_path / "second.log")
     try:

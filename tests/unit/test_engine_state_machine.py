@@ -116,9 +116,19 @@ class PartitionModel:
     generation: int = 0
     start: int = 0  # where this generation started reading: the committed offset then
     ended: set[int] = field(default_factory=set)  # offsets ended in this generation
+    # Offsets ended in the generation before this one: a commit refused while the partition was
+    # released keeps them, and the engine commits them once the partition comes straight back.
+    ended_before: set[int] = field(default_factory=set)
     known_done: frozenset[int] = frozenset()  # metadata said an earlier owner finished them
     ever_ended: set[int] = field(default_factory=set)
     lost: bool = False  # taken away without a release; never assigned here again
+
+    def first_unended_before(self) -> int:
+        """How far the previous generation's ended work reaches from this one's start."""
+        offset = self.start
+        while offset in self.ended_before:
+            offset += 1
+        return offset
 
     def first_unended(self, end: int) -> int:
         """Where the commit point of this generation belongs: its first admitted offset that
@@ -231,7 +241,7 @@ class EngineMachine(RuleBasedStateMachine):
         model.generation += 1
         meta = self.consumer.cluster.committed.get(partition)
         model.start = 0 if meta is None else meta.offset
-        model.ended = set()
+        model.ended_before, model.ended = model.ended, set()
         model.known_done = frozenset()
         if meta is not None and meta.metadata and self.lane.options.track_completed_offsets:
             model.known_done = decode_finished_offsets(meta.metadata, meta.offset)
@@ -285,16 +295,17 @@ class EngineMachine(RuleBasedStateMachine):
                 self.violations.append(f"(c) commit {meta.offset} for unassigned {partition}")
                 continue
             model = self.partitions[partition]
-            done = model.ended | model.known_done
+            done = model.ended | model.known_done | model.ended_before
             passed = [o for o in range(model.start, meta.offset) if o not in done]
             if passed:
                 self.violations.append(
                     f"(a) commit {meta.offset} of {partition} passes unended {passed}"
                 )
-            if meta.offset < model.start or meta.offset > self.consumer.position(partition):
+            restorable = model.first_unended_before()
+            highest = max(self.consumer.position(partition), restorable)
+            if meta.offset < model.start or meta.offset > highest:
                 self.violations.append(
-                    f"commit {meta.offset} of {partition} outside "
-                    f"[{model.start}, {self.consumer.position(partition)}]"
+                    f"commit {meta.offset} of {partition} outside [{model.start}, {highest}]"
                 )
             if meta.metadata:
                 claimed = decode_finished_offsets(meta.metadata, meta.offset) - done
