@@ -35,8 +35,10 @@ start_session() {
 
     local report bootstrap bootstrap_rc=0
     report="$(mktemp "${TMPDIR:-/tmp}/fca-kafka-start.XXXXXX")"
-    export KAFKA_SASL_PORT="${KAFKA_SASL_PORT-$((${KAFKA_PORT:-9092} + 2))}"
-    bootstrap="$(KAFKA_START_REPORT="${report}" bash scripts/kafka.sh start)" || bootstrap_rc=$?
+    # Only for this broker: not exported, or every broker a test starts would ask for it too.
+    local sasl_port="${KAFKA_SASL_PORT-$((${KAFKA_PORT:-9092} + 2))}"
+    bootstrap="$(KAFKA_SASL_PORT="${sasl_port}" KAFKA_START_REPORT="${report}" \
+        bash scripts/kafka.sh start)" || bootstrap_rc=$?
     [[ "$(cat "${report}" 2>/dev/null)" == started ]] && _started_kafka=1
     rm -f "${report}"
     if ((bootstrap_rc != 0)); then
@@ -45,9 +47,9 @@ start_session() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS="${bootstrap}"
     log "KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS}"
-    if [[ -n "${KAFKA_SASL_PORT}" ]] &&
-        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "${KAFKA_SASL_PORT}" 2>/dev/null; then
-        export KAFKA_SASL_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_SASL_PORT}"
+    if [[ -n "${sasl_port}" ]] &&
+        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "${sasl_port}" 2>/dev/null; then
+        export KAFKA_SASL_BOOTSTRAP_SERVERS="127.0.0.1:${sasl_port}"
         log "KAFKA_SASL_BOOTSTRAP_SERVERS=${KAFKA_SASL_BOOTSTRAP_SERVERS}"
     else
         log "no SASL listener: the SASL tests will be skipped"

@@ -137,7 +137,13 @@ class SpareBroker:
         env = {
             key: value
             for key, value in os.environ.items()
-            if key not in {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_STATE_DIR", "KAFKA_KEEP_DATA"}
+            if key
+            not in {
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "KAFKA_STATE_DIR",
+                "KAFKA_KEEP_DATA",
+                "KAFKA_SASL_PORT",
+            }
         }
         env["KAFKA_PORT"] = str(self.port)
         if keep_data:

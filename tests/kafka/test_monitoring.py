@@ -321,7 +321,11 @@ def free_port_pair() -> int:
 
 
 def kafka_sh(command: str, port: int) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SASL_PORT"}
+    }
     env["KAFKA_PORT"] = str(port)
     done = subprocess.run(
         ["bash", str(REPO / "scripts" / "kafka.sh"), command],
