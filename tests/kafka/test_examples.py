@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples import batch, key_ordering, retries_and_dead_letters
+from examples import batch, key_ordering, retries_and_dead_letters, testing_policy
 from examples.pipeline import expected_result, run_pipeline
 from tests.kafka_helpers import (
     BOOTSTRAP,
@@ -254,3 +254,9 @@ async def test_service_serves_health_and_metrics_of_a_run_with_dead_letters(
     ends = await end_offsets(topic, partitions)
     assert await committed_offsets(group, topic) == ends
     assert sum((await end_offsets(dead_letters, 1)).values()) == 200
+
+
+async def test_testing_policy_example_runs_its_policy_test_under_test_kafka_broker() -> None:
+    await testing_policy.demo()
+
+    assert len(testing_policy.calls) == 3
