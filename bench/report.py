@@ -809,9 +809,11 @@ def _uvloop_section(res: Results, params: Params) -> str:
         ratios = res.paired(uvloop_label(case, "uvloop"), uvloop_label(case, "asyncio"))
         verdict = "not run"
         if ratios:
-            verdict = (
-                "gain beyond the noise" if _significant(ratios) else "no gain beyond the noise"
-            )
+            verdict = "no difference beyond the noise"
+            if _significant(ratios):
+                verdict = "gain beyond the noise (uvloop faster in every pair)"
+            elif _significant([1 / r for r in ratios]):
+                verdict = "loss beyond the noise (uvloop slower in every pair)"
         what = "this library" if system == "middleware" else "FastStream ACK_FIRST"
         handler_text = "no-op" if handler == "noop" else f"sleep {params.io_sleep_sec}"
         rows.append(
@@ -838,11 +840,11 @@ def _uvloop_section(res: Results, params: Params) -> str:
 
 The same run on asyncio's own loop and on uvloop's (`asyncio.Runner(loop_factory=
 uvloop.new_event_loop)` in the worker; uvloop from the `[uvloop]` extra), back to back,
-{params.uvloop_repeat} repeat(s). A gain counts only when uvloop won every pair (with 5 pairs,
-a sign test gives p = 1/32 for a loop that is no faster). Note that `faststream run` uses
-uvloop by itself whenever it is installed (its `--loop` option defaults to `auto`), so a
-service that has uvloop in its environment, for example through `uvicorn[standard]`, already
-runs on it.
+{params.uvloop_repeat} repeat(s). A gain (or a loss) counts only when uvloop won (or lost)
+every pair (with 5 pairs, a sign test gives p = 1/32 for loops that are equally fast). Note
+that `faststream run` uses uvloop by itself whenever it is installed (its `--loop` option
+defaults to `auto`), so a service that has uvloop in its environment, for example through
+`uvicorn[standard]`, already runs on it.
 
 {table}
 """
