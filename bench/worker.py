@@ -5,6 +5,7 @@ next run), so the result file is written whatever happens.
 """
 
 import asyncio
+import importlib
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,9 +19,11 @@ def loop_factory(spec: RunSpec) -> Callable[[], asyncio.AbstractEventLoop] | Non
     """uvloop's loop for ``loop="uvloop"`` runs (the ``[uvloop]`` extra), else asyncio's."""
     if spec.loop == "asyncio":
         return None
-    import uvloop
-
-    return uvloop.new_event_loop
+    # Imported by name: uvloop is an optional extra, absent from the dev environment.
+    factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module(
+        "uvloop"
+    ).new_event_loop
+    return factory
 
 
 def main(argv: list[str]) -> int:
