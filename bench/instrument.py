@@ -5,7 +5,8 @@ Installed only inside a worker process, by wrapping two methods at class level:
 * ``aiokafka.consumer.fetcher.Fetcher._proc_fetch_request``: one call per fetch request sent.
 * ``aiokafka.consumer.fetcher.PartitionRecords.__init__``: one per partition in a fetch
   response that carried records; adds up the record bytes received.
-* ``ConsumerLane.pause``: counted when a consumer goes from running to paused (backpressure).
+* ``ConsumerLane.pause``: counted when a consumer goes from running to paused (backpressure);
+  only in this library's runs (the other package's internals are never looked at).
 
 Besides, a ``gc.callbacks`` hook counts CPython's collections by generation and the time they
 took. The wrappers cost one Python call per fetch or pause, the hook two per collection,
@@ -19,11 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
-
-try:
-    from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-except ImportError:  # a checkout from before the layers (bench.paired against an older commit)
-    ConsumerLane = importlib.import_module("faststream_concurrent_aiokafka.lane").ConsumerLane  # type: ignore[misc]
 
 
 @dataclass
@@ -41,7 +37,18 @@ COUNTERS = Counters()
 _installed = False
 
 
-def install() -> Counters:
+def _consumer_lane() -> Any:
+    """This library's ConsumerLane class, also from a checkout from before the layers
+    (bench.paired against an older commit)."""
+    try:
+        module = importlib.import_module("faststream_concurrent_aiokafka.engine.state")
+    except ImportError:
+        module = importlib.import_module("faststream_concurrent_aiokafka.lane")
+    return module.ConsumerLane
+
+
+def install(*, pauses: bool = True) -> Counters:
+    """Wrap the fetcher (and, with ``pauses``, this library's lanes) once per process."""
     global _installed  # noqa: PLW0603 - once per worker process
     if _installed:
         return COUNTERS
@@ -63,15 +70,18 @@ def install() -> Counters:
 
     PartitionRecords.__init__ = counted_records
 
-    pause = ConsumerLane.pause
+    gc.callbacks.append(_count_collection)
+    if not pauses:
+        return COUNTERS
+    lane = _consumer_lane()
+    pause = lane.pause
 
-    def counted_pause(self: ConsumerLane) -> None:
+    def counted_pause(self: Any) -> None:
         if not self.paused:
             COUNTERS.pauses += 1
         pause(self)
 
-    ConsumerLane.pause = counted_pause  # type: ignore[method-assign]
-    gc.callbacks.append(_count_collection)
+    lane.pause = counted_pause
     return COUNTERS
 
 

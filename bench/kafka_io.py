@@ -15,14 +15,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.shapes import PAYLOADS
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def payload(index: int) -> bytes:
-    """A small JSON value (FastStream decodes it into the handler's ``body: int``)."""
-    return str(index).encode()
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
@@ -34,8 +31,13 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, count: int, partitions: int) -> float:
-    """Send ``count`` small messages round-robin over the partitions; returns the seconds."""
+async def produce(
+    bootstrap: str, topic: str, count: int, partitions: int, payload: str = "int"
+) -> float:
+    """Send ``count`` small messages round-robin over the partitions; returns the seconds.
+
+    ``payload`` names a function of ``bench.shapes.PAYLOADS`` (message index -> bytes)."""
+    make = PAYLOADS[payload]
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
@@ -48,7 +50,7 @@ async def produce(bootstrap: str, topic: str, count: int, partitions: int) -> fl
         pending: list[Any] = []
         for i in range(count):
             # send() only enqueues (it waits only while the accumulator is full).
-            pending.append(await producer.send(topic, payload(i), partition=i % partitions))
+            pending.append(await producer.send(topic, make(i), partition=i % partitions))
         await producer.flush()
         await asyncio.gather(*pending)
     finally:

@@ -6,6 +6,8 @@ would (``broker.stop()`` drains the middleware's in-flight work, then
 ``stop_concurrent_processing``).
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import cProfile
@@ -15,13 +17,15 @@ import os
 import pstats
 import resource
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -30,17 +34,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bench import instrument
 from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec
+from bench.shapes import Order, Receipt, receipt
+
+# Only the names the other package documents (its original API) are imported at the top: the
+# same harness runs it, in a virtualenv of its own, as a black box. The rest of this
+# library's API is imported where only its runs reach.
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
     KafkaConcurrentProcessingMiddleware,
-    configure_subscriber,
     initialize_concurrent_processing,
     stop_concurrent_processing,
-    tune_garbage_collector,
 )
 from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 
+if TYPE_CHECKING:
+    from faststream_concurrent_aiokafka import KafkaConcurrentHandler
+
 OURS = "faststream_concurrent_aiokafka"
+CONCURRENT = ("middleware", "other")  # the systems that run the middleware
 
 
 class Probe:
@@ -62,6 +72,8 @@ class Probe:
         self.first: float | None = None
         self.last = 0.0
         self.handler: KafkaConcurrentHandler | None = None
+        self.loop = asyncio.get_running_loop()
+        self.lock = threading.Lock()  # sync handlers count from FastStream's worker threads
         self.at_first = instrument.Counters()
         self.at_last = instrument.Counters()
         self.window_processed: int | None = None
@@ -96,6 +108,17 @@ class Probe:
                 self.snapshot_counters()
                 self.finished.set()
 
+    def count_from_thread(self) -> None:
+        """``enter`` and ``leave`` for a sync handler, which runs in a worker thread."""
+        with self.lock:
+            self.enter()
+            self.done += 1
+            if self.done <= self.target:
+                self.last = time.perf_counter()
+                if self.done == self.target:
+                    self.snapshot_counters()
+                    self.loop.call_soon_threadsafe(self.finished.set)
+
     def snapshot_counters(self) -> None:
         self.at_last = dataclasses.replace(instrument.COUNTERS)
         if self.handler is not None:
@@ -110,7 +133,7 @@ class Running:
     subscriber: Any
     handler: KafkaConcurrentHandler | None
     started_at: float
-    scraper: "Scraper | None" = None
+    scraper: Scraper | None = None
 
 
 class Scraper:
@@ -144,7 +167,7 @@ class Scraper:
 
 
 def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
-    policy = AckPolicy.MANUAL if spec.system == "middleware" else AckPolicy[spec.ack_policy]
+    policy = AckPolicy.MANUAL if spec.system in CONCURRENT else AckPolicy[spec.ack_policy]
     extra: dict[str, Any] = {}
     if spec.session_timeout_ms is not None:
         extra["session_timeout_ms"] = spec.session_timeout_ms
@@ -157,6 +180,12 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
         max_workers=spec.max_workers,
         **extra,
     )
+    subscriber(_handler(spec, broker, probe))
+    return subscriber
+
+
+def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., Any]:
+    """The handler of ``spec.handler``; each counts itself with the probe and nothing else."""
     delay = spec.sleep_sec
 
     async def noop(body: int) -> None:
@@ -176,19 +205,58 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
         await probe.release.wait()
         probe.leave()
 
-    if spec.handler == "noop":
-        subscriber(noop)
-    elif spec.handler == "sleep":
-        subscriber(sleeper)
-    else:
-        subscriber(blocker)
-    return subscriber
+    async def with_dict(body: dict[str, Any]) -> None:
+        probe.enter()
+        probe.leave()
+
+    async def with_dict_and_message(body: dict[str, Any], msg: KafkaMessage) -> None:
+        probe.enter()
+        if msg.raw_message is None:  # reads the message as such a handler would
+            raise AssertionError
+        probe.leave()
+
+    async def with_dict_reading_the_message(body: dict[str, Any]) -> None:
+        probe.enter()
+        if broker.context.get_local("message") is None:  # the same message, no Context()
+            raise AssertionError
+        probe.leave()
+
+    async def with_model_and_message(body: Order, msg: KafkaMessage) -> None:
+        probe.enter()
+        if msg.raw_message is None:
+            raise AssertionError
+        probe.leave()
+
+    async def publishing(body: Order) -> Receipt:
+        probe.enter()
+        result = receipt(body)
+        probe.leave()  # counted before FastStream publishes the result
+        return result
+
+    def blocking(body: Order) -> None:  # a plain def: FastStream runs it in a worker thread
+        probe.count_from_thread()
+
+    handlers: dict[str, Callable[..., Any]] = {
+        "noop": noop,
+        "sleep": sleeper,
+        "block": blocker,
+        "dict": with_dict,
+        "dict_msg": with_dict_and_message,
+        "dict_local": with_dict_reading_the_message,
+        "model_msg": with_model_and_message,
+        "publish": publishing,
+        "sync": blocking,
+    }
+    handler = handlers[spec.handler]
+    if spec.handler == "publish":
+        return broker.publisher(spec.output_topic)(handler)
+    return handler
 
 
 @asynccontextmanager
 async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
     broker = KafkaBroker(spec.bootstrap, logger=None)
-    if spec.system == "middleware":
+    if spec.system in CONCURRENT:
         broker.add_middleware(KafkaConcurrentProcessingMiddleware)
     # With the app in the context the middleware installs itself before the consumer
     # subscribes (the eager path), as in a service started by `FastStream(broker).run()`.
@@ -196,6 +264,8 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
     subscriber = _subscribe(spec, broker, probe)
     handler: KafkaConcurrentHandler | None = None
     if spec.system == "middleware":
+        from faststream_concurrent_aiokafka import configure_subscriber
+
         if spec.subscriber_limit is not None:
             configure_subscriber(subscriber, concurrency_limit=spec.subscriber_limit)
         handler = await initialize_concurrent_processing(
@@ -204,8 +274,17 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
             commit_batch_size=spec.commit_batch_size,
             max_uncommitted_tasks=spec.max_uncommitted_tasks,
         )
+    elif spec.system == "other":
+        # The other package's documented call: keywords it lists, the broker's context.
+        await initialize_concurrent_processing(
+            context=broker.context,
+            concurrency_limit=spec.concurrency_limit,
+            commit_batch_size=spec.commit_batch_size,
+        )
     probe.handler = handler
     if spec.gc_gen0_threshold is not None:
+        from faststream_concurrent_aiokafka import tune_garbage_collector
+
         tune_garbage_collector(gen0_threshold=spec.gc_gen0_threshold)
     scraper = None
     if spec.scrape_interval_sec is not None and handler is not None:
@@ -220,8 +299,10 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
         if scraper is not None:
             await scraper.stop()
         await broker.stop()
-        if handler is not None:
+        if spec.system == "middleware":
             await stop_concurrent_processing(app.context)
+        elif spec.system == "other":
+            await stop_concurrent_processing(broker.context)
 
 
 def _new_result(spec: RunSpec) -> RunResult:
@@ -230,6 +311,7 @@ def _new_result(spec: RunSpec) -> RunResult:
         kind=spec.kind,
         system=spec.system,
         expected=spec.messages,
+        repeat=spec.repeat,
         loadavg_start=os.getloadavg()[0],
     )
 
@@ -567,10 +649,32 @@ async def run_profile(spec: RunSpec) -> RunResult:
     return result
 
 
+def library_origin(spec: RunSpec) -> str:
+    """Which distribution of ``faststream_concurrent_aiokafka`` this process imported, and
+    from where; the other package's runs refuse this checkout's copy (a wrong path)."""
+    import faststream_concurrent_aiokafka as library
+
+    where = Path(library.__file__ or "?").resolve().parent
+    checkout = Path(__file__).resolve().parent.parent
+    if spec.system == "other" and where.is_relative_to(checkout):
+        msg = f"the other package's run imported this checkout's library ({where})"
+        raise RuntimeError(msg)
+    try:
+        version = metadata.version("faststream-concurrent-aiokafka")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    return f"{version} at {where}"
+
+
 async def run(spec: RunSpec) -> RunResult:
-    instrument.install()
+    origin = library_origin(spec) if spec.system != "faststream" else ""
+    instrument.install(pauses=spec.system == "middleware")
     if spec.kind == "memory":
-        return await run_memory(spec)
-    if spec.kind == "profile":
-        return await run_profile(spec)
-    return await run_throughput(spec)
+        result = await run_memory(spec)
+    elif spec.kind == "profile":
+        result = await run_profile(spec)
+    else:
+        result = await run_throughput(spec)
+    if spec.system == "other":
+        result.notes.append(f"library {origin}")
+    return result

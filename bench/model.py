@@ -9,11 +9,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["throughput", "memory", "profile"]
-System = Literal["middleware", "faststream"]
+Kind = Literal["throughput", "memory", "profile", "fleet"]
+# "middleware": this library; "other": the package-index project of the same name, run in a
+# virtualenv of its own through its documented API only; "faststream": FastStream alone.
+System = Literal["middleware", "faststream", "other"]
 # "noop": return at once; "sleep": await asyncio.sleep(sleep_sec);
 # "block": wait on an asyncio.Event until the memory snapshot was taken.
-HandlerMode = Literal["noop", "sleep", "block"]
+# Handler shapes as users write them (on "order" payloads, see bench.shapes):
+# "dict": `body: dict`; "dict_msg": `body: dict, msg: KafkaMessage`; "dict_local": `body: dict`
+# reading the message with `broker.context.get_local("message")`; "model_msg": a pydantic
+# model body and the KafkaMessage; "publish": a model body, its result returned to a
+# `@publisher`; "sync": a plain `def` taking the model.
+HandlerMode = Literal[
+    "noop", "sleep", "block", "dict", "dict_msg", "dict_local", "model_msg", "publish", "sync"
+]
+# What the pre-produced messages hold: a JSON int, or a small JSON order (bench.shapes).
+Payload = Literal["int", "order"]
+Loop = Literal["asyncio", "uvloop"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +40,11 @@ class RunSpec:
     messages: int  # handled messages to wait for (memory: messages to hold)
     handler: HandlerMode = "noop"
     sleep_sec: float = 0.0
+    payload: Payload = "int"
+    output_topic: str = ""  # where the "publish" handler's results go
+    loop: Loop = "asyncio"  # the worker's event loop
+    repeat: int = 0  # which repeat this run belongs to, to pair it with the others of it
+    workers: int = 1  # fleet runs: `faststream run --workers N`
     # FastStream subscriber options (the middleware always uses AckPolicy.MANUAL).
     ack_policy: str = "ACK_FIRST"
     max_workers: int = 1
@@ -89,6 +106,32 @@ class ProfileResult:
 
 
 @dataclass(kw_only=True)
+class FleetResult:
+    """A `faststream run --workers N` run: what every process handled, and the checks."""
+
+    workers: int
+    processes: int  # processes that reported (one per worker)
+    per_process: list[int]  # messages each process handled
+    distinct: int  # distinct message ids handled over all processes
+    lost: int  # ids produced but never handled
+    duplicates: int  # handled more than once (a rebalance may hand a message over twice)
+    committed: int  # sum of the group's committed offsets at the end
+    end: int  # sum of the partitions' end offsets
+    whole_sec: float  # first handled message to the last, over all processes
+    steady_sec: float  # last assignment to the first process running out of work
+    steady_handled: int  # messages handled in that window
+    assignments: int  # partition assignments before the shutdown, over all processes
+
+    @property
+    def whole_rate(self) -> float:
+        return self.distinct / self.whole_sec if self.whole_sec > 0 else 0.0
+
+    @property
+    def steady_rate(self) -> float:
+        return self.steady_handled / self.steady_sec if self.steady_sec > 0 else 0.0
+
+
+@dataclass(kw_only=True)
 class RunResult:
     label: str
     kind: Kind
@@ -115,6 +158,8 @@ class RunResult:
     profile: ProfileResult | None = None
     scrapes: int | None = None  # collector scrapes made during the run
     scrape_sec: float | None = None  # ... and the time they took, in all
+    fleet: FleetResult | None = None
+    repeat: int = 0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -186,7 +231,10 @@ def read_result(path: Path) -> RunResult:
 def result_from_dict(data: dict[str, Any]) -> RunResult:
     memory = data.pop("memory", None)
     profile = data.pop("profile", None)
+    fleet = data.pop("fleet", None)
     result = RunResult(**data)
+    if fleet is not None:
+        result.fleet = FleetResult(**fleet)
     if memory is not None:
         result.memory = MemoryResult(**memory)
     if profile is not None:

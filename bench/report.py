@@ -1,7 +1,6 @@
 """docs/benchmarks.md and the PNG plots, from the results of one run of ``bench.run``."""
 
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,17 +9,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.model import MemoryResult, ProfileRow, RunResult
+from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult
 from bench.plan import (
     DESCRIPTIONS,
+    FLEET_CASES,
+    FLEET_WORKERS,
     IO_LIMITS,
+    LOOPS,
     OBS_PLAIN,
     OBS_SCRAPED,
     PAIRED_CEILING,
+    PROFILED_SHAPES,
     SCRAPE_INTERVAL_SEC,
+    SHAPE_SYSTEMS,
+    SHAPES,
+    SYSTEM_NAMES,
+    UVLOOP_CASES,
     Params,
+    fleet_label,
     io_label,
+    shape_label,
+    uvloop_label,
 )
+from bench.results import Results, rate_of
 from faststream_concurrent_aiokafka.gc_tuning import DEFAULT_GEN0_THRESHOLD
 
 OURS = "faststream_concurrent_aiokafka"
@@ -29,6 +40,7 @@ THROUGHPUT_LABELS = (
     "noop/mw-b100",
     "noop/fs-ack-first",
     "noop/fs-workers-100",
+    "noop/other",
     "noop/fs-ack",
 )
 SHORT_NAMES = {
@@ -36,8 +48,19 @@ SHORT_NAMES = {
     "noop/mw-b100": "middleware\nbatch 100",
     "noop/fs-ack-first": "FastStream\nACK_FIRST",
     "noop/fs-workers-100": "FastStream\nmax_workers=100",
+    "noop/other": "the other\npackage",
     "noop/fs-ack": "FastStream\nACK (seq.)",
 }
+# The no-op runs of section 1 stand for the "noop" shape: label part -> its no-op label.
+NOOP_OF_SYSTEM = {
+    "mw": "noop/mw-b10",
+    "fs-ack-first": "noop/fs-ack-first",
+    "fs-workers-100": "noop/fs-workers-100",
+    "other": "noop/other",
+}
+TARGET_VS_FASTSTREAM = 0.85
+TARGET_VS_OTHER = 1.0
+TARGET_WORKERS = 1.4
 
 
 @dataclass
@@ -49,25 +72,6 @@ class Meta:
     cluster: dict[str, str]
     params: Params
     loadavg: list[str] = field(default_factory=list)
-
-
-class Results:
-    def __init__(self, results: Iterable[RunResult]) -> None:
-        self.all = list(results)
-
-    def of(self, label: str) -> list[RunResult]:
-        return [r for r in self.all if r.label == label and r.ok]
-
-    def one(self, label: str) -> RunResult | None:
-        runs = self.of(label)
-        return runs[0] if runs else None
-
-    def errors(self) -> list[RunResult]:
-        return [r for r in self.all if not r.ok]
-
-    def median_rate(self, label: str) -> float | None:
-        rates = [r.throughput for r in self.of(label) if r.handled > 1]
-        return statistics.median(rates) if rates else None
 
 
 # ---- formatting ------------------------------------------------------------------------
@@ -216,6 +220,7 @@ IO_COLUMNS = {
     "fs": "FastStream max_workers",
     "mw-gc": "middleware, tuned GC",
     "fs-gc": "FastStream max_workers, tuned GC",
+    "other": "the other package",
 }
 
 
@@ -592,7 +597,7 @@ def _per_scrape_ms(run: RunResult) -> str:
 def _overhead_section(res: Results, params: Params) -> str:
     plain, scraped = res.of(OBS_PLAIN), res.of(OBS_SCRAPED)
     if not plain or not scraped:
-        return "## 6. Monitoring overhead\n\nnot run / failed\n"
+        return "## 9. Monitoring overhead\n\nnot run / failed\n"
     rows = [
         [str(i), _rate(a.throughput), _rate(b.throughput), str(b.scrapes or 0),
          _per_scrape_ms(b), f"{b.throughput / a.throughput:.3f}"]
@@ -602,7 +607,7 @@ def _overhead_section(res: Results, params: Params) -> str:
     ratio = (median_scraped or 0.0) / median_plain if median_plain else 0.0
     header = ["pair", DESCRIPTIONS[OBS_PLAIN], "scraped", "scrapes", "ms per scrape", "ratio"]
     table = _table(header, rows)
-    return f"""## 6. Monitoring overhead
+    return f"""## 9. Monitoring overhead
 
 {params.obs_messages:,} pre-produced messages, no-op handler, limit 100, batch 10; each pair
 once without and once with `ConcurrentProcessingCollector` registered and scraped every
@@ -613,6 +618,341 @@ stall watchdog runs in both (it is always on). Target: ratio of medians >= 0.95.
 
 Medians: {_rate(median_plain)} msg/s without, {_rate(median_scraped)} msg/s scraped; ratio of
 medians **{ratio:.3f}**.
+"""
+
+
+# ---- paired ratios ---------------------------------------------------------------------
+
+
+def _ratios(ratios: list[float]) -> str:
+    return ", ".join(f"{r:.2f}" for r in ratios)
+
+
+def _verdict(ratios: list[float], target: float) -> str:
+    if not ratios:
+        return "not run"
+    return "yes" if statistics.median(ratios) >= target else "**no**"
+
+
+def _significant(ratios: list[float]) -> bool:
+    """A gain beyond the noise: every paired ratio above 1 (with 5 pairs, a sign test gives
+    p = 1/32 that a system no better than the other wins them all)."""
+    return len(ratios) >= 5 and min(ratios) > 1.0
+
+
+def _shape_pair(shape: str, system: str) -> str:
+    return NOOP_OF_SYSTEM[system] if shape == "noop" else shape_label(shape, system)
+
+
+def _summary_section(res: Results) -> str:
+    rows: list[list[str]] = []
+
+    def add(what: str, case: str, ratios: list[float], target: float | None) -> None:
+        if not ratios:
+            rows.append([what, case, "not run", "", "" if target is None else f">= {target}", ""])
+            return
+        rows.append(
+            [
+                what,
+                case,
+                f"**{statistics.median(ratios):.2f}**",
+                _ratios(ratios),
+                "" if target is None else f">= {target}",
+                _verdict(ratios, target) if target is not None else "",
+            ]
+        )
+
+    shapes = ["noop", *SHAPES]
+    for shape in shapes:
+        add(
+            "this library / FastStream ACK_FIRST",
+            shape,
+            res.paired(_shape_pair(shape, "mw"), _shape_pair(shape, "fs-ack-first")),
+            TARGET_VS_FASTSTREAM,
+        )
+    for shape in shapes:
+        add(
+            "this library / the other package",
+            shape,
+            res.paired(_shape_pair(shape, "mw"), _shape_pair(shape, "other")),
+            TARGET_VS_OTHER,
+        )
+    for limit in IO_LIMITS:
+        add(
+            "this library / the other package",
+            f"I/O, 10 ms, limit {limit:,}",
+            res.paired(io_label("mw", limit), io_label("other", limit)),
+            TARGET_VS_OTHER,
+        )
+    for case in FLEET_CASES:
+        add(
+            "`--workers 2` / `--workers 1` (steady rate)",
+            case,
+            res.paired(fleet_label(case, 2), fleet_label(case, 1)),
+            TARGET_WORKERS if case == "noop" else None,
+        )
+    for case in UVLOOP_CASES:
+        add(
+            "uvloop / asyncio",
+            case,
+            res.paired(uvloop_label(case, "uvloop"), uvloop_label(case, "asyncio")),
+            None,
+        )
+    table = _table(
+        ["comparison", "case", "median of the paired ratios", "each repeat", "target", "met"],
+        rows,
+    )
+    return f"""## Summary: paired ratios
+
+Each ratio divides two runs made back to back in the same repeat (the order of the systems is
+reversed every other repeat, ABBA), so a drift of the machine's speed over minutes hits both
+sides alike; the median is over the repeats. Shapes are described in section 6, the fleet
+runs in section 7, the event loops in section 8.
+
+{table}
+"""
+
+
+# ---- handler shapes --------------------------------------------------------------------
+
+
+def _per_message_us(rate: float | None) -> float | None:
+    return None if not rate else 1e6 / rate
+
+
+def _shapes_section(res: Results, params: Params) -> str:
+    systems = list(SHAPE_SYSTEMS)
+    rows: list[list[str]] = []
+    base = _per_message_us(res.median_rate(shape_label("dict", "fs-ack-first")))
+    for shape, looks in [("noop", "`async def h(body: int)` (section 1)"), *SHAPES.items()]:
+        rates = [res.median_rate(_shape_pair(shape, system)) for system in systems]
+        fs_cost = _per_message_us(rates[1])
+        extra = (
+            f"{fs_cost - base:+.0f} us"
+            if fs_cost is not None and base is not None and shape != "noop"
+            else ""
+        )
+        rows.append(
+            [
+                f"{shape}: {looks}",
+                *(_rate(rate) for rate in rates),
+                _num(_per_message_us(rates[0]), 0),
+                _num(fs_cost, 0),
+                extra,
+            ]
+        )
+    table = _table(
+        [
+            "shape",
+            *(f"{SYSTEM_NAMES[system]} msg/s" for system in systems),
+            "this library us / msg",
+            "FastStream ACK_FIRST us / msg",
+            "FastStream ACK_FIRST vs `body: dict`",
+        ],
+        rows,
+    )
+    return f"""## 6. Handler shapes as users write them
+
+{params.shape_messages:,} pre-produced JSON orders (about 190 bytes: id, customer, currency,
+created_at, two items; `bench/shapes.py`) per run, medians of {params.shape_repeat} run(s), the
+systems of one repeat back to back (ratios in the summary). The no-op row is section 1's
+(`body: int` on a JSON int). `Order` is a pydantic model of the message (with a nested item
+model and a datetime); the publishing handler returns a `Receipt` model to a
+`@broker.publisher` on another topic (FastStream awaits each publish's acknowledgement);
+the `def` handler is run by FastStream in a worker thread (anyio's pool). This library and
+the other package run with concurrency_limit 100 and commit_batch_size 10 (MANUAL), FastStream
+alone with ACK_FIRST, sequential or with `max_workers=100`. The last column is each shape's
+cost per message under FastStream ACK_FIRST over the `body: dict` handler's.
+
+{table}
+
+![handler shapes](bench-shapes.png)
+"""
+
+
+# ---- every core ------------------------------------------------------------------------
+
+
+def _fleet_section(res: Results, params: Params) -> str:
+    rows: list[list[str]] = []
+    for case, (handler, limit) in FLEET_CASES.items():
+        for workers in FLEET_WORKERS:
+            runs = [r for r in res.of(fleet_label(case, workers)) if r.fleet is not None]
+            if not runs:
+                rows.append([case, str(workers), "not run / failed", *[""] * 7])
+                continue
+            fleets = [r.fleet for r in runs if r.fleet is not None]
+            steady = [f.steady_rate for f in fleets]
+            whole = [f.whole_rate for f in fleets]
+            rows.append(
+                [
+                    f"{case} ({handler}, limit {limit:,} per process)",
+                    str(workers),
+                    f"{statistics.median(steady):,.0f} ({min(steady):,.0f} - {max(steady):,.0f})",
+                    f"{statistics.median(whole):,.0f}",
+                    "; ".join(str(f.per_process) for f in fleets),
+                    str(max(f.lost for f in fleets)),
+                    str(max(f.duplicates for f in fleets)),
+                    "yes" if all(f.committed == f.end for f in fleets) else "**no**",
+                    ", ".join(str(f.assignments) for f in fleets),
+                ]
+            )
+    table = _table(
+        [
+            "case",
+            "workers",
+            "steady msg/s, median (min - max)",
+            "whole-run msg/s",
+            "handled per process, each run",
+            "lost (worst run)",
+            "twice (worst run)",
+            "committed = end offsets",
+            "assignments",
+        ],
+        rows,
+    )
+    return f"""## 7. Every core: `faststream run --workers N`
+
+One Python process runs on one core at a time. `faststream run bench.fleet_app:app --workers N`
+(FastStream's supervisor spawns N processes, each a member of the same consumer group) over
+{params.fleet_messages:,} pre-produced messages on a topic of {params.fleet_partitions}
+partitions, N = 1 and 2 back to back in each of {params.fleet_repeat} repeat(s), each run in a
+fresh group, this library in every process (`setup_concurrent_processing`, commit_batch_size
+10). The broker shares the same 2 cores. Each process waits for the others before its broker
+starts, so all join the group together, and the run's subscribers heartbeat every 100 ms (the
+test broker completes a group's first join at once, and a member joining a moment later would
+otherwise wait for the first one's next heartbeat, 3 s, before taking its share). Once the
+processes together handled every message, the supervisor gets SIGTERM, as from a service
+manager; each worker drains and commits. Checked after every run: every message id handled
+(lost = ids never handled), handled twice, and the group's committed offsets against the
+partitions' end offsets. "steady" is the rate while every process consumed its final
+assignment (bench/fleet.py); "whole-run" counts from the first message to the last, joins
+included.
+
+{table}
+
+![--workers](bench-workers.png)
+"""
+
+
+# ---- event loop ------------------------------------------------------------------------
+
+
+def _uvloop_section(res: Results, params: Params) -> str:
+    rows: list[list[str]] = []
+    for case, (system, handler, limit) in UVLOOP_CASES.items():
+        rates = [res.median_rate(uvloop_label(case, loop)) for loop in LOOPS]
+        ratios = res.paired(uvloop_label(case, "uvloop"), uvloop_label(case, "asyncio"))
+        verdict = "not run"
+        if ratios:
+            verdict = "no difference beyond the noise"
+            if _significant(ratios):
+                verdict = "gain beyond the noise (uvloop faster in every pair)"
+            elif _significant([1 / r for r in ratios]):
+                verdict = "loss beyond the noise (uvloop slower in every pair)"
+        what = "this library" if system == "middleware" else "FastStream ACK_FIRST"
+        handler_text = "no-op" if handler == "noop" else f"sleep {params.io_sleep_sec}"
+        rows.append(
+            [
+                f"{case}: {what}, {handler_text}, limit {limit:,}",
+                *(_rate(rate) for rate in rates),
+                f"{statistics.median(ratios):.2f}" if ratios else "n/a",
+                _ratios(ratios),
+                verdict,
+            ]
+        )
+    table = _table(
+        [
+            "case",
+            "asyncio msg/s",
+            "uvloop msg/s",
+            "uvloop / asyncio (median)",
+            "each repeat",
+            "verdict",
+        ],
+        rows,
+    )
+    return f"""## 8. Event loop: asyncio or uvloop
+
+The same run on asyncio's own loop and on uvloop's (`asyncio.Runner(loop_factory=
+uvloop.new_event_loop)` in the worker; uvloop from the `[uvloop]` extra), back to back,
+{params.uvloop_repeat} repeat(s). A gain (or a loss) counts only when uvloop won (or lost)
+every pair (with 5 pairs, a sign test gives p = 1/32 for loops that are equally fast). Note
+that `faststream run` uses uvloop by itself whenever it is installed (its `--loop` option
+defaults to `auto`), so a service that has uvloop in its environment, for example through
+`uvicorn[standard]`, already runs on it.
+
+{table}
+"""
+
+
+# ---- profile of the shapes -------------------------------------------------------------
+
+
+def _shape_profile_section(res: Results) -> str:
+    labels = ["profile/fs", "profile/mw"]
+    for name in PROFILED_SHAPES:
+        labels += [f"profile/fs-{name}", f"profile/mw-{name}"]
+    present: list[tuple[str, RunResult, ProfileResult]] = [
+        (label, run, run.profile)
+        for label in labels
+        if (run := res.one(label)) is not None and run.profile is not None and run.handled
+    ]
+    if not present:
+        return "## 5b. Where the time of a handler taking the KafkaMessage goes\n\nnot run\n"
+
+    def per_message(seconds: float, run: RunResult) -> float:
+        return 1e6 * seconds / run.handled
+
+    owners = sorted(
+        {owner for _, _, prof in present for owner in prof.tottime_by_owner},
+        key=lambda owner: (
+            -max(
+                per_message(prof.tottime_by_owner.get(owner, 0.0), run) for _, run, prof in present
+            )
+        ),
+    )
+    rows = [
+        [owner]
+        + [
+            f"{per_message(prof.tottime_by_owner.get(owner, 0.0), run):.0f}"
+            for _, run, prof in present
+        ]
+        for owner in owners
+    ]
+    rows.append(
+        ["**busy, all packages**"]
+        + [f"**{per_message(prof.total_tottime, run):.0f}**" for _, run, prof in present]
+    )
+    rows.append(
+        ["**idle in `select` (waiting, e.g. for a worker thread)**"]
+        + [f"**{per_message(prof.idle_tottime, run):.0f}**" for _, run, prof in present]
+    )
+    rows.append(
+        ["**wall time of the profiled window**"]
+        + [f"**{per_message(run.elapsed_sec, run):.0f}**" for _, run, _ in present]
+    )
+    header = ["us per message, own time"] + [label.split("/", 1)[1] for label, _, _ in present]
+    table = _table(header, rows)
+    fs_msg = res.one("profile/fs-dict-msg")
+    top = ""
+    if fs_msg is not None and fs_msg.profile is not None:
+        top = (
+            "Top by own time, FastStream ACK_FIRST with `body: dict, msg: KafkaMessage`:\n\n"
+            + _profile_rows(fs_msg.profile.top_tottime, 12)
+        )
+    return f"""## 5b. Where the time of a handler taking the KafkaMessage goes
+
+cProfile as in section 5, over the no-op (`body: int`) and over handlers that take the
+`KafkaMessage` (`fs`: FastStream alone, ACK_FIRST; `mw`: this library, limit 100). Columns:
+microseconds per message of own time by package (profiled, so inflated about twofold), then
+the busy total, the time the event loop waited idle in `select`, and the wall time. cProfile
+sees only the event loop's thread: what runs in worker threads shows as idle time (in
+FastStream's sequential loop) or as lock and wake-up calls.
+
+{table}
+
+{top}
 """
 
 
@@ -646,11 +986,16 @@ def write_markdown(path: Path, results: list[RunResult], meta: Meta) -> None:
     res = Results(results)
     sections = [
         _header(meta),
+        _summary_section(res),
         _throughput_section(res),
         _io_section(res, meta.params),
         _commits_section(res),
         _memory_section(res, meta.params),
         _profile_section(res),
+        _shape_profile_section(res),
+        _shapes_section(res, meta.params),
+        _fleet_section(res, meta.params),
+        _uvloop_section(res, meta.params),
         _overhead_section(res, meta.params),
         _raw_section(res),
     ]
@@ -703,6 +1048,7 @@ def plot_io(path: Path, results: list[RunResult], params: Params) -> None:
         ("fs", "FastStream max_workers, ACK_FIRST", "s-"),
         ("mw-gc", "this middleware, tuned GC", "o:"),
         ("fs-gc", "FastStream max_workers, tuned GC", "s:"),
+        ("other", "the other package (concurrency_limit)", "^-"),
     ):
         points = [(n, rate) for n in IO_LIMITS if (rate := res.median_rate(io_label(system, n)))]
         if points:
@@ -714,6 +1060,61 @@ def plot_io(path: Path, results: list[RunResult], params: Params) -> None:
     ax.set_title(f"I/O-bound handler (sleep {params.io_sleep_sec * 1000:.0f} ms)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_shapes(path: Path, results: list[RunResult]) -> None:
+    res = Results(results)
+    shapes = ["noop", *SHAPES]
+    systems = [s for s in SHAPE_SYSTEMS if any(res.of(_shape_pair(sh, s)) for sh in shapes)]
+    if not any(res.of(shape_label(sh, s)) for sh in SHAPES for s in systems):
+        return
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / max(len(systems), 1)
+    for i, system in enumerate(systems):
+        values = [res.median_rate(_shape_pair(shape, system)) or 0.0 for shape in shapes]
+        xs = [x + (i - (len(systems) - 1) / 2) * width for x in range(len(shapes))]
+        ax.bar(xs, values, width, label=SYSTEM_NAMES[system])
+    ax.set_xticks(range(len(shapes)), [s.replace("_", "\n") for s in shapes], fontsize=8)
+    ax.set_ylabel("messages / s (median)")
+    ax.set_title("Handler shapes: this library, FastStream alone, the other package")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fleet(path: Path, results: list[RunResult]) -> None:
+    res = Results(results)
+    bars = [
+        (f"{case}\n--workers {n}", fleet_label(case, n))
+        for case in FLEET_CASES
+        for n in FLEET_WORKERS
+        if res.of(fleet_label(case, n))
+    ]
+    if not bars:
+        return
+    medians = [res.median_rate(label) or 0.0 for _, label in bars]
+    lows = [
+        m - min(rate_of(r) for r in res.of(lb)) for (_, lb), m in zip(bars, medians, strict=True)
+    ]
+    highs = [
+        max(rate_of(r) for r in res.of(lb)) - m for (_, lb), m in zip(bars, medians, strict=True)
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.bar(
+        [name for name, _ in bars],
+        medians,
+        yerr=[lows, highs],
+        capsize=4,
+        color=["tab:blue" if "1" in name.split()[-1] else "tab:green" for name, _ in bars],
+    )
+    for x, value in enumerate(medians):
+        ax.annotate(f"{value:,.0f}", (x, value), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("messages / s, steady (median, min-max)")
+    ax.set_title("faststream run --workers N, this library in every process")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -26,11 +26,13 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import report
+from bench.fleet import run_fleet
 from bench.kafka_io import cluster_info, create_topic, produce, unique
 from bench.model import RunResult, RunSpec, read_result, result_from_dict, write_json
 from bench.plan import FULL, QUICK, Params, Topics, build
 
 REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ["noop", "io", "shapes", "uvloop", "fleet", "mem", "profile", "obs"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,8 +53,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["noop", "io", "mem", "profile", "obs"],
+        choices=SECTIONS,
         help="run only these sections (repeatable); the report marks the others as not run",
+    )
+    parser.add_argument(
+        "--other-python",
+        metavar="PYTHON",
+        help="the interpreter of a virtualenv holding the other package (faststream-"
+        "concurrent-aiokafka 0.7.x from the package index, see bench/README.md); "
+        "without it its runs are left out",
     )
     parser.add_argument("--broker-label", default="", help="e.g. 'Kafka 4.1.1, KRaft, 1 node'")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics")
@@ -80,7 +89,7 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def machine_info() -> dict[str, str]:
+def machine_info(other_python: str | None = None, other_version: str = "") -> dict[str, str]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -108,7 +117,21 @@ def machine_info() -> dict[str, str]:
         "faststream": metadata.version("faststream"),
         "aiokafka": metadata.version("aiokafka"),
         "faststream_concurrent_aiokafka": f"git {commit}",
+        "the other package": (
+            f"faststream-concurrent-aiokafka {other_version} from the package index, in "
+            f"{other_python}"
+            if other_python
+            else "not run (no --other-python)"
+        ),
+        "uvloop": _version("uvloop"),
     }
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _load() -> str:
@@ -118,16 +141,19 @@ def _load() -> str:
 
 async def prepare(params: Params, bootstrap: str, specs: list[RunSpec]) -> list[str]:
     """Create the topics the runs use; fill those that are read pre-produced."""
-    counts: dict[str, int] = {}
+    wanted: dict[str, tuple[int, int, str]] = {}  # topic -> messages, partitions, payload
     for spec in specs:
-        wanted = spec.warmup if spec.kind == "memory" else spec.messages
-        counts[spec.topic] = max(counts.get(spec.topic, 0), wanted)
-    for name, count in counts.items():
-        await create_topic(bootstrap, name, params.partitions)
+        count = spec.warmup if spec.kind == "memory" else spec.messages
+        have = wanted.get(spec.topic, (0, spec.partitions, spec.payload))
+        wanted[spec.topic] = (max(have[0], count), spec.partitions, spec.payload)
+        if spec.output_topic:
+            wanted.setdefault(spec.output_topic, (0, params.partitions, "int"))
+    for name, (count, partitions, payload) in wanted.items():
+        await create_topic(bootstrap, name, partitions)
         if count:
-            seconds = await produce(bootstrap, name, count, params.partitions)
+            seconds = await produce(bootstrap, name, count, partitions, payload)
             print(f"produced {count:,} messages to {name} in {seconds:.1f} s", flush=True)
-    return list(counts)
+    return list(wanted)
 
 
 async def delete_topics(bootstrap: str, names: list[str]) -> None:
@@ -139,24 +165,43 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+def harness_only(workdir: Path) -> Path:
+    """A folder holding only the harness (``bench``), for interpreters that must import
+    another ``faststream_concurrent_aiokafka`` than this checkout's."""
+    folder = workdir / "harness-only"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "bench").symlink_to(REPO / "bench")
+    return folder
+
+
 def run_worker(
-    spec: RunSpec, workdir: Path, index: int, pythonpath: list[Path] | None = None
+    spec: RunSpec,
+    workdir: Path,
+    index: int,
+    pythonpath: list[Path] | None = None,
+    python: str | None = None,
 ) -> RunResult:
     """One run in a worker process; ``pythonpath`` goes first on its path (bench.paired puts
-    another checkout's package there)."""
+    another checkout's package there). With ``python`` (the other package's virtualenv) the
+    path holds the harness but not this checkout's package."""
     spec_path = workdir / f"{index:03d}-spec.json"
     result_path = workdir / f"{index:03d}-result.json"
     log_path = workdir / f"{index:03d}-worker.log"
     write_json(spec_path, spec)
     env = dict(os.environ)
     first = [str(path) for path in pythonpath or []]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(REPO), env.get("PYTHONPATH")]))
+    # Another interpreter gets the harness alone: nothing inherited may lead it to this
+    # checkout's package.
+    harness = str(harness_only(workdir) if python else REPO)
+    inherited = None if python else env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, harness, inherited]))
     # The working directory (this checkout) must not come before that path.
     env["PYTHONSAFEPATH"] = "1"
     # A worker that overruns is killed and reported as having written no result.
     with log_path.open("w") as log, contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(
-            [sys.executable, "-m", "bench.worker", str(spec_path), str(result_path)],
+            [python or sys.executable, "-m", "bench.worker", str(spec_path), str(result_path)],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -172,6 +217,7 @@ def run_worker(
         kind=spec.kind,
         system=spec.system,
         expected=spec.messages,
+        repeat=spec.repeat,
         error=f"worker wrote no result: {tail or 'no output'}",
     )
 
@@ -180,6 +226,13 @@ def _progress(index: int, total: int, result: RunResult) -> str:
     head = f"[{index}/{total}] {result.label}: "
     if result.error:
         return head + f"ERROR {result.error}"
+    if result.fleet is not None:
+        fleet = result.fleet
+        return head + (
+            f"{fleet.steady_rate:,.0f} msg/s steady, {fleet.whole_rate:,.0f} whole; per process "
+            f"{fleet.per_process}, lost {fleet.lost}, twice {fleet.duplicates}, committed "
+            f"{fleet.committed:,} of {fleet.end:,}, {fleet.assignments} assignments"
+        )
     if result.memory is not None:
         mem = result.memory
         size = mem.diff_bytes if mem.traced else mem.rss_delta_bytes
@@ -199,6 +252,8 @@ def _selected(spec: RunSpec, only: list[str] | None) -> bool:
 def write_report(out: Path, results: list[RunResult], meta: report.Meta) -> None:
     report.plot_throughput(out / "bench-throughput.png", results)
     report.plot_io(out / "bench-io-bound.png", results, meta.params)
+    report.plot_shapes(out / "bench-shapes.png", results)
+    report.plot_fleet(out / "bench-workers.png", results)
     report.plot_memory(out / "bench-memory.png", results)
     report.write_markdown(out / "benchmarks.md", results, meta)
 
@@ -213,6 +268,23 @@ def rewrite_report(out: Path, saved: Path) -> int:
     write_report(out, results, meta)
     print(f"rewrote {out / 'benchmarks.md'} from {saved}")
     return 0
+
+
+def _other_package(python: str) -> str:
+    """The other package's version in that interpreter (by its metadata only), or ""."""
+    probe = (
+        "from importlib.metadata import version; print(version('faststream-concurrent-aiokafka'))"
+    )
+    try:
+        done = subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(
+            f"--other-python {python}: no faststream-concurrent-aiokafka ({exc!r})", file=sys.stderr
+        )
+        return ""
+    return done.stdout.strip()
 
 
 def main(argv: list[str]) -> int:
@@ -238,8 +310,13 @@ def main(argv: list[str]) -> int:
     if args.broker_label:
         cluster = {"broker": args.broker_label, **cluster}
 
-    topics = Topics(noop=unique("bench-noop"), io=unique("bench-io"), obs=unique("bench-obs"))
-    planned = build(params, args.bootstrap, topics, lambda: unique("bench-mem"))
+    other = args.other_python
+    other_version = _other_package(other) if other else ""
+    if other and not other_version:
+        return 2
+    planned = build(
+        params, args.bootstrap, Topics.fresh(), lambda: unique("bench-mem"), other=bool(other)
+    )
     specs = [s for s in planned if _selected(s, args.only)]
     created = asyncio.run(prepare(params, args.bootstrap, specs))
 
@@ -251,7 +328,12 @@ def main(argv: list[str]) -> int:
             spec = planned_spec
             if spec.kind == "profile":
                 spec = dataclasses.replace(spec, profile_path=str(workdir / f"{index:03d}.prof"))
-            result = run_worker(spec, workdir, index)
+            if spec.kind == "fleet":
+                result = run_fleet(spec, workdir, index)
+            else:
+                result = run_worker(
+                    spec, workdir, index, python=other if spec.system == "other" else None
+                )
             results.append(result)
             print(_progress(index, len(specs), result), flush=True)
             if spec.profile_path and result.profile is not None:
@@ -271,7 +353,7 @@ def main(argv: list[str]) -> int:
         date=date,
         command=command.strip(),
         duration_sec=time.perf_counter() - started,
-        machine=machine_info(),
+        machine=machine_info(other, other_version),
         cluster=cluster,
         params=params,
         loadavg=loads,

@@ -5,18 +5,34 @@ next run), so the result file is written whatever happens.
 """
 
 import asyncio
+import importlib
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.measure import run
-from bench.model import RunResult, read_spec, write_json
+from bench.model import RunResult, RunSpec, read_spec, write_json
+
+
+def loop_factory(spec: RunSpec) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``loop="uvloop"`` runs (the ``[uvloop]`` extra), else asyncio's."""
+    if spec.loop == "asyncio":
+        return None
+    # Imported by name: uvloop is an optional extra, absent from the dev environment.
+    factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module(
+        "uvloop"
+    ).new_event_loop
+    return factory
 
 
 def main(argv: list[str]) -> int:
     spec = read_spec(Path(argv[0]))
     try:
-        result = asyncio.run(run(spec))
+        with asyncio.Runner(loop_factory=loop_factory(spec)) as runner:
+            result = runner.run(run(spec))
+            if spec.loop != "asyncio":
+                result.notes.append(f"loop {type(runner.get_loop()).__module__}")
     except Exception as exc:
         traceback.print_exc()
         result = RunResult(
@@ -24,6 +40,7 @@ def main(argv: list[str]) -> int:
             kind=spec.kind,
             system=spec.system,
             expected=spec.messages,
+            repeat=spec.repeat,
             error=f"{type(exc).__name__}: {exc}",
         )
     write_json(Path(argv[1]), result)
