@@ -12,7 +12,7 @@ Backpressure decisions come from ``core.backpressure``.
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -26,11 +26,9 @@ from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
     AdmittedMessage,
     ConsumerLane,
+    SlotBody,
     Tally,
 )
-
-TakeNext = Callable[[AdmittedMessage], "AdmittedMessage | None"]
-SlotBody = Callable[[AdmittedMessage, TakeNext], Coroutine[Any, Any, None]]
 
 
 class Scheduler:
@@ -126,6 +124,7 @@ class Scheduler:
         limit = self._limit
         lane_limit = lane.options.concurrency_limit
         ready = lane.ready
+        body = lane.slot_body or self._slot_body
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
                 if not lane.hungry:
@@ -133,9 +132,7 @@ class Scheduler:
                     self._hungry.append(lane)
                 return
             message = ready.popleft()
-            task = asyncio.create_task(
-                self._slot_body(message, self._take_next), context=lane.context.copy()
-            )
+            task = asyncio.create_task(body(message, self._take_next), context=lane.context.copy())
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, message, task)
 
