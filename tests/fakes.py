@@ -23,6 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+from faststream_concurrent_aiokafka.engine.transactions import TransactionalSender, current_ticket
 
 TOPIC = "t"
 DELIVERY_HEADER = "delivery"
@@ -148,7 +149,7 @@ class FakeCluster:
         self.committed: dict[Any, OffsetAndMetadata] = {}
         self.deliveries = 0
         self.epochs: Counter[str] = Counter()
-        self.open_transactions: dict[str, "FakeProducer"] = {}
+        self.open_transactions: dict[str, FakeProducer] = {}
         self.committed_output: list[Output] = []
         self.aborted_output: list[Output] = []
         self.transactions: list[tuple[str, str]] = []  # (transactional id, "commit"/"abort")
@@ -497,7 +498,7 @@ class FakeProducer:
         if self.state != "in" or self._txn_manager.fatal:
             raise kafka_errors.IllegalOperation("Can't send messages while not in transaction")
 
-    async def send(
+    async def send(  # noqa: PLR0917 - AIOKafkaProducer.send's signature
         self,
         topic: str,
         value: Any = None,
@@ -708,11 +709,6 @@ class FakePipeline:
         the running exactly-once message's transaction."""
         if self.publish is None:
             return
-        from faststream_concurrent_aiokafka.engine.transactions import (  # noqa: PLC0415
-            TransactionalSender,
-            current_ticket,
-        )
-
         for topic, value in self.publish(call):
             ticket = current_ticket()
             assert ticket is not None, "publishing outside an exactly-once message"
@@ -745,11 +741,6 @@ class FakePipeline:
             entry.failed = self.dead_letter_failures.popleft()
         if self.on_dead_letter is not None:
             self.on_dead_letter(entry)
-        from faststream_concurrent_aiokafka.engine.transactions import (  # noqa: PLC0415
-            TransactionalSender,
-            current_ticket,
-        )
-
         ticket = current_ticket()
         if ticket is not None:  # exactly-once: the dead letter joins the transaction
             sender = TransactionalSender(ticket)

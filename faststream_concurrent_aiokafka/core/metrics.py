@@ -149,8 +149,7 @@ REBALANCES: Final = _counter(
 )
 TRANSACTIONS: Final = _counter(
     "transactions",
-    "Exactly-once transactions ended, by result: committed, aborted (their messages ran "
-    "again).",
+    "Exactly-once transactions ended, by result: committed, aborted (their messages ran again).",
     "{transaction}",
     ("result",),
 )
