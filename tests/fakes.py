@@ -183,6 +183,11 @@ class FakeCoordinator:
         self._cluster = cluster
         self.failures: deque[BaseException] = deque()
         self.fetches: list[set[Any]] = []
+        self.rejoins = 0
+
+    def request_rejoin(self) -> None:
+        """``compat.aiokafka.request_rejoin``: the member asks the group for a rebalance."""
+        self.rejoins += 1
 
     async def fetch_committed_offsets(self, partitions: Iterable[Any]) -> dict[Any, Any]:
         wanted = set(partitions)
@@ -481,8 +486,10 @@ class FakeProducer:
         await asyncio.sleep(0)
         cluster = self.cluster
         previous = cluster.open_transactions.pop(self.transactional_id, None)
-        if previous is not None:
-            previous.discard()
+        if previous is not None:  # aborted by the coordinator; the old producer knows nothing
+            cluster.aborted_output += previous.pending
+            previous.pending = []
+            previous.pending_offsets = {}
         cluster.epochs[self.transactional_id] += 1
         self.epoch = cluster.epochs[self.transactional_id]
         self._sender.sender_task = asyncio.get_running_loop().create_future()
@@ -665,6 +672,7 @@ class FakePipeline:
     producers: list[FakeProducer] = field(default_factory=list)
     on_producer: Callable[[FakeProducer], None] | None = None
     publish: Callable[[Call], list[tuple[str, bytes]]] | None = None
+    publish_first: bool = False  # publish before the attempt's outcome (else just before it)
     _attempts: Counter[int] = field(default_factory=Counter)
 
     def settings(self) -> SubscriberSettings:
@@ -682,7 +690,8 @@ class FakePipeline:
         if self.on_start is not None:
             self.on_start(call)
         try:
-            await self._publish(call)
+            if self.publish_first:
+                await self._publish(call)
             scripted = self.script.get(call.key)
             if scripted:
                 outcome = scripted.popleft()
@@ -691,6 +700,8 @@ class FakePipeline:
                 outcome = await call.future
             else:
                 outcome = None
+            if not self.publish_first:
+                await self._publish(call)
             if outcome is not None:
                 raise outcome
         except asyncio.CancelledError:
