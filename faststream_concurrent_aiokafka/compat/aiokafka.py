@@ -5,6 +5,7 @@ Written against aiokafka 0.14 and pinned by tests (``tests/unit/test_compat_aiok
 fallback is kept it is logged once at WARNING, naming what is lost.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
@@ -169,6 +170,7 @@ async def abandon_producer(producer: AIOKafkaProducer) -> None:
     broker is unreachable (transactional batches do not expire). This stops its background
     sender and closes its connections.
     """
+    forget_transaction_error(producer)
     producer._closed = True
     task = producer._sender.sender_task
     if task is not None and not task.done():
@@ -176,3 +178,16 @@ async def abandon_producer(producer: AIOKafkaProducer) -> None:
         with contextlib.suppress(BaseException):
             await task
     await producer.client.close()
+
+
+def forget_transaction_error(producer: AIOKafkaProducer) -> None:
+    """Mark the error a broken producer's transaction ended with as seen (it was handled).
+
+    Why private: aiokafka sets it on an internal future nobody awaits once the producer is
+    fenced, and asyncio logs "Future exception was never retrieved" for each such producer.
+    No fallback needed: without the attribute there is nothing to mark.
+    """
+    manager = producer._txn_manager
+    waiter = None if manager is None else getattr(manager, "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        waiter.exception()

@@ -12,7 +12,12 @@ made (``EarlierAttempts``): retried, or dead-lettered, or given up without runni
 
 import asyncio
 import dataclasses
+from typing import Final
 
+from aiokafka import errors as kafka_errors
+
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.failure_policy import backoff_delay
 from faststream_concurrent_aiokafka.core.transactions import EarlierAttempts
 from faststream_concurrent_aiokafka.engine.runner import (
@@ -30,6 +35,9 @@ from faststream_concurrent_aiokafka.engine.transactions import (
     Ticket,
 )
 
+# Errors of a publish that say the transaction, not the message, failed.
+_TRANSACTION_ERRORS: Final = (TransactionalPublishError, kafka_errors.ProducerFenced)
+
 
 async def run_transactional_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
     """Task body of an exactly-once lane's slot (see ``runner.run_slot``)."""
@@ -44,9 +52,10 @@ async def run_transactional_slot(message: AdmittedMessage, take_next: TakeNext) 
         else:
             key = id(current.record)
             RUNNING[key] = current
-            token = CURRENT.set(Ticket(current, partition))
+            ticket = Ticket(current, partition)
+            token = CURRENT.set(ticket)
             try:
-                finished = await _run(current, partition)
+                finished = await _run(current, ticket)
             except BaseException:
                 partition.ended(current, finished=False)
                 raise
@@ -66,9 +75,10 @@ def _block(message: AdmittedMessage) -> None:
         tracker.block(offset)
 
 
-async def _run(message: AdmittedMessage, partition: PartitionTransaction) -> bool:
+async def _run(message: AdmittedMessage, ticket: Ticket) -> bool:
     """The message's attempts; True when it finished (its offsets may be committed), False
     when it waits for its transaction's abort to run again."""
+    partition = ticket.partition
     lane = message.lane
     options = lane.options
     earlier = partition.earlier.pop(message.offset, None)
@@ -91,6 +101,15 @@ async def _run(message: AdmittedMessage, partition: PartitionTransaction) -> boo
         if error is None:
             return True
         message.attempt_error = None
+        if _transaction_broke(ticket, error):
+            # Not the message's failure: its transaction was aborted or its producer lost; it
+            # runs again (here after the abort, or on the partition's next owner).
+            _block(message)
+            if ticket.epoch == partition.epoch:
+                partition.request_abort(
+                    f"a publish of {message.describe()} failed ({summary(error)})"
+                )
+            return False
         published = partition.ledger.holds(message)
         failure = assess_failure(message, error, attempt, log_retry=not published)
         if failure.retry_in is None and not failure.final:
@@ -105,18 +124,32 @@ async def _run(message: AdmittedMessage, partition: PartitionTransaction) -> boo
         partition.earlier[message.offset] = EarlierAttempts(
             attempt, error, failure.final, failure.retried
         )
+        if failure.final:
+            then = "given up" if options.dead_letter_topic is None else "dead-lettered"
+        else:
+            then = "tried again"
         lane.log.info(
             "Attempt %d of %s failed after it published (%s); its transaction is aborted and "
             "the message %s in the next one",
             attempt,
             message.describe(),
             summary(error),
-            "is dead-lettered" if failure.final else "is tried again",
+            then,
             extra=message.log_extra(),
         )
         _block(message)
         partition.request_abort(f"{message.describe()} failed after it published")
         return False
+
+
+def _transaction_broke(ticket: Ticket, error: BaseException) -> bool:
+    """The attempt failed because of its transaction, not of itself: the transaction was
+    aborted meanwhile (the message's epoch is over), or the producer is fenced or broken."""
+    partition = ticket.partition
+    if ticket.epoch != partition.epoch or isinstance(error, _TRANSACTION_ERRORS):
+        return True
+    producer = partition.producer
+    return producer is None or aiokafka_compat.producer_failure(producer) is not None
 
 
 async def _final(

@@ -17,8 +17,8 @@ fences the previous owner's producer of it by starting its own. Per partition:
   (until the hold deadline), their records are flushed, then the offsets and the commit go
   out, and the next transaction begins.
 - **Abort** (a message failed after publishing or ran past the hold deadline, a publish
-  failed): the partition's running and waiting messages are cancelled and dropped, the
-  transaction aborted, and the partition read again from its last commit.
+  failed): the partition's waiting messages are dropped and its running ones can no longer
+  publish, the transaction is aborted, and the partition read again from its last commit.
 - **Lost** (fenced, or the producer broke or got no answer): its work is dropped and the
   member asks the group for a new assignment, the only moment a producer may start again
   without fencing a rightful new owner.
@@ -412,8 +412,8 @@ class PartitionTransaction:
         self._open.clear()
         lane.hold(self.tp)
         lane.drop_waiting({self.tp})
-        if not await self._cancel_running():
-            await self._lose(f"{reason}; its messages did not end when cancelled", None)
+        if not await self._settle_sends():
+            await self._lose(f"{reason}; publishes under way did not end when cancelled", None)
             return
         producer = self.producer
         assert producer is not None
@@ -438,23 +438,26 @@ class PartitionTransaction:
         if redeliver:
             await self._restart()
 
-    async def _cancel_running(self, grace: float = CANCEL_GRACE_SEC) -> bool:
-        """Cancel the partition's running messages and publishes in flight; True once every
-        one ended (within ``grace`` seconds)."""
+    async def _settle_sends(self, grace: float = CANCEL_GRACE_SEC) -> bool:
+        """Let the publishes under way finish (they only queue their records), cancelling
+        those still going after ``grace`` seconds; True once none is left.
+
+        Messages are not cancelled: from the epoch's change on their publishes are refused,
+        what they finish is not committed (their tracker is retired) and they end as any
+        message does, without FastStream logging a cancellation as an error; a key they hold
+        keeps its order for the messages read again."""
         current = asyncio.current_task()
-        tasks = {
-            message.task
-            for message in self.lane.running
-            if message.task is not None and message.touches({self.tp})
-        }
-        tasks |= set(self.senders)
+        tasks = set(self.senders)
         if current is not None:
             tasks.discard(current)
-        for task in tasks:
-            task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        return all(task.done() for task in tasks) and not (set(self.senders) - {current})
+        late = set(self.senders) - {current}
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=grace)
+        return not set(self.senders) - {current}
 
     async def _restart(self) -> None:
         """Read the partition again from its last commit, in a new transaction."""
@@ -486,7 +489,7 @@ class PartitionTransaction:
         self._open.clear()
         lane.hold(self.tp)
         lane.drop_waiting({self.tp})
-        await self._cancel_running()
+        await self._settle_sends()
         producer, self.producer = self.producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
@@ -571,8 +574,9 @@ class PartitionTransaction:
 
     async def end(self, timeout: float) -> bool:
         """The partition is released (rebalance, stop): commit its transaction, or abort it
-        when messages in it still run; cancel what is left and close the producer, all within
-        about ``timeout``. True when its finished work was committed."""
+        when messages in it still run, and close the producer, all within about ``timeout``.
+        Messages still running go on, as in an at-least-once lane; nothing they do is
+        committed. True when its finished work was committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.ending = True
@@ -585,9 +589,10 @@ class PartitionTransaction:
         self.ready = False
         self.epoch += 1
         self._open.set()  # publishers waiting at the gate find the partition gone
-        await self._cancel_running(max(_LEAST_SEC, min(CANCEL_GRACE_SEC, deadline - loop.time())))
+        await self._settle_sends(max(_LEAST_SEC, min(CANCEL_GRACE_SEC, deadline - loop.time())))
         producer, self.producer = self.producer, None
         if producer is not None:
+            aiokafka_compat.forget_transaction_error(producer)
             try:
                 async with asyncio.timeout(max(_LEAST_SEC, deadline - loop.time())):
                     await producer.stop()
@@ -669,8 +674,8 @@ class LaneTransactions:
         rebalance callback returns at once, so aiokafka heartbeats meanwhile)."""
         lane = self.lane
         fresh = {tp for tp in assigned if tp not in self.partitions}
-        if not fresh:
-            return
+        if not fresh or lane.closing:
+            return  # a rejoin that completes while the lane stops: nothing is set up
         lane.hold(*fresh)
         for tp in fresh:
             self.partitions[tp] = PartitionTransaction(self, tp)
