@@ -559,3 +559,17 @@ async def test_a_producer_that_does_not_start_leaves_its_partition_held_and_degr
         assert assess(monitor.current_faults(engine)).status == "degraded"
     finally:
         await engine.close()
+
+
+async def test_an_assignment_that_arrives_while_the_lane_stops_sets_nothing_up(
+    make_rig: MakeRig,
+) -> None:
+    """A rejoin can complete after the stop drained the lane: no producer may start then
+    (none would be closed)."""
+    rig = await make_rig()
+    await rig.engine.drain([rig.lane], 0.5)
+    made = len(rig.pipeline.producers)
+    await rig.engine.partitions_assigned(rig.lane, {P0, P1})
+    await let_run()
+    assert len(rig.pipeline.producers) == made
+    assert rig.transactions.partitions == {}
