@@ -149,6 +149,9 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
     if spec.session_timeout_ms is not None:
         extra["session_timeout_ms"] = spec.session_timeout_ms
         extra["heartbeat_interval_ms"] = spec.session_timeout_ms // 10
+    results = spec.results_topic
+    if results is not None:
+        extra["isolation_level"] = "read_committed"  # exactly-once needs it; equal for both
     subscriber = broker.subscriber(
         spec.topic,
         group_id=spec.group,
@@ -158,6 +161,17 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
         **extra,
     )
     delay = spec.sleep_sec
+    if results is not None:
+
+        async def pipeline(body: int) -> None:
+            probe.enter()
+            if delay:
+                await asyncio.sleep(delay)
+            await broker.publish(body, results)
+            probe.leave()
+
+        subscriber(pipeline)
+        return subscriber
 
     async def noop(body: int) -> None:
         probe.enter()
@@ -202,7 +216,9 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
             app.context,
             concurrency_limit=spec.concurrency_limit,
             commit_batch_size=spec.commit_batch_size,
+            commit_batch_timeout_sec=spec.commit_batch_timeout_sec,
             max_uncommitted_tasks=spec.max_uncommitted_tasks,
+            processing_guarantee=spec.processing_guarantee,  # type: ignore[arg-type]
         )
     probe.handler = handler
     if spec.gc_gen0_threshold is not None:
@@ -260,6 +276,10 @@ def _fill_handler_stats(result: RunResult, handler: KafkaConcurrentHandler) -> N
     """After the broker stopped: totals with the final flush."""
     result.processed = handler.processed
     result.commit_requests = handler.committer.commit_requests
+    counters = handler.engine.counters
+    if counters.transactions_committed or counters.transactions_aborted:
+        result.transactions_committed = counters.transactions_committed
+        result.transactions_aborted = counters.transactions_aborted
 
 
 async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None) -> RunResult:

@@ -185,3 +185,40 @@ async def test_the_transactional_producers_connect_with_the_broker_s_sasl_settin
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
         f"result-{i}" for i in range(MESSAGES)
     )
+
+
+async def test_a_subscriber_with_several_consumers_publishes_each_result_once() -> None:
+    """``max_workers=2``: two consumers of one group in the process, each with the
+    transactions of the partitions the group gave it."""
+    topics = Topics()
+    await topics.create()
+    await topics.produce(MESSAGES)
+    broker = concurrent_broker()
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_workers=2,
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: int) -> str:
+        await asyncio.sleep(0.001)
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        snapshot = processing_snapshot(broker.context)
+    finally:
+        await shut_down(broker)
+    (subscriber,) = snapshot.subscribers
+    assert subscriber.consumers == 2
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        f"result-{i}" for i in range(MESSAGES)
+    )
