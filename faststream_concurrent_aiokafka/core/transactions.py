@@ -56,6 +56,18 @@ def may_resume(commit_point: int | None, next_offset: int) -> bool:
     return commit_point is None or next_offset < commit_point + MAX_SPAN // 2
 
 
+def to_commit(
+    point: int, finished: frozenset[int], done_before: frozenset[int]
+) -> tuple[int, frozenset[int]]:
+    """The commit point and finished offsets a transaction commits: the tracker's, plus the
+    offsets an earlier transaction recorded as finished (``done_before``) that were not read
+    again yet. Committing only the tracker's would forget those, and whoever reads the
+    partition next would run them, and publish their results, again."""
+    while point in done_before:  # only when nothing is in flight: point is past the last one
+        point += 1
+    return point, frozenset(o for o in finished | done_before if o > point)
+
+
 class MetadataOverflowError(ValueError):
     """The finished offsets do not fit the commit metadata whole: committing them would
     drop some (a bug in the admission cap; the transaction is aborted instead)."""

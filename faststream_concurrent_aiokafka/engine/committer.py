@@ -213,12 +213,15 @@ class KafkaBatchCommitter:
                 elapsed = True
             self._wake.clear()
             self._finished_since_commit = 0
-            for lane in list(self._lanes()):
+            lanes = list(self._lanes())
+            # Exactly-once partitions first, each committing its own transaction in the
+            # background: one waiting for a slow message must hold no other commit, and
+            # other lanes' slow commits must not hold a transaction open.
+            for lane in lanes:
                 if lane.transactions is not None:
-                    # Each partition commits its own transaction, in the background: one
-                    # waiting for a slow message must not hold the other lanes' commits.
                     lane.transactions.request_commits(interval_elapsed=elapsed)
-                else:
+            for lane in lanes:
+                if lane.transactions is None:
                     await self.commit_lane(lane)
 
     async def commit_lane(

@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -55,6 +56,7 @@ from faststream_concurrent_aiokafka.core.transactions import (
     admissible_below,
     exact_metadata,
     may_resume,
+    to_commit,
     transactional_id,
 )
 from faststream_concurrent_aiokafka.engine.committer import decode_metadata, describe_error
@@ -198,7 +200,7 @@ class PartitionTransaction:
             if not self.senders[task]:
                 del self.senders[task]
             self._changed.set()
-        future.add_done_callback(self._sent)
+        future.add_done_callback(partial(self._sent, ticket.epoch))
         return future
 
     async def _enter(self, ticket: Ticket) -> AIOKafkaProducer:
@@ -222,9 +224,11 @@ class PartitionTransaction:
             ledger.enter(message, asyncio.get_running_loop().time())
         return self.producer
 
-    def _sent(self, future: "asyncio.Future[Any]") -> None:
+    def _sent(self, epoch: int, future: "asyncio.Future[Any]") -> None:
         """A record of the transaction was acknowledged or failed; a failed one spoils it
-        (aiokafka would commit the transaction without it)."""
+        (aiokafka would commit the transaction without it), unless that transaction is over."""
+        if epoch != self.epoch:
+            return
         if future.cancelled():
             self.ledger.spoil("a record was not written (cancelled)")
         elif (error := future.exception()) is not None:
@@ -273,9 +277,13 @@ class PartitionTransaction:
             self.job = asyncio.create_task(self._background(), name=f"transaction {self!r}")
 
     async def _background(self) -> None:
-        async with self._lock:
-            if self.ready and not self.ending:
-                await self._settle(None)
+        try:
+            async with self._lock:
+                if self.ready and not self.ending:
+                    await self._settle(None)
+        except Exception as exc:  # a bug must not leave the gate closed for good
+            self.lane.log.exception("Transaction of %s failed unexpectedly", self.name)
+            await self._lose(f"an unexpected error ({describe_error(exc)})", exc)
 
     async def commit_now(self, timeout: float) -> bool:
         """Commit (or abort) the open transaction now, within ``timeout`` for the requests;
@@ -318,8 +326,12 @@ class PartitionTransaction:
     async def _commit(self, timeout: float, *, ending: bool) -> bool:
         lane = self.lane
         tracker = lane.trackers.get(self.tp)
-        point = self.committed_point if tracker is None else tracker.commit_point
-        finished = frozenset() if tracker is None else tracker.finished_above()
+        point = None if tracker is None else tracker.commit_point
+        finished: frozenset[int] = frozenset()
+        if tracker is None or point is None:
+            point, finished = self.committed_point, self.committed_finished
+        else:
+            point, finished = to_commit(point, tracker.finished_above(), tracker.already_done)
         version = 0 if tracker is None else tracker.version
         published = self.ledger.opened_at is not None
         moved = point is not None and (point, finished) != (
@@ -327,7 +339,10 @@ class PartitionTransaction:
             self.committed_finished,
         )
         if not published and not moved:
-            await self._reopen(ending)
+            # Nothing went into the open transaction: it stays open, the gate opens again.
+            if not (ending or self.ending):
+                self.ledger.closing = False
+                self._open.set()
             return True
         try:
             metadata = "" if point is None else exact_metadata(point, finished)
@@ -681,8 +696,20 @@ class LaneTransactions:
             self.partitions[tp] = PartitionTransaction(self, tp)
         previous = self._set_up
         self._set_up = asyncio.create_task(
-            self._set_up_partitions(fresh, previous), name=f"exactly-once set-up of {lane.name}"
+            self._set_up_guarded(fresh, previous), name=f"exactly-once set-up of {lane.name}"
         )
+
+    async def _set_up_guarded(
+        self, fresh: set[TopicPartition], previous: "asyncio.Task[None] | None"
+    ) -> None:
+        try:
+            await self._set_up_partitions(fresh, previous)
+        except Exception as exc:  # a bug must not leave the partitions held for good
+            self.lane.log.exception("Setting up %s failed unexpectedly", self.lane.name)
+            for tp in fresh:
+                partition = self.partitions.get(tp)
+                if partition is not None and not partition.ready:
+                    await partition._lose(f"its set-up failed ({describe_error(exc)})", exc)
 
     async def _set_up_partitions(
         self, fresh: set[TopicPartition], previous: "asyncio.Task[None] | None"
@@ -744,11 +771,12 @@ class LaneTransactions:
             results = await asyncio.gather(*(p.end(timeout) for p in leaving))
             failed = [p for p, ok in zip(leaving, results, strict=True) if not ok]
             for partition in failed:
+                point = partition.committed_point
                 self.lane.log.info(
                     "%s released without a commit of its last transaction: its messages "
-                    "from offset %s on run again",
+                    "from %s on run again",
                     partition.name,
-                    partition.committed_point,
+                    "the committed offset" if point is None else f"offset {point}",
                 )
         for tp in partitions:
             self._dropped.pop(tp, None)

@@ -17,6 +17,7 @@ from faststream_concurrent_aiokafka.core.transactions import (
     admissible_below,
     exact_metadata,
     may_resume,
+    to_commit,
     transactional_id,
 )
 
@@ -106,6 +107,16 @@ def test_random_dense_finished_sets_fit_too(point: int, bits: bytes) -> None:
     )
     text = exact_metadata(point, finished)
     assert decode_finished_offsets(text, point) == finished
+
+
+def test_a_commit_keeps_what_an_earlier_transaction_recorded_as_finished() -> None:
+    """Offsets committed as finished and not read again yet stay recorded (and the commit
+    point moves past those right at it): forgetting them would run them again."""
+    assert to_commit(10, frozenset({12}), frozenset({11, 14})) == (10, frozenset({11, 12, 14}))
+    # Nothing in flight, the point at an offset finished before: it moves past it.
+    assert to_commit(11, frozenset(), frozenset({11, 12, 14})) == (13, frozenset({14}))
+    # Those already passed are not repeated.
+    assert to_commit(20, frozenset(), frozenset({11, 14})) == (20, frozenset())
 
 
 def test_finished_offsets_outside_the_span_are_refused_rather_than_dropped() -> None:
