@@ -162,22 +162,25 @@ def producer_failure(producer: AIOKafkaProducer) -> BaseException | None:
     return None
 
 
-async def abandon_producer(producer: AIOKafkaProducer) -> None:
-    """Close a producer without flushing: its open transaction is left to be aborted (by the
-    next producer with its transactional id, or by Kafka's transaction timeout).
+async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 0.5) -> None:
+    """Close a producer without flushing, within about twice ``timeout``: its open
+    transaction is left to be aborted (by the next producer with its transactional id, or by
+    Kafka's transaction timeout).
 
     Why private: ``stop()`` flushes every pending record first, which never ends while the
-    broker is unreachable (transactional batches do not expire). This stops its background
-    sender and closes its connections.
+    broker is unreachable (transactional batches do not expire), and so does the sender task
+    once cancelled (it waits for its requests). This cancels the sender, waits for it at most
+    ``timeout``, and closes the connections.
     """
     forget_transaction_error(producer)
     producer._closed = True
     task = producer._sender.sender_task
     if task is not None and not task.done():
         task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-    await producer.client.close()
+        await asyncio.wait([task], timeout=timeout)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await producer.client.close()
 
 
 def forget_transaction_error(producer: AIOKafkaProducer) -> None:

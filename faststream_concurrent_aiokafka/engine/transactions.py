@@ -67,8 +67,8 @@ CURRENT: contextvars.ContextVar["Ticket | None"] = contextvars.ContextVar(
 )
 """The ticket of the exactly-once message whose task (or a task it spawned) runs now."""
 
-# The least a step of a release gets once its budget is used up.
-_LEAST_SEC = 0.5
+# What closing a released partition's producer may add to the release's budget.
+_CLOSE_SEC = 1.0
 
 # Errors after which a producer can never be used again, whatever its state says.
 _BROKEN = (kafka_errors.ProducerFenced, kafka_errors.OutOfOrderSequenceNumber)
@@ -507,9 +507,7 @@ class PartitionTransaction:
         await self._settle_sends()
         producer, self.producer = self.producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CANCEL_GRACE_SEC):
-                    await aiokafka_compat.abandon_producer(producer)
+            await aiokafka_compat.abandon_producer(producer)
         lane.retire(self.tp)
         fenced = isinstance(error, kafka_errors.ProducerFenced)
         permanent = isinstance(error, _PERMANENT)
@@ -589,31 +587,34 @@ class PartitionTransaction:
 
     async def end(self, timeout: float) -> bool:
         """The partition is released (rebalance, stop): commit its transaction, or abort it
-        when messages in it still run, and close the producer, all within about ``timeout``.
-        Messages still running go on, as in an at-least-once lane; nothing they do is
-        committed. True when its finished work was committed."""
+        when messages in it still run, within ``timeout``; then close the producer (at most
+        ``_CLOSE_SEC`` more). Messages still running go on, as in an at-least-once lane;
+        nothing they do is committed. True when its finished work was committed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         self.ending = True
         self._changed.set()
+        ended = False
         committed = False
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline), self._lock:
+            async with asyncio.timeout(timeout), self._lock:
                 if self.ready and self.producer is not None:
                     committed = await self._settle(timeout, ending=True)
+                ended = True
         self.ready = False
         self.epoch += 1
         self._open.set()  # publishers waiting at the gate find the partition gone
-        await self._settle_sends(max(_LEAST_SEC, min(CANCEL_GRACE_SEC, deadline - loop.time())))
+        closing = loop.time() + _CLOSE_SEC
+        await self._settle_sends(_CLOSE_SEC / 4)
         producer, self.producer = self.producer, None
-        if producer is not None:
-            aiokafka_compat.forget_transaction_error(producer)
-            try:
-                async with asyncio.timeout(max(_LEAST_SEC, deadline - loop.time())):
+        if producer is None:
+            return committed
+        aiokafka_compat.forget_transaction_error(producer)
+        if ended:  # the transaction ended: nothing is left to flush
+            with contextlib.suppress(Exception):  # a stop that hangs is abandoned below
+                async with asyncio.timeout(max(0.0, closing - loop.time())):
                     await producer.stop()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await aiokafka_compat.abandon_producer(producer)
+                return committed
+        await aiokafka_compat.abandon_producer(producer, _CLOSE_SEC / 4)
         return committed
 
 

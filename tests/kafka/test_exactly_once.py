@@ -8,6 +8,7 @@ Each app also appends every message it ran to a file: work done twice is allowed
 printed), results published twice are not.
 """
 
+import asyncio
 import os
 import signal
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 
 from tests.apps.exactly_once_app import ENV_RESULTS
 from tests.kafka_helpers import (
+    BOOTSTRAP,
     create_topic,
     end_offsets,
     numbers,
@@ -26,35 +28,51 @@ from tests.kafka_helpers import (
     wait_committed,
     wait_until,
 )
-from tests.processes import AppProcess, app_env
+from tests.processes import AppProcess, SpareBroker, app_env
 
 pytestmark = pytest.mark.kafka
 
 MESSAGES = 4000
 PARTITIONS = 4
+STOP_SHUTDOWN_SEC = 3.0
+# shutdown_timeout_sec and the library's margin (SHUTDOWN_MARGIN_SEC), with room for a loaded
+# machine: the same bound as the at-least-once outage test.
+STOP_BOUND_SEC = STOP_SHUTDOWN_SEC + 5.0
 
 
 class Pipeline:
     """Input and results topics, a group, and the app processes run on them."""
 
-    def __init__(self, tmp_path: Path, input_topic: str, results: str) -> None:
+    def __init__(
+        self, tmp_path: Path, input_topic: str, results: str, bootstrap: str = BOOTSTRAP
+    ) -> None:
         self.tmp_path = tmp_path
         self.input = input_topic
         self.results = results
+        self.bootstrap = bootstrap
         self.group = unique("eos-group")
         self.members: dict[str, AppProcess] = {}
 
     @classmethod
-    async def create(cls, tmp_path: Path) -> "Pipeline":
-        pipeline = cls(tmp_path, unique("eos-in"), unique("eos-results"))
-        await create_topic(pipeline.input, PARTITIONS)
-        await create_topic(pipeline.results, PARTITIONS)
-        await produce(pipeline.input, numbers(MESSAGES), partitions=PARTITIONS)
+    async def create(cls, tmp_path: Path, bootstrap: str = BOOTSTRAP) -> "Pipeline":
+        pipeline = cls(tmp_path, unique("eos-in"), unique("eos-results"), bootstrap)
+        await create_topic(pipeline.input, PARTITIONS, bootstrap=bootstrap)
+        await create_topic(pipeline.results, PARTITIONS, bootstrap=bootstrap)
+        await produce(pipeline.input, numbers(MESSAGES), partitions=PARTITIONS, bootstrap=bootstrap)
         return pipeline
 
-    async def start(self, name: str) -> AppProcess:
+    async def start(
+        self, name: str, *, handler_sec: float = 0.01, shutdown_sec: float = 5
+    ) -> AppProcess:
         env = {
-            **app_env(self.input, self.group, self.work_file(name), shutdown_sec=5),
+            **app_env(
+                self.input,
+                self.group,
+                self.work_file(name),
+                bootstrap=self.bootstrap,
+                handler_sec=handler_sec,
+                shutdown_sec=shutdown_sec,
+            ),
             ENV_RESULTS: self.results,
         }
         member = AppProcess("exactly_once_app", env, self.tmp_path / f"{name}.log")
@@ -76,9 +94,8 @@ class Pipeline:
         return counts
 
     async def all_committed(self, timeout: float = 90.0) -> None:
-        await wait_committed(
-            self.group, self.input, await end_offsets(self.input, PARTITIONS), timeout
-        )
+        ends = await end_offsets(self.input, PARTITIONS, bootstrap=self.bootstrap)
+        await wait_committed(self.group, self.input, ends, timeout, bootstrap=self.bootstrap)
 
     async def stop_all(self) -> None:
         for member in self.members.values():
@@ -91,7 +108,7 @@ class Pipeline:
             await member.kill()
 
     async def results_read_committed(self) -> Counter[str]:
-        values = await read_committed(self.results, PARTITIONS)
+        values = await read_committed(self.results, PARTITIONS, bootstrap=self.bootstrap)
         return Counter(value.decode().strip('"') for value in values)
 
     def expected(self) -> set[str]:
@@ -164,3 +181,38 @@ async def test_a_zombie_member_cannot_publish_twice(tmp_path: Path) -> None:
     missing, repeated = report("zombie", results, pipeline)
     assert (missing, repeated) == (0, 0)
     assert "its producer was fenced" in log, f"A was never fenced; the scenario is void:\n{log}"
+
+
+async def test_a_stop_with_the_broker_down_is_bounded_and_publishes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The broker (a spare of the test's own) dies under the pipeline; SIGTERM then: the
+    process exits within ``shutdown_timeout_sec`` and the documented margin although no
+    transaction can end, and once the broker is back a restart publishes every result once."""
+    spare = SpareBroker()
+    await spare.start()
+    loop = asyncio.get_running_loop()
+    try:
+        pipeline = await Pipeline.create(tmp_path, spare.bootstrap)
+        try:
+            first = await pipeline.start("first", handler_sec=0.05, shutdown_sec=STOP_SHUTDOWN_SEC)
+            await wait_until(lambda: sum(pipeline.work_done().values()) >= 800, timeout=60)
+            await spare.kill()
+            started = loop.time()
+            code = await first.stop(signal.SIGTERM, within=STOP_BOUND_SEC)
+            stopped_after = loop.time() - started
+            assert code in (0, -signal.SIGTERM), first.tail()
+            await spare.restart()
+            await pipeline.start("second")
+            await pipeline.all_committed(timeout=120)
+            await pipeline.stop_all()
+        finally:
+            await pipeline.kill_all()
+        results = await pipeline.results_read_committed()
+    finally:
+        await asyncio.to_thread(spare.stop)
+    missing, repeated = report(
+        f"stop with the broker down (exited after {stopped_after:.2f} s)", results, pipeline
+    )
+    assert (missing, repeated) == (0, 0)
+    assert stopped_after <= STOP_BOUND_SEC
