@@ -13,6 +13,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,12 @@ class Pipeline:
         return pipeline
 
     async def start(
-        self, name: str, *, handler_sec: float = 0.01, shutdown_sec: float = 5
+        self,
+        name: str,
+        *,
+        handler_sec: float = 0.01,
+        concurrency: int = 100,
+        shutdown_sec: float = 5,
     ) -> AppProcess:
         env = {
             **app_env(
@@ -71,6 +77,7 @@ class Pipeline:
                 self.work_file(name),
                 bootstrap=self.bootstrap,
                 handler_sec=handler_sec,
+                concurrency=concurrency,
                 shutdown_sec=shutdown_sec,
             ),
             ENV_RESULTS: self.results,
@@ -153,10 +160,12 @@ async def test_a_zombie_member_cannot_publish_twice(tmp_path: Path) -> None:
     A wakes up (SIGCONT) with messages in flight and tries to publish and commit them:
     refused. Both go on to the end."""
     pipeline = await Pipeline.create(tmp_path)
+    # Slower (about 400 messages per second) so that the stream outlasts B's start.
+    slow: dict[str, Any] = {"handler_sec": 0.05, "concurrency": 20}
     try:
-        a = await pipeline.start("A")
+        a = await pipeline.start("A", **slow)
         await wait_until(lambda: sum(pipeline.work_done("A").values()) >= 600, timeout=60)
-        await pipeline.start("B")
+        await pipeline.start("B", **slow)
         await wait_until(lambda: sum(pipeline.work_done("B").values()) >= 100, timeout=60)
         os.kill(a.pid, signal.SIGSTOP)
         try:
