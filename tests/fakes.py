@@ -23,7 +23,10 @@ from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
-from faststream_concurrent_aiokafka.engine.transactions import TransactionalSender, current_ticket
+from faststream_concurrent_aiokafka.engine.transactional_send import (
+    TransactionalSender,
+    current_ticket,
+)
 
 TOPIC = "t"
 DELIVERY_HEADER = "delivery"

@@ -20,6 +20,7 @@ from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.failure_policy import backoff_delay
 from faststream_concurrent_aiokafka.core.transactions import EarlierAttempts
+from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
 from faststream_concurrent_aiokafka.engine.runner import (
     RUNNING,
     assess_failure,
@@ -28,12 +29,8 @@ from faststream_concurrent_aiokafka.engine.runner import (
     summary,
 )
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
-from faststream_concurrent_aiokafka.engine.transactions import (
-    CURRENT,
-    LaneTransactions,
-    PartitionTransaction,
-    Ticket,
-)
+from faststream_concurrent_aiokafka.engine.transactional_send import CURRENT, Ticket
+from faststream_concurrent_aiokafka.engine.transactions import LaneTransactions
 
 # Errors of a publish that say the transaction, not the message, failed.
 _TRANSACTION_ERRORS: Final = (TransactionalPublishError, kafka_errors.ProducerFenced)
@@ -55,7 +52,7 @@ async def run_transactional_slot(message: AdmittedMessage, take_next: TakeNext) 
             ticket = Ticket(current, partition)
             token = CURRENT.set(ticket)
             try:
-                finished = await _run(current, ticket)
+                finished = await _run(current, partition, ticket)
             except BaseException:
                 partition.ended(current, finished=False)
                 raise
@@ -75,10 +72,9 @@ def _block(message: AdmittedMessage) -> None:
         tracker.block(offset)
 
 
-async def _run(message: AdmittedMessage, ticket: Ticket) -> bool:
+async def _run(message: AdmittedMessage, partition: PartitionTransaction, ticket: Ticket) -> bool:
     """The message's attempts; True when it finished (its offsets may be committed), False
     when it waits for its transaction's abort to run again."""
-    partition = ticket.partition
     lane = message.lane
     options = lane.options
     earlier = partition.earlier.pop(message.offset, None)
@@ -101,7 +97,7 @@ async def _run(message: AdmittedMessage, ticket: Ticket) -> bool:
         if error is None:
             return True
         message.attempt_error = None
-        if _transaction_broke(ticket, error):
+        if _transaction_broke(partition, ticket, error):
             # Not the message's failure: its transaction was aborted or its producer lost; it
             # runs again (here after the abort, or on the partition's next owner).
             _block(message)
@@ -142,10 +138,11 @@ async def _run(message: AdmittedMessage, ticket: Ticket) -> bool:
         return False
 
 
-def _transaction_broke(ticket: Ticket, error: BaseException) -> bool:
+def _transaction_broke(
+    partition: PartitionTransaction, ticket: Ticket, error: BaseException
+) -> bool:
     """The attempt failed because of its transaction, not of itself: the transaction was
     aborted meanwhile (the message's epoch is over), or the producer is fenced or broken."""
-    partition = ticket.partition
     if ticket.epoch != partition.epoch or isinstance(error, _TRANSACTION_ERRORS):
         return True
     producer = partition.producer

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
-from faststream_concurrent_aiokafka.engine.transactions import (
+from faststream_concurrent_aiokafka.engine.transactional_send import (
     TransactionalSender,
     current_ticket,
 )

@@ -27,13 +27,13 @@ from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, Su
 from faststream_concurrent_aiokafka.engine import monitor
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
+from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-from faststream_concurrent_aiokafka.engine.transactions import (
-    LaneTransactions,
-    PartitionTransaction,
+from faststream_concurrent_aiokafka.engine.transactional_send import (
     TransactionalSender,
     current_ticket,
 )
+from faststream_concurrent_aiokafka.engine.transactions import LaneTransactions
 from tests.fakes import (
     Call,
     FakeCluster,

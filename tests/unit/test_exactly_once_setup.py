@@ -14,7 +14,7 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
-from faststream_concurrent_aiokafka.engine.transactions import CURRENT, TransactionalSender
+from faststream_concurrent_aiokafka.engine.transactional_send import CURRENT, TransactionalSender
 from faststream_concurrent_aiokafka.integration.transactional_publish import (
     RoutedProducerState,
 )
