@@ -105,7 +105,8 @@ class PartitionTransaction:
         try:
             future = await send(producer)
         except Exception as exc:
-            self.ledger.spoil(f"a publish failed ({describe_error(exc)})")
+            if ticket.epoch == self.epoch:  # not after its transaction ended meanwhile
+                self.ledger.spoil(f"a publish failed ({describe_error(exc)})")
             raise
         finally:
             self.senders[task] -= 1
@@ -170,7 +171,7 @@ class PartitionTransaction:
         """Abort the open transaction soon (the message asking ends without finishing)."""
         self.ledger.spoil(reason)
         self._changed.set()
-        self._start_job()
+        self.start_job()
 
     # ---- commits ----------------------------------------------------------------------
 
@@ -184,7 +185,8 @@ class PartitionTransaction:
             return finished > 0 or self.ledger.opened_at is not None
         return finished >= self.settings.commit_batch_size
 
-    def _start_job(self) -> None:
+    def start_job(self) -> None:
+        """Commit (or abort) in the background, unless a commit or abort runs already."""
         if self.ready and not self.ending and (self.job is None or self.job.done()):
             self.job = asyncio.create_task(self._background(), name=f"transaction {self!r}")
 
@@ -195,7 +197,7 @@ class PartitionTransaction:
                     await self._settle(None)
         except Exception as exc:  # a bug must not leave the gate closed for good
             self.lane.log.exception("Transaction of %s failed unexpectedly", self.name)
-            await self._lose(f"an unexpected error ({describe_error(exc)})", exc)
+            await self.lose(f"an unexpected error ({describe_error(exc)})", exc)
 
     async def commit_now(self, timeout: float) -> bool:
         """Commit (or abort) the open transaction now, within ``timeout`` for the requests;
@@ -264,7 +266,7 @@ class PartitionTransaction:
         producer = self.producer
         assert producer is not None
         if (broken := aiokafka_compat.producer_failure(producer)) is not None:
-            await self._lose(f"its producer broke ({describe_error(broken)})", broken)
+            await self.lose(f"its producer broke ({describe_error(broken)})", broken)
             return False
         lane.counters.commit_requests += 1
         try:
@@ -320,9 +322,9 @@ class PartitionTransaction:
         producer = self.producer
         broken = None if producer is None else aiokafka_compat.producer_failure(producer)
         if isinstance(error, TimeoutError):
-            await self._lose(f"its {what} got no answer within {timeout:.1f} s", error)
+            await self.lose(f"its {what} got no answer within {timeout:.1f} s", error)
         elif broken is not None or isinstance(error, _BROKEN) or what == "abort":
-            await self._lose(f"its {what} failed ({describe_error(broken or error)})", error)
+            await self.lose(f"its {what} failed ({describe_error(broken or error)})", error)
         else:
             reason = f"its {what} failed ({describe_error(error)})"
             await self._abort(reason, timeout, redeliver=not ending)
@@ -330,22 +332,23 @@ class PartitionTransaction:
     # ---- abort ------------------------------------------------------------------------
 
     async def _abort(self, reason: str, timeout: float, *, redeliver: bool) -> None:
-        """Cancel and drop the partition's messages, abort the transaction and, unless the
-        partition is being released, read it again from the last commit."""
+        """Drop the partition's waiting messages (its running ones can no longer publish),
+        abort the transaction and, unless the partition is being released, read it again from
+        the last commit."""
         lane = self.lane
         self.ready = False
         self.epoch += 1
         self.ledger.closing = True
-        self._open.clear()
+        self._open.set()  # publishers waiting at the gate find their transaction gone
         lane.hold(self.tp)
         lane.drop_waiting({self.tp})
         if not await self._settle_sends():
-            await self._lose(f"{reason}; publishes under way did not end when cancelled", None)
+            await self.lose(f"{reason}; publishes under way did not end when cancelled", None)
             return
         producer = self.producer
         assert producer is not None
         if (broken := aiokafka_compat.producer_failure(producer)) is not None:
-            await self._lose(f"{reason}; its producer broke ({describe_error(broken)})", broken)
+            await self.lose(f"{reason}; its producer broke ({describe_error(broken)})", broken)
             return
         try:
             async with asyncio.timeout(max(timeout, MIN_FINAL_COMMIT_SEC)):
@@ -405,7 +408,7 @@ class PartitionTransaction:
 
     # ---- lost -------------------------------------------------------------------------
 
-    async def _lose(self, reason: str, error: BaseException | None) -> None:
+    async def lose(self, reason: str, error: BaseException | None) -> None:
         """The producer cannot go on (fenced, broken, no answer): drop the partition's work,
         close the producer and, unless an operator must act first, ask the group for a new
         assignment (the only safe moment to start a producer again)."""
@@ -413,7 +416,7 @@ class PartitionTransaction:
         self.ready = False
         self.epoch += 1
         self.ledger.closing = True
-        self._open.clear()
+        self._open.set()  # publishers waiting at the gate find the transaction gone
         lane.hold(self.tp)
         lane.drop_waiting({self.tp})
         await self._settle_sends()
@@ -468,7 +471,7 @@ class PartitionTransaction:
                 if isinstance(exc, TimeoutError)
                 else f"its producer {tid!r} did not start ({describe_error(exc)})"
             )
-            await self._lose(reason, exc)
+            await self.lose(reason, exc)
             return False
         return True
 
@@ -497,14 +500,19 @@ class PartitionTransaction:
         lane.unhold(tp)
         return len(finished)
 
+    def leaving(self) -> None:
+        """The partition is about to be released: its set-up stops, a waiting commit gives up
+        waiting (and aborts if it must)."""
+        self.ending = True
+        self._changed.set()
+
     async def end(self, timeout: float) -> bool:
         """The partition is released (rebalance, stop): commit its transaction, or abort it
         when messages in it still run, within ``timeout``; then close the producer (at most
         ``_CLOSE_SEC`` more). Messages still running go on, as in an at-least-once lane;
         nothing they do is committed. True when its finished work was committed."""
         loop = asyncio.get_running_loop()
-        self.ending = True
-        self._changed.set()
+        self.leaving()
         ended = False
         committed = False
         with contextlib.suppress(TimeoutError):

@@ -124,7 +124,6 @@ class Scheduler:
         limit = self._limit
         lane_limit = lane.options.concurrency_limit
         ready = lane.ready
-        body = lane.slot_body or self._slot_body
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
                 if not lane.hungry:
@@ -132,6 +131,7 @@ class Scheduler:
                     self._hungry.append(lane)
                 return
             message = ready.popleft()
+            body = lane.slot_body or self._slot_body  # an exactly-once lane has its own
             task = asyncio.create_task(body(message, self._take_next), context=lane.context.copy())
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, message, task)

@@ -132,7 +132,7 @@ class LaneTransactions:
             for tp in fresh:
                 partition = self.partitions.get(tp)
                 if partition is not None and not partition.ready:
-                    await partition._lose(f"its set-up failed ({describe_error(exc)})", exc)
+                    await partition.lose(f"its set-up failed ({describe_error(exc)})", exc)
 
     async def _set_up_partitions(
         self, fresh: set[TopicPartition], previous: "asyncio.Task[None] | None"
@@ -160,7 +160,7 @@ class LaneTransactions:
                         starts[p.tp] = await lane.consumer.position(p.tp)
         except Exception as exc:  # TimeoutError included
             for p in live:
-                await p._lose(f"its committed offset was not read ({describe_error(exc)})", exc)
+                await p.lose(f"its committed offset was not read ({describe_error(exc)})", exc)
             return
         skipped = 0
         for p in live:
@@ -184,8 +184,7 @@ class LaneTransactions:
         aborts it, when a message in it still runs), and closes its producer."""
         leaving = [self.partitions.pop(tp) for tp in list(self.partitions) if tp in partitions]
         for partition in leaving:
-            partition.ending = True
-            partition._changed.set()
+            partition.leaving()
         task = self._set_up
         if task is not None and not task.done() and not self.partitions:
             task.cancel()
@@ -209,7 +208,7 @@ class LaneTransactions:
     def request_commits(self, *, interval_elapsed: bool) -> None:
         for partition in self.partitions.values():
             if partition.due(interval_elapsed=interval_elapsed):
-                partition._start_job()
+                partition.start_job()
 
     async def flush(self, timeout: float) -> bool:
         results = await asyncio.gather(

@@ -601,3 +601,25 @@ async def test_an_assignment_that_arrives_while_the_lane_stops_sets_nothing_up(
     await let_run()
     assert len(rig.pipeline.producers) == made
     assert rig.transactions.partitions == {}
+
+
+async def test_publishers_waiting_at_the_gate_are_let_go_when_the_transaction_ends(
+    make_rig: MakeRig,
+) -> None:
+    """A message held at the gate while a commit waits, when the partition is lost instead:
+    its publish is refused at once, it does not wait for ever."""
+    rig = await make_rig(produce=1, hold=True, publish_first=True)
+    await wait_until(lambda: len(rig.pipeline.waiting()) == 1)
+    flushing = asyncio.create_task(rig.flush())
+    await let_run()
+    rig.consumer.produce(0, 1)  # offset 1 arrives and waits at the closed gate
+    await let_run()
+    (late,) = [c for c in rig.pipeline.calls if c.key == (0, 1)]
+    assert late.outcome == "running" and not late.waiting
+    newer = FakeProducer(rig.cluster, "t.fake-group:t:0", 60_000)
+    await newer.start()  # fenced: the commit that waits for offset 0 will fail
+    await rig.pipeline.release(0, 0)
+    assert not await flushing
+    await wait_until(lambda: late.outcome != "running")
+    assert isinstance(late.error, TransactionalPublishError)
+    assert rig.output() == Counter()
