@@ -68,6 +68,11 @@ class RunSpec:
     # Middleware: register ConcurrentProcessingCollector and scrape it this often (None: no
     # collector), as a /metrics route would, on the event loop.
     scrape_interval_sec: float | None = None
+    # A pipeline: each handler publishes one result to this topic (broker.publish, awaited)
+    # before it counts as handled; its subscriber reads with isolation_level="read_committed".
+    results_topic: str | None = None
+    processing_guarantee: str = "at_least_once"
+    commit_batch_timeout_sec: float = 10.0
 
 
 @dataclass(kw_only=True)
@@ -157,6 +162,8 @@ class RunResult:
     memory: MemoryResult | None = None
     profile: ProfileResult | None = None
     scrapes: int | None = None  # collector scrapes made during the run
+    transactions_committed: int | None = None  # exactly-once runs, final flush included
+    transactions_aborted: int | None = None
     scrape_sec: float | None = None  # ... and the time they took, in all
     fleet: FleetResult | None = None
     repeat: int = 0

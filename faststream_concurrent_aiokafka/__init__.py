@@ -10,11 +10,13 @@ from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, des
 from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
+    TransactionalPublishError,
 )
 from faststream_concurrent_aiokafka.core.health import HealthReport
 from faststream_concurrent_aiokafka.core.settings import (
     ConcurrencySettings,
     Ordering,
+    ProcessingGuarantee,
     SubscriberSettings,
 )
 from faststream_concurrent_aiokafka.core.snapshot import (
@@ -66,12 +68,14 @@ __all__ = [
     "KafkaConnection",
     "Ordering",
     "PartitionSnapshot",
+    "ProcessingGuarantee",
     "ProcessingSnapshot",
     "ReplayFilter",
     "ReplayReport",
     "SubscriberSettings",
     "SubscriberSnapshot",
     "Totals",
+    "TransactionalPublishError",
     "configure_subscriber",
     "describe_exception",
     "health_report",

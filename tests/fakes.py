@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+from faststream_concurrent_aiokafka.engine.transactional_send import (
+    TransactionalSender,
+    current_ticket,
+)
 
 TOPIC = "t"
 DELIVERY_HEADER = "delivery"
@@ -125,14 +130,36 @@ class StoredRecord:
     value: bytes
 
 
+@dataclass(frozen=True)
+class Output:
+    """A record a transactional producer sent: where, and which transaction it was in."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    transactional_id: str
+
+
 class FakeCluster:
     """The partitions' logs and one consumer group's committed offsets, shared by every
-    consumer of the group (a new owner reads what the previous one committed)."""
+    consumer of the group (a new owner reads what the previous one committed), and the
+    transactions of producers with a transactional id: what they committed and aborted, and
+    which epoch of each id is current (a newer producer fences the older)."""
 
     def __init__(self) -> None:
         self.logs: dict[Any, list[StoredRecord]] = {}
         self.committed: dict[Any, OffsetAndMetadata] = {}
         self.deliveries = 0
+        self.epochs: Counter[str] = Counter()
+        self.open_transactions: dict[str, FakeProducer] = {}
+        self.committed_output: list[Output] = []
+        self.aborted_output: list[Output] = []
+        self.transactions: list[tuple[str, str]] = []  # (transactional id, "commit"/"abort")
+
+    def read_committed(self, topic: str | None = None) -> list[Output]:
+        """What a ``read_committed`` consumer of the output sees."""
+        return [o for o in self.committed_output if topic is None or o.topic == topic]
 
     def produce(
         self, partition: int, count: int = 1, *, key: bytes | None = None, topic: str = TOPIC
@@ -159,6 +186,11 @@ class FakeCoordinator:
         self._cluster = cluster
         self.failures: deque[BaseException] = deque()
         self.fetches: list[set[Any]] = []
+        self.rejoins = 0
+
+    def request_rejoin(self) -> None:
+        """``compat.aiokafka.request_rejoin``: the member asks the group for a rebalance."""
+        self.rejoins += 1
 
     async def fetch_committed_offsets(self, partitions: Iterable[Any]) -> dict[Any, Any]:
         wanted = set(partitions)
@@ -246,8 +278,13 @@ class FakeConsumer:
         committed = self.cluster.committed_offset(partition)
         return 0 if committed is None else committed
 
-    def position(self, partition: Any) -> int:
+    def position_now(self, partition: Any) -> int:
         """The next offset this consumer delivers from ``partition``."""
+        return self._positions[partition]
+
+    async def position(self, partition: Any) -> int:
+        """As aiokafka's: the next offset this consumer delivers from ``partition``."""
+        self._assigned(partition)
         return self._positions[partition]
 
     def seek(self, partition: Any, offset: int) -> None:
@@ -383,6 +420,184 @@ class FakeConsumer:
         ]
 
 
+# ---- transactional producer ---------------------------------------------------------
+
+
+class _FakeTxnState:
+    """What ``compat.aiokafka.producer_failure`` reads of a producer's transaction state."""
+
+    def __init__(self) -> None:
+        self.fatal = False
+
+    def is_fatal_error(self) -> bool:
+        return self.fatal
+
+
+class _FakeSender:
+    def __init__(self) -> None:
+        self.sender_task: asyncio.Future[None] | None = None
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeProducer:
+    """What the engine uses of a transactional ``AIOKafkaProducer``, over a ``FakeCluster``:
+    starting (which fences the id's previous producer and aborts its open transaction), one
+    transaction at a time, sends, offsets sent to the transaction, commit and abort. A fenced
+    producer fails as aiokafka's does: its sends' futures fail with ``ProducerFenced`` and its
+    background sender dies. Tests inject failures and delays."""
+
+    def __init__(self, cluster: FakeCluster, transactional_id: str, timeout_ms: int) -> None:
+        self.cluster = cluster
+        self.transactional_id = transactional_id
+        self.timeout_ms = timeout_ms
+        self.epoch = 0
+        self.state = "new"
+        self.pending: list[Output] = []
+        self.pending_offsets: dict[Any, OffsetAndMetadata] = {}
+        self.offsets_sent = 0
+        self.start_failures: deque[BaseException] = deque()
+        self.commit_failures: deque[BaseException] = deque()
+        self.commit_gate: asyncio.Event | None = None  # set: commits wait for it
+        self.sends = 0
+        self._closed = False
+        self._sender = _FakeSender()
+        self._txn_manager = _FakeTxnState()
+        self.client = _FakeClient()
+
+    @property
+    def fenced(self) -> bool:
+        return self.cluster.epochs[self.transactional_id] != self.epoch
+
+    def _die(self, error: BaseException) -> None:
+        """As aiokafka's sender routine dying of an error: the producer is done for."""
+        if self._sender.sender_task is None or not self._sender.sender_task.done():
+            task = asyncio.get_running_loop().create_future()
+            task.set_exception(error)
+            self._sender.sender_task = task
+        self._txn_manager.fatal = True
+
+    async def start(self) -> None:
+        if self.start_failures:
+            raise self.start_failures.popleft()
+        await asyncio.sleep(0)
+        cluster = self.cluster
+        previous = cluster.open_transactions.pop(self.transactional_id, None)
+        if previous is not None:  # aborted by the coordinator; the old producer knows nothing
+            cluster.aborted_output += previous.pending
+            previous.pending = []
+            previous.pending_offsets = {}
+        cluster.epochs[self.transactional_id] += 1
+        self.epoch = cluster.epochs[self.transactional_id]
+        self._sender.sender_task = asyncio.get_running_loop().create_future()
+        self.state = "ready"
+
+    async def begin_transaction(self) -> None:
+        if self.state != "ready":
+            msg = f"begin_transaction in state {self.state}"
+            raise AssertionError(msg)
+        self.state = "in"
+
+    def _check_in_transaction(self) -> None:
+        if self.state != "in" or self._txn_manager.fatal:
+            raise kafka_errors.IllegalOperation("Can't send messages while not in transaction")
+
+    async def send(  # noqa: PLR0917 - AIOKafkaProducer.send's signature
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Any = None,
+    ) -> "asyncio.Future[Any]":
+        del partition, timestamp_ms
+        self._check_in_transaction()
+        await asyncio.sleep(0)
+        self._check_in_transaction()
+        self.sends += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.fenced:
+            error = kafka_errors.ProducerFenced()
+            future.set_exception(error)
+            self._die(error)
+            return future
+        record = Output(topic, value, key, tuple(headers or ()), self.transactional_id)
+        self.pending.append(record)
+        self.cluster.open_transactions[self.transactional_id] = self
+        future.set_result(record)
+        return future
+
+    async def send_and_wait(self, topic: str, value: Any = None, key: Any = None) -> Any:
+        return await (await self.send(topic, value, key))
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, Any], group_id: str) -> None:
+        del group_id
+        self._check_in_transaction()
+        self.offsets_sent += 1
+        if self.fenced:
+            error = kafka_errors.ProducerFenced()
+            self._die(error)
+            raise error
+        self.pending_offsets.update({p: _offset_and_metadata(v) for p, v in offsets.items()})
+        self.cluster.open_transactions[self.transactional_id] = self
+
+    async def flush(self) -> None:
+        await asyncio.sleep(0)
+
+    async def commit_transaction(self) -> None:
+        if self._txn_manager.fatal:
+            raise AssertionError("commit_transaction of a dead producer")
+        self.state = "committing"
+        if self.commit_gate is not None:
+            await self.commit_gate.wait()
+        await asyncio.sleep(0)
+        if self.commit_failures:
+            error = self.commit_failures.popleft()
+            if isinstance(error, kafka_errors.ProducerFenced):
+                self._die(error)
+            raise error
+        if self.fenced:
+            error = kafka_errors.ProducerFenced()
+            self._die(error)
+            raise error
+        cluster = self.cluster
+        cluster.committed_output += self.pending
+        cluster.committed.update(self.pending_offsets)
+        cluster.transactions.append((self.transactional_id, "commit"))
+        self._end()
+
+    async def abort_transaction(self) -> None:
+        if self._txn_manager.fatal:
+            raise AssertionError("abort_transaction of a dead producer")
+        await asyncio.sleep(0)
+        self.cluster.transactions.append((self.transactional_id, "abort"))
+        self.discard()
+
+    def discard(self) -> None:
+        """The open transaction is aborted (by this producer, or by a newer one's start)."""
+        self.cluster.aborted_output += self.pending
+        self._end()
+
+    def _end(self) -> None:
+        if self.cluster.open_transactions.get(self.transactional_id) is self:
+            del self.cluster.open_transactions[self.transactional_id]
+        self.pending = []
+        self.pending_offsets = {}
+        if self.state in {"in", "committing"}:
+            self.state = "ready"
+
+    async def stop(self) -> None:
+        self._closed = True
+        self.state = "closed"
+
+
 def _offset_and_metadata(value: Any) -> OffsetAndMetadata:
     if isinstance(value, int):
         return OffsetAndMetadata(value, "")
@@ -454,6 +669,13 @@ class FakePipeline:
     on_attempt_end: Callable[[Call], None] | None = None
     on_dead_letter: Callable[[DeadLetterCall], None] | None = None
     max_running: int = 0
+    # Exactly-once: the cluster the pipeline's transactional producers write to, the
+    # producers made so far, and the records each attempt publishes (topic, value).
+    cluster: FakeCluster | None = None
+    producers: list[FakeProducer] = field(default_factory=list)
+    on_producer: Callable[[FakeProducer], None] | None = None
+    publish: Callable[[Call], list[tuple[str, bytes]]] | None = None
+    publish_first: bool = False  # publish before the attempt's outcome (else just before it)
     _attempts: Counter[int] = field(default_factory=Counter)
 
     def settings(self) -> SubscriberSettings:
@@ -471,6 +693,8 @@ class FakePipeline:
         if self.on_start is not None:
             self.on_start(call)
         try:
+            if self.publish_first:
+                await self._publish(call)
             scripted = self.script.get(call.key)
             if scripted:
                 outcome = scripted.popleft()
@@ -479,6 +703,8 @@ class FakePipeline:
                 outcome = await call.future
             else:
                 outcome = None
+            if not self.publish_first:
+                await self._publish(call)
             if outcome is not None:
                 raise outcome
         except asyncio.CancelledError:
@@ -491,6 +717,24 @@ class FakePipeline:
             raise
         call.outcome = "finished"
         self._ended(call)
+
+    async def _publish(self, call: Call) -> None:
+        """Publish what ``publish`` says this attempt publishes, as FastStream does: through
+        the running exactly-once message's transaction."""
+        if self.publish is None:
+            return
+        for topic, value in self.publish(call):
+            ticket = current_ticket()
+            assert ticket is not None, "publishing outside an exactly-once message"
+            await (await TransactionalSender(ticket).send(topic, value))
+
+    def transactional_producer(self, transactional_id: str, timeout_ms: int) -> Any:
+        assert self.cluster is not None, "give the pipeline a cluster for exactly-once"
+        producer = FakeProducer(self.cluster, transactional_id, timeout_ms)
+        self.producers.append(producer)
+        if self.on_producer is not None:
+            self.on_producer(producer)
+        return producer
 
     def _ended(self, call: Call) -> None:
         if self.on_attempt_end is not None:
@@ -511,6 +755,13 @@ class FakePipeline:
             entry.failed = self.dead_letter_failures.popleft()
         if self.on_dead_letter is not None:
             self.on_dead_letter(entry)
+        ticket = current_ticket()
+        if ticket is not None:  # exactly-once: the dead letter joins the transaction
+            sender = TransactionalSender(ticket)
+            if entry.failed is not None:
+                await sender.send(topic, b"failing dead letter")
+            else:
+                await (await sender.send(topic, record.value))
         if entry.failed is not None:
             raise entry.failed
 

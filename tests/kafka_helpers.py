@@ -111,6 +111,35 @@ async def read_all(topic: str, expected: int, timeout: float = 30.0) -> list[Rec
     return records
 
 
+async def read_committed(
+    topic: str, partitions: int, timeout: float = 30.0, *, bootstrap: str = BOOTSTRAP
+) -> list[bytes]:
+    """Every record of ``topic`` a ``read_committed`` reader sees: up to the last stable offset
+    of each partition (call it once the producers ended their transactions)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)  # the last stable offsets, under read_committed
+        deadline = time.monotonic() + timeout
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends[tp] for tp in tps):
+                return values
+            if time.monotonic() > deadline:
+                msg = f"read {len(values)} records of {topic}, stopped at {positions} of {ends}"
+                raise AssertionError(msg)
+            batch = await consumer.getmany(timeout_ms=500)
+            values += [r.value for records in batch.values() for r in records if r.value]
+    finally:
+        await consumer.stop()
+
+
 async def wait_until(
     condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0, interval: float = 0.05
 ) -> None:

@@ -5,12 +5,19 @@ Written against aiokafka 0.14 and pinned by tests (``tests/unit/test_compat_aiok
 fallback is kept it is logged once at WARNING, naming what is lost.
 """
 
+import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
@@ -123,3 +130,67 @@ def replace_subscription_listener(
 ) -> None:
     """Make a consumer that already subscribed call ``listener`` from its next rebalance."""
     consumer._subscription._listener = listener
+
+
+def request_rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Ask the consumer's group coordinator to rejoin the group (a rebalance) at once.
+
+    Why private: aiokafka rejoins by itself only when the broker says the member is gone;
+    an exactly-once partition whose producer was fenced (or broke) is set up again only by
+    an assignment, so the member asks for one. No fallback: the caller logs that the
+    partition waits for the next rebalance.
+    """
+    consumer._coordinator.request_rejoin()
+
+
+def producer_failure(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why a transactional producer can do nothing more (fenced, or its background sender
+    died of an error aiokafka does not handle), None while it works.
+
+    Why private: aiokafka keeps the transaction state and its sender task to itself; once
+    the sender died every transactional call fails with an unrelated error (or an assertion),
+    so the state is read before each one. No fallback: the caller treats a missing attribute
+    as a broken producer.
+    """
+    task = producer._sender.sender_task
+    if task is not None and task.done() and not task.cancelled():
+        error: BaseException | None = task.exception()
+        if error is not None:
+            return error
+    if producer._txn_manager is not None and producer._txn_manager.is_fatal_error():
+        return RuntimeError("the producer's transaction state is fatal")
+    return None
+
+
+async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 0.5) -> None:
+    """Close a producer without flushing, within about twice ``timeout``: its open
+    transaction is left to be aborted (by the next producer with its transactional id, or by
+    Kafka's transaction timeout).
+
+    Why private: ``stop()`` flushes every pending record first, which never ends while the
+    broker is unreachable (transactional batches do not expire), and so does the sender task
+    once cancelled (it waits for its requests). This cancels the sender, waits for it at most
+    ``timeout``, and closes the connections.
+    """
+    forget_transaction_error(producer)
+    producer._closed = True
+    task = producer._sender.sender_task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=timeout)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await producer.client.close()
+
+
+def forget_transaction_error(producer: AIOKafkaProducer) -> None:
+    """Mark the error a broken producer's transaction ended with as seen (it was handled).
+
+    Why private: aiokafka sets it on an internal future nobody awaits once the producer is
+    fenced, and asyncio logs "Future exception was never retrieved" for each such producer.
+    No fallback needed: without the attribute there is nothing to mark.
+    """
+    manager = producer._txn_manager
+    waiter = None if manager is None else getattr(manager, "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        waiter.exception()

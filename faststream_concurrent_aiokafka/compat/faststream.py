@@ -217,3 +217,109 @@ def take_over_stop(subscriber: Any, stop: Callable[[], Awaitable[None]]) -> Call
     original: Callable[[], Any] = type(subscriber).stop.__get__(subscriber)
     subscriber.stop = stop
     return original
+
+
+# A producer's own settings FastStream passes to aiokafka besides the connection ones; an
+# exactly-once producer keeps them, so its records are sent as the broker's producer sends
+# them (acks and idempotence are forced by the transactional id, the id and timeout are ours).
+_PRODUCER_KEYS = frozenset(
+    {
+        "key_serializer",
+        "value_serializer",
+        "compression_type",
+        "max_batch_size",
+        "partitioner",
+        "max_request_size",
+        "linger_ms",
+    }
+)
+
+
+def producer_settings(broker: Any) -> dict[str, Any]:
+    """Keyword arguments for an ``AIOKafkaProducer`` that connects and sends as the broker's
+    own producer does: the connection settings (servers, SASL, SSL) and the producer's
+    tuning; without acks, idempotence or a transactional id.
+
+    Why private: as ``connection_settings``, from the broker's ``_connection_kwargs``.
+    """
+    given: dict[str, Any] = broker._connection_kwargs
+    tuning = {key: value for key, value in given.items() if key in _PRODUCER_KEYS}
+    return {**connection_settings(broker), **tuning}
+
+
+def broker_transactional_id(broker: Any) -> str | None:
+    """The ``KafkaBroker(transactional_id=...)`` given to the broker's own producer, if any.
+
+    Why private: as ``connection_settings``.
+    """
+    value: str | None = broker._connection_kwargs.get("transactional_id")
+    return value
+
+
+def subscriber_broker(subscriber: Any) -> Any:
+    """The ``KafkaBroker`` a subscriber belongs to (through any router).
+
+    Why private: FastStream hands the broker to its handlers as the context value
+    ``broker``, kept in the configuration's ``extra_context``, which a subscriber reaches
+    only as ``_outer_config`` (the same in every 0.7 release).
+    """
+    return subscriber._outer_config.extra_context["broker"]
+
+
+def is_consumer_only(subscriber: Any) -> bool:
+    """The subscriber's broker was made with ``consumer_only=True``: it has no producer.
+
+    Why private: only the broker's configuration (``_outer_config``) knows it.
+    """
+    return bool(getattr(subscriber._outer_config, "consumer_only", False))
+
+
+def consumer_option(subscriber: Any, name: str) -> Any:
+    """A consumer setting given to ``broker.subscriber(...)`` (``isolation_level``, ...).
+
+    Why private: FastStream keeps them as the subscriber's ``_connection_args`` until it
+    builds the consumer at start.
+    """
+    return subscriber._connection_args.get(name)
+
+
+def assigns_partitions(subscriber: Any) -> bool:
+    """The subscriber was given ``partitions=[...]``: its consumer assigns them itself, out
+    of the group's rebalancing (no listener is ever called).
+
+    Why private: FastStream keeps them as ``_partitions``.
+    """
+    return bool(subscriber._partitions)
+
+
+def result_publishers(subscriber: Any) -> list[Any]:
+    """The ``@publisher``s decorating the subscriber's handlers (they publish the result).
+
+    Why private: FastStream keeps them on each handler wrapper as ``_publishers``.
+    """
+    return [publisher for call in subscriber.calls for publisher in call.handler._publishers]
+
+
+def publisher_producer(publisher: Any) -> Any:
+    """FastStream's producer a publisher sends through (its broker's)."""
+    return publisher._outer_config.producer
+
+
+def broker_fast_producer(broker: Any) -> Any:
+    """FastStream's producer of a broker (``broker.config.producer``), the innermost step of
+    its ``publish``."""
+    return broker.config.producer
+
+
+def reroute_producer(fast_producer: Any, wrap: Callable[[Any], Any], marker: type) -> None:
+    """Replace the state object behind a FastStream producer with ``wrap(state)``, unless it
+    is a ``marker`` already or the producer is not connected; every publish through that
+    producer (results, ``reply_to``, ``broker.publish``) reads its aiokafka producer from it.
+
+    Why private: FastStream's producer keeps the aiokafka producer in a private state object
+    (``_producer``, a ``RealProducer`` once connected) and replaces it at every connect and
+    disconnect; it offers no hook to send through another producer.
+    """
+    state = getattr(fast_producer, "_producer", None)
+    if state is not None and state and not isinstance(state, marker):
+        fast_producer._producer = wrap(state)

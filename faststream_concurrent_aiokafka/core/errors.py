@@ -11,3 +11,9 @@ class ConcurrentProcessingSetupError(RuntimeError):
 
 class TaskTimeoutError(TimeoutError):
     """A handler ran longer than ``task_timeout_sec`` and was cancelled."""
+
+
+class TransactionalPublishError(RuntimeError):
+    """A publish of an exactly-once message cannot join its partition's transaction: the
+    transaction was aborted (the message runs again), or the message had ended already (a
+    task it spawned published after the handler returned)."""

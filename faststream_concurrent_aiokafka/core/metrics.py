@@ -147,6 +147,18 @@ RESUMES: Final = _counter("resumes", "Times the library resumed them.", "{resume
 REBALANCES: Final = _counter(
     "rebalances", "Partition assignments the subscriber's consumers received.", "{rebalance}"
 )
+TRANSACTIONS: Final = _counter(
+    "transactions",
+    "Exactly-once transactions ended, by result: committed, aborted (their messages ran again).",
+    "{transaction}",
+    ("result",),
+)
+FENCED: Final = _counter(
+    "fenced_producers",
+    "Exactly-once partition producers fenced: another member took the partition over (this "
+    "one was a zombie), or a transaction outlived transaction_timeout_sec.",
+    "{producer}",
+)
 
 STATUSES: Final = ("ok", "degraded", "failed")
 
@@ -173,6 +185,7 @@ _TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
     (PAUSES, lambda t: t.pauses),
     (RESUMES, lambda t: t.resumes),
     (REBALANCES, lambda t: t.rebalances),
+    (FENCED, lambda t: t.producers_fenced),
 )
 
 METRICS: Final = (
@@ -186,6 +199,7 @@ METRICS: Final = (
     PROCESSED,
     *(metric for metric, _ in _TOTALS),
     COMMITS,
+    TRANSACTIONS,
 )
 """Every metric, in the order exporters show them."""
 
@@ -210,6 +224,10 @@ def measure(snapshot: ProcessingSnapshot, health: HealthReport) -> dict[Metric, 
         samples[COMMITS] += [
             ((*labels, "ok"), totals.commit_requests - totals.failed_commits),
             ((*labels, "failed"), totals.failed_commits),
+        ]
+        samples[TRANSACTIONS] += [
+            ((*labels, "committed"), totals.transactions_committed),
+            ((*labels, "aborted"), totals.transactions_aborted),
         ]
     samples[TASKS].append(((), snapshot.in_flight))
     samples[GLOBAL_LIMIT].append(((), snapshot.concurrency_limit))

@@ -20,6 +20,13 @@ from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, des
 Ordering = Literal["unordered", "key", "partition"]
 ORDERINGS: Final = get_args(Ordering)
 
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+GUARANTEES: Final = get_args(ProcessingGuarantee)
+EXACTLY_ONCE: Final = "exactly_once"
+
+# Longest transactional id prefix: Kafka takes any string, operators' ACL tooling less.
+_MAX_PREFIX_LENGTH: Final = 200
+
 Check = Callable[[str, Any], None]
 ExceptionTypes = tuple[type[Exception], ...]
 ExceptionText = Callable[[BaseException], str]
@@ -94,6 +101,26 @@ def _function(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+def _guarantee(name: str, value: Any) -> None:
+    if value not in GUARANTEES:
+        msg = f"{name} must be one of {', '.join(map(repr, GUARANTEES))}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _id_prefix(name: str, value: Any) -> None:
+    """Printable text: it starts every transactional id, which operators match in ACLs."""
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_PREFIX_LENGTH
+        or not (value.isprintable() and value.isascii())
+    ):
+        msg = (
+            f"{name} must be printable ASCII text of at most {_MAX_PREFIX_LENGTH} characters "
+            f"(it starts every transactional id), got {value!r}"
+        )
+        raise ValueError(msg)
+
+
 _TOPIC_NAME: Final = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
@@ -140,11 +167,18 @@ class SubscriberSettings:
     failure_ratio_window: int = _setting(100, _int_at_least(1))
     track_completed_offsets: bool = _setting(True, _bool)
     stall_warning_sec: float | None = _setting(60.0, _seconds, optional=True)
+    processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
+    transactional_id_prefix: str = _setting("", _id_prefix)
+    transaction_timeout_sec: float = _setting(60.0, _seconds)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             check_setting(field, getattr(self, field.name))
         _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == EXACTLY_ONCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,12 +192,40 @@ class ConcurrencySettings(SubscriberSettings):
     rebalance_flush_timeout_sec: float = _setting(10.0, _seconds)
     commit_timeout_sec: float = _setting(10.0, _seconds)
 
+    def __post_init__(self) -> None:
+        SubscriberSettings.__post_init__(self)
+        if self.exactly_once:
+            check_exactly_once(self, self)
+
     def for_subscriber(self, overrides: Mapping[str, Any] | None) -> SubscriberSettings:
         """A subscriber's settings: its overrides laid over these; raises if they clash."""
         values = {f.name: getattr(self, f.name) for f in SUBSCRIBER_FIELDS}
         if overrides:
             values.update(overrides)
         return SubscriberSettings(**values)
+
+
+def check_exactly_once(settings: ConcurrencySettings, subscriber: SubscriberSettings) -> None:
+    """What ``processing_guarantee="exactly_once"`` needs of the other settings: every finished
+    offset recorded (one left out would run again and publish again), and commits that come
+    often enough, and end soon enough, for a transaction to end before Kafka times it out."""
+    if not subscriber.track_completed_offsets:
+        msg = (
+            "processing_guarantee='exactly_once' needs track_completed_offsets=True: a message "
+            "finished above the commit point and not recorded would run, and publish, again"
+        )
+        raise ValueError(msg)
+    half = subscriber.transaction_timeout_sec / 2
+    for name in ("commit_batch_timeout_sec", "commit_timeout_sec"):
+        value = getattr(settings, name)
+        if value > half:
+            msg = (
+                f"{name} ({value:g}) must be at most half of transaction_timeout_sec "
+                f"({subscriber.transaction_timeout_sec:g}) with processing_guarantee="
+                "'exactly_once': a transaction must end before Kafka aborts it; lower it or "
+                "raise transaction_timeout_sec"
+            )
+            raise ValueError(msg)
 
 
 SUBSCRIBER_FIELDS: Final = dataclasses.fields(SubscriberSettings)
@@ -205,6 +267,9 @@ class KeywordSettings(TypedDict, total=False):
     failure_ratio_window: int
     track_completed_offsets: bool
     stall_warning_sec: float | None
+    processing_guarantee: ProcessingGuarantee
+    transactional_id_prefix: str
+    transaction_timeout_sec: float
     commit_timeout_sec: float
 
 
@@ -236,3 +301,6 @@ class SubscriberOverrides(TypedDict, total=False):
     failure_ratio_window: int | None
     track_completed_offsets: bool | None
     stall_warning_sec: float | None
+    processing_guarantee: ProcessingGuarantee | None
+    transactional_id_prefix: str | None
+    transaction_timeout_sec: float | None

@@ -53,6 +53,9 @@ class Totals:
     rebalances: int = 0  # assignments a consumer received (each rebalance gives one)
     partitions_assigned: int = 0
     partitions_revoked: int = 0
+    transactions_committed: int = 0  # exactly-once: transactions committed
+    transactions_aborted: int = 0  # exactly-once: aborted, their messages ran again
+    producers_fenced: int = 0  # exactly-once: a partition's producer fenced (taken over)
 
     @property
     def processed(self) -> int:

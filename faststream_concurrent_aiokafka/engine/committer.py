@@ -11,7 +11,6 @@ decides for its cause.
 """
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 
 from aiokafka import TopicPartition
@@ -205,14 +204,25 @@ class KafkaBatchCommitter:
 
     async def _run(self) -> None:
         while True:
+            elapsed = False
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self._timeout):
                     await self._wake.wait()
+            except TimeoutError:
+                elapsed = True
             self._wake.clear()
             self._finished_since_commit = 0
-            for lane in list(self._lanes()):
-                await self.commit_lane(lane)
+            lanes = list(self._lanes())
+            # Exactly-once partitions first, each committing its own transaction in the
+            # background: one waiting for a slow message must hold no other commit, and
+            # other lanes' slow commits must not hold a transaction open.
+            for lane in lanes:
+                if lane.transactions is not None:
+                    lane.transactions.request_commits(interval_elapsed=elapsed)
+            for lane in lanes:
+                if lane.transactions is None:
+                    await self.commit_lane(lane)
 
     async def commit_lane(
         self, lane: ConsumerLane, partitions: set[TopicPartition] | None = None
@@ -222,6 +232,8 @@ class KafkaBatchCommitter:
         broker would hold every commit (and the shutdown) forever. False if it failed (what
         is kept and what is dropped: ``core.commit_policy``)."""
         timeout = self._commit_timeout
+        if lane.transactions is not None:
+            return await lane.transactions.flush(timeout)
         attempt = await self.send(lane, partitions, timeout=timeout)
         if not attempt.ok:
             self._log_failure(lane, attempt, timeout)
@@ -234,6 +246,9 @@ class KafkaBatchCommitter:
         ``timeout`` seconds, the wait for a commit already in flight included. A failure is
         handled as its decision says (the caller logs what it means for its own deadline);
         nothing is ever marked committed that Kafka did not acknowledge."""
+        if lane.transactions is not None:
+            # Exactly-once: offsets are committed only inside the partitions' transactions.
+            return CommitAttempt(CommitBatch())
         deadline = asyncio.get_running_loop().time() + timeout
         attempt = await self._attempt(lane, partitions, deadline)
         if attempt.decision is CommitDecision.DROP_UNASSIGNED:
@@ -446,7 +461,7 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
         current = lane.trackers.get(tp)
         if current is not None and current.pending_count:
             continue  # still working on it in this process: its own state is newer
-        done = _decode_metadata(lane, tp, meta)
+        done = decode_metadata(lane, tp, meta)
         if done:
             lane.retire(tp)
             lane.trackers[tp] = PartitionOffsets(done)
@@ -454,7 +469,7 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
     return known
 
 
-def _decode_metadata(
+def decode_metadata(
     lane: ConsumerLane, tp: TopicPartition, meta: OffsetAndMetadata
 ) -> frozenset[int]:
     """Finished offsets stored with a commit; anything not ours is ignored with a warning."""

@@ -34,6 +34,8 @@ from faststream_concurrent_aiokafka.engine.state import (
     Pipeline,
     Tally,
 )
+from faststream_concurrent_aiokafka.engine.transactional_runner import run_transactional_slot
+from faststream_concurrent_aiokafka.engine.transactions import LaneTransactions
 from faststream_concurrent_aiokafka.engine.watchdog import Watchdog
 
 
@@ -142,6 +144,9 @@ class Engine:
                 faults=self.faults,
                 brake=brake,
             )
+            if lane.options.exactly_once:
+                lane.transactions = LaneTransactions(lane, self.settings)
+                lane.slot_body = run_transactional_slot
             self._lanes[consumer] = lane
             if lane.brake.tripped:
                 lane.stop_taking()
@@ -164,6 +169,8 @@ class Engine:
             lane.stop_taking()
             return
         self.committer.check_alive()
+        if lane.transactions is not None:
+            records = lane.transactions.admissible(records)
         self.scheduler.admit(lane, records)
 
     def admit_batch(
@@ -186,6 +193,9 @@ class Engine:
         lane.counters.rebalances += 1
         lane.counters.assignments += len(assigned)
         lane.reapply_pause()
+        if lane.transactions is not None:
+            lane.transactions.assign(assigned)
+            return
         if lane.awaiting_rejoin:
             await self.committer.recommit_after_rejoin(
                 lane, assigned, self.settings.rebalance_flush_timeout_sec
@@ -210,6 +220,9 @@ class Engine:
         what is left of that and at least ``MIN_FINAL_COMMIT_SEC``. A refused commit keeps the
         finished work until the next assignment (``CommitDecision.AFTER_REJOIN``)."""
         revoked = {tp for tp in partitions if tp in lane.trackers}
+        transactions = lane.transactions
+        if transactions is not None:
+            revoked |= {tp for tp in partitions if tp in transactions.partitions}
         if not revoked:
             return
         loop = asyncio.get_running_loop()
@@ -220,6 +233,10 @@ class Engine:
         running = {message for message in lane.running if message.touches(revoked)}
         await self.scheduler.wait_settled(running, wait)
         left = wait - (loop.time() - started)
+        if transactions is not None:
+            await transactions.release(revoked, final_commit_timeout(left))
+            self._forget_partitions(lane, revoked, dropped)
+            return
         attempt = await self.committer.send(lane, revoked, timeout=final_commit_timeout(left))
         if not attempt.ok and attempt.decision is not CommitDecision.DROP_UNASSIGNED:
             kept = dict(uncommitted(lane, revoked))
@@ -233,6 +250,11 @@ class Engine:
                     lane.name,
                     attempt.reason(),
                 )
+        self._forget_partitions(lane, revoked, dropped)
+
+    def _forget_partitions(
+        self, lane: ConsumerLane, revoked: set[TopicPartition], dropped: int
+    ) -> None:
         for tp in revoked:
             lane.retire(tp)
         # Retiring gave their messages' share of the uncommitted budget back: a lane paused for
@@ -263,6 +285,18 @@ class Engine:
             dropped.append(lane.stop_taking())
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
+        # Exactly-once lanes end their transactions (committed, or aborted when a message in
+        # one still runs) while the other lanes cancel what runs and commit.
+        ending = asyncio.gather(
+            *(
+                lane.transactions.release(
+                    set(lane.transactions.partitions),
+                    final_commit_timeout(timeout - (loop.time() - started)),
+                )
+                for lane in lanes
+                if lane.transactions is not None
+            )
+        )
         leftovers = []
         for lane in lanes:
             tasks = [message.task for message in lane.running if message.task]
@@ -283,6 +317,7 @@ class Engine:
         attempts = await asyncio.gather(
             *(self.committer.send(lane, None, timeout=commit_timeout) for lane in lanes)
         )
+        await ending
         for lane, attempt, not_started in zip(lanes, attempts, dropped, strict=True):
             if not attempt.ok:
                 for tp, tracker in uncommitted(lane):

@@ -103,6 +103,8 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
             f"dead-letter publish of {message.describe()} to {topic!r} is failing (retried "
             "with backoff); its partition's commit point waits for it",
         )
+    if lane.transactions is not None:
+        yield from lane.transactions.faults()
     if lane.commit_failures_in_a_row >= COMMIT_FAILURES_DEGRADED:
         yield Fault(
             DEGRADED,
@@ -168,6 +170,9 @@ def totals_of(counters: Counters) -> Totals:
         rebalances=counters.rebalances,
         partitions_assigned=counters.assignments,
         partitions_revoked=counters.revocations,
+        transactions_committed=counters.transactions_committed,
+        transactions_aborted=counters.transactions_aborted,
+        producers_fenced=counters.producers_fenced,
     )
 
 

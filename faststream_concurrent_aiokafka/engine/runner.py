@@ -6,11 +6,11 @@ every message in flight. The message's offset is committed only after all of it.
 """
 
 import asyncio
+from typing import NamedTuple
 
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
-from faststream_concurrent_aiokafka.engine.scheduler import TakeNext
-from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 
 RUNNING: dict[int, AdmittedMessage] = {}
 """Messages whose pipeline runs now, by ``id()`` of the raw record the pipeline is given.
@@ -50,45 +50,71 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
         current = take_next(current)
 
 
-async def _after_failed_attempt(
-    message: AdmittedMessage, error: BaseException, attempt: int
-) -> bool:
-    """An attempt failed: wait and say True to retry, or settle the failure and say False.
+class Failure(NamedTuple):
+    """What a failed attempt leads to: another attempt after ``retry_in`` seconds, or a final
+    failure (``final``), or neither (the message is settled: acknowledged, or stopping)."""
 
-    A retried attempt is logged once, short, at INFO: it is not yet an error of the service.
-    """
+    retry_in: float | None
+    final: bool
+    retried: bool  # the error was one worth retrying (its attempts are used up if final)
+
+
+def assess_failure(
+    message: AdmittedMessage, error: BaseException, attempt: int, *, log_retry: bool = True
+) -> Failure:
+    """Sort a failed attempt by the policy; a retry is logged once, short, at INFO (it is not
+    yet an error of the service), a stop is handed to the pipeline."""
     lane = message.lane
     if isinstance(error, TaskTimeoutError):
         lane.counters.task_timeouts += 1
     outcome = lane.policy.classify(error)
     if outcome is Outcome.DONE:
-        return False
+        return Failure(None, final=False, retried=False)
     if outcome is Outcome.STOP:
         lane.pipeline.stop_requested(error)
-        return False
+        return Failure(None, final=False, retried=False)
     options = lane.options
     if outcome is Outcome.RETRY and attempt <= options.max_retries:
         delay = backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
         lane.counters.retries += 1
-        lane.log.info(
-            "Attempt %d of %s failed (%s); retrying in %.3f s",
-            attempt,
-            message.describe(),
-            _summary(error),
-            delay,
-            extra=message.log_extra(),
-        )
-        await asyncio.sleep(delay)
+        if log_retry:
+            lane.log.info(
+                "Attempt %d of %s failed (%s); retrying in %.3f s",
+                attempt,
+                message.describe(),
+                summary(error),
+                delay,
+                extra=message.log_extra(),
+            )
+        return Failure(delay, final=False, retried=True)
+    return Failure(None, final=True, retried=outcome is Outcome.RETRY)
+
+
+async def _after_failed_attempt(
+    message: AdmittedMessage, error: BaseException, attempt: int
+) -> bool:
+    """An attempt failed: wait and say True to retry, or settle the failure and say False."""
+    failure = assess_failure(message, error, attempt)
+    if failure.retry_in is not None:
+        await asyncio.sleep(failure.retry_in)
         return True
-    message.error = error
-    brake = lane.brake
+    if failure.final:
+        message.error = error
+        if not brake_holds(message, error, attempt):
+            await _dead_letter_or_log(message, error, attempt, retried=failure.retried)
+    return False
+
+
+def brake_holds(message: AdmittedMessage, error: BaseException, attempts: int) -> bool:
+    """Count a final failure with the dead-letter brake; True when the brake holds the
+    message (tripped now or before): neither dead-lettered nor committed."""
+    brake = message.lane.brake
     was_tripped = brake.tripped
     cause = brake.record_failure()
-    if cause is not None:
-        _hold(message, error, attempt, cause, first=not was_tripped)
+    if cause is None:
         return False
-    await _dead_letter_or_log(message, error, attempt, retried=outcome is Outcome.RETRY)
-    return False
+    _hold(message, error, attempts, cause, first=not was_tripped)
+    return True
 
 
 def _hold(
@@ -118,11 +144,32 @@ def _hold(
             "dead-letter brake",
             message.describe(),
             attempts,
-            _summary(error),
+            summary(error),
             extra=message.log_extra(),
         )
     if not lane.closing:
         lane.stop_taking()
+
+
+def log_final_failure(
+    message: AdmittedMessage, error: BaseException, attempts: int, *, retried: bool
+) -> None:
+    """The final failure, once at ERROR with its traceback, saying what happens next."""
+    lane = message.lane
+    topic = lane.options.dead_letter_topic
+    outcome = (
+        "committed without a dead-letter topic" if topic is None else f"dead-lettering to {topic!r}"
+    )
+    lane.log.error(
+        "Message %s failed after %d attempt(s) (%s)%s; %s",
+        message.describe(),
+        attempts,
+        summary(error),
+        "" if retried else ", not retried",
+        outcome,
+        exc_info=error,
+        extra=message.log_extra(),
+    )
 
 
 async def _dead_letter_or_log(
@@ -134,22 +181,10 @@ async def _dead_letter_or_log(
     The offset is only committed after this returns; a stuck dead-letter publish holds the
     partition's commit point, never skips past the message.
     """
+    log_final_failure(message, error, attempts, retried=retried)
     lane = message.lane
     options = lane.options
     topic = options.dead_letter_topic
-    outcome = (
-        "committed without a dead-letter topic" if topic is None else f"dead-lettering to {topic!r}"
-    )
-    lane.log.error(
-        "Message %s failed after %d attempt(s) (%s)%s; %s",
-        message.describe(),
-        attempts,
-        _summary(error),
-        "" if retried else ", not retried",
-        outcome,
-        exc_info=error,
-        extra=message.log_extra(),
-    )
     if topic is None:
         return
     stuck = lane.dead_letter_stuck
@@ -170,7 +205,7 @@ async def _dead_letter_or_log(
                     "Dead-lettering %s to %r failed (%s); retrying in %.3f s, not committed",
                     message.describe(),
                     topic,
-                    _summary(exc),
+                    summary(exc),
                     delay,
                     extra=message.log_extra(),
                 )
@@ -190,5 +225,5 @@ async def _dead_letter_or_log(
         stuck.discard(message)
 
 
-def _summary(error: BaseException | None) -> str:
+def summary(error: BaseException | None) -> str:
     return "no error" if error is None else f"{type(error).__name__}: {error}"

@@ -12,7 +12,7 @@ Backpressure decisions come from ``core.backpressure``.
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -26,11 +26,9 @@ from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
     AdmittedMessage,
     ConsumerLane,
+    SlotBody,
     Tally,
 )
-
-TakeNext = Callable[[AdmittedMessage], "AdmittedMessage | None"]
-SlotBody = Callable[[AdmittedMessage, TakeNext], Coroutine[Any, Any, None]]
 
 
 class Scheduler:
@@ -133,9 +131,8 @@ class Scheduler:
                     self._hungry.append(lane)
                 return
             message = ready.popleft()
-            task = asyncio.create_task(
-                self._slot_body(message, self._take_next), context=lane.context.copy()
-            )
+            body = lane.slot_body or self._slot_body  # an exactly-once lane has its own
+            task = asyncio.create_task(body(message, self._take_next), context=lane.context.copy())
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, message, task)
 

@@ -9,10 +9,10 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.core.dead_letter_brake import DeadLetterBrake
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
@@ -73,6 +73,44 @@ class Pipeline(Protocol):
 
     def stop_requested(self, error: BaseException) -> None:
         """The handler asked to stop consuming (``Outcome.STOP``)."""
+
+    def transactional_producer(self, transactional_id: str, timeout_ms: int) -> AIOKafkaProducer:
+        """A new, unstarted producer with this transactional id, connected as the pipeline's
+        publishes are, into which the messages of an exactly-once lane publish."""
+
+
+class LaneTransactions(Protocol):
+    """An exactly-once lane's transactions (``engine.transactions``), as the rest of the
+    engine sees them."""
+
+    @property
+    def partitions(self) -> Mapping[TopicPartition, object]:
+        """The partitions with a transaction (set up, being set up or lost)."""
+
+    def admissible(
+        self, records: "Iterable[ConsumerRecord[Any, Any]]"
+    ) -> "list[ConsumerRecord[Any, Any]]":
+        """The fetched records that may be admitted now."""
+
+    def assign(self, assigned: set[TopicPartition]) -> None:
+        """Set the assigned partitions up (in the background)."""
+
+    async def release(self, partitions: set[TopicPartition], timeout: float) -> None:
+        """End the partitions' transactions and close their producers."""
+
+    def request_commits(self, *, interval_elapsed: bool) -> None:
+        """Start the commits that are due, in the background."""
+
+    async def flush(self, timeout: float) -> bool:
+        """Commit every partition's transaction now; False if one could not be."""
+
+    def faults(self) -> Iterator[Fault]:
+        """Partitions that stopped (fenced, broken): what and why."""
+
+
+TakeNext = Callable[["AdmittedMessage"], "AdmittedMessage | None"]
+SlotBody = Callable[["AdmittedMessage", TakeNext], Coroutine[Any, Any, None]]
+"""A slot task's body: runs its message, then each one ``TakeNext`` hands it after that."""
 
 
 Position = tuple[TopicPartition, PartitionOffsets, int]
@@ -188,6 +226,7 @@ class Counters:
         "failed_commits",
         "pauses",
         "processed",
+        "producers_fenced",
         "rebalances",
         "resumes",
         "retries",
@@ -195,6 +234,8 @@ class Counters:
         "skipped",
         "stalls",
         "task_timeouts",
+        "transactions_aborted",
+        "transactions_committed",
     )
 
     def __init__(self) -> None:
@@ -212,6 +253,9 @@ class Counters:
         self.rebalances = 0  # assignments a lane's consumer received
         self.assignments = 0  # partitions assigned to a lane
         self.revocations = 0  # partitions released by a lane
+        self.transactions_committed = 0  # exactly-once: transactions committed with output
+        self.transactions_aborted = 0  # exactly-once: aborted, their messages run again
+        self.producers_fenced = 0  # exactly-once: another member took a partition over
 
 
 class Faults:
@@ -289,6 +333,12 @@ class ConsumerLane:
         # was made in, FastStream's poll loop or rebalance listener, never a handler's.
         self.context = contextvars.copy_context()
         self._paused: set[TopicPartition] | None = None
+        # Exactly-once lanes: their transactions, the slot body that runs their messages in
+        # them, and partitions held paused until their transaction is ready (None: the
+        # engine's default body).
+        self.transactions: LaneTransactions | None = None
+        self.slot_body: SlotBody | None = None
+        self.held: set[TopicPartition] = set()
 
     @property
     def name(self) -> str:
@@ -378,11 +428,32 @@ class ConsumerLane:
             self._paused |= targets
             self.log.debug("Paused %d partition(s) of %s", len(targets), self.name)
 
+    def hold(self, *partitions: TopicPartition) -> None:
+        """Keep ``partitions`` paused whatever backpressure decides (an exactly-once partition
+        whose transaction is not ready); assigned ones are paused now."""
+        self.held.update(partitions)
+        assigned = self.consumer.assignment()
+        targets = [tp for tp in partitions if tp in assigned]
+        if targets:
+            self.consumer.pause(*targets)
+
+    def unhold(self, *partitions: TopicPartition) -> None:
+        """Let held partitions fetch again, unless the lane itself is paused now (they resume
+        with it then)."""
+        self.held.difference_update(partitions)
+        targets = set(partitions) & self.consumer.assignment()
+        if not targets:
+            return
+        if self._paused is not None:
+            self._paused |= targets
+        else:
+            self.consumer.resume(*targets)
+
     def resume(self) -> None:
         """Resume only what this library paused, leaving the user's own pauses alone."""
         if self._paused is None or self.closing:
             return
-        targets = self._paused & self.consumer.assignment()
+        targets = (self._paused - self.held) & self.consumer.assignment()
         self._paused = None
         self.counters.resumes += 1
         if targets:

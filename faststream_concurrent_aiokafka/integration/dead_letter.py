@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.dead_letters import Headers, Origin, dead_letter_headers
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.integration.transactional_publish import dead_letter_sender
 
 ExceptionText = Callable[[BaseException], str] | None
 
@@ -46,7 +47,7 @@ async def publish_dead_letter(
 ) -> None:
     """Publish the dead letter of each record (every record of a batch) and wait for the
     broker's acknowledgement of each."""
-    exact = faststream_compat.kafka_producer(subscriber)
+    exact = dead_letter_sender(subscriber)
     producer = faststream_compat.configured_producer(subscriber)
     if exact is None and not producer:
         msg = (
@@ -81,8 +82,9 @@ async def _through_middlewares(
     return await publish(command)
 
 
-async def _send_exact(producer: AIOKafkaProducer, headers: Headers, command: Any) -> Any:
-    """Send the record's bytes with ``headers``, plus any header a middleware added."""
+async def _send_exact(producer: Any, headers: Headers, command: Any) -> Any:
+    """Send the record's bytes with ``headers``, plus any header a middleware added, through
+    the broker's aiokafka producer (or an exactly-once message's transaction)."""
     ours = {name for name, _ in headers}
     added = [
         (name, str(value).encode()) for name, value in command.headers.items() if name not in ours

@@ -42,6 +42,9 @@ class KafkaConcurrentHandler:
         self.engine = Engine(self.settings)
         self.signals = ShutdownSignals()
         self.setup_errors: list[Exception] = []
+        # The app's Kafka brokers: an exactly-once message may not publish through another
+        # broker than its subscriber's (its record could not join the transaction).
+        self.brokers: list[Any] = []
         self._pipelines: WeakKeyDictionary[Any, SubscriberPipeline] = WeakKeyDictionary()
 
     async def start(self) -> None:
@@ -105,7 +108,9 @@ class KafkaConcurrentHandler:
     def pipeline_for(self, subscriber: Any) -> SubscriberPipeline:
         pipeline = self._pipelines.get(subscriber)
         if pipeline is None:
-            pipeline = self._pipelines[subscriber] = SubscriberPipeline(subscriber, self.settings)
+            pipeline = self._pipelines[subscriber] = SubscriberPipeline(
+                subscriber, self.settings, lambda: self.brokers
+            )
         return pipeline
 
     def lane_for(self, subscriber: Any, consumer: AIOKafkaConsumer) -> ConsumerLane:

@@ -4,6 +4,8 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Unpack
 
+from faststream.kafka import KafkaBroker
+
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.core.settings import (
     DEFAULTS,
@@ -25,7 +27,6 @@ from faststream_concurrent_aiokafka.integration.monitoring import health_report
 if TYPE_CHECKING:
     from faststream import ContextRepo, FastStream
     from faststream.asgi import AsgiFastStream
-    from faststream.kafka import KafkaBroker
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
 
@@ -72,14 +73,17 @@ async def start_concurrent_processing(
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"
         raise ConcurrentProcessingSetupError(msg)
+    brokers = _known_brokers(context, broker)
     concurrent = [
         sub
-        for sub in _known_subscribers(context, broker)
+        for b in brokers
+        for sub in b.subscribers
         if subscribers.uses_concurrent_processing(sub, KafkaConcurrentProcessingMiddleware)
     ]
     for subscriber in concurrent:
         subscribers.validate(subscriber, settings)  # fail before anything runs
     handler = KafkaConcurrentHandler(settings)
+    handler.brokers = [b for b in brokers if isinstance(b, KafkaBroker)]
     await handler.start()
     context.set_global(HANDLER_CONTEXT_KEY, handler)
     for subscriber in concurrent:
@@ -134,12 +138,12 @@ def setup_concurrent_processing(
     app.after_shutdown(stop)
 
 
-def _known_subscribers(context: "ContextRepo", broker: Any) -> list[Any]:
-    """``broker``'s subscribers, and those of the app's brokers that use this context (all of
-    the app's, if none does)."""
+def _known_brokers(context: "ContextRepo", broker: Any) -> list[Any]:
+    """``broker``, and the app's brokers that use this context (all of the app's, if none
+    does)."""
     app = context.get("app")
     brokers = list(getattr(app, "brokers", None) or [])
     own = [b for b in brokers if b.context is context] or brokers
     if broker is not None and broker not in own:
         own.append(broker)
-    return [sub for b in own for sub in b.subscribers]
+    return own

@@ -3,9 +3,10 @@ failures read, where their dead letters go and how a handler stops consuming."""
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faststream.exceptions import AckMessage, RejectMessage, SkipMessage, StopConsume
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
@@ -14,6 +15,9 @@ from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, Su
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
+from faststream_concurrent_aiokafka.integration.transactional_publish import (
+    transactional_producer,
+)
 
 FASTSTREAM_POLICY = FailurePolicy(
     done=(AckMessage, SkipMessage),
@@ -31,11 +35,17 @@ class SubscriberPipeline:
     """Runs one subscriber's messages through its own ``process_message``: every middleware,
     the handler, its ``@publisher``s and ``reply_to``, exactly as FastStream runs them."""
 
-    def __init__(self, subscriber: Any, settings: ConcurrencySettings) -> None:
+    def __init__(
+        self,
+        subscriber: Any,
+        settings: ConcurrencySettings,
+        brokers: Callable[[], Iterable[Any]] = tuple,
+    ) -> None:
         self.owner = subscriber
         self.policy = FASTSTREAM_POLICY
         self.process = subscriber.process_message
         self._settings = settings
+        self._brokers = brokers
 
     @property
     def name(self) -> str:
@@ -66,6 +76,11 @@ class SubscriberPipeline:
         await publish_dead_letter(
             self.owner, topic, record, error=error, attempts=attempts, exception_text=exception_text
         )
+
+    def transactional_producer(self, transactional_id: str, timeout_ms: int) -> AIOKafkaProducer:
+        """A producer for one input partition, connected as the broker's own; publishes of
+        this broker (and the app's other Kafka brokers) are routed into transactions first."""
+        return transactional_producer(self.owner, transactional_id, timeout_ms, self._brokers())
 
     def stop_requested(self, error: BaseException) -> None:
         """``StopConsume`` stops this subscriber (its stop drains the other messages first);

@@ -21,7 +21,7 @@ from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
-from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, check_exactly_once
 from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_for
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from faststream_concurrent_aiokafka.integration.handler import (
@@ -62,6 +62,59 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
             "ordering='unordered') for it"
         )
         raise ConcurrentProcessingSetupError(msg)
+    if options.exactly_once:
+        check_exactly_once(settings, options)
+        problem = exactly_once_problem(subscriber)
+        if problem is not None:
+            topics = ",".join(getattr(subscriber, "topic_names", None) or []) or "?"
+            msg = (
+                f"the subscriber of {topics} cannot run with "
+                f"processing_guarantee='exactly_once': {problem}"
+            )
+            raise ConcurrentProcessingSetupError(msg)
+
+
+def exactly_once_problem(subscriber: Any) -> str | None:
+    """Why an exactly-once subscriber's set-up cannot keep the guarantee, with the fix; None
+    when it can."""
+    if faststream_compat.is_batch_subscriber(subscriber):
+        return (
+            "a batch=True subscriber's messages are batches, and its records finish only "
+            "together; subscribe without batch=True, or use processing_guarantee='at_least_once'"
+        )
+    if faststream_compat.assigns_partitions(subscriber):
+        return (
+            "a subscriber given partitions=[...] assigns them itself, outside the group's "
+            "rebalancing, so no member takes a partition over from another (which is what "
+            "fences the old owner); subscribe to topics (or a pattern) instead"
+        )
+    if faststream_compat.consumer_option(subscriber, "isolation_level") != "read_committed":
+        return (
+            "its consumer reads records of aborted transactions (isolation_level="
+            "'read_uncommitted', the default), so an exactly-once stage upstream would be "
+            "repeated here; add isolation_level='read_committed' to broker.subscriber(...)"
+        )
+    if faststream_compat.is_consumer_only(subscriber):
+        return (
+            "its broker was made with consumer_only=True and cannot publish; drop "
+            "consumer_only, or use processing_guarantee='at_least_once'"
+        )
+    broker = faststream_compat.subscriber_broker(subscriber)
+    if faststream_compat.broker_transactional_id(broker) is not None:
+        return (
+            "KafkaBroker(transactional_id=...) makes the broker's own producer transactional, "
+            "and FastStream never begins its transactions; remove transactional_id (the "
+            "library opens one transaction per input partition itself, see "
+            "transactional_id_prefix)"
+        )
+    own = faststream_compat.configured_producer(subscriber)
+    for publisher in faststream_compat.result_publishers(subscriber):
+        if faststream_compat.publisher_producer(publisher) is not own:
+            return (
+                "a @publisher of its handler belongs to another broker, whose records cannot "
+                "join the subscriber's transactions; publish through the subscriber's broker"
+            )
+    return None
 
 
 def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:

@@ -75,3 +75,33 @@ async def test_the_broker_s_producer_is_found_once_connected() -> None:
     async with broker:
         producer = faststream_compat.kafka_producer(subscriber)
         assert isinstance(producer, AIOKafkaProducer)
+
+
+async def test_a_new_producer_of_an_id_reads_what_the_previous_one_committed() -> None:
+    """What exactly-once's set-up relies on without ``require_stable`` (aiokafka 0.14 has
+    none): a producer's start waits until the previous transaction of its id is complete, so
+    the committed offset and metadata read right after are that transaction's; also when the
+    previous producer was left behind with a transaction open (it is aborted then)."""
+    topic, group = await numbered_topic("seam-eos", 1, 1)
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group)
+    await consumer.start()
+    expected: tuple[int, str] | None = None
+    try:
+        for attempt in range(1, 21):
+            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=topic)
+            await producer.start()
+            committed = await aiokafka_compat.fetch_committed_offsets(consumer, {tp})
+            seen = (committed[tp].offset, committed[tp].metadata) if tp in committed else None
+            assert seen == expected, f"attempt {attempt}"
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, b"x", partition=0)
+            offsets = {tp: OffsetAndMetadata(attempt, f"m{attempt}")}
+            await producer.send_offsets_to_transaction(offsets, group)
+            if attempt % 2:
+                await producer.commit_transaction()
+                expected = (attempt, f"m{attempt}")
+            # Left behind without stopping (a crash): every other one with its transaction open.
+            await aiokafka_compat.abandon_producer(producer)
+    finally:
+        await consumer.stop()

@@ -232,6 +232,9 @@ class Pipeline:
     def stop_requested(self, error: BaseException) -> None:
         raise AssertionError("no stop here")
 
+    def transactional_producer(self, transactional_id: str, timeout_ms: int) -> Any:
+        raise AssertionError("no exactly-once here")
+
 
 async def started_engine(
     consumer: FakeConsumer, pipeline: Pipeline | None = None, **settings: Any

@@ -85,3 +85,46 @@ def test_a_missing_seam_falls_back_and_warns_once_naming_it(
     assert len(messages) == 2, messages
     assert "_max_poll_interval_ms" in messages[0]
     assert "Fetcher._records" in messages[1]
+
+
+# ---- exactly-once seams ----------------------------------------------------------------
+
+
+async def test_a_rejoin_is_requested_through_the_coordinator() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id="g")
+    requested: list[bool] = []
+    consumer._coordinator = type(  # a started consumer has its GroupCoordinator there
+        "Coordinator", (), {"request_rejoin": lambda self: requested.append(True)}
+    )()
+
+    compat.request_rejoin(consumer)
+
+    assert requested == [True]
+    assert callable(GroupCoordinator.request_rejoin)
+
+
+async def test_a_producer_s_failure_is_read_from_its_sender_and_transaction_state() -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import ProducerFenced
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", transactional_id="t")
+    assert compat.producer_failure(producer) is None  # not started: no sender task yet
+
+    died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fenced = ProducerFenced()
+    died.set_exception(fenced)
+    producer._sender._sender_task = died
+    assert compat.producer_failure(producer) is fenced
+
+    producer._sender._sender_task = None
+    manager = producer._txn_manager
+    manager.set_pid_and_epoch(1, 0)  # started...
+    manager.begin_transaction()  # ...in a transaction...
+    manager.fatal_error(fenced)  # ...when its sender died, as aiokafka's does
+    assert compat.producer_failure(producer) is not None
+    compat.forget_transaction_error(producer)  # marks the waiter's error as seen
+    assert producer._txn_manager._transaction_waiter.done()
+    await compat.abandon_producer(producer)
+    assert producer._closed

@@ -207,3 +207,105 @@ async def test_the_configured_producer_is_the_test_broker_s_under_test_kafka_bro
         assert producer is broker.config.producer
         assert producer  # the test producer counts as connected
         assert compat.kafka_producer(subscriber) is None  # no aiokafka producer inside
+
+
+# ---- exactly-once seams ----------------------------------------------------------------
+
+
+def test_producer_settings_carry_the_connection_and_the_producer_s_tuning_only() -> None:
+    from faststream.security import SASLPlaintext
+
+    broker = KafkaBroker(
+        "h:1",
+        security=SASLPlaintext(username="u", password="p"),
+        linger_ms=7,
+        compression_type="gzip",
+        max_batch_size=1234,
+        acks=1,
+        enable_idempotence=False,
+        logger=None,
+    )
+
+    settings = compat.producer_settings(broker)
+
+    assert settings["bootstrap_servers"] == ["h:1"]
+    assert settings["security_protocol"] == "SASL_PLAINTEXT"
+    assert (settings["sasl_plain_username"], settings["sasl_plain_password"]) == ("u", "p")
+    assert (settings["linger_ms"], settings["compression_type"]) == (7, "gzip")
+    assert settings["max_batch_size"] == 1234
+    # A transactional producer needs acks=all and idempotence; the id is ours.
+    for key in ("acks", "enable_idempotence", "transactional_id", "transaction_timeout_ms"):
+        assert key not in settings
+    assert "loop" not in settings
+
+
+def test_a_broker_s_own_transactional_id_is_read() -> None:
+    assert compat.broker_transactional_id(KafkaBroker("h:1", logger=None)) is None
+    broker = KafkaBroker("h:1", transactional_id="mine", logger=None)
+    assert compat.broker_transactional_id(broker) == "mine"
+
+
+def test_a_subscriber_knows_its_broker_and_its_consumer_settings_through_a_router() -> None:
+    from faststream.kafka import KafkaRouter
+
+    router = KafkaRouter(prefix="p.")
+    subscriber = router.subscriber(
+        "t", group_id="g", ack_policy=AckPolicy.MANUAL, isolation_level="read_committed"
+    )
+    plain = router.subscriber("u", group_id="g")
+    broker = KafkaBroker("h:1", logger=None)
+    broker.include_router(router)
+
+    assert compat.subscriber_broker(subscriber) is broker
+    assert compat.consumer_option(subscriber, "isolation_level") == "read_committed"
+    assert compat.consumer_option(plain, "isolation_level") == "read_uncommitted"
+    assert not compat.is_consumer_only(subscriber)
+    assert compat.is_consumer_only(
+        KafkaBroker("h:1", consumer_only=True, logger=None).subscriber("t", group_id="g")
+    )
+    assert compat.configured_producer(subscriber) is compat.broker_fast_producer(broker)
+
+
+def test_manual_partitions_and_result_publishers_of_a_subscriber_are_read() -> None:
+    from faststream.kafka import TopicPartition
+
+    broker = KafkaBroker("h:1", logger=None)
+    other = KafkaBroker("h:2", logger=None)
+    assigned = broker.subscriber(partitions=[TopicPartition("t", 0)], group_id="g")
+    subscribed = broker.subscriber("t", group_id="g")
+    results = broker.publisher("results")
+    elsewhere = other.publisher("elsewhere")
+
+    @subscribed
+    @results
+    @elsewhere
+    async def handle(body: str) -> str:
+        return body
+
+    assert compat.assigns_partitions(assigned)
+    assert not compat.assigns_partitions(subscribed)
+    assert set(compat.result_publishers(subscribed)) == {results, elsewhere}
+    assert compat.publisher_producer(results) is compat.configured_producer(subscribed)
+    assert compat.publisher_producer(elsewhere) is compat.broker_fast_producer(other)
+
+
+async def test_the_producer_state_is_rerouted_once_connected_and_once_only() -> None:
+    from faststream.kafka.publisher.state import RealProducer
+
+    class Marker:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+    broker = KafkaBroker("h:1", logger=None)
+    fast_producer = compat.broker_fast_producer(broker)
+    compat.reroute_producer(fast_producer, Marker, Marker)
+    assert not isinstance(fast_producer._producer, Marker)  # not connected: nothing to route
+
+    real = RealProducer(object())
+    fast_producer._producer = real  # what connect() puts there
+    compat.reroute_producer(fast_producer, Marker, Marker)
+    routed = fast_producer._producer
+    assert isinstance(routed, Marker)
+    assert routed.inner is real
+    compat.reroute_producer(fast_producer, Marker, Marker)
+    assert fast_producer._producer is routed  # idempotent

@@ -24,6 +24,7 @@ from faststream_concurrent_aiokafka.core.settings import (
     Settings,
     SubscriberOverrides,
     SubscriberSettings,
+    check_exactly_once,
     check_overrides,
 )
 from faststream_concurrent_aiokafka.integration.subscriber_options import (
@@ -49,6 +50,7 @@ REQUIRED_SECONDS_PARAMS = (
     "retry_backoff_sec",
     "retry_backoff_max_sec",
     "commit_timeout_sec",
+    "transaction_timeout_sec",
 )
 SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec", "stall_warning_sec")
 BOOL_PARAMS = ("track_completed_offsets",)
@@ -66,6 +68,8 @@ ALL_PARAMS = (
     *POLICY_PARAMS,
     "ordering",
     "dead_letter_topic",
+    "processing_guarantee",
+    "transactional_id_prefix",
 )
 SUBSCRIBER_PARAMS = (
     "concurrency_limit",
@@ -78,6 +82,9 @@ SUBSCRIBER_PARAMS = (
     *POLICY_PARAMS,
     "track_completed_offsets",
     "stall_warning_sec",
+    "processing_guarantee",
+    "transactional_id_prefix",
+    "transaction_timeout_sec",
 )
 SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries", "failure_ratio_window")
 SUBSCRIBER_SECONDS_PARAMS = (
@@ -85,6 +92,7 @@ SUBSCRIBER_SECONDS_PARAMS = (
     "retry_backoff_sec",
     "retry_backoff_max_sec",
     "stall_warning_sec",
+    "transaction_timeout_sec",
 )
 
 # Not an int, whatever the setting (values below the minimum are added per setting).
@@ -179,6 +187,9 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     assert defaults.max_consecutive_failures is None
     assert defaults.max_failure_ratio is None
     assert defaults.failure_ratio_window == 100
+    assert defaults.processing_guarantee == "at_least_once"
+    assert defaults.transactional_id_prefix == ""
+    assert defaults.transaction_timeout_sec == 60.0
 
 
 def test_decode_errors_are_what_faststream_raises_for_an_undecodable_body() -> None:
@@ -654,6 +665,9 @@ def test_resolve_without_overrides_takes_the_global_settings() -> None:
         ("max_failure_ratio", 0.25),
         ("failure_ratio_window", 7),
         ("track_completed_offsets", False),
+        ("processing_guarantee", "exactly_once"),
+        ("transactional_id_prefix", "prod."),
+        ("transaction_timeout_sec", 90.0),
     ],
 )
 def test_resolve_overrides_only_the_given_field(name: str, value: object) -> None:
@@ -768,6 +782,9 @@ def test_configured_subscribers_are_independent() -> None:
         ("retry_backoff_max_sec", -2.0),
         ("dead_letter_topic", ""),
         ("track_completed_offsets", 1),
+        ("processing_guarantee", "exactly-once"),
+        ("transactional_id_prefix", "tab\t"),
+        ("transaction_timeout_sec", 0),
     ],
     ids=repr,
 )
@@ -821,3 +838,63 @@ def test_configure_subscriber_on_real_faststream_subscribers() -> None:
 
     assert options_of(first) == _options(ordering="partition", concurrency_limit=5)
     assert options_of(second) is None
+
+
+# ---- exactly-once settings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["exactly-once", "EXACTLY_ONCE", "at_most_once", "", None, 1, True], ids=repr
+)
+def test_settings_reject_an_unknown_processing_guarantee(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(processing_guarantee=value)
+    _assert_names_only(error, "processing_guarantee")
+    assert "'at_least_once', 'exactly_once'" in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["caf\u00e9.", "a\nb", "x" * 201, None, 1, b"p."], ids=repr)
+def test_settings_reject_a_transactional_id_prefix_that_is_not_printable_ascii(
+    value: object,
+) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(transactional_id_prefix=value)
+    _assert_names_only(error, "transactional_id_prefix")
+
+
+def test_exactly_once_takes_prefixes_kafka_acls_can_match() -> None:
+    for prefix in ("", "prod.", "billing-v2:", "x" * 200):
+        assert _settings(transactional_id_prefix=prefix).transactional_id_prefix == prefix
+
+
+def test_exactly_once_refuses_settings_that_would_break_it() -> None:
+    with pytest.raises(ValueError, match="needs track_completed_offsets=True"):
+        _settings(processing_guarantee="exactly_once", track_completed_offsets=False)
+    with pytest.raises(ValueError, match=r"commit_batch_timeout_sec \(40\) must be at most half"):
+        _settings(processing_guarantee="exactly_once", commit_batch_timeout_sec=40)
+    with pytest.raises(ValueError, match=r"commit_timeout_sec \(20\) must be at most half"):
+        _settings(
+            processing_guarantee="exactly_once",
+            commit_timeout_sec=20,
+            transaction_timeout_sec=30,
+        )
+    # The same values are fine without it, and with a longer transaction timeout.
+    _settings(track_completed_offsets=False, commit_batch_timeout_sec=40)
+    _settings(
+        processing_guarantee="exactly_once",
+        commit_batch_timeout_sec=40,
+        transaction_timeout_sec=80,
+    )
+
+
+def test_exactly_once_of_one_subscriber_is_checked_against_the_global_settings() -> None:
+    current = ConcurrencySettings(commit_batch_timeout_sec=40)
+    effective = resolve_options(current, _options(processing_guarantee="exactly_once"))
+    with pytest.raises(ValueError, match="commit_batch_timeout_sec"):
+        check_exactly_once(current, effective)
+    check_exactly_once(
+        current,
+        resolve_options(
+            current, _options(processing_guarantee="exactly_once", transaction_timeout_sec=90)
+        ),
+    )

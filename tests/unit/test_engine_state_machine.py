@@ -302,7 +302,7 @@ class EngineMachine(RuleBasedStateMachine):
                     f"(a) commit {meta.offset} of {partition} passes unended {passed}"
                 )
             restorable = model.first_unended_before()
-            highest = max(self.consumer.position(partition), restorable)
+            highest = max(self.consumer.position_now(partition), restorable)
             if meta.offset < model.start or meta.offset > highest:
                 self.violations.append(
                     f"commit {meta.offset} of {partition} outside [{model.start}, {highest}]"
@@ -543,7 +543,7 @@ class EngineMachine(RuleBasedStateMachine):
         for partition, model in self.partitions.items():
             if not model.assigned:
                 continue
-            position = self.consumer.position(partition)
+            position = self.consumer.position_now(partition)
             for admission in self.admissions.values():
                 if admission.partition != partition or admission.generation != model.generation:
                     continue

@@ -180,6 +180,9 @@ def test_totals_become_counters_by_outcome_and_result() -> None:
         pauses=5,
         resumes=4,
         rebalances=2,
+        transactions_committed=30,
+        transactions_aborted=2,
+        producers_fenced=1,
     )
 
     samples = metrics.measure(snapshot_of(totals=totals), HealthReport("ok"))
@@ -198,6 +201,8 @@ def test_totals_become_counters_by_outcome_and_result() -> None:
     assert samples[metrics.PAUSES] == [(who, 5)]
     assert samples[metrics.RESUMES] == [(who, 4)]
     assert samples[metrics.REBALANCES] == [(who, 2)]
+    assert samples[metrics.TRANSACTIONS] == [((*who, "committed"), 30), ((*who, "aborted"), 2)]
+    assert samples[metrics.FENCED] == [(who, 1)]
 
 
 def test_nothing_running_has_only_the_global_samples() -> None:

@@ -1,0 +1,194 @@
+"""Exactly-once bookkeeping of one input partition: its transactional id, how far above its
+commit point messages may be admitted, the metadata its transactions commit, and the state of
+its open transaction.
+
+Pure: no I/O. Every record a message publishes goes into its input partition's open
+transaction, and the transaction commits the partition's commit point and the offsets finished
+above it. A transaction may therefore commit only when no message that published into it is
+still running; one that never ends must not hold it forever, and one that failed after
+publishing must not have its records committed.
+"""
+
+import enum
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Final
+
+from faststream_concurrent_aiokafka.core.offset_codec import (
+    DEFAULT_MAX_METADATA_BYTES,
+    decode_finished_offsets,
+    encode_finished_offsets,
+)
+
+MAX_SPAN: Final = 1 << 14
+"""Offsets admitted above a partition's commit point stay below ``commit point + MAX_SPAN``.
+
+Kafka caps commit metadata at 4096 bytes and exactly-once cannot drop finished offsets that do
+not fit (each would run again and publish again), so admission keeps them within a span whose
+worst case fits: a bitset of 16,383 bits is 2,048 bytes, 2,750 characters once encoded with a
+9-byte commit point (``tests/unit/test_transactions.py`` checks it against the codec).
+"""
+
+HOLD_SHARE: Final = 0.5
+"""Share of ``transaction_timeout_sec`` a transaction may stay open while a message that
+published into it still runs; past it the transaction is aborted, before Kafka does it."""
+
+
+def transactional_id(prefix: str, group: str, topic: str, partition: int) -> str:
+    """The transactional id of one input partition: ``{prefix}{group}:{topic}:{partition}``.
+
+    One per partition, so the member that takes a partition over fences the previous owner's
+    producer of it (aiokafka has no group-metadata fencing, KIP-447). Topic names cannot hold
+    ``:``, so no two partitions of any two groups share an id.
+    """
+    return f"{prefix}{group}:{topic}:{partition}"
+
+
+def admissible_below(commit_point: int | None, first_offset: int) -> int:
+    """The first offset of a partition that may not be admitted now: ``MAX_SPAN`` above its
+    commit point (or above the first offset fetched, before anything was admitted)."""
+    base = first_offset if commit_point is None else commit_point
+    return base + MAX_SPAN
+
+
+def may_resume(commit_point: int | None, next_offset: int) -> bool:
+    """A partition paused at the span's end fetches again once half the span is free."""
+    return commit_point is None or next_offset < commit_point + MAX_SPAN // 2
+
+
+def to_commit(
+    point: int, finished: frozenset[int], done_before: frozenset[int]
+) -> tuple[int, frozenset[int]]:
+    """The commit point and finished offsets a transaction commits: the tracker's, plus the
+    offsets an earlier transaction recorded as finished (``done_before``) that were not read
+    again yet. Committing only the tracker's would forget those, and whoever reads the
+    partition next would run them, and publish their results, again."""
+    while point in done_before:  # only when nothing is in flight: point is past the last one
+        point += 1
+    return point, frozenset(o for o in finished | done_before if o > point)
+
+
+class MetadataOverflowError(ValueError):
+    """The finished offsets do not fit the commit metadata whole: committing them would
+    drop some (a bug in the admission cap; the transaction is aborted instead)."""
+
+
+def exact_metadata(commit_point: int, finished: frozenset[int]) -> str:
+    """The metadata of a transactional commit: every offset finished above ``commit_point``,
+    never a prefix of them. Raises ``MetadataOverflowError`` when they do not all fit."""
+    if not finished:
+        return ""
+    if min(finished) <= commit_point or max(finished) - commit_point >= MAX_SPAN:
+        msg = (
+            f"finished offsets {min(finished)}..{max(finished)} are not within {MAX_SPAN} "
+            f"above commit point {commit_point}"
+        )
+        raise MetadataOverflowError(msg)
+    text = encode_finished_offsets(commit_point, finished, DEFAULT_MAX_METADATA_BYTES)
+    if decode_finished_offsets(text, commit_point) != finished:
+        msg = f"{len(finished)} finished offsets above {commit_point} do not fit the metadata"
+        raise MetadataOverflowError(msg)
+    return text
+
+
+class Verdict(enum.Enum):
+    """What a commit that closed its transaction's gate may do now."""
+
+    COMMIT = "commit"  # nothing that published runs: commit
+    WAIT = "wait"  # messages that published still run: wait for them (or the hold deadline)
+    ABORT = "abort"  # something went wrong in the transaction, or it was held too long
+
+
+class TransactionLedger:
+    """The open transaction of one input partition: which running messages published into
+    it, whether new ones may start publishing, since when it is open and whether it must be
+    aborted.
+
+    A message *enters* the transaction with its first publish and stays in it until it ends.
+    While a commit waits, the gate is closed: messages that have not published yet wait for
+    the next transaction, those in it go on. A message that ends without finishing (failed
+    after publishing, cancelled) or a publish that failed *taints* the transaction: its records
+    must not be committed, so it can only be aborted.
+    """
+
+    __slots__ = ("_members", "closing", "opened_at", "taint")
+
+    def __init__(self) -> None:
+        self._members: set[Hashable] = set()
+        self.closing = False
+        self.opened_at: float | None = None
+        self.taint: str | None = None
+
+    @property
+    def members(self) -> int:
+        """Running messages that published into the open transaction."""
+        return len(self._members)
+
+    def holds(self, message: Hashable) -> bool:
+        return message in self._members
+
+    def may_enter(self, message: Hashable) -> bool:
+        """May ``message`` publish now: it is in the transaction already, or the gate is open."""
+        return message in self._members or not self.closing
+
+    def enter(self, message: Hashable, now: float) -> None:
+        """``message`` publishes into the open transaction (which opens with the first one)."""
+        self._members.add(message)
+        if self.opened_at is None:
+            self.opened_at = now
+
+    def leave(self, message: Hashable) -> bool:
+        """``message`` ended; True if it had published into the transaction (if it did not
+        finish then, its records must go: ``spoil``)."""
+        if message in self._members:
+            self._members.discard(message)
+            return True
+        return False
+
+    def spoil(self, reason: str) -> None:
+        """The transaction may only be aborted now (the first reason is kept)."""
+        if self.taint is None:
+            self.taint = reason
+
+    def open_since(self, now: float) -> float:
+        """How long the transaction has been open (0 before its first publish)."""
+        return 0.0 if self.opened_at is None else now - self.opened_at
+
+    def deadline(self, hold_sec: float) -> float | None:
+        """When a commit stops waiting for the messages in the transaction and aborts it."""
+        return None if self.opened_at is None else self.opened_at + hold_sec
+
+    def verdict(self, now: float, hold_sec: float, *, sends_in_flight: int = 0) -> Verdict:
+        """What a waiting commit does now (see ``Verdict``)."""
+        if self.taint is not None:
+            return Verdict.ABORT
+        if not self._members and not sends_in_flight:
+            return Verdict.COMMIT
+        deadline = self.deadline(hold_sec)
+        if deadline is not None and now >= deadline:
+            self.spoil(
+                f"{len(self._members)} message(s) that published were still running "
+                f"{hold_sec:g} s after the transaction opened"
+            )
+            return Verdict.ABORT
+        return Verdict.WAIT
+
+    def begin(self) -> None:
+        """The next transaction: empty, gate open."""
+        self._members.clear()
+        self.closing = False
+        self.opened_at = None
+        self.taint = None
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierAttempts:
+    """What became of a message's attempts before its transaction was aborted: it runs again
+    in the next transaction and goes on from here instead of starting over."""
+
+    attempts: int  # attempts made
+    error: BaseException  # the last one's error
+    final: bool  # no attempt is left: dead-letter it (or give it up) without running it
+    retried: bool  # the error was one worth retrying (for the log line)
+    counted: bool = False  # its final failure was counted by the dead-letter brake already
+    dead_letter_attempts: int = 0  # failed dead-letter publishes (backoff before the next)

@@ -1,0 +1,542 @@
+"""One input partition of an exactly-once lane: its transactional producer, its open
+transaction, and the steps it goes through (see ``engine.transactions`` for the whole)."""
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.structs import OffsetAndMetadata
+
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, MIN_FINAL_COMMIT_SEC
+from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
+from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
+from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.core.transactions import (
+    HOLD_SHARE,
+    EarlierAttempts,
+    MetadataOverflowError,
+    TransactionLedger,
+    Verdict,
+    exact_metadata,
+    may_resume,
+    to_commit,
+    transactional_id,
+)
+from faststream_concurrent_aiokafka.engine.committer import decode_metadata, describe_error
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, ConsumerLane
+from faststream_concurrent_aiokafka.engine.transactional_send import Ticket
+
+# What closing a released partition's producer may add to the release's budget.
+_CLOSE_SEC = 1.0
+
+# Errors after which a producer can never be used again, whatever its state says.
+_BROKEN = (kafka_errors.ProducerFenced, kafka_errors.OutOfOrderSequenceNumber)
+# Set-up errors that another rebalance would not cure: an operator has to act.
+_PERMANENT = (
+    kafka_errors.TransactionalIdAuthorizationFailed,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.TopicAuthorizationFailedError,
+)
+
+
+class PartitionTransaction:
+    """One input partition of an exactly-once lane: its producer, its open transaction and
+    what it last committed. See the module's docstring for the steps."""
+
+    def __init__(
+        self, lane: ConsumerLane, settings: ConcurrencySettings, tp: TopicPartition
+    ) -> None:
+        self.lane = lane
+        self.settings = settings
+        self.tp = tp
+        self.ledger = TransactionLedger()
+        self.producer: AIOKafkaProducer | None = None
+        self.epoch = 0
+        self.ready = False  # set up: records are admitted, messages run and publish
+        self.ending = False  # being released: commit or abort, then close
+        self.fault: Fault | None = None  # lost: why (for health), until released
+        self.committed_point: int | None = None
+        self.committed_finished: frozenset[int] = frozenset()
+        self.start_offset: int | None = None  # where reading starts without a committed offset
+        self.cut_at: int | None = None  # held at the admission span's end, from this offset
+        self.version_at_commit = 0
+        # Messages whose transaction was aborted after they failed: how their attempts went.
+        self.earlier: dict[int, EarlierAttempts] = {}
+        self.senders: Counter[asyncio.Task[Any]] = Counter()
+        self.job: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._open = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"{self.tp.topic}[{self.tp.partition}]"
+
+    @property
+    def name(self) -> str:
+        return f"{self!r} of {self.lane.name}"
+
+    @property
+    def hold_sec(self) -> float:
+        return self.lane.options.transaction_timeout_sec * HOLD_SHARE
+
+    def unavailable(self) -> str:
+        return (
+            f"the transaction of {self!r} was aborted or its partition released; "
+            "the message runs again from its last commit"
+        )
+
+    # ---- publishing -------------------------------------------------------------------
+
+    async def send(
+        self, ticket: Ticket, send: Callable[[AIOKafkaProducer], Awaitable["asyncio.Future[Any]"]]
+    ) -> "asyncio.Future[Any]":
+        """One publish of ``ticket``'s message into the open transaction."""
+        producer = await self._enter(ticket)
+        task = asyncio.current_task()
+        assert task is not None
+        self.senders[task] += 1
+        try:
+            future = await send(producer)
+        except Exception as exc:
+            if ticket.epoch == self.epoch:  # not after its transaction ended meanwhile
+                self.ledger.spoil(f"a publish failed ({describe_error(exc)})")
+            raise
+        finally:
+            self.senders[task] -= 1
+            if not self.senders[task]:
+                del self.senders[task]
+            self._changed.set()
+        future.add_done_callback(partial(self._sent, ticket.epoch))
+        return future
+
+    async def _enter(self, ticket: Ticket) -> AIOKafkaProducer:
+        """Wait while a commit holds the gate, then join the open transaction."""
+        message = ticket.message
+        ledger = self.ledger
+        while True:
+            if ticket.epoch != self.epoch or not self.ready or self.producer is None:
+                raise TransactionalPublishError(self.unavailable())
+            if message not in message.lane.running:
+                msg = (
+                    f"{message.describe()} ended before this publish: with exactly_once, "
+                    "await every publish (in tasks the handler spawned too) before the handler "
+                    "returns"
+                )
+                raise TransactionalPublishError(msg)
+            if ledger.may_enter(message):
+                break
+            await self._open.wait()
+        if not ledger.holds(message):
+            ledger.enter(message, asyncio.get_running_loop().time())
+        return self.producer
+
+    def _sent(self, epoch: int, future: "asyncio.Future[Any]") -> None:
+        """A record of the transaction was acknowledged or failed; a failed one spoils it
+        (aiokafka would commit the transaction without it), unless that transaction is over."""
+        if epoch != self.epoch:
+            return
+        if future.cancelled():
+            self.ledger.spoil("a record was not written (cancelled)")
+        elif (error := future.exception()) is not None:
+            self.ledger.spoil(f"a record was not written ({describe_error(error)})")
+        else:
+            return
+        self._changed.set()
+
+    # ---- the messages' side -----------------------------------------------------------
+
+    def runs(self, message: AdmittedMessage) -> bool:
+        """``message`` belongs to this partition's current transaction epoch."""
+        return self.ready and message.tracker is self.lane.trackers.get(self.tp)
+
+    def ended(self, message: AdmittedMessage, *, finished: bool) -> None:
+        """``message`` settled; a held partition resumes once its commit point moved on."""
+        if self.ledger.leave(message) and not finished:
+            self.ledger.spoil(f"{message.describe()} ended without finishing after it published")
+        self._changed.set()
+        if self.cut_at is not None and self.ready:
+            tracker = self.lane.trackers.get(self.tp)
+            if tracker is not None and may_resume(tracker.commit_point, self.cut_at):
+                self.cut_at = None
+                self.lane.unhold(self.tp)
+
+    def request_abort(self, reason: str) -> None:
+        """Abort the open transaction soon (the message asking ends without finishing)."""
+        self.ledger.spoil(reason)
+        self._changed.set()
+        self.start_job()
+
+    # ---- commits ----------------------------------------------------------------------
+
+    def due(self, *, interval_elapsed: bool) -> bool:
+        """Whether the background commit should run now."""
+        if self.ledger.taint is not None:
+            return True
+        tracker = self.lane.trackers.get(self.tp)
+        finished = 0 if tracker is None else tracker.version - self.version_at_commit
+        if interval_elapsed:
+            return finished > 0 or self.ledger.opened_at is not None
+        return finished >= self.settings.commit_batch_size
+
+    def start_job(self) -> None:
+        """Commit (or abort) in the background, unless a commit or abort runs already."""
+        if self.ready and not self.ending and (self.job is None or self.job.done()):
+            self.job = asyncio.create_task(self._background(), name=f"transaction {self!r}")
+
+    async def _background(self) -> None:
+        try:
+            async with self._lock:
+                if self.ready and not self.ending:
+                    await self._settle(None)
+        except Exception as exc:  # a bug must not leave the gate closed for good
+            self.lane.log.exception("Transaction of %s failed unexpectedly", self.name)
+            await self.lose(f"an unexpected error ({describe_error(exc)})", exc)
+
+    async def commit_now(self, timeout: float) -> bool:
+        """Commit (or abort) the open transaction now, within ``timeout`` for the requests;
+        True when it committed or had nothing to commit."""
+        async with self._lock:
+            if not self.ready:
+                return self.producer is not None and not self.ending
+            return await self._settle(timeout)
+
+    async def _settle(self, timeout: float | None, *, ending: bool = False) -> bool:
+        """Close the gate, wait for the transaction's messages, then commit it or abort it.
+        ``timeout`` bounds the requests (``commit_timeout_sec`` when None); ``ending``: the
+        partition is being released, so nothing is waited for or begun again."""
+        loop = asyncio.get_running_loop()
+        ledger = self.ledger
+        ledger.closing = True
+        self._open.clear()
+        while True:
+            verdict = ledger.verdict(loop.time(), self.hold_sec, sends_in_flight=len(self.senders))
+            if verdict is not Verdict.WAIT:
+                break
+            if ending or self.ending:
+                ledger.spoil(
+                    f"{ledger.members} message(s) that published were still running when "
+                    "the partition was released"
+                )
+                continue
+            deadline = ledger.deadline(self.hold_sec) or loop.time() + self.hold_sec
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
+        ending = ending or self.ending
+        request_timeout = self.settings.commit_timeout_sec if timeout is None else timeout
+        if verdict is Verdict.ABORT:
+            await self._abort(ledger.taint or "aborted", request_timeout, redeliver=not ending)
+            return False
+        return await self._commit(request_timeout, ending=ending)
+
+    async def _commit(self, timeout: float, *, ending: bool) -> bool:
+        lane = self.lane
+        tracker = lane.trackers.get(self.tp)
+        point = None if tracker is None else tracker.commit_point
+        finished: frozenset[int] = frozenset()
+        if tracker is None or point is None:
+            point, finished = self.committed_point, self.committed_finished
+        else:
+            point, finished = to_commit(point, tracker.finished_above(), tracker.already_done)
+        version = 0 if tracker is None else tracker.version
+        published = self.ledger.opened_at is not None
+        moved = point is not None and (point, finished) != (
+            self.committed_point,
+            self.committed_finished,
+        )
+        if not published and not moved:
+            # Nothing went into the open transaction: it stays open, the gate opens again.
+            if not (ending or self.ending):
+                self.ledger.closing = False
+                self._open.set()
+            return True
+        try:
+            metadata = "" if point is None else exact_metadata(point, finished)
+        except MetadataOverflowError as exc:
+            await self._abort(str(exc), timeout, redeliver=not ending)
+            return False
+        producer = self.producer
+        assert producer is not None
+        if (broken := aiokafka_compat.producer_failure(producer)) is not None:
+            await self.lose(f"its producer broke ({describe_error(broken)})", broken)
+            return False
+        lane.counters.commit_requests += 1
+        try:
+            async with asyncio.timeout(timeout):
+                # Every record acknowledged first: aiokafka would commit without a failed one.
+                await producer.flush()
+                if self.ledger.taint is not None:
+                    raise _Spoiled(self.ledger.taint)
+                if moved and point is not None:
+                    offsets = {self.tp: OffsetAndMetadata(point, metadata)}
+                    await producer.send_offsets_to_transaction(offsets, lane.pipeline.group)
+                await producer.commit_transaction()
+        except _Spoiled as exc:
+            await self._abort(str(exc), timeout, redeliver=not ending)
+            return False
+        except Exception as exc:  # TimeoutError included: each kind has its way out
+            self._note_failure(exc)
+            await self._after_failed_request("commit", exc, timeout, ending=ending)
+            return False
+        lane.commit_failures_in_a_row = 0
+        lane.last_commit_error = None
+        lane.counters.transactions_committed += 1
+        if tracker is not None and point is not None:
+            tracker.committed = point
+            tracker.committed_version = version
+            self.version_at_commit = version
+        self.committed_point, self.committed_finished = point, finished
+        if point is not None:
+            for offset in [o for o in self.earlier if o < point]:
+                del self.earlier[offset]
+        await self._reopen(ending)
+        return True
+
+    async def _reopen(self, ending: bool) -> None:
+        """Begin the next transaction and open the gate (not for a partition being released)."""
+        if ending or self.ending or self.producer is None:
+            return
+        await self.producer.begin_transaction()
+        self.ledger.begin()
+        self._open.set()
+
+    def _note_failure(self, error: BaseException) -> None:
+        lane = self.lane
+        lane.counters.failed_commits += 1
+        lane.commit_failures_in_a_row += 1
+        lane.last_commit_error = error
+
+    async def _after_failed_request(
+        self, what: str, error: BaseException, timeout: float, *, ending: bool
+    ) -> None:
+        """A commit or abort request failed: an abortable error aborts; a broken producer,
+        or a request with no answer (its outcome unknown), loses the partition."""
+        producer = self.producer
+        broken = None if producer is None else aiokafka_compat.producer_failure(producer)
+        if isinstance(error, TimeoutError):
+            await self.lose(f"its {what} got no answer within {timeout:.1f} s", error)
+        elif broken is not None or isinstance(error, _BROKEN) or what == "abort":
+            await self.lose(f"its {what} failed ({describe_error(broken or error)})", error)
+        else:
+            reason = f"its {what} failed ({describe_error(error)})"
+            await self._abort(reason, timeout, redeliver=not ending)
+
+    # ---- abort ------------------------------------------------------------------------
+
+    async def _abort(self, reason: str, timeout: float, *, redeliver: bool) -> None:
+        """Drop the partition's waiting messages (its running ones can no longer publish),
+        abort the transaction and, unless the partition is being released, read it again from
+        the last commit."""
+        lane = self.lane
+        self.ready = False
+        self.epoch += 1
+        self.ledger.closing = True
+        self._open.set()  # publishers waiting at the gate find their transaction gone
+        lane.hold(self.tp)
+        lane.drop_waiting({self.tp})
+        if not await self._settle_sends():
+            await self.lose(f"{reason}; publishes under way did not end when cancelled", None)
+            return
+        producer = self.producer
+        assert producer is not None
+        if (broken := aiokafka_compat.producer_failure(producer)) is not None:
+            await self.lose(f"{reason}; its producer broke ({describe_error(broken)})", broken)
+            return
+        try:
+            async with asyncio.timeout(max(timeout, MIN_FINAL_COMMIT_SEC)):
+                await producer.abort_transaction()
+        except Exception as exc:  # TimeoutError included
+            self._note_failure(exc)
+            await self._after_failed_request("abort", exc, timeout, ending=not redeliver)
+            return
+        lane.counters.transactions_aborted += 1
+        start = self.committed_point if self.committed_point is not None else self.start_offset
+        lane.log.warning(
+            "Transaction of %s aborted (%s); its records are discarded%s",
+            self.name,
+            reason,
+            f" and its messages from offset {start} on run again" if redeliver else "",
+        )
+        if redeliver:
+            await self._restart()
+
+    async def _settle_sends(self, grace: float = CANCEL_GRACE_SEC) -> bool:
+        """Let the publishes under way finish (they only queue their records), cancelling
+        those still going after ``grace`` seconds; True once none is left.
+
+        Messages are not cancelled: from the epoch's change on their publishes are refused,
+        what they finish is not committed (their tracker is retired) and they end as any
+        message does, without FastStream logging a cancellation as an error; a key they hold
+        keeps its order for the messages read again."""
+        current = asyncio.current_task()
+        tasks = set(self.senders)
+        if current is not None:
+            tasks.discard(current)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        late = set(self.senders) - {current}
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=grace)
+        return not set(self.senders) - {current}
+
+    async def _restart(self) -> None:
+        """Read the partition again from its last commit, in a new transaction."""
+        assert self.producer is not None
+        await self.producer.begin_transaction()
+        lane = self.lane
+        lane.retire(self.tp)
+        lane.trackers[self.tp] = PartitionOffsets(self.committed_finished)
+        self.version_at_commit = 0
+        position = self.committed_point if self.committed_point is not None else self.start_offset
+        if position is not None and self.tp in lane.consumer.assignment():
+            lane.consumer.seek(self.tp, position)
+        self.cut_at = None
+        self.ledger.begin()
+        self.ready = True
+        self._open.set()
+        lane.unhold(self.tp)
+
+    # ---- lost -------------------------------------------------------------------------
+
+    async def lose(self, reason: str, error: BaseException | None) -> None:
+        """The producer cannot go on (fenced, broken, no answer): drop the partition's work,
+        close the producer and, unless an operator must act first, ask the group for a new
+        assignment (the only safe moment to start a producer again)."""
+        lane = self.lane
+        self.ready = False
+        self.epoch += 1
+        self.ledger.closing = True
+        self._open.set()  # publishers waiting at the gate find the transaction gone
+        lane.hold(self.tp)
+        lane.drop_waiting({self.tp})
+        await self._settle_sends()
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await aiokafka_compat.abandon_producer(producer)
+        lane.retire(self.tp)
+        fenced = isinstance(error, kafka_errors.ProducerFenced)
+        permanent = isinstance(error, _PERMANENT)
+        if fenced:
+            lane.counters.producers_fenced += 1
+            reason = (
+                f"its producer was fenced: another member took the partition over, or its "
+                f"transaction outlived transaction_timeout_sec ({reason})"
+            )
+        self.fault = Fault(
+            FAILED if permanent else DEGRADED,
+            f"exactly-once partition {self.name} stopped: {reason}; "
+            + ("fix the cause and restart" if permanent else "it waits for a new assignment"),
+        )
+        lane.log.error(
+            "Exactly-once partition %s stopped: %s; its uncommitted work is dropped (it runs "
+            "again from the last commit, by whichever member gets it)%s",
+            self.name,
+            reason,
+            "" if permanent else "; this member asks the group for a new assignment",
+        )
+        if not permanent and not self.ending and not lane.closing:
+            with contextlib.suppress(Exception):
+                aiokafka_compat.request_rejoin(lane.consumer)
+
+    # ---- set-up and release -------------------------------------------------------------
+
+    async def start_producer(self, timeout: float) -> bool:
+        """Start the partition's producer: fences the previous owner's, and returns once the
+        previous transaction of this transactional id is complete."""
+        lane = self.lane
+        options = lane.options
+        tid = transactional_id(
+            options.transactional_id_prefix, lane.pipeline.group, self.tp.topic, self.tp.partition
+        )
+        producer = lane.pipeline.transactional_producer(
+            tid, int(options.transaction_timeout_sec * 1000)
+        )
+        self.producer = producer
+        try:
+            async with asyncio.timeout(timeout):
+                await producer.start()
+        except Exception as exc:  # TimeoutError included
+            reason = (
+                f"its producer {tid!r} did not start within {timeout:.1f} s"
+                if isinstance(exc, TimeoutError)
+                else f"its producer {tid!r} did not start ({describe_error(exc)})"
+            )
+            await self.lose(reason, exc)
+            return False
+        return True
+
+    async def set_up(self, committed: OffsetAndMetadata | None, start_offset: int | None) -> int:
+        """Start reading after what was committed (or at ``start_offset``), skipping what the
+        metadata says was finished, in the first transaction. Returns how many finished
+        messages will be skipped."""
+        assert self.producer is not None
+        await self.producer.begin_transaction()
+        lane = self.lane
+        tp = self.tp
+        finished = frozenset() if committed is None else decode_metadata(lane, tp, committed)
+        self.committed_point = None if committed is None else committed.offset
+        self.committed_finished = finished
+        self.start_offset = start_offset
+        lane.retire(tp)
+        lane.trackers[tp] = PartitionOffsets(finished)
+        self.version_at_commit = 0
+        position = self.committed_point if self.committed_point is not None else start_offset
+        if position is not None:
+            lane.consumer.seek(tp, position)
+        self.ledger.begin()
+        self.fault = None
+        self.ready = True
+        self._open.set()
+        lane.unhold(tp)
+        return len(finished)
+
+    def leaving(self) -> None:
+        """The partition is about to be released: its set-up stops, a waiting commit gives up
+        waiting (and aborts if it must)."""
+        self.ending = True
+        self._changed.set()
+
+    async def end(self, timeout: float) -> bool:
+        """The partition is released (rebalance, stop): commit its transaction, or abort it
+        when messages in it still run, within ``timeout``; then close the producer (at most
+        ``_CLOSE_SEC`` more). Messages still running go on, as in an at-least-once lane;
+        nothing they do is committed. True when its finished work was committed."""
+        loop = asyncio.get_running_loop()
+        self.leaving()
+        ended = False
+        committed = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._lock:
+                if self.ready and self.producer is not None:
+                    committed = await self._settle(timeout, ending=True)
+                ended = True
+        self.ready = False
+        self.epoch += 1
+        self._open.set()  # publishers waiting at the gate find the partition gone
+        closing = loop.time() + _CLOSE_SEC
+        await self._settle_sends(_CLOSE_SEC / 4)
+        producer, self.producer = self.producer, None
+        if producer is None:
+            return committed
+        aiokafka_compat.forget_transaction_error(producer)
+        if ended:  # the transaction ended: nothing is left to flush
+            with contextlib.suppress(Exception):  # a stop that hangs is abandoned below
+                async with asyncio.timeout(max(0.0, closing - loop.time())):
+                    await producer.stop()
+                return committed
+        await aiokafka_compat.abandon_producer(producer, _CLOSE_SEC / 4)
+        return committed
+
+
+class _Spoiled(Exception):
+    """A transaction turned out to need an abort while its commit was being sent."""

@@ -1,0 +1,224 @@
+"""Exactly-once in one process against the real broker: every kind of publish of a message
+joins its transaction (``@publisher`` results, ``reply_to``, ``broker.publish`` in the handler,
+the dead letter), an attempt that failed after publishing leaves its records only in an
+aborted transaction, and the transactional producers connect as the broker does (SASL)."""
+
+import asyncio
+import os
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from faststream.exceptions import RejectMessage
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+from faststream.security import SASLPlaintext
+
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentProcessingMiddleware,
+    initialize_concurrent_processing,
+    processing_snapshot,
+)
+from tests.kafka_helpers import (
+    BOOTSTRAP,
+    concurrent_broker,
+    create_topic,
+    end_offsets,
+    read_all,
+    read_committed,
+    shut_down,
+    unique,
+    wait_committed,
+)
+
+pytestmark = pytest.mark.kafka
+
+SASL_BOOTSTRAP = os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS")
+SASL_USER, SASL_PASSWORD = "fcak-test", "fcak-test-secret"  # scripts/kafka.sh's test user
+MESSAGES = 40
+PARTITIONS = 2
+EXACTLY_ONCE: dict[str, Any] = {
+    "processing_guarantee": "exactly_once",
+    "commit_batch_timeout_sec": 0.5,
+    "retry_backoff_sec": 0.01,
+    "retry_backoff_max_sec": 0.02,
+}
+
+
+class Topics:
+    def __init__(self) -> None:
+        self.input = unique("eosp-in")
+        self.results = unique("eosp-results")
+        self.side = unique("eosp-side")
+        self.replies = unique("eosp-replies")
+        self.dlq = unique("eosp-dlq")
+        self.group = unique("eosp-group")
+
+    async def create(self) -> None:
+        for topic in (self.input, self.results, self.side, self.replies, self.dlq):
+            await create_topic(topic, PARTITIONS)
+
+    async def produce(self, count: int, *, bootstrap: str = BOOTSTRAP) -> None:
+        """Values 0..count-1; the even ones ask for a reply (FastStream's reply_to header)."""
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+        await producer.start()
+        try:
+            for i in range(count):
+                headers = [("reply_to", self.replies.encode())] if i % 2 == 0 else []
+                await producer.send(
+                    self.input, str(i).encode(), partition=i % PARTITIONS, headers=headers
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+
+def counted(values: list[bytes]) -> Counter[str]:
+    return Counter(value.decode().strip('"') for value in values)
+
+
+async def test_every_publish_of_a_message_joins_its_transaction() -> None:
+    """Message 7 fails once after it published its side record (retried: the first attempt's
+    record is aborted), message 13 is rejected after publishing (dead-lettered, its side
+    record aborted); everything else publishes a side record, a result and, for even values,
+    a reply, each committed exactly once."""
+    topics = Topics()
+    await topics.create()
+    await topics.produce(MESSAGES)
+    broker = concurrent_broker()
+    attempts: Counter[int] = Counter()
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: int, message: KafkaMessage) -> str:
+        attempts[body] += 1
+        await broker.publish(f"side-{body}", topics.side)
+        if body == 7 and attempts[body] == 1:
+            raise RuntimeError("flaky, after publishing")
+        if body == 13:
+            raise RejectMessage  # dead-letter it: after publishing
+        del message
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(
+        broker.context,
+        concurrency_limit=8,
+        max_retries=1,
+        dead_letter_topic=topics.dlq,
+        broker=broker,
+        **EXACTLY_ONCE,
+    )
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        totals = processing_snapshot(broker.context).totals
+    finally:
+        await shut_down(broker)
+
+    every = set(range(MESSAGES))
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        f"result-{i}" for i in every - {13}
+    )
+    assert counted(await read_committed(topics.side, PARTITIONS)) == Counter(
+        f"side-{i}" for i in every - {13}
+    )
+    assert counted(await read_committed(topics.replies, PARTITIONS)) == Counter(
+        f"result-{i}" for i in every - {13} if i % 2 == 0
+    )
+    dead = await read_committed(topics.dlq, PARTITIONS)
+    assert dead == [b"13"]
+    # The aborted records are there for a read_uncommitted reader: the aborts did happen (a
+    # transaction aborted for one message holds the others' records too: they run again).
+    uncommitted = counted([value for _, value, _ in await read_all(topics.side, MESSAGES + 2)])
+    assert uncommitted["side-7"] >= 2
+    assert uncommitted["side-13"] >= 1
+    assert attempts[7] >= 2  # and again if an abort for 13 caught its retry
+    assert attempts[13] == 1  # dead-lettered after the abort without running again
+    assert totals.transactions_aborted >= 2
+    assert totals.dead_lettered == 1
+
+
+@pytest.mark.skipif(SASL_BOOTSTRAP is None, reason="no SASL listener (KAFKA_SASL_PORT)")
+async def test_the_transactional_producers_connect_with_the_broker_s_sasl_settings() -> None:
+    assert SASL_BOOTSTRAP is not None
+    topics = Topics()
+    await topics.create()
+    await topics.produce(MESSAGES)
+    broker = KafkaBroker(
+        SASL_BOOTSTRAP,
+        security=SASLPlaintext(username=SASL_USER, password=SASL_PASSWORD),
+        logger=None,
+    )
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: int) -> str:
+        await asyncio.sleep(0)
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        committed = processing_snapshot(broker.context).totals.transactions_committed
+    finally:
+        await shut_down(broker)
+    assert committed >= 1
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        f"result-{i}" for i in range(MESSAGES)
+    )
+
+
+async def test_a_subscriber_with_several_consumers_publishes_each_result_once() -> None:
+    """``max_workers=2``: two consumers of one group in the process, each with the
+    transactions of the partitions the group gave it."""
+    topics = Topics()
+    await topics.create()
+    await topics.produce(MESSAGES)
+    broker = concurrent_broker()
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_workers=2,
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: int) -> str:
+        await asyncio.sleep(0.001)
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        snapshot = processing_snapshot(broker.context)
+    finally:
+        await shut_down(broker)
+    (subscriber,) = snapshot.subscribers
+    assert subscriber.consumers == 2
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        f"result-{i}" for i in range(MESSAGES)
+    )
