@@ -172,8 +172,7 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
     if spec.session_timeout_ms is not None:
         extra["session_timeout_ms"] = spec.session_timeout_ms
         extra["heartbeat_interval_ms"] = spec.session_timeout_ms // 10
-    results = spec.results_topic
-    if results is not None:
+    if spec.results_topic is not None:
         extra["isolation_level"] = "read_committed"  # exactly-once needs it; equal for both
     subscriber = broker.subscriber(
         spec.topic,
@@ -190,6 +189,7 @@ def _subscribe(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Any:
 def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., Any]:
     """The handler of ``spec.handler``; each counts itself with the probe and nothing else."""
     delay = spec.sleep_sec
+    results = spec.results_topic
     if results is not None:
 
         async def pipeline(body: int) -> None:
@@ -199,8 +199,7 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
             await broker.publish(body, results)
             probe.leave()
 
-        subscriber(pipeline)
-        return subscriber
+        return pipeline
 
     async def noop(body: int) -> None:
         probe.enter()
