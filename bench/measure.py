@@ -362,7 +362,7 @@ def _fill_handler_stats(result: RunResult, handler: KafkaConcurrentHandler) -> N
     result.processed = handler.processed
     result.commit_requests = handler.committer.commit_requests
     # Read by name: bench.paired runs this harness with older libraries too.
-    counters = handler.engine.counters
+    counters = getattr(getattr(handler, "engine", None), "counters", None)
     committed = getattr(counters, "transactions_committed", 0)
     aborted = getattr(counters, "transactions_aborted", 0)
     if committed or aborted:
