@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
-from prometheus_client import CollectorRegistry, generate_latest
 
 from bench import instrument
 from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec
@@ -44,7 +43,6 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
-from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 
 if TYPE_CHECKING:
     from faststream_concurrent_aiokafka import KafkaConcurrentHandler
@@ -141,8 +139,14 @@ class Scraper:
     as a service's /metrics route would: the cost of the snapshot and the exposition."""
 
     def __init__(self, broker: KafkaBroker, interval: float) -> None:
+        # Imported here: the other package's virtualenv runs this harness without them.
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
+
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ConcurrentProcessingCollector(broker))
+        self._expose = generate_latest
         self.interval = interval
         self.count = 0
         self.seconds = 0.0
@@ -161,7 +165,7 @@ class Scraper:
         while True:
             await asyncio.sleep(self.interval)
             started = time.perf_counter()
-            generate_latest(self.registry)
+            self._expose(self.registry)
             self.seconds += time.perf_counter() - started
             self.count += 1
 
