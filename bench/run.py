@@ -271,13 +271,15 @@ def rewrite_report(out: Path, saved: Path) -> int:
 
 
 def _other_package(python: str) -> str:
-    """The other package's version in that interpreter (by its metadata only), or ""."""
+    """The other package's version in that interpreter (by its metadata only), or "".
+    Isolated mode (-I): from this checkout's folder, the working directory on the path would
+    find this package's own metadata first."""
     probe = (
         "from importlib.metadata import version; print(version('faststream-concurrent-aiokafka'))"
     )
     try:
         done = subprocess.run(
-            [python, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+            [python, "-I", "-c", probe], capture_output=True, text=True, check=True, timeout=60
         )
     except (OSError, subprocess.SubprocessError) as exc:
         print(
