@@ -24,8 +24,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.kafka_io import create_topic, produce, unique
+from bench.kafka_io import create_topic, fill, unique
 from bench.model import RunResult, RunSpec
+from bench.paired import emit, pick_cases
+from bench.plan import abba
 from bench.run import delete_topics, machine_info, run_worker
 
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -83,10 +85,8 @@ def per_thousand(result: RunResult) -> float:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    cases = [name.strip() for name in args.cases.split(",") if name.strip()]
-    unknown = [name for name in cases if name not in CASES]
-    if unknown:
-        print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+    cases = pick_cases(args.cases, CASES)
+    if cases is None:
         return 2
     machine = machine_info()
     lines = [
@@ -108,13 +108,12 @@ def main(argv: list[str]) -> int:
         for name in cases:
             base = CASES[name]
             topic = unique(f"bench-eos-{name}")
-            asyncio.run(_fill(args.bootstrap, topic, base))
+            asyncio.run(fill(args.bootstrap, topic, base.partitions, base.messages))
             results: dict[str, list[RunResult]] = {g: [] for g in GUARANTEES}
             created = [topic]
             try:
                 for repeat in range(args.repeat):
-                    order = list(GUARANTEES) if repeat % 2 == 0 else list(reversed(GUARANTEES))
-                    for guarantee in order:
+                    for guarantee in abba(list(GUARANTEES), repeat):
                         out = unique(f"bench-eos-out-{name}")
                         asyncio.run(create_topic(args.bootstrap, out, base.partitions))
                         created.append(out)
@@ -142,11 +141,7 @@ def main(argv: list[str]) -> int:
             finally:
                 asyncio.run(delete_topics(args.bootstrap, created))
             lines.append(_row(name, results))
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out is not None:
-        with args.out.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + report)
+    emit(lines, args.out)
     return 0
 
 
@@ -165,11 +160,6 @@ def _row(name: str, results: dict[str, list[RunResult]]) -> str:
         f"{statistics.median(per_thousand(r) for r in eos):.1f} | {aborted} "
         f"| {min(loads):.2f}-{max(loads):.2f} |"
     )
-
-
-async def _fill(bootstrap: str, topic: str, spec: RunSpec) -> None:
-    await create_topic(bootstrap, topic, spec.partitions)
-    await produce(bootstrap, topic, spec.messages, spec.partitions)
 
 
 if __name__ == "__main__":

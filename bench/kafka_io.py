@@ -31,6 +31,12 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
+async def fill(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+    """A new topic holding ``count`` pre-produced messages (the paired benchmarks' input)."""
+    await create_topic(bootstrap, topic, partitions)
+    await produce(bootstrap, topic, count, partitions)
+
+
 async def produce(
     bootstrap: str, topic: str, count: int, partitions: int, payload: str = "int"
 ) -> float:

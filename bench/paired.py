@@ -17,8 +17,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.kafka_io import create_topic, produce, unique
+from bench.kafka_io import fill, unique
 from bench.model import RunResult, RunSpec
+from bench.plan import abba
 from bench.run import REPO, delete_topics, run_worker
 
 CASES = {
@@ -71,9 +72,23 @@ def library_dir(checkout: Path, scratch: Path) -> Path:
     return folder
 
 
-async def fill(bootstrap: str, topic: str, spec: RunSpec) -> None:
-    await create_topic(bootstrap, topic, spec.partitions)
-    await produce(bootstrap, topic, spec.messages, spec.partitions)
+def pick_cases(names: str, known: dict[str, RunSpec]) -> list[str] | None:
+    """The comma-separated case names, or None (after saying which) if one is unknown."""
+    cases = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in cases if name not in known]
+    if unknown:
+        print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+        return None
+    return cases
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print the report; with ``out``, also append it to that markdown file."""
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out is not None:
+        with out.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + report)
 
 
 def measure(spec: RunSpec, library: Path, scratch: Path, index: int) -> RunResult:
@@ -82,10 +97,8 @@ def measure(spec: RunSpec, library: Path, scratch: Path, index: int) -> RunResul
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    cases = [name.strip() for name in args.cases.split(",") if name.strip()]
-    unknown = [name for name in cases if name not in CASES]
-    if unknown:
-        print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+    cases = pick_cases(args.cases, CASES)
+    if cases is None:
         return 2
     lines = [
         f"## Paired runs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -105,14 +118,11 @@ def main(argv: list[str]) -> int:
         for name in cases:
             base = CASES[name]
             topic = unique(f"bench-paired-{name}")
-            asyncio.run(fill(args.bootstrap, topic, base))
+            asyncio.run(fill(args.bootstrap, topic, base.partitions, base.messages))
             rates: dict[str, list[float]] = {"this": [], "other": []}
             try:
                 for repeat in range(args.repeat):
-                    order = [("this", mine), ("other", theirs)]
-                    if repeat % 2:
-                        order.reverse()
-                    for who, library in order:
+                    for who, library in abba([("this", mine), ("other", theirs)], repeat):
                         spec = replace(
                             base, bootstrap=args.bootstrap, topic=topic, group=unique("bench-g")
                         )
@@ -132,11 +142,7 @@ def main(argv: list[str]) -> int:
                 f"| {statistics.median(ratios):.3f} "
                 f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
             )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out is not None:
-        with args.out.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + report)
+    emit(lines, args.out)
     return 0
 
 
