@@ -348,18 +348,15 @@ class KafkaBatchCommitter:
                 log_redelivery(lane, tp, tracker, "it went to another member")
         if not back:
             return
-        consumer = lane.consumer
-        # Nothing of these may be fetched from the old committed offset meanwhile: paused
-        # before the first await, so the poll loop cannot get any of their records.
-        held = set(back) - set(consumer.paused())
-        if held:
-            consumer.pause(*held)
+        # Nothing of these may be fetched from the old committed offset meanwhile: held paused
+        # before the first await, so the poll loop cannot get any of their records. Held, not
+        # paused directly: a backpressure pause meanwhile then resumes them with the lane.
+        held = set(back) - set(lane.consumer.paused())
+        lane.hold(*held)
         try:
             await self._restore(lane, back, timeout)
         finally:
-            still = held & consumer.assignment()
-            if still and not lane.paused:
-                consumer.resume(*still)
+            lane.unhold(*held)
 
     async def _restore(
         self, lane: ConsumerLane, back: dict[TopicPartition, PartitionOffsets], timeout: float

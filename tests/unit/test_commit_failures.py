@@ -438,6 +438,25 @@ async def test_fenced_flush_is_committed_after_the_rejoin_for_partitions_given_b
     await engine.close()
 
 
+async def test_a_backpressure_pause_during_the_rejoin_commit_resumes_what_it_gave_back() -> None:
+    consumer = FakeConsumer([0])
+    engine, lane, _ = await started_engine(consumer)
+    await admit_and_finish(engine, lane, {0: range(6)})
+    await fenced_revocation(consumer, engine, lane)
+
+    async def paused_meanwhile(_offsets: dict[Any, OffsetAndMetadata]) -> None:
+        lane.pause()  # the backlog filled up while the rejoin's commit was on its way
+
+    consumer.steps.append(paused_meanwhile)
+    await engine.partitions_assigned(lane, {tp(0)})
+
+    assert consumer.committed[tp(0)].offset == 6
+    assert tp(0) in consumer.paused()  # paused with the lane...
+    lane.resume()
+    assert tp(0) not in consumer.paused()  # ...and resumed with it
+    await engine.close()
+
+
 async def test_rejoin_never_moves_the_group_back() -> None:
     """Between the refusal and the rejoin another member committed further: keep its point."""
     consumer = FakeConsumer([0])
