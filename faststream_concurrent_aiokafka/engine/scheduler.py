@@ -192,12 +192,13 @@ class Scheduler:
         self.refresh_pause(lane)
 
     def _settle(self, message: AdmittedMessage, *, cancelled: bool) -> None:
-        """Free the message's slot and move its offsets: finished, or blocked if cancelled."""
+        """Free the message's slot and move its offsets: finished, or blocked if cancelled or
+        to run again (then not counted: a failed attempt would count as a success)."""
         lane = message.lane
         lane.running.discard(message)
         message.task = None
         self.running -= 1
-        if cancelled:
+        if cancelled or message.runs_again:
             for _, tracker, offset in message.positions():
                 tracker.block(offset)
         else:

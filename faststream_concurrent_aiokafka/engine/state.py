@@ -131,6 +131,7 @@ class AdmittedMessage:
         "lane",
         "offset",
         "record",
+        "runs_again",
         "task",
         "topic_partition",
         "tracker",
@@ -156,6 +157,9 @@ class AdmittedMessage:
         self.task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.attempt_error: BaseException | None = None
+        # Exactly-once: its attempt ended with its transaction's abort (or its partition's
+        # loss); it runs again, so this run is neither finished nor counted.
+        self.runs_again = False
         # For a batch, every record's place; None for a single message (the common case).
         self.batch: tuple[Position, ...] | None = None
 

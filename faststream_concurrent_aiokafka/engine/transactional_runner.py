@@ -68,6 +68,7 @@ async def run_transactional_slot(message: AdmittedMessage, take_next: TakeNext) 
 
 def _block(message: AdmittedMessage) -> None:
     """The commit point never passes the message: it runs again after the abort."""
+    message.runs_again = True
     for _, tracker, offset in message.positions():
         tracker.block(offset)
 

@@ -411,6 +411,21 @@ async def test_a_final_failure_after_publishing_is_dead_lettered_in_the_next_tra
     assert rig.done() == {0, 1, 2}
 
 
+async def test_a_failure_after_publishing_counts_as_a_failure_never_as_a_success(
+    make_rig: MakeRig,
+) -> None:
+    """An attempt that fails after it published ends with its transaction's abort and runs
+    again: that run is neither a processed message nor a success for the brake's count of
+    failures in a row (which trips after two here)."""
+    rig = await make_rig(produce=4, hold=False, dead_letter_topic=DLQ, max_consecutive_failures=2)
+    for offset in range(4):
+        rig.pipeline.fail(0, offset, Boom("always"))
+    rig.consumer.produce(0, 0)
+    await wait_until(lambda: rig.lane.brake.tripped)
+    assert rig.engine.counters.dead_lettered == 2
+    assert rig.engine.counters.processed == rig.engine.counters.failed
+
+
 async def test_a_failing_dead_letter_aborts_and_is_tried_again_until_it_goes_through(
     make_rig: MakeRig,
 ) -> None:
