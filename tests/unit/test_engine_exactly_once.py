@@ -450,7 +450,7 @@ async def test_a_publish_after_its_message_ended_is_refused(make_rig: MakeRig) -
     spawned: list[asyncio.Task[None]] = []
 
     async def late(sender: TransactionalSender) -> None:
-        await asyncio.sleep(1)
+        await wait_until(lambda: rig.engine.in_flight == 0)  # its message ended
         try:
             await sender.send(OUT, b"late")
         except TransactionalPublishError as exc:
