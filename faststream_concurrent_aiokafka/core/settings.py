@@ -61,6 +61,23 @@ def _seconds(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+# Kafka carries a transaction timeout as an Int32 of milliseconds.
+_MIN_TRANSACTION_TIMEOUT_SEC = 0.001
+_MAX_TRANSACTION_TIMEOUT_SEC = (2**31 - 1) // 1000
+
+
+def _transaction_timeout(name: str, value: Any) -> None:
+    _seconds(name, value)
+    if not _MIN_TRANSACTION_TIMEOUT_SEC <= value <= _MAX_TRANSACTION_TIMEOUT_SEC:
+        msg = (
+            f"{name} must be from {_MIN_TRANSACTION_TIMEOUT_SEC} to "
+            f"{_MAX_TRANSACTION_TIMEOUT_SEC} seconds (Kafka's "
+            f"limit; the broker's transaction.max.timeout.ms, 15 minutes by default, may be "
+            f"lower), got {value!r}"
+        )
+        raise ValueError(msg)
+
+
 def _bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         msg = f"{name} must be True or False, got {value!r}"
@@ -169,7 +186,7 @@ class SubscriberSettings:
     stall_warning_sec: float | None = _setting(60.0, _seconds, optional=True)
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
     transactional_id_prefix: str = _setting("", _id_prefix)
-    transaction_timeout_sec: float = _setting(60.0, _seconds)
+    transaction_timeout_sec: float = _setting(60.0, _transaction_timeout)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -452,11 +452,31 @@ def test_settings_reject_any_int_below_the_minimum(name: str, offset: int) -> No
 
 @HYPOTHESIS
 @given(
-    name=st.sampled_from(SECONDS_PARAMS),
+    name=st.sampled_from([name for name in SECONDS_PARAMS if name != "transaction_timeout_sec"]),
     value=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False, allow_nan=False),
 )
 def test_settings_accept_any_finite_positive_seconds(name: str, value: float) -> None:
     assert getattr(_settings(**_with_consistent_backoff(name, value)), name) == value
+
+
+@HYPOTHESIS
+@given(value=st.floats(min_value=0.001, max_value=2_147_483))
+def test_a_transaction_timeout_is_accepted_within_kafka_s_int32_of_milliseconds(
+    value: float,
+) -> None:
+    assert _settings(transaction_timeout_sec=value).transaction_timeout_sec == value
+
+
+@HYPOTHESIS
+@given(
+    value=st.floats(min_value=0.0, max_value=0.001, exclude_min=True, exclude_max=True)
+    | st.floats(min_value=2_147_483, exclude_min=True, allow_infinity=False)
+)
+def test_a_transaction_timeout_outside_kafka_s_range_is_refused(value: float) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(transaction_timeout_sec=value)
+
+    _assert_names_only(error, "transaction_timeout_sec")
 
 
 @HYPOTHESIS
@@ -785,6 +805,8 @@ def test_configured_subscribers_are_independent() -> None:
         ("processing_guarantee", "exactly-once"),
         ("transactional_id_prefix", "tab\t"),
         ("transaction_timeout_sec", 0),
+        ("transaction_timeout_sec", 0.0001),
+        ("transaction_timeout_sec", 1e12),
     ],
     ids=repr,
 )
