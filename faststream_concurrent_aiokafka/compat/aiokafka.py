@@ -149,16 +149,19 @@ def producer_failure(producer: AIOKafkaProducer) -> BaseException | None:
 
     Why private: aiokafka keeps the transaction state and its sender task to itself; once
     the sender died every transactional call fails with an unrelated error (or an assertion),
-    so the state is read before each one. No fallback: the caller treats a missing attribute
-    as a broken producer.
+    so the state is read before each one. No fallback: a missing attribute (another aiokafka)
+    is returned as the failure, so the partition stops loudly instead of guessing.
     """
-    task = producer._sender.sender_task
-    if task is not None and task.done() and not task.cancelled():
-        error: BaseException | None = task.exception()
-        if error is not None:
-            return error
-    if producer._txn_manager is not None and producer._txn_manager.is_fatal_error():
-        return RuntimeError("the producer's transaction state is fatal")
+    try:
+        task = producer._sender.sender_task
+        if task is not None and task.done() and not task.cancelled():
+            error: BaseException | None = task.exception()
+            if error is not None:
+                return error
+        if producer._txn_manager is not None and producer._txn_manager.is_fatal_error():
+            return RuntimeError("the producer's transaction state is fatal")
+    except AttributeError as exc:
+        return exc
     return None
 
 

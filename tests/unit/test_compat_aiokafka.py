@@ -128,3 +128,13 @@ async def test_a_producer_s_failure_is_read_from_its_sender_and_transaction_stat
     assert producer._txn_manager._transaction_waiter.done()
     await compat.abandon_producer(producer)
     assert producer._closed
+
+
+async def test_a_producer_whose_state_is_not_where_expected_counts_as_broken() -> None:
+    """Another aiokafka without the sender task: the partition stops, never an AttributeError
+    in the commit path."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", transactional_id="t")
+    del producer._sender
+    assert isinstance(compat.producer_failure(producer), AttributeError)
