@@ -13,7 +13,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
-from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, MIN_FINAL_COMMIT_SEC
+from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, final_commit_timeout
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
@@ -351,7 +351,7 @@ class PartitionTransaction:
             await self.lose(f"{reason}; its producer broke ({describe_error(broken)})", broken)
             return
         try:
-            async with asyncio.timeout(max(timeout, MIN_FINAL_COMMIT_SEC)):
+            async with asyncio.timeout(final_commit_timeout(timeout)):
                 await producer.abort_transaction()
         except Exception as exc:  # TimeoutError included
             self._note_failure(exc)
@@ -445,8 +445,15 @@ class PartitionTransaction:
             "" if permanent else "; this member asks the group for a new assignment",
         )
         if not permanent and not self.ending and not lane.closing:
-            with contextlib.suppress(Exception):
+            try:
                 aiokafka_compat.request_rejoin(lane.consumer)
+            except Exception as exc:
+                lane.log.warning(
+                    "Asking the group for a new assignment failed (%s); %s waits for the "
+                    "next rebalance",
+                    describe_error(exc),
+                    self.name,
+                )
 
     # ---- set-up and release -------------------------------------------------------------
 

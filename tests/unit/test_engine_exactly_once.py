@@ -522,6 +522,24 @@ async def test_a_fenced_partition_drops_its_work_and_asks_for_a_new_assignment(
     assert assess(monitor.current_faults(rig.engine)).status == "ok"
 
 
+async def test_a_fenced_partition_that_cannot_ask_for_a_rebalance_says_so(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await make_rig(produce=1)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 1)
+
+    def unavailable() -> None:
+        raise AttributeError("no coordinator here")
+
+    monkeypatch.setattr(rig.consumer._coordinator, "request_rejoin", unavailable)
+    newer = FakeProducer(rig.cluster, "t.fake-group:t:0", 60_000)
+    await newer.start()
+    assert not await rig.flush()
+    assert rig.engine.counters.producers_fenced == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("t[0] of fake-pipeline waits for the next rebalance" in line for line in warnings)
+
+
 async def test_a_release_commits_finished_work_and_closes_the_producer(
     make_rig: MakeRig,
 ) -> None:
