@@ -39,7 +39,7 @@ class FailurePolicy:
             return Outcome.STOP
         if isinstance(error, self.done):
             return Outcome.DONE
-        if isinstance(error, (*self.dead_letter, *self.no_retry)):
+        if isinstance(error, (self.dead_letter, self.no_retry)):  # nested: no copy
             return Outcome.DEAD_LETTER
         return Outcome.RETRY
 

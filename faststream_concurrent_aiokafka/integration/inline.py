@@ -17,6 +17,7 @@ from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+from faststream_concurrent_aiokafka.engine.runner import summary
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
@@ -65,14 +66,14 @@ async def _after_failure(
     first = raw[0] if isinstance(raw, tuple) else raw
     where = f"{first.topic}[{first.partition}]@{first.offset}"
     extra = {"topic": first.topic, "partition": first.partition, "offset": first.offset}
-    summary = f"{type(error).__name__}: {error}"
+    text = summary(error)
     if retry:
         delay = backoff_delay(attempt, settings.retry_backoff_sec, settings.retry_backoff_max_sec)
         log.info(
             "Attempt %d of %s failed (%s); retrying in %.3f s",
             attempt,
             where,
-            summary,
+            text,
             delay,
             extra=extra,
         )
@@ -84,7 +85,7 @@ async def _after_failure(
         "Message %s failed after %d attempt(s) (%s); dead-lettering to %r",
         where,
         attempt,
-        summary,
+        text,
         topic,
         exc_info=error,
         extra=extra,
