@@ -133,6 +133,17 @@ class ReplayFilter:
     min_offset: int | None = None
     max_offset: int | None = None
 
+    def __post_init__(self) -> None:
+        # A bare string would match by substring ("order" in "orders"): refused, not guessed.
+        for name in ("exception_types", "topics", "partitions"):
+            if isinstance(getattr(self, name), str | bytes):
+                msg = f"ReplayFilter.{name} must be a collection, e.g. ({getattr(self, name)!r},)"
+                raise ValueError(msg)
+        low, high = self.min_offset, self.max_offset
+        if low is not None and high is not None and low > high:
+            msg = f"ReplayFilter.min_offset ({low}) is above max_offset ({high}): nothing matches"
+            raise ValueError(msg)
+
     @property
     def is_empty(self) -> bool:
         return not (

@@ -76,6 +76,21 @@ def test_a_filter_matches_on_every_field_it_has(only: ReplayFilter, matches: boo
     assert only.matches(None) is False  # a foreign record matches no filter with a field
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"topics": "orders"}, "ReplayFilter.topics"),
+        ({"exception_types": "ValueError"}, "ReplayFilter.exception_types"),
+        ({"min_offset": 5, "max_offset": 4}, "ReplayFilter.min_offset"),
+    ],
+)
+def test_a_filter_that_would_match_wrongly_or_never_is_refused(
+    fields: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        ReplayFilter(**fields)  # type: ignore[arg-type]
+
+
 def test_a_copy_keeps_the_original_headers_and_moves_ours_under_history() -> None:
     marker = replayed_from("orders.dlq", 0, 7)
 
