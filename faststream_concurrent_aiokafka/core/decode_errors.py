@@ -32,6 +32,12 @@ DECODE_ERRORS: Final[tuple[type[Exception], ...]] = (
 """What ``no_retry_on`` holds by default; extend it with ``(*DECODE_ERRORS, MyError)``."""
 
 
+def quotes_input(error: BaseException) -> bool:
+    """Whether the error's own text (and so a traceback's last line) quotes the message body:
+    pydantic's and FastDepends' validation errors do."""
+    return isinstance(error, pydantic.ValidationError | FastDependsValidationError)
+
+
 def describe_exception(error: BaseException) -> str:
     """The exception's text, except that validation errors are described by field and rule
     only: pydantic's and FastDepends' own text quotes the input, which is the message body."""

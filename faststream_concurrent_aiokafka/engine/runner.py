@@ -8,6 +8,7 @@ every message in flight. The message's offset is committed only after all of it.
 import asyncio
 from typing import NamedTuple
 
+from faststream_concurrent_aiokafka.core.decode_errors import describe_exception, quotes_input
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
@@ -135,7 +136,7 @@ def _hold(
             lane.name,
             message.describe(),
             cause,
-            exc_info=error,
+            exc_info=log_traceback(error),
             extra=message.log_extra(),
         )
     else:
@@ -167,7 +168,7 @@ def log_final_failure(
         summary(error),
         "" if retried else ", not retried",
         outcome,
-        exc_info=error,
+        exc_info=log_traceback(error),
         extra=message.log_extra(),
     )
 
@@ -226,4 +227,11 @@ async def _dead_letter_or_log(
 
 
 def summary(error: BaseException | None) -> str:
-    return "no error" if error is None else f"{type(error).__name__}: {error}"
+    """An error for a log line: type and text, a validation error without the body it quotes."""
+    return "no error" if error is None else f"{type(error).__name__}: {describe_exception(error)}"
+
+
+def log_traceback(error: BaseException) -> BaseException | None:
+    """What a log line's ``exc_info`` gets: none for an error whose text quotes the body (its
+    traceback ends with that text; the line's summary names the fields and rules instead)."""
+    return None if quotes_input(error) else error

@@ -17,7 +17,7 @@ from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
-from faststream_concurrent_aiokafka.engine.runner import summary
+from faststream_concurrent_aiokafka.engine.runner import log_traceback, summary
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
@@ -87,7 +87,7 @@ async def _after_failure(
         attempt,
         text,
         topic,
-        exc_info=error,
+        exc_info=log_traceback(error),
         extra=extra,
     )
     await publish_dead_letter(

@@ -8,10 +8,12 @@ rebalance or a shutdown commits, commit batching and metadata, failures and dead
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 import pytest
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
 from aiokafka.structs import OffsetAndMetadata
@@ -676,6 +678,36 @@ async def test_the_last_failed_attempt_dead_letters_the_message(make_rig: MakeRi
     await wait_until(lambda: rig.engine.counters.processed == 2)
     await rig.flush()
     assert rig.committed() == 2
+
+
+class Card(pydantic.BaseModel):
+    number: int
+
+
+def card_error() -> pydantic.ValidationError:
+    """What FastStream raises for a body that does not fit: its text quotes the body."""
+    try:
+        Card(number="4111-SECRET")  # type: ignore[arg-type]
+    except pydantic.ValidationError as error:
+        assert "SECRET" in str(error)
+        return error
+    raise AssertionError
+
+
+async def test_log_lines_of_a_validation_error_do_not_quote_the_message(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig(max_retries=1, dead_letter_topic="dlq", no_retry_on=())
+    rig.pipeline.fail(0, 0, card_error(), card_error())
+    with caplog.at_level(logging.INFO):
+        rig.admit(0, 0)
+        await wait_until(lambda: rig.engine.counters.processed == 1)
+    lines = [
+        logging.Formatter().format(r) for r in caplog.records if r.name == "tests.fakes.pipeline"
+    ]
+    assert len(lines) == 2  # the retry (INFO) and the final failure (ERROR)
+    assert all("number: Input should be a valid integer" in line for line in lines), lines
+    assert not any("SECRET" in line for line in lines), lines
 
 
 async def test_a_rejected_message_is_dead_lettered_without_retries(make_rig: MakeRig) -> None:

@@ -2,6 +2,7 @@
 not worth retrying and dead letters, without Kafka (README, "Testing your app")."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -146,7 +147,9 @@ async def test_the_dead_letter_reaches_a_test_subscriber_of_the_dead_letter_topi
     assert int(headers["x-dead-letter-timestamp"]) > 0
 
 
-async def test_an_undecodable_body_is_dead_lettered_at_once_by_default() -> None:
+async def test_an_undecodable_body_is_dead_lettered_at_once_by_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     br = broker()
     letters: list[KafkaMessage] = []
 
@@ -158,13 +161,17 @@ async def test_an_undecodable_body_is_dead_lettered_at_once_by_default() -> None
     async def dead(msg: KafkaMessage) -> None:
         letters.append(msg)
 
-    async with TestKafkaBroker(br) as test:
-        await test.publish(b"card 4111-SECRET", "orders")
+    with caplog.at_level(logging.INFO):
+        async with TestKafkaBroker(br) as test:
+            await test.publish(b"card 4111-SECRET", "orders")
 
     [letter] = letters
     assert letter.headers["x-dead-letter-exception-type"] == "ValidationError"
     assert letter.headers["x-dead-letter-attempts"] == "1"
     assert "SECRET" not in letter.headers["x-dead-letter-exception-message"]
+    logged = [logging.Formatter().format(r) for r in caplog.records]
+    assert any("failed after 1 attempt(s) (ValidationError" in line for line in logged), logged
+    assert not any("SECRET" in line for line in logged), logged
 
 
 async def test_no_retry_on_sends_the_listed_errors_to_the_dead_letter_topic_at_once() -> None:
