@@ -66,7 +66,6 @@ class PartitionTransaction:
         self.committed_finished: frozenset[int] = frozenset()
         self.start_offset: int | None = None  # where reading starts without a committed offset
         self.cut_at: int | None = None  # held at the admission span's end, from this offset
-        self.version_at_commit = 0
         # Messages whose transaction was aborted after they failed: how their attempts went.
         self.earlier: dict[int, EarlierAttempts] = {}
         self.senders: Counter[asyncio.Task[Any]] = Counter()
@@ -180,7 +179,7 @@ class PartitionTransaction:
         if self.ledger.taint is not None:
             return True
         tracker = self.lane.trackers.get(self.tp)
-        finished = 0 if tracker is None else tracker.version - self.version_at_commit
+        finished = 0 if tracker is None else tracker.version - tracker.committed_version
         if interval_elapsed:
             return finished > 0 or self.ledger.opened_at is not None
         return finished >= self.settings.commit_batch_size
@@ -292,7 +291,6 @@ class PartitionTransaction:
         if tracker is not None and point is not None:
             tracker.committed = point
             tracker.committed_version = version
-            self.version_at_commit = version
         self.committed_point, self.committed_finished = point, finished
         if point is not None:
             for offset in [o for o in self.earlier if o < point]:
@@ -396,7 +394,6 @@ class PartitionTransaction:
         lane = self.lane
         lane.retire(self.tp)
         lane.trackers[self.tp] = PartitionOffsets(self.committed_finished)
-        self.version_at_commit = 0
         position = self.committed_point if self.committed_point is not None else self.start_offset
         if position is not None and self.tp in lane.consumer.assignment():
             lane.consumer.seek(self.tp, position)
@@ -496,7 +493,6 @@ class PartitionTransaction:
         self.start_offset = start_offset
         lane.retire(tp)
         lane.trackers[tp] = PartitionOffsets(finished)
-        self.version_at_commit = 0
         position = self.committed_point if self.committed_point is not None else start_offset
         if position is not None:
             lane.consumer.seek(tp, position)
