@@ -230,7 +230,8 @@ class KafkaBatchCommitter:
         """One commit request for this consumer, bounded by ``commit_timeout_sec``: aiokafka
         retries a commit for as long as no coordinator answers, so without a bound a lost
         broker would hold every commit (and the shutdown) forever. False if it failed (what
-        is kept and what is dropped: ``core.commit_policy``)."""
+        is kept and what is dropped: ``core.commit_policy``). An exactly-once lane commits
+        each partition's transaction now instead of on its interval."""
         timeout = self._commit_timeout
         if lane.transactions is not None:
             return await lane.transactions.flush(timeout)
@@ -403,7 +404,7 @@ class KafkaBatchCommitter:
         )
 
     async def close(self) -> None:
-        """Stop the loop; the caller flushes what is left with ``commit_lane``."""
+        """Stop the loop; the engine's drain committed what was left before (with ``send``)."""
         if self._task is not None:
             self._task.cancel()
             # Bounded: a commit stuck on a dead connection must not hold up the shutdown.
