@@ -278,12 +278,26 @@ class KafkaBatchCommitter:
         *,
         with_metadata: bool = True,
     ) -> CommitAttempt:
+        return await self._request(
+            lane, lambda: collect_commit(lane, partitions), deadline, with_metadata=with_metadata
+        )
+
+    async def _request(
+        self,
+        lane: ConsumerLane,
+        collect: Callable[[], CommitBatch],
+        deadline: float,
+        *,
+        with_metadata: bool = True,
+    ) -> CommitAttempt:
+        """One commit request of the batch ``collect`` takes under the lane's commit lock,
+        counted, and bounded by ``deadline``."""
         batch = CommitBatch()
         try:
             # aiokafka retries an unreachable coordinator inside commit() without end: the
             # deadline is the only bound. Cancelling it leaves Kafka's state untouched.
             async with asyncio.timeout_at(deadline), lane.commit_lock:
-                batch = collect_commit(lane, partitions)
+                batch = collect()
                 if not batch:
                     return CommitAttempt(batch)
                 self.commit_requests += 1
@@ -382,17 +396,11 @@ class KafkaBatchCommitter:
                 batch.add(tp, tracker, point, tracker.finished_above() if track else frozenset())
         if not batch:
             return
-        try:
-            async with asyncio.timeout_at(deadline), lane.commit_lock:
-                self.commit_requests += 1
-                lane.counters.commit_requests += 1
-                await lane.consumer.commit(await batch.offsets())
-        except Exception as exc:
-            self.failed_commits += 1
-            lane.counters.failed_commits += 1
-            reason = f"{classify_commit_error(exc).value}: {describe_error(exc)}"
+        attempt = await self._request(lane, lambda: batch, deadline)
+        if not attempt.ok:
+            reason = f"the commit after the rejoin failed, {attempt.reason()}"
             for tp in batch.partitions:
-                log_redelivery(lane, tp, back[tp], f"the commit after the rejoin failed, {reason}")
+                log_redelivery(lane, tp, back[tp], reason)
             return
         for tp, point in batch.points().items():
             lane.consumer.seek(tp, point)
