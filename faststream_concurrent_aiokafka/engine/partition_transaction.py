@@ -329,17 +329,23 @@ class PartitionTransaction:
 
     # ---- abort ------------------------------------------------------------------------
 
+    def _close_epoch(self) -> None:
+        """The open transaction is over for its messages: none may publish into it any more
+        (publishers waiting at the gate find it gone), nothing new is fetched, and what waits
+        for a slot is dropped (it runs again from the last commit)."""
+        self.ready = False
+        self.epoch += 1
+        self.ledger.closing = True
+        self._open.set()
+        self.lane.hold(self.tp)
+        self.lane.drop_waiting({self.tp})
+
     async def _abort(self, reason: str, timeout: float, *, redeliver: bool) -> None:
         """Drop the partition's waiting messages (its running ones can no longer publish),
         abort the transaction and, unless the partition is being released, read it again from
         the last commit."""
         lane = self.lane
-        self.ready = False
-        self.epoch += 1
-        self.ledger.closing = True
-        self._open.set()  # publishers waiting at the gate find their transaction gone
-        lane.hold(self.tp)
-        lane.drop_waiting({self.tp})
+        self._close_epoch()
         if not await self._settle_sends():
             await self.lose(f"{reason}; publishes under way did not end when cancelled", None)
             return
@@ -410,12 +416,7 @@ class PartitionTransaction:
         close the producer and, unless an operator must act first, ask the group for a new
         assignment (the only safe moment to start a producer again)."""
         lane = self.lane
-        self.ready = False
-        self.epoch += 1
-        self.ledger.closing = True
-        self._open.set()  # publishers waiting at the gate find the transaction gone
-        lane.hold(self.tp)
-        lane.drop_waiting({self.tp})
+        self._close_epoch()
         await self._settle_sends()
         producer, self.producer = self.producer, None
         if producer is not None:
