@@ -79,7 +79,7 @@ class Pipeline(Protocol):
         publishes are, into which the messages of an exactly-once lane publish."""
 
 
-class LaneTransactions(Protocol):
+class TransactionsView(Protocol):
     """An exactly-once lane's transactions (``engine.transactions``), as the rest of the
     engine sees them."""
 
@@ -340,7 +340,7 @@ class ConsumerLane:
         # Exactly-once lanes: their transactions, the slot body that runs their messages in
         # them, and partitions held paused until their transaction is ready (None: the
         # engine's default body).
-        self.transactions: LaneTransactions | None = None
+        self.transactions: TransactionsView | None = None
         self.slot_body: SlotBody | None = None
         self.held: set[TopicPartition] = set()
 
