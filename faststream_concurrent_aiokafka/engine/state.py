@@ -19,7 +19,7 @@ from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
-from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+from faststream_concurrent_aiokafka.core.settings import ExceptionText, SubscriberSettings
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 """Where a lane's lines go; message lines carry ``topic``, ``partition`` and ``offset`` extras."""
@@ -66,7 +66,7 @@ class Pipeline(Protocol):
         record: Any,
         error: BaseException | None,
         attempts: int,
-        exception_text: Callable[[BaseException], str] | None,
+        exception_text: ExceptionText | None,
     ) -> None:
         """Publish the message to ``topic`` and wait for the broker's acknowledgement;
         ``exception_text`` writes the error's text into the dead letter."""

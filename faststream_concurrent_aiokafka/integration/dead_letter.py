@@ -19,9 +19,8 @@ from aiokafka import ConsumerRecord
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.dead_letters import Headers, Origin, dead_letter_headers
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.core.settings import ExceptionText
 from faststream_concurrent_aiokafka.integration.transactional_publish import dead_letter_sender
-
-ExceptionText = Callable[[BaseException], str] | None
 
 
 def record_headers(
@@ -29,7 +28,7 @@ def record_headers(
     group: str | None,
     error: BaseException | None,
     attempts: int,
-    exception_text: ExceptionText,
+    exception_text: ExceptionText | None,
 ) -> Headers:
     """The headers of the dead letter of ``record``."""
     origin = Origin(record.topic, record.partition, record.offset, record.timestamp, group)
@@ -43,7 +42,7 @@ async def publish_dead_letter(
     *,
     error: BaseException | None,
     attempts: int,
-    exception_text: ExceptionText,
+    exception_text: ExceptionText | None,
 ) -> None:
     """Publish the dead letter of each record (every record of a batch) and wait for the
     broker's acknowledgement of each."""

@@ -11,7 +11,11 @@ from faststream.exceptions import AckMessage, RejectMessage, SkipMessage, StopCo
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
-from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
+from faststream_concurrent_aiokafka.core.settings import (
+    ConcurrencySettings,
+    ExceptionText,
+    SubscriberSettings,
+)
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
@@ -71,7 +75,7 @@ class SubscriberPipeline:
         record: Any,
         error: BaseException | None,
         attempts: int,
-        exception_text: Callable[[BaseException], str] | None,
+        exception_text: ExceptionText | None,
     ) -> None:
         await publish_dead_letter(
             self.owner, topic, record, error=error, attempts=attempts, exception_text=exception_text

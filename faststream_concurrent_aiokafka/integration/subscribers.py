@@ -43,10 +43,15 @@ def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
     )
 
 
+def _topics(subscriber: object) -> str:
+    """The subscriber's topics for an error message."""
+    return ",".join(getattr(subscriber, "topic_names", None) or []) or "?"
+
+
 def validate(subscriber: object, settings: ConcurrencySettings) -> None:
     """Refuse subscribers this library cannot run safely, before anything starts."""
     if getattr(subscriber, "group_id", None) is None:
-        topics = ",".join(getattr(subscriber, "topic_names", None) or []) or "?"
+        topics = _topics(subscriber)
         msg = (
             f"the subscriber of {topics} has ack_policy=AckPolicy.MANUAL but no group_id: Kafka "
             "takes commits only from a consumer group, so its offsets could never be committed "
@@ -66,7 +71,7 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
         check_exactly_once(settings, options)
         problem = exactly_once_problem(subscriber)
         if problem is not None:
-            topics = ",".join(getattr(subscriber, "topic_names", None) or []) or "?"
+            topics = _topics(subscriber)
             msg = (
                 f"the subscriber of {topics} cannot run with "
                 f"processing_guarantee='exactly_once': {problem}"
