@@ -150,10 +150,6 @@ class TransactionLedger:
         if self.taint is None:
             self.taint = reason
 
-    def open_since(self, now: float) -> float:
-        """How long the transaction has been open (0 before its first publish)."""
-        return 0.0 if self.opened_at is None else now - self.opened_at
-
     def deadline(self, hold_sec: float) -> float | None:
         """When a commit stops waiting for the messages in the transaction and aborts it."""
         return None if self.opened_at is None else self.opened_at + hold_sec

@@ -144,7 +144,6 @@ def test_the_first_publish_opens_the_transaction_and_makes_its_message_a_member(
     assert ledger.opened_at == 5.0
     assert ledger.members == 2
     assert ledger.holds("m1")
-    assert ledger.open_since(9.0) == 4.0
 
 
 def test_a_closed_gate_lets_only_members_publish() -> None:
