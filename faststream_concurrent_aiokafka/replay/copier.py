@@ -131,8 +131,10 @@ class _Replay:
             group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **settings
         )
         self.partitioner = DefaultPartitioner()
-        # Per partition of the source: offsets an interrupted run already copied.
+        # Per partition of the source: offsets an interrupted run already copied, and the
+        # intent that finds them, carried forward until this run commits past its upto.
         self.already: dict[TopicPartition, set[int]] = {}
+        self.carried: dict[TopicPartition, Intent] = {}
         self.admin = AIOKafkaAdminClient(**settings)
         self.probe: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
@@ -193,6 +195,7 @@ class _Replay:
             intent = decode_intent(meta.metadata) if meta is not None and meta.metadata else None
             if intent is not None and not self.report.dry_run:
                 self.already[tp] = await self._copies_made(tp, start, intent)
+                self.carried[tp] = intent
         return ends
 
     async def _copies_made(self, tp: TopicPartition, start: int, intent: Intent) -> set[int]:
@@ -256,6 +259,11 @@ class _Replay:
         metadata splits the batch."""
         report = self.report
         already = self.already.get(tp, set())
+        carried = self.carried.get(tp)
+        # The intent committed for this batch may have to name the carried one's places too.
+        kept: set[tuple[str, int]] = set()
+        if carried is not None and batch[0].offset < carried.upto:
+            kept = set(carried.ends)
         plan: list[tuple[ConsumerRecord[Any, Any], Copy]] = []
         targets: set[tuple[str, int]] = set()
         for index, record in enumerate(batch):
@@ -267,7 +275,15 @@ class _Replay:
                 report.already_copied += 1
                 continue
             place = (copy.topic, copy.target_partition)
-            if place not in targets and _intent_length(targets | {place}) > MAX_LENGTH:
+            if place not in targets and _intent_length(kept | targets | {place}) > MAX_LENGTH:
+                if not plan:
+                    msg = (
+                        f"cannot copy dead letter {tp.partition}@{record.offset} of {tp.topic!r} "
+                        f"to {copy.topic}[{copy.target_partition}]: the replay intent of an "
+                        "interrupted run, which named other places, leaves no room for it; "
+                        "run the replay with the options the interrupted run had"
+                    )
+                    raise ValueError(msg)
                 report.read -= 1  # read again with the rest of the batch
                 await self._copy(tp, plan, targets, upto=record.offset)
                 await self._replay_batch(tp, batch[index:], on_copy)
@@ -315,7 +331,7 @@ class _Replay:
             places = [TopicPartition(topic, partition) for topic, partition in sorted(targets)]
             before = await self.probe.end_offsets(places)
             ends = {(t.topic, t.partition): before[t] for t in places}
-            await self._commit(tp, plan[0][0].offset, Intent(upto, ends).encode())
+            await self._commit(tp, plan[0][0].offset, Intent(upto, ends))
             sent = [
                 await producer.send(
                     copy.topic,
@@ -334,12 +350,23 @@ class _Replay:
             report.copied += len(plan)
         await self._commit(tp, upto)
 
-    async def _commit(self, tp: TopicPartition, offset: int, metadata: str = "") -> None:
+    async def _commit(self, tp: TopicPartition, offset: int, intent: Intent | None = None) -> None:
+        """Commit ``offset`` with ``intent``, merged with the carried one while that may still
+        name copies at or past ``offset`` (its ends are older, so they win): a run killed
+        after this commit then finds every copy made past it, by this run or earlier ones."""
+        carried = self.carried.get(tp)
+        if carried is not None and offset < carried.upto:
+            intent = carried if intent is None else _merged(intent, carried)
+        metadata = "" if intent is None else intent.encode()
         await self.consumer.commit({tp: OffsetAndMetadata(offset, metadata)})
 
 
 def _intent_length(targets: set[tuple[str, int]]) -> int:
     return len(Intent(2**63, dict.fromkeys(targets, 2**63)).encode())
+
+
+def _merged(intent: Intent, older: Intent) -> Intent:
+    return Intent(max(intent.upto, older.upto), {**intent.ends, **older.ends})
 
 
 def _markers(headers: Iterable[tuple[str, bytes]], wanted: dict[bytes, int]) -> Iterable[int]:

@@ -10,7 +10,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from faststream.exceptions import RejectMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.security import SASLPlaintext
@@ -21,7 +22,8 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     ReplayFilter,
     dead_letter_headers,
 )
-from faststream_concurrent_aiokafka.replay import KafkaConnection, replay_dead_letters
+from faststream_concurrent_aiokafka.core.replay_intent import Intent
+from faststream_concurrent_aiokafka.replay import KafkaConnection, copier, replay_dead_letters
 from tests.kafka.test_failure_policy import header_map, manual_subscriber, record_count, running
 from tests.kafka_helpers import (
     BOOTSTRAP,
@@ -183,6 +185,93 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
     copies = replayed(await read_all(target, count))
     assert len(copies) == count
     assert set(copies.values()) == {1}
+
+
+@pytest.mark.parametrize(
+    ("second_batch_size", "second_run_killed"),
+    [(10, "during its copies"), (3, "after its first batch")],
+)
+async def test_a_resumed_replay_killed_again_copies_none_twice(
+    monkeypatch: pytest.MonkeyPatch, second_batch_size: int, second_run_killed: str
+) -> None:
+    count = 30
+    source, _original, target = await dead_letter_topic(count, partitions=1)
+    group = f"{source}.replay-to.{target}"
+    real_send, real_commit = AIOKafkaProducer.send, AIOKafkaConsumer.commit
+    lost: list[int] = []  # the target partition whose copies a kill keeps from landing
+
+    async def send_or_lose(self: AIOKafkaProducer, topic: str, **kwargs: Any) -> Any:
+        # A kill lets the copies to some partitions land and not those to another.
+        lost[:] = lost or [kwargs["partition"]]
+        if kwargs["partition"] != lost[0]:
+            return await real_send(self, topic, **kwargs)
+        never = asyncio.get_running_loop().create_future()
+        never.set_exception(RuntimeError("killed during its copies"))
+        return never
+
+    async def commit_then_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        await real_commit(self, offsets)
+        if any(meta.offset == second_batch_size for meta in offsets.values()):
+            raise RuntimeError("killed after its first batch")
+
+    monkeypatch.setattr(AIOKafkaProducer, "send", send_or_lose)
+    with pytest.raises(RuntimeError, match="killed"):
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10)
+    landed = sum((await end_offsets(target, 3)).values())
+    assert 0 < landed < 10  # the first batch's copies landed in part
+    assert (await committed_offsets(group, source)) == {0: 0}
+
+    if second_run_killed == "after its first batch":
+        monkeypatch.undo()
+        monkeypatch.setattr(AIOKafkaConsumer, "commit", commit_then_die)
+    with pytest.raises(RuntimeError, match=second_run_killed):
+        await replay_dead_letters(
+            source, KafkaConnection(BOOTSTRAP), target=target, batch_size=second_batch_size
+        )
+    monkeypatch.undo()
+    landed_before = sum((await end_offsets(target, 3)).values())
+
+    report = await replay_dead_letters(
+        source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10
+    )
+
+    assert report.copied == count - landed_before
+    assert sum((await end_offsets(target, 3)).values()) == count
+    copies = replayed(await read_all(target, count))
+    assert len(copies) == count
+    assert set(copies.values()) == {1}
+
+
+async def leave_intent(group: str, source: str, intent: Intent) -> None:
+    """Commit, as an interrupted run would have, ``intent`` at the start of partition 0."""
+    consumer = AIOKafkaConsumer(
+        group_id=group, bootstrap_servers=BOOTSTRAP, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(source, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(0, intent.encode())})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_resumed_replay_with_no_room_beside_the_old_intent_fails_copying_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source, _original, target = await dead_letter_topic(5, partitions=1)
+    elsewhere = unique("replay-to")  # where an interrupted run with other options copied
+    await create_topic(elsewhere, 1)
+    group = unique("replay-group")
+    await leave_intent(group, source, Intent(5, {(elsewhere, 0): 0}))
+    # Room for the old intent's one place, none for one of this run's beside it.
+    monkeypatch.setattr(copier, "MAX_LENGTH", len(Intent(2**63, {(target, 2): 2**63}).encode()))
+
+    with pytest.raises(ValueError, match="leaves no room"):
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, group=group)
+
+    assert sum((await end_offsets(target, 3)).values()) == 0
+    assert await committed_offsets(group, source) == {0: 0}
 
 
 async def run_replay(*args: str) -> tuple[int, str, str]:
