@@ -127,8 +127,14 @@ class _Replay:
         self.keep_history = keep_history
         self.batch_size = batch_size
         self.report = ReplayReport(group=group, dry_run=dry_run)
+        # read_committed: a dead letter of an aborted transaction was never written; its end
+        # offsets are then the last stable ones.
         self.consumer = AIOKafkaConsumer(
-            group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **settings
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            **settings,
         )
         self.partitioner = DefaultPartitioner()
         # Per partition of the source: offsets an interrupted run already copied, and the
@@ -205,6 +211,8 @@ class _Replay:
         wanted = {replayed_from(tp.topic, tp.partition, o): o for o in range(start, intent.upto)}
         targets = [TopicPartition(topic, partition) for topic, partition in intent.ends]
         found: set[int] = set()
+        # read_uncommitted: under read_committed an open transaction on a target partition
+        # would hide the (non-transactional) copies behind it, and they would be made again.
         scanner = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
         await scanner.start()
         try:

@@ -46,6 +46,14 @@ SASL_USER, SASL_PASSWORD = "fcak-test", "fcak-test-secret"  # scripts/kafka.sh's
 Letter = tuple[str, int, int, str]  # original topic, partition, offset, exception type
 
 
+def letter_headers(letter: Letter) -> list[tuple[str, bytes]]:
+    original, partition, offset, error = letter
+    origin = Origin(original, partition, offset, 1_700_000_000_000, "billing")
+    return dead_letter_headers(
+        [("origin", b"producer")], origin, type(error, (Exception,), {})(), 1, str
+    )
+
+
 async def make_dead_letters(
     topic: str, letters: list[Letter], *, bootstrap: str = BOOTSTRAP
 ) -> None:
@@ -53,12 +61,10 @@ async def make_dead_letters(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-        for original, partition, offset, error in letters:
-            origin = Origin(original, partition, offset, 1_700_000_000_000, "billing")
-            headers = dead_letter_headers(
-                [("origin", b"producer")], origin, type(error, (Exception,), {})(), 1, str
-            )
-            await producer.send(topic, str(offset).encode(), key=b"k%d" % offset, headers=headers)
+        for letter in letters:
+            offset = letter[2]
+            value, key = str(offset).encode(), b"k%d" % offset
+            await producer.send(topic, value, key=key, headers=letter_headers(letter))
         await producer.flush()
     finally:
         await producer.stop()
@@ -323,6 +329,29 @@ async def test_a_replay_killed_halfway_and_run_again_copies_none_twice() -> None
     copies = replayed(await read_all(target, count))
     assert sum(copies.values()) == count
     assert len(copies) == count
+
+
+async def test_a_dead_letter_of_an_aborted_transaction_is_not_replayed() -> None:
+    source, target = unique("replay-tx"), unique("replay-tx-to")
+    await create_topic(source, 1)
+    await create_topic(target, 1)
+    await make_dead_letters(source, [("orders", 0, 2, "PoisonError")])
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        aborted: Letter = ("orders", 0, 1, "PoisonError")
+        await producer.send_and_wait(source, b"1", headers=letter_headers(aborted))
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+    report = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target)
+
+    assert report.copied == 1
+    assert await end_offsets(target, 1) == {0: 1}
+    [(_key, value, _headers)] = await read_all(target, 1)
+    assert value == b"2"
 
 
 # ---- filters and dry runs ------------------------------------------------------------------
