@@ -199,7 +199,7 @@ class _Replay:
             consumer.seek(tp, start)
             self.report.total += max(0, ends[tp] - start)
             intent = decode_intent(meta.metadata) if meta is not None and meta.metadata else None
-            if intent is not None and not self.report.dry_run:
+            if intent is not None:  # a dry run too: it lists only what a run would copy
                 self.already[tp] = await self._copies_made(tp, start, intent)
                 self.carried[tp] = intent
         return ends

@@ -157,16 +157,15 @@ async def dead_letter_topic(count: int, partitions: int = 2) -> tuple[str, str, 
     return source, original, target
 
 
-async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    count = 60
-    source, _original, target = await dead_letter_topic(count)
+async def interrupt_between_copy_and_commit(
+    monkeypatch: pytest.MonkeyPatch, source: str, target: str
+) -> tuple[int, int]:
+    """Run a replay (batches of 10) killed after its third batch was copied, before that
+    batch's commit: how many copies landed, and how far the group's commit got."""
     real_commit = AIOKafkaConsumer.commit
     done_commits = 0
 
     async def commit_then_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
-        # The third batch was copied and acknowledged; its commit never happens.
         nonlocal done_commits
         if offsets and all(meta.metadata == "" for meta in offsets.values()):
             done_commits += 1
@@ -181,6 +180,15 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
     landed = sum((await end_offsets(target, 3)).values())
     committed = sum((await committed_offsets(f"{source}.replay-to.{target}", source)).values())
     assert committed < landed  # the last batch's copies landed, its commit did not
+    return landed, committed
+
+
+async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 60
+    source, _original, target = await dead_letter_topic(count)
+    landed, committed = await interrupt_between_copy_and_commit(monkeypatch, source, target)
 
     report = await replay_dead_letters(
         source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10
@@ -191,6 +199,22 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
     copies = replayed(await read_all(target, count))
     assert len(copies) == count
     assert set(copies.values()) == {1}
+
+
+async def test_a_dry_run_after_an_interrupted_replay_leaves_out_what_it_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 60
+    source, _original, target = await dead_letter_topic(count)
+    landed, committed = await interrupt_between_copy_and_commit(monkeypatch, source, target)
+
+    dry = await replay_dead_letters(
+        source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10, dry_run=True
+    )
+
+    assert dry.already_copied == landed - committed
+    assert dry.copied == len(dry.copies) == count - landed
+    assert sum((await end_offsets(target, 3)).values()) == landed
 
 
 @pytest.mark.parametrize(
