@@ -214,8 +214,8 @@ class _Replay:
         # read_uncommitted: under read_committed an open transaction on a target partition
         # would hide the (non-transactional) copies behind it, and they would be made again.
         scanner = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
-        await scanner.start()
         try:
+            await scanner.start()  # inside: stopped even when its start failed
             scanner.assign(targets)
             ends = await scanner.end_offsets(targets)
             for target in targets:

@@ -304,6 +304,35 @@ async def test_a_resumed_replay_with_no_room_beside_the_old_intent_fails_copying
     assert await committed_offsets(group, source) == {0: 0}
 
 
+async def test_a_scanner_that_fails_to_start_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    source, _original, target = await dead_letter_topic(5, partitions=1)
+    group = unique("replay-group")
+    await leave_intent(group, source, Intent(5, {(target, 0): 0}))
+    real_start, real_stop = AIOKafkaConsumer.start, AIOKafkaConsumer.stop
+    failed: list[AIOKafkaConsumer] = []
+    stopped: list[AIOKafkaConsumer] = []
+
+    async def start_or_fail(self: AIOKafkaConsumer) -> None:
+        if self._group_id is None:  # in a dry run only the scanner reads without a group
+            failed.append(self)
+            raise RuntimeError("the scanner failed to start")
+        await real_start(self)
+
+    async def stop(self: AIOKafkaConsumer) -> None:
+        stopped.append(self)
+        await real_stop(self)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "start", start_or_fail)
+    monkeypatch.setattr(AIOKafkaConsumer, "stop", stop)
+    with pytest.raises(RuntimeError, match="failed to start"):
+        await replay_dead_letters(
+            source, KafkaConnection(BOOTSTRAP), target=target, group=group, dry_run=True
+        )
+
+    assert len(failed) == 1
+    assert failed[0] in stopped
+
+
 async def run_replay(*args: str) -> tuple[int, str, str]:
     """Run the command line to its end: exit status, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
