@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import for_code
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 from faststream.kafka import KafkaBroker
@@ -187,7 +188,7 @@ class _Replay:
         """Assign every partition of the source, seek to the group's place (resolving what an
         interrupted run left), and return where this run stops."""
         consumer = self.consumer
-        partitions = await self._partitions(self.source)
+        partitions = await self._partitions(self.source, "the dead-letter topic")
         tps = [TopicPartition(self.source, p) for p in partitions]
         consumer.assign(tps)
         committed = await aiokafka_compat.fetch_committed_offsets(consumer, tps)
@@ -229,15 +230,17 @@ class _Replay:
             await scanner.stop()
         return found
 
-    async def _partitions(self, topic: str) -> list[int]:
-        """The partitions of ``topic``, asked once per topic."""
+    async def _partitions(self, topic: str, role: str) -> list[int]:
+        """The partitions of ``topic``, asked once per topic; ``role`` says in an error why
+        the replay needs it (which dead letter is to go there)."""
         known = self.partitions.get(topic)
         if known is None:
             [description] = await self.admin.describe_topics([topic])
             known = sorted(p["partition"] for p in description["partitions"])
             code = description["error_code"]
             if code or not known:
-                msg = f"cannot find the partitions of topic {topic!r} (Kafka error code {code})"
+                reason = for_code(code).__name__ if code else "it has none"
+                msg = f"cannot find the partitions of topic {topic!r}, {role}: {reason}"
                 raise ValueError(msg)
             self.partitions[topic] = known
         return known
@@ -311,7 +314,8 @@ class _Replay:
         if topic is None:
             self.report.unrecognised += 1
             return None
-        partitions = await self._partitions(topic)
+        role = f"where dead letter {tp.partition}@{record.offset} of {tp.topic!r} goes"
+        partitions = await self._partitions(topic, role)
         if self.target is None and letter is not None and letter.partition in partitions:
             partition = letter.partition  # back where it was: the key keeps its partition
         elif record.key is not None:

@@ -407,6 +407,18 @@ async def test_a_dead_letter_of_an_aborted_transaction_is_not_replayed() -> None
     assert value == b"2"
 
 
+async def test_a_dead_letter_whose_topic_is_gone_fails_naming_the_error_and_the_letter() -> None:
+    source, gone = unique("replay-gone"), unique("gone")
+    await create_topic(source, 1)
+    await make_dead_letters(source, [(gone, 0, 7, "PoisonError")])
+
+    with pytest.raises(ValueError, match=r"UnknownTopicOrPartitionError") as failure:
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP))
+
+    assert f"dead letter 0@0 of {source!r}" in str(failure.value)
+    assert repr(gone) in str(failure.value)
+
+
 # ---- filters and dry runs ------------------------------------------------------------------
 
 
