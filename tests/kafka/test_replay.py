@@ -196,6 +196,7 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
 
     assert report.already_copied == landed - committed  # found by their markers
     assert report.copied == count - landed
+    assert sum((await end_offsets(target, 3)).values()) == count  # read_all stops at count
     copies = replayed(await read_all(target, count))
     assert len(copies) == count
     assert set(copies.values()) == {1}
@@ -379,6 +380,7 @@ async def test_a_replay_killed_halfway_and_run_again_copies_none_twice() -> None
 
     assert status == 0, err
     assert "copied" in out
+    assert sum((await end_offsets(target, 3)).values()) == count  # read_all stops at count
     copies = replayed(await read_all(target, count))
     assert sum(copies.values()) == count
     assert len(copies) == count
