@@ -5,15 +5,20 @@ acknowledged, so a replay killed in between would copy them again. Before copyin
 therefore commits, at the batch's first offset, an *intent*: the end of the batch and the end
 offset of every partition it is about to write to. A replay that finds an intent reads those
 partitions from there, finds the copies that did land (by ``x-dead-letter-replayed-from``) and
-skips them. The text stays far below Kafka's 4096-byte commit-metadata limit (the replay cuts
-batches so that it does).
+skips them; it keeps that intent in its own commits (merged, the older ends winning) until it
+commits past the intent's end, so a replay killed again still finds them. The text stays
+within Kafka's commit-metadata limit (the replay cuts batches so that it does).
 """
 
 from dataclasses import dataclass, field
 from typing import Final
 
+from faststream_concurrent_aiokafka.core.offset_codec import DEFAULT_MAX_METADATA_BYTES
+
 VERSION: Final = "fcak-replay1:"
-MAX_LENGTH: Final = 3000
+# The whole limit, as the offset codec uses it: the replay measures an intent with every
+# number at its longest, and topic names are ASCII, so characters are bytes.
+MAX_LENGTH: Final = DEFAULT_MAX_METADATA_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import for_code
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 from faststream.kafka import KafkaBroker
@@ -127,12 +128,20 @@ class _Replay:
         self.keep_history = keep_history
         self.batch_size = batch_size
         self.report = ReplayReport(group=group, dry_run=dry_run)
+        # read_committed: a dead letter of an aborted transaction was never written; its end
+        # offsets are then the last stable ones.
         self.consumer = AIOKafkaConsumer(
-            group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **settings
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            **settings,
         )
         self.partitioner = DefaultPartitioner()
-        # Per partition of the source: offsets an interrupted run already copied.
+        # Per partition of the source: offsets an interrupted run already copied, and the
+        # intent that finds them, carried forward until this run commits past its upto.
         self.already: dict[TopicPartition, set[int]] = {}
+        self.carried: dict[TopicPartition, Intent] = {}
         self.admin = AIOKafkaAdminClient(**settings)
         self.probe: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
@@ -179,7 +188,7 @@ class _Replay:
         """Assign every partition of the source, seek to the group's place (resolving what an
         interrupted run left), and return where this run stops."""
         consumer = self.consumer
-        partitions = await self._partitions(self.source)
+        partitions = await self._partitions(self.source, "the dead-letter topic")
         tps = [TopicPartition(self.source, p) for p in partitions]
         consumer.assign(tps)
         committed = await aiokafka_compat.fetch_committed_offsets(consumer, tps)
@@ -191,8 +200,9 @@ class _Replay:
             consumer.seek(tp, start)
             self.report.total += max(0, ends[tp] - start)
             intent = decode_intent(meta.metadata) if meta is not None and meta.metadata else None
-            if intent is not None and not self.report.dry_run:
+            if intent is not None:  # a dry run too: it lists only what a run would copy
                 self.already[tp] = await self._copies_made(tp, start, intent)
+                self.carried[tp] = intent
         return ends
 
     async def _copies_made(self, tp: TopicPartition, start: int, intent: Intent) -> set[int]:
@@ -202,9 +212,11 @@ class _Replay:
         wanted = {replayed_from(tp.topic, tp.partition, o): o for o in range(start, intent.upto)}
         targets = [TopicPartition(topic, partition) for topic, partition in intent.ends]
         found: set[int] = set()
+        # read_uncommitted: under read_committed an open transaction on a target partition
+        # would hide the (non-transactional) copies behind it, and they would be made again.
         scanner = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
-        await scanner.start()
         try:
+            await scanner.start()  # inside: stopped even when its start failed
             scanner.assign(targets)
             ends = await scanner.end_offsets(targets)
             for target in targets:
@@ -218,15 +230,17 @@ class _Replay:
             await scanner.stop()
         return found
 
-    async def _partitions(self, topic: str) -> list[int]:
-        """The partitions of ``topic``, asked once per topic."""
+    async def _partitions(self, topic: str, role: str) -> list[int]:
+        """The partitions of ``topic``, asked once per topic; ``role`` says in an error why
+        the replay needs it (which dead letter is to go there)."""
         known = self.partitions.get(topic)
         if known is None:
             [description] = await self.admin.describe_topics([topic])
             known = sorted(p["partition"] for p in description["partitions"])
             code = description["error_code"]
             if code or not known:
-                msg = f"cannot find the partitions of topic {topic!r} (Kafka error code {code})"
+                reason = for_code(code).__name__ if code else "it has none"
+                msg = f"cannot find the partitions of topic {topic!r}, {role}: {reason}"
                 raise ValueError(msg)
             self.partitions[topic] = known
         return known
@@ -256,6 +270,11 @@ class _Replay:
         metadata splits the batch."""
         report = self.report
         already = self.already.get(tp, set())
+        carried = self.carried.get(tp)
+        # The intent committed for this batch may have to name the carried one's places too.
+        kept: set[tuple[str, int]] = set()
+        if carried is not None and batch[0].offset < carried.upto:
+            kept = set(carried.ends)
         plan: list[tuple[ConsumerRecord[Any, Any], Copy]] = []
         targets: set[tuple[str, int]] = set()
         for index, record in enumerate(batch):
@@ -267,7 +286,15 @@ class _Replay:
                 report.already_copied += 1
                 continue
             place = (copy.topic, copy.target_partition)
-            if place not in targets and _intent_length(targets | {place}) > MAX_LENGTH:
+            if place not in targets and _intent_length(kept | targets | {place}) > MAX_LENGTH:
+                if not plan:
+                    msg = (
+                        f"cannot copy dead letter {tp.partition}@{record.offset} of {tp.topic!r} "
+                        f"to {copy.topic}[{copy.target_partition}]: the replay intent of an "
+                        "interrupted run, which named other places, leaves no room for it; "
+                        "run the replay with the options the interrupted run had"
+                    )
+                    raise ValueError(msg)
                 report.read -= 1  # read again with the rest of the batch
                 await self._copy(tp, plan, targets, upto=record.offset)
                 await self._replay_batch(tp, batch[index:], on_copy)
@@ -287,7 +314,8 @@ class _Replay:
         if topic is None:
             self.report.unrecognised += 1
             return None
-        partitions = await self._partitions(topic)
+        role = f"where dead letter {tp.partition}@{record.offset} of {tp.topic!r} goes"
+        partitions = await self._partitions(topic, role)
         if self.target is None and letter is not None and letter.partition in partitions:
             partition = letter.partition  # back where it was: the key keeps its partition
         elif record.key is not None:
@@ -315,7 +343,7 @@ class _Replay:
             places = [TopicPartition(topic, partition) for topic, partition in sorted(targets)]
             before = await self.probe.end_offsets(places)
             ends = {(t.topic, t.partition): before[t] for t in places}
-            await self._commit(tp, plan[0][0].offset, Intent(upto, ends).encode())
+            await self._commit(tp, plan[0][0].offset, Intent(upto, ends))
             sent = [
                 await producer.send(
                     copy.topic,
@@ -334,12 +362,23 @@ class _Replay:
             report.copied += len(plan)
         await self._commit(tp, upto)
 
-    async def _commit(self, tp: TopicPartition, offset: int, metadata: str = "") -> None:
+    async def _commit(self, tp: TopicPartition, offset: int, intent: Intent | None = None) -> None:
+        """Commit ``offset`` with ``intent``, merged with the carried one while that may still
+        name copies at or past ``offset`` (its ends are older, so they win): a run killed
+        after this commit then finds every copy made past it, by this run or earlier ones."""
+        carried = self.carried.get(tp)
+        if carried is not None and offset < carried.upto:
+            intent = carried if intent is None else _merged(intent, carried)
+        metadata = "" if intent is None else intent.encode()
         await self.consumer.commit({tp: OffsetAndMetadata(offset, metadata)})
 
 
 def _intent_length(targets: set[tuple[str, int]]) -> int:
     return len(Intent(2**63, dict.fromkeys(targets, 2**63)).encode())
+
+
+def _merged(intent: Intent, older: Intent) -> Intent:
+    return Intent(max(intent.upto, older.upto), {**intent.ends, **older.ends})
 
 
 def _markers(headers: Iterable[tuple[str, bytes]], wanted: dict[bytes, int]) -> Iterable[int]:

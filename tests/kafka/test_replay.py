@@ -10,7 +10,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from faststream.exceptions import RejectMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.security import SASLPlaintext
@@ -21,7 +22,8 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     ReplayFilter,
     dead_letter_headers,
 )
-from faststream_concurrent_aiokafka.replay import KafkaConnection, replay_dead_letters
+from faststream_concurrent_aiokafka.core.replay_intent import Intent
+from faststream_concurrent_aiokafka.replay import KafkaConnection, copier, replay_dead_letters
 from tests.kafka.test_failure_policy import header_map, manual_subscriber, record_count, running
 from tests.kafka_helpers import (
     BOOTSTRAP,
@@ -44,6 +46,14 @@ SASL_USER, SASL_PASSWORD = "fcak-test", "fcak-test-secret"  # scripts/kafka.sh's
 Letter = tuple[str, int, int, str]  # original topic, partition, offset, exception type
 
 
+def letter_headers(letter: Letter) -> list[tuple[str, bytes]]:
+    original, partition, offset, error = letter
+    origin = Origin(original, partition, offset, 1_700_000_000_000, "billing")
+    return dead_letter_headers(
+        [("origin", b"producer")], origin, type(error, (Exception,), {})(), 1, str
+    )
+
+
 async def make_dead_letters(
     topic: str, letters: list[Letter], *, bootstrap: str = BOOTSTRAP
 ) -> None:
@@ -51,12 +61,10 @@ async def make_dead_letters(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-        for original, partition, offset, error in letters:
-            origin = Origin(original, partition, offset, 1_700_000_000_000, "billing")
-            headers = dead_letter_headers(
-                [("origin", b"producer")], origin, type(error, (Exception,), {})(), 1, str
-            )
-            await producer.send(topic, str(offset).encode(), key=b"k%d" % offset, headers=headers)
+        for letter in letters:
+            offset = letter[2]
+            value, key = str(offset).encode(), b"k%d" % offset
+            await producer.send(topic, value, key=key, headers=letter_headers(letter))
         await producer.flush()
     finally:
         await producer.stop()
@@ -149,16 +157,15 @@ async def dead_letter_topic(count: int, partitions: int = 2) -> tuple[str, str, 
     return source, original, target
 
 
-async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    count = 60
-    source, _original, target = await dead_letter_topic(count)
+async def interrupt_between_copy_and_commit(
+    monkeypatch: pytest.MonkeyPatch, source: str, target: str
+) -> tuple[int, int]:
+    """Run a replay (batches of 10) killed after its third batch was copied, before that
+    batch's commit: how many copies landed, and how far the group's commit got."""
     real_commit = AIOKafkaConsumer.commit
     done_commits = 0
 
     async def commit_then_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
-        # The third batch was copied and acknowledged; its commit never happens.
         nonlocal done_commits
         if offsets and all(meta.metadata == "" for meta in offsets.values()):
             done_commits += 1
@@ -173,6 +180,15 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
     landed = sum((await end_offsets(target, 3)).values())
     committed = sum((await committed_offsets(f"{source}.replay-to.{target}", source)).values())
     assert committed < landed  # the last batch's copies landed, its commit did not
+    return landed, committed
+
+
+async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 60
+    source, _original, target = await dead_letter_topic(count)
+    landed, committed = await interrupt_between_copy_and_commit(monkeypatch, source, target)
 
     report = await replay_dead_letters(
         source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10
@@ -180,9 +196,142 @@ async def test_a_replay_interrupted_between_copy_and_commit_copies_none_twice(
 
     assert report.already_copied == landed - committed  # found by their markers
     assert report.copied == count - landed
+    assert sum((await end_offsets(target, 3)).values()) == count  # read_all stops at count
     copies = replayed(await read_all(target, count))
     assert len(copies) == count
     assert set(copies.values()) == {1}
+
+
+async def test_a_dry_run_after_an_interrupted_replay_leaves_out_what_it_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 60
+    source, _original, target = await dead_letter_topic(count)
+    landed, committed = await interrupt_between_copy_and_commit(monkeypatch, source, target)
+
+    dry = await replay_dead_letters(
+        source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10, dry_run=True
+    )
+
+    assert dry.already_copied == landed - committed
+    assert dry.copied == len(dry.copies) == count - landed
+    assert sum((await end_offsets(target, 3)).values()) == landed
+
+
+@pytest.mark.parametrize(
+    ("second_batch_size", "second_run_killed"),
+    [(10, "during its copies"), (3, "after its first batch")],
+)
+async def test_a_resumed_replay_killed_again_copies_none_twice(
+    monkeypatch: pytest.MonkeyPatch, second_batch_size: int, second_run_killed: str
+) -> None:
+    count = 30
+    source, _original, target = await dead_letter_topic(count, partitions=1)
+    group = f"{source}.replay-to.{target}"
+    real_send, real_commit = AIOKafkaProducer.send, AIOKafkaConsumer.commit
+    lost: list[int] = []  # the target partition whose copies a kill keeps from landing
+
+    async def send_or_lose(self: AIOKafkaProducer, topic: str, **kwargs: Any) -> Any:
+        # A kill lets the copies to some partitions land and not those to another.
+        lost[:] = lost or [kwargs["partition"]]
+        if kwargs["partition"] != lost[0]:
+            return await real_send(self, topic, **kwargs)
+        never = asyncio.get_running_loop().create_future()
+        never.set_exception(RuntimeError("killed during its copies"))
+        return never
+
+    async def commit_then_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        await real_commit(self, offsets)
+        if any(meta.offset == second_batch_size for meta in offsets.values()):
+            raise RuntimeError("killed after its first batch")
+
+    monkeypatch.setattr(AIOKafkaProducer, "send", send_or_lose)
+    with pytest.raises(RuntimeError, match="killed"):
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10)
+    landed = sum((await end_offsets(target, 3)).values())
+    assert 0 < landed < 10  # the first batch's copies landed in part
+    assert (await committed_offsets(group, source)) == {0: 0}
+
+    if second_run_killed == "after its first batch":
+        monkeypatch.undo()
+        monkeypatch.setattr(AIOKafkaConsumer, "commit", commit_then_die)
+    with pytest.raises(RuntimeError, match=second_run_killed):
+        await replay_dead_letters(
+            source, KafkaConnection(BOOTSTRAP), target=target, batch_size=second_batch_size
+        )
+    monkeypatch.undo()
+    landed_before = sum((await end_offsets(target, 3)).values())
+
+    report = await replay_dead_letters(
+        source, KafkaConnection(BOOTSTRAP), target=target, batch_size=10
+    )
+
+    assert report.copied == count - landed_before
+    assert sum((await end_offsets(target, 3)).values()) == count
+    copies = replayed(await read_all(target, count))
+    assert len(copies) == count
+    assert set(copies.values()) == {1}
+
+
+async def leave_intent(group: str, source: str, intent: Intent) -> None:
+    """Commit, as an interrupted run would have, ``intent`` at the start of partition 0."""
+    consumer = AIOKafkaConsumer(
+        group_id=group, bootstrap_servers=BOOTSTRAP, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(source, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(0, intent.encode())})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_resumed_replay_with_no_room_beside_the_old_intent_fails_copying_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source, _original, target = await dead_letter_topic(5, partitions=1)
+    elsewhere = unique("replay-to")  # where an interrupted run with other options copied
+    await create_topic(elsewhere, 1)
+    group = unique("replay-group")
+    await leave_intent(group, source, Intent(5, {(elsewhere, 0): 0}))
+    # Room for the old intent's one place, none for one of this run's beside it.
+    monkeypatch.setattr(copier, "MAX_LENGTH", len(Intent(2**63, {(target, 2): 2**63}).encode()))
+
+    with pytest.raises(ValueError, match="leaves no room"):
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target, group=group)
+
+    assert sum((await end_offsets(target, 3)).values()) == 0
+    assert await committed_offsets(group, source) == {0: 0}
+
+
+async def test_a_scanner_that_fails_to_start_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    source, _original, target = await dead_letter_topic(5, partitions=1)
+    group = unique("replay-group")
+    await leave_intent(group, source, Intent(5, {(target, 0): 0}))
+    real_start, real_stop = AIOKafkaConsumer.start, AIOKafkaConsumer.stop
+    failed: list[AIOKafkaConsumer] = []
+    stopped: list[AIOKafkaConsumer] = []
+
+    async def start_or_fail(self: AIOKafkaConsumer) -> None:
+        if self._group_id is None:  # in a dry run only the scanner reads without a group
+            failed.append(self)
+            raise RuntimeError("the scanner failed to start")
+        await real_start(self)
+
+    async def stop(self: AIOKafkaConsumer) -> None:
+        stopped.append(self)
+        await real_stop(self)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "start", start_or_fail)
+    monkeypatch.setattr(AIOKafkaConsumer, "stop", stop)
+    with pytest.raises(RuntimeError, match="failed to start"):
+        await replay_dead_letters(
+            source, KafkaConnection(BOOTSTRAP), target=target, group=group, dry_run=True
+        )
+
+    assert len(failed) == 1
+    assert failed[0] in stopped
 
 
 async def run_replay(*args: str) -> tuple[int, str, str]:
@@ -231,9 +380,45 @@ async def test_a_replay_killed_halfway_and_run_again_copies_none_twice() -> None
 
     assert status == 0, err
     assert "copied" in out
+    assert sum((await end_offsets(target, 3)).values()) == count  # read_all stops at count
     copies = replayed(await read_all(target, count))
     assert sum(copies.values()) == count
     assert len(copies) == count
+
+
+async def test_a_dead_letter_of_an_aborted_transaction_is_not_replayed() -> None:
+    source, target = unique("replay-tx"), unique("replay-tx-to")
+    await create_topic(source, 1)
+    await create_topic(target, 1)
+    await make_dead_letters(source, [("orders", 0, 2, "PoisonError")])
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        aborted: Letter = ("orders", 0, 1, "PoisonError")
+        await producer.send_and_wait(source, b"1", headers=letter_headers(aborted))
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+    report = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target)
+
+    assert report.copied == 1
+    assert await end_offsets(target, 1) == {0: 1}
+    [(_key, value, _headers)] = await read_all(target, 1)
+    assert value == b"2"
+
+
+async def test_a_dead_letter_whose_topic_is_gone_fails_naming_the_error_and_the_letter() -> None:
+    source, gone = unique("replay-gone"), unique("gone")
+    await create_topic(source, 1)
+    await make_dead_letters(source, [(gone, 0, 7, "PoisonError")])
+
+    with pytest.raises(ValueError, match=r"UnknownTopicOrPartitionError") as failure:
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP))
+
+    assert f"dead letter 0@0 of {source!r}" in str(failure.value)
+    assert repr(gone) in str(failure.value)
 
 
 # ---- filters and dry runs ------------------------------------------------------------------
