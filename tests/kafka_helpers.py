@@ -33,6 +33,16 @@ async def create_topic(name: str, partitions: int, *, bootstrap: str = BOOTSTRAP
         await admin.close()
 
 
+async def topics(*, bootstrap: str = BOOTSTRAP) -> set[str]:
+    """Every topic the broker has (asking for all creates none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 async def produce(
     topic: str,
     values: Iterable[bytes],

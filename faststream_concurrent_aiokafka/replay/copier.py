@@ -235,6 +235,12 @@ class _Replay:
         the replay needs it (which dead letter is to go there)."""
         known = self.partitions.get(topic)
         if known is None:
+            # Asked first among all topic names: describing a topic that does not exist creates
+            # it on a broker with auto.create.topics.enable (Kafka's default), so a mistyped
+            # name would leave an empty topic behind.
+            if topic not in await self.admin.list_topics():
+                msg = f"cannot find topic {topic!r}, {role}: it does not exist"
+                raise ValueError(msg)
             [description] = await self.admin.describe_topics([topic])
             known = sorted(p["partition"] for p in description["partitions"])
             code = description["error_code"]

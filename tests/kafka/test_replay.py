@@ -33,6 +33,7 @@ from tests.kafka_helpers import (
     end_offsets,
     numbered_topic,
     read_all,
+    topics,
     unique,
     wait_committed,
     wait_until,
@@ -414,11 +415,21 @@ async def test_a_dead_letter_whose_topic_is_gone_fails_naming_the_error_and_the_
     await create_topic(source, 1)
     await make_dead_letters(source, [(gone, 0, 7, "PoisonError")])
 
-    with pytest.raises(ValueError, match=r"UnknownTopicOrPartitionError") as failure:
+    with pytest.raises(ValueError, match=r"does not exist") as failure:
         await replay_dead_letters(source, KafkaConnection(BOOTSTRAP))
 
     assert f"dead letter 0@0 of {source!r}" in str(failure.value)
     assert repr(gone) in str(failure.value)
+    assert gone not in await topics()  # not created by asking (the broker auto-creates)
+
+
+async def test_a_mistyped_dead_letter_topic_fails_and_is_not_created() -> None:
+    missing = unique("replay-typo")
+
+    with pytest.raises(ValueError, match=rf"{missing}.*the dead-letter topic: it does not exist"):
+        await replay_dead_letters(missing, KafkaConnection(BOOTSTRAP))
+
+    assert missing not in await topics()
 
 
 # ---- filters and dry runs ------------------------------------------------------------------
