@@ -60,16 +60,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.batch_size < 1:
+        cli.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        connection = KafkaConnection(
-            bootstrap_servers=args.bootstrap,
-            security_protocol=args.security_protocol,
-            sasl_mechanism=args.sasl_mechanism,
-            sasl_username=args.sasl_username,
-            sasl_password=args.sasl_password,
-            ssl_cafile=args.ssl_cafile,
-        )
+        connection = connection_from(args)
         only = ReplayFilter(
             exception_types=frozenset(args.exception_type),
             topics=frozenset(args.original_topic),
@@ -77,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_offset=args.offset_from,
             max_offset=args.offset_to,
         )
+    except ValueError as exc:  # exits 2, as argparse does for wrong arguments
+        cli.error(str(exc))
+    try:
         report = asyncio.run(
             replay_dead_letters(
                 args.source,
@@ -101,6 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
     print(summary(report))
     return 0
+
+
+def connection_from(args: argparse.Namespace) -> KafkaConnection:
+    """The servers and security the command line names (ValueError if they do not fit)."""
+    return KafkaConnection(
+        bootstrap_servers=args.bootstrap,
+        security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password=args.sasl_password,
+        ssl_cafile=args.ssl_cafile,
+    )
 
 
 def print_copy(copy: Copy) -> None:

@@ -50,6 +50,21 @@ class KafkaConnection:
                     f"(sasl_password or the {PASSWORD_VARIABLE} environment variable)"
                 )
                 raise ValueError(msg)
+        else:
+            given = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is not None
+            ]
+            if given:  # ignored otherwise: a connection without the security asked for
+                msg = (
+                    f"{', '.join(given)} given, but security_protocol is "
+                    f"{self.security_protocol}: use SASL_PLAINTEXT or SASL_SSL"
+                )
+                raise ValueError(msg)
+        if self.ssl_cafile is not None and not self.security_protocol.endswith("SSL"):
+            msg = f"ssl_cafile given, but security_protocol is {self.security_protocol}: use SSL"
+            raise ValueError(msg)
 
     @property
     def password(self) -> str | None:

@@ -18,7 +18,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
 )
 from faststream_concurrent_aiokafka.core.replay_intent import Intent, decode_intent
 from faststream_concurrent_aiokafka.replay import KafkaConnection
-from faststream_concurrent_aiokafka.replay.__main__ import parser
+from faststream_concurrent_aiokafka.replay.__main__ import connection_from, main, parser
 
 ORIGINAL = [("trace", b"1"), ("raw", b"\xff"), ("trace", b"2")]
 
@@ -160,15 +160,7 @@ def test_a_damaged_intent_is_an_error_not_silence(metadata: str) -> None:
 
 
 def connection(*args: str) -> KafkaConnection:
-    parsed = parser().parse_args(["--bootstrap", "h:1", "--from", "dlq", *args])
-    return KafkaConnection(
-        bootstrap_servers=parsed.bootstrap,
-        security_protocol=parsed.security_protocol,
-        sasl_mechanism=parsed.sasl_mechanism,
-        sasl_username=parsed.sasl_username,
-        sasl_password=parsed.sasl_password,
-        ssl_cafile=parsed.ssl_cafile,
-    )
+    return connection_from(parser().parse_args(["--bootstrap", "h:1", "--from", "dlq", *args]))
 
 
 def test_the_default_connection_is_plaintext() -> None:
@@ -226,6 +218,39 @@ def test_incomplete_sasl_options_fail_naming_what_is_missing(
     monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
     with pytest.raises(ValueError, match=message):
         connection(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sasl-username", "u", "--sasl-password", "p"], "sasl_username, sasl_password given"),
+        (["--security-protocol", "SSL", "--sasl-mechanism", "PLAIN"], "sasl_mechanism given"),
+        (["--ssl-cafile", "/ca.pem"], "ssl_cafile given, but security_protocol is PLAINTEXT"),
+    ],
+)
+def test_security_options_the_protocol_would_ignore_are_refused(
+    args: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        connection(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--sasl-username", "u"], "sasl_username given"),
+        (["--offset-from", "5", "--offset-to", "4"], "min_offset (5) is above max_offset (4)"),
+    ],
+)
+def test_wrong_arguments_exit_with_status_2_naming_the_cause(
+    args: list[str], cause: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--bootstrap", "h:1", "--from", "dlq", *args])
+
+    assert stopped.value.code == 2
+    assert cause in capsys.readouterr().err
 
 
 def test_an_ssl_ca_file_is_loaded() -> None:
