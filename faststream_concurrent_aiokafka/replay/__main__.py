@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
         "--sasl-password", help=f"better given in the {PASSWORD_VARIABLE} environment variable"
     )
     security.add_argument("--ssl-cafile", help="CA bundle for SSL (default: the system's)")
+    security.add_argument("--ssl-certfile", help="this client's certificate, for mTLS")
+    security.add_argument("--ssl-keyfile", help="the key of --ssl-certfile (if not in it)")
     return p
 
 
@@ -111,6 +113,8 @@ def connection_from(args: argparse.Namespace) -> KafkaConnection:
         sasl_username=args.sasl_username,
         sasl_password=args.sasl_password,
         ssl_cafile=args.ssl_cafile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
 
 

@@ -25,7 +25,8 @@ class KafkaConnection:
 
     ``sasl_password`` may be left out and given in the ``KAFKA_SASL_PASSWORD`` environment
     variable (so it shows in no process list); ``ssl_cafile`` is the CA bundle that signed the
-    brokers' certificates (the system's when None).
+    brokers' certificates (the system's when None); ``ssl_certfile`` and ``ssl_keyfile`` are
+    this client's certificate and key, for brokers that authenticate clients by TLS (mTLS).
     """
 
     bootstrap_servers: str
@@ -34,6 +35,8 @@ class KafkaConnection:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -62,8 +65,19 @@ class KafkaConnection:
                     f"{self.security_protocol}: use SASL_PLAINTEXT or SASL_SSL"
                 )
                 raise ValueError(msg)
-        if self.ssl_cafile is not None and not self.security_protocol.endswith("SSL"):
-            msg = f"ssl_cafile given, but security_protocol is {self.security_protocol}: use SSL"
+        ssl = [
+            name
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+            if getattr(self, name) is not None
+        ]
+        if ssl and not self.security_protocol.endswith("SSL"):
+            msg = (
+                f"{', '.join(ssl)} given, but security_protocol is {self.security_protocol}: "
+                "use SSL or SASL_SSL"
+            )
+            raise ValueError(msg)
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            msg = "ssl_keyfile given without ssl_certfile (the client certificate it belongs to)"
             raise ValueError(msg)
 
     @property
@@ -87,7 +101,9 @@ class KafkaConnection:
                 "sasl_plain_password": self.password,
             }
         if self.security_protocol.endswith("SSL"):
-            settings["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+            settings["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
         return settings
 
 

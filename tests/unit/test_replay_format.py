@@ -18,6 +18,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
 )
 from faststream_concurrent_aiokafka.core.replay_intent import Intent, decode_intent
 from faststream_concurrent_aiokafka.replay import KafkaConnection
+from faststream_concurrent_aiokafka.replay import connection as replay_connection
 from faststream_concurrent_aiokafka.replay.__main__ import connection_from, main, parser
 
 ORIGINAL = [("trace", b"1"), ("raw", b"\xff"), ("trace", b"2")]
@@ -226,6 +227,8 @@ def test_incomplete_sasl_options_fail_naming_what_is_missing(
         (["--sasl-username", "u", "--sasl-password", "p"], "sasl_username, sasl_password given"),
         (["--security-protocol", "SSL", "--sasl-mechanism", "PLAIN"], "sasl_mechanism given"),
         (["--ssl-cafile", "/ca.pem"], "ssl_cafile given, but security_protocol is PLAINTEXT"),
+        (["--ssl-certfile", "/c.pem"], "ssl_certfile given, but security_protocol is PLAINTEXT"),
+        (["--security-protocol", "SSL", "--ssl-keyfile", "/k.pem"], "without ssl_certfile"),
     ],
 )
 def test_security_options_the_protocol_would_ignore_are_refused(
@@ -258,3 +261,19 @@ def test_an_ssl_ca_file_is_loaded() -> None:
         connection(
             "--security-protocol", "SSL", "--ssl-cafile", "/nonexistent/ca.pem"
         ).client_settings()
+
+
+def test_a_client_certificate_goes_into_the_ssl_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, object]] = []
+
+    def create_ssl_context(**kwargs: object) -> str:
+        made.append(kwargs)
+        return "ctx"
+
+    monkeypatch.setattr(replay_connection, "create_ssl_context", create_ssl_context)
+    settings = connection(
+        "--security-protocol", "SSL", "--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem"
+    ).client_settings()
+
+    assert settings["ssl_context"] == "ctx"
+    assert made == [{"cafile": None, "certfile": "/c.pem", "keyfile": "/k.pem"}]
