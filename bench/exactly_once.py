@@ -25,44 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.kafka_io import create_topic, fill, unique
-from bench.model import RunResult, RunSpec
-from bench.paired import emit, pick_cases
+from bench.model import RunResult
+from bench.paired import case, emit, pick_cases
 from bench.plan import abba
 from bench.run import delete_topics, machine_info, run_worker
 
 GUARANTEES = ("at_least_once", "exactly_once")
 
+_BATCHES = {"concurrency_limit": 100, "commit_batch_size": 100, "commit_batch_timeout_sec": 1.0}
 CASES = {
-    "io": RunSpec(
-        label="eos/io",
-        kind="throughput",
-        system="middleware",
-        bootstrap="",
-        topic="",
-        group="",
-        partitions=4,
-        messages=20_000,
-        handler="sleep",
-        sleep_sec=0.01,
-        concurrency_limit=100,
-        commit_batch_size=100,
-        commit_batch_timeout_sec=1.0,
-        results_topic="",
-    ),
-    "noop": RunSpec(
-        label="eos/noop",
-        kind="throughput",
-        system="middleware",
-        bootstrap="",
-        topic="",
-        group="",
-        partitions=4,
-        messages=20_000,
-        concurrency_limit=100,
-        commit_batch_size=100,
-        commit_batch_timeout_sec=1.0,
-        results_topic="",
-    ),
+    "io": case("eos/io", handler="sleep", sleep_sec=0.01, results_topic="", **_BATCHES),
+    "noop": case("eos/noop", results_topic="", **_BATCHES),
 }
 
 

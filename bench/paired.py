@@ -16,38 +16,33 @@ import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.kafka_io import fill, unique
 from bench.model import RunResult, RunSpec
 from bench.plan import abba
 from bench.run import REPO, delete_topics, run_worker
 
+
+def case(label: str, **fields: Any) -> RunSpec:
+    """A paired case: 20,000 pre-produced messages over 4 partitions, this library's
+    middleware; the broker, topic and group are filled in per run."""
+    return RunSpec(
+        label=label,
+        kind="throughput",
+        system="middleware",
+        bootstrap="",
+        topic="",
+        group="",
+        partitions=4,
+        messages=20_000,
+        **fields,
+    )
+
+
 CASES = {
-    "noop": RunSpec(
-        label="paired/noop",
-        kind="throughput",
-        system="middleware",
-        bootstrap="",
-        topic="",
-        group="",
-        partitions=4,
-        messages=20_000,
-        concurrency_limit=100,
-        commit_batch_size=10,
-    ),
-    "io1000": RunSpec(
-        label="paired/io1000",
-        kind="throughput",
-        system="middleware",
-        bootstrap="",
-        topic="",
-        group="",
-        partitions=4,
-        messages=20_000,
-        handler="sleep",
-        sleep_sec=0.01,
-        concurrency_limit=1000,
-    ),
+    "noop": case("paired/noop", concurrency_limit=100, commit_batch_size=10),
+    "io1000": case("paired/io1000", handler="sleep", sleep_sec=0.01, concurrency_limit=1000),
 }
 
 
