@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.model import FleetResult, RunResult, RunSpec, write_json
+from bench.model import FleetResult, RunResult, RunSpec, result_for, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPS = {"asyncio": "asyncio:new_event_loop", "uvloop": "uvloop:new_event_loop"}
@@ -143,14 +143,7 @@ def run_fleet(spec: RunSpec, workdir: Path, index: int) -> RunResult:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["FCA_BENCH_FLEET_SPEC"] = str(spec_path)
     env["FCA_BENCH_FLEET_DIR"] = str(folder)
-    result = RunResult(
-        label=spec.label,
-        kind=spec.kind,
-        system=spec.system,
-        expected=spec.messages,
-        repeat=spec.repeat,
-        loadavg_start=os.getloadavg()[0],
-    )
+    result = result_for(spec, loadavg_start=os.getloadavg()[0])
     log_path = folder / "faststream-run.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -32,7 +32,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from bench import instrument
-from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec
+from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec, result_for
 from bench.shapes import Order, Receipt, receipt
 
 # Only the names the other package documents (its original API) are imported at the top: the
@@ -329,14 +329,7 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
 
 
 def _new_result(spec: RunSpec) -> RunResult:
-    return RunResult(
-        label=spec.label,
-        kind=spec.kind,
-        system=spec.system,
-        expected=spec.messages,
-        repeat=spec.repeat,
-        loadavg_start=os.getloadavg()[0],
-    )
+    return result_for(spec, loadavg_start=os.getloadavg()[0])
 
 
 def _fill_window(result: RunResult, probe: Probe, run: Running) -> None:

@@ -223,6 +223,18 @@ class RunResult:
         return self.fetched_bytes / self.handled
 
 
+def result_for(spec: RunSpec, **fields: Any) -> RunResult:
+    """An empty result of ``spec``'s run, naming it as every report row does."""
+    return RunResult(
+        label=spec.label,
+        kind=spec.kind,
+        system=spec.system,
+        expected=spec.messages,
+        repeat=spec.repeat,
+        **fields,
+    )
+
+
 def write_json(path: Path, value: RunSpec | RunResult) -> None:
     path.write_text(json.dumps(asdict(value), indent=1))
 

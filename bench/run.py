@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench import report
 from bench.fleet import run_fleet
 from bench.kafka_io import cluster_info, create_topic, produce, unique
-from bench.model import RunResult, RunSpec, read_result, result_from_dict, write_json
+from bench.model import RunResult, RunSpec, read_result, result_for, result_from_dict, write_json
 from bench.plan import FULL, QUICK, Params, Topics, build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,14 +212,7 @@ def run_worker(
     if result_path.exists():
         return read_result(result_path)
     tail = " | ".join(_read(str(log_path)).strip().splitlines()[-3:])
-    return RunResult(
-        label=spec.label,
-        kind=spec.kind,
-        system=spec.system,
-        expected=spec.messages,
-        repeat=spec.repeat,
-        error=f"worker wrote no result: {tail or 'no output'}",
-    )
+    return result_for(spec, error=f"worker wrote no result: {tail or 'no output'}")
 
 
 def _progress(index: int, total: int, result: RunResult) -> str:

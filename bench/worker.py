@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.measure import run
-from bench.model import RunResult, RunSpec, read_spec, write_json
+from bench.model import RunSpec, read_spec, result_for, write_json
 
 
 def loop_factory(spec: RunSpec) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -35,14 +35,7 @@ def main(argv: list[str]) -> int:
                 result.notes.append(f"loop {type(runner.get_loop()).__module__}")
     except Exception as exc:
         traceback.print_exc()
-        result = RunResult(
-            label=spec.label,
-            kind=spec.kind,
-            system=spec.system,
-            expected=spec.messages,
-            repeat=spec.repeat,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        result = result_for(spec, error=f"{type(exc).__name__}: {exc}")
     write_json(Path(argv[1]), result)
     return 0
 
