@@ -17,4 +17,4 @@ fi
 if (($# == 0)); then
     set -- build --strict
 fi
-exec .venv/bin/mkdocs "$@"
+NO_MKDOCS_2_WARNING=1 exec .venv/bin/mkdocs "$@"

@@ -555,8 +555,8 @@ async def test_app_with_startup_and_shutdown_hooks_publishes_every_result() -> N
 
 
 async def test_bare_broker_as_async_context_manager() -> None:
-    """The README's bare-broker form: ``async with broker`` + ``start()``, processing
-    stopped inside the block while handlers are in flight, then the broker exits."""
+    """The bare-broker form of docs/getting-started.md: ``async with broker`` + ``start()``,
+    processing stopped inside the block while handlers are in flight, then the broker exits."""
     count, partitions, limit = 40, 2, 8
     topic, group = unique("fit-with"), unique("g-fit-with")
     await create_topic(topic, partitions)

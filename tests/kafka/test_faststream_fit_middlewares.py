@@ -8,7 +8,7 @@ must be open for the whole handler call and closed after it.
 ``mode``: with a ``FastStream`` app in the context the subscriber is set up at
 initialisation from the app; a bare broker is handed to ``initialize_concurrent_processing``
 as ``broker=`` (without it, setup waits for the first message, which outer middlewares then
-see twice; see the README).
+see twice; see docs/getting-started.md).
 """
 
 import asyncio

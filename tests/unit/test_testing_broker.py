@@ -1,5 +1,5 @@
 """The failure policy under FastStream's ``TestKafkaBroker``: retries, task timeouts, errors
-not worth retrying and dead letters, without Kafka (README, "Testing your app")."""
+not worth retrying and dead letters, without Kafka (docs/testing.md)."""
 
 import asyncio
 import logging
