@@ -537,11 +537,12 @@ def _profile_section(res: Results) -> str:
         """## 5. CPU profile of the hot path
 
 cProfile over the no-op run (from `broker.start()` returning to the last message), full tables
-in [profile.txt](profile.txt), raw data in `profile-mw.pstats` / `profile-fs.pstats` (open with
-`python -m pstats` or snakeviz). cProfile roughly doubles the cost of Python calls, so the
-profiled rates are not comparable with section 1; with asyncio, "cumulative" of a coroutine is
-summed per resumption. cProfile measures wall time: the time the event loop waited in `select`
-is set apart as idle, and "busy" time and the shares are over the rest."""
+in `bench/results/profile.txt`, raw data in `bench/results/profile-mw.pstats` /
+`profile-fs.pstats` (open with `python -m pstats` or snakeviz). cProfile roughly doubles the
+cost of Python calls, so the profiled rates are not comparable with section 1; with asyncio,
+"cumulative" of a coroutine is summed per resumption. cProfile measures wall time: the time the
+event loop waited in `select` is set apart as idle, and "busy" time and the shares are over the
+rest."""
     ]
     for label in ("profile/mw", "profile/fs"):
         run = res.one(label)

@@ -48,7 +48,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
-    parser.add_argument("--out", default="docs", help="output folder (default: docs)")
+    parser.add_argument(
+        "--out", default="docs", help="the report and its plots, for the docs (default: docs)"
+    )
+    parser.add_argument(
+        "--data-out",
+        default="bench/results",
+        help="raw results and profiles, kept out of the docs (default: bench/results)",
+    )
     parser.add_argument("--repeat", type=int, help="repeats of the no-op throughput runs")
     parser.add_argument(
         "--only",
@@ -291,8 +298,9 @@ def main(argv: list[str]) -> int:
     params = QUICK if args.quick else FULL
     if args.repeat is not None:
         params = dataclasses.replace(params, repeat=max(1, args.repeat))
-    out = Path(args.out)
+    out, data = Path(args.out), Path(args.data_out)
     out.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     date = f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
     loads = [f"start {_load()}"]
@@ -333,10 +341,10 @@ def main(argv: list[str]) -> int:
             print(_progress(index, len(specs), result), flush=True)
             if spec.profile_path and result.profile is not None:
                 profile_texts.append(_read(spec.profile_path))
-                result.profile.text_path = str(out / "profile.txt")
+                result.profile.text_path = str(data / "profile.txt")
                 raw = Path(spec.profile_path + ".pstats")
                 if raw.exists():  # for snakeviz or pstats; named e.g. profile-mw.pstats
-                    shutil.copyfile(raw, out / f"profile-{spec.label.split('/')[-1]}.pstats")
+                    shutil.copyfile(raw, data / f"profile-{spec.label.split('/')[-1]}.pstats")
     loads.append(f"end {_load()}")
 
     if not args.keep_topics:
@@ -354,9 +362,9 @@ def main(argv: list[str]) -> int:
         loadavg=loads,
     )
     saved = {"meta": dataclasses.asdict(meta), "runs": [dataclasses.asdict(r) for r in results]}
-    (out / "bench-results.json").write_text(json.dumps(saved, indent=1))
+    (data / "bench-results.json").write_text(json.dumps(saved, indent=1))
     if profile_texts:
-        (out / "profile.txt").write_text(
+        (data / "profile.txt").write_text(
             f"# cProfile of the no-op runs, {date} ({command.strip()})\n\n"
             + "\n\n".join(profile_texts)
         )

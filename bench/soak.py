@@ -323,10 +323,13 @@ def plot(soak: Soak, samples: list[dict[str, Any]], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-def write_report(soak: Soak, samples: list[dict[str, Any]], out: Path, command: str) -> None:
+def write_report(
+    soak: Soak, samples: list[dict[str, Any]], out: Path, data: Path, command: str
+) -> None:
     summary = summarise(soak, samples)
     plot(soak, samples, out / "soak.png")
-    (out / "soak-results.json").write_text(
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "soak-results.json").write_text(
         json.dumps({"soak": asdict(soak), "summary": summary, "samples": samples}, indent=1)
     )
     mib = 1 / 1024
@@ -380,7 +383,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=400.0, help="messages per second")
     parser.add_argument("--churn-sec", type=float, default=30.0)
     parser.add_argument("--sample-sec", type=float, default=5.0)
-    parser.add_argument("--out", default="docs")
+    parser.add_argument("--out", default="docs", help="soak.md and soak.png (default: docs)")
+    parser.add_argument(
+        "--data-out", default="bench/results", help="soak-results.json (default: bench/results)"
+    )
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
@@ -400,7 +406,8 @@ def main(argv: list[str]) -> int:
     print(f"members' logs and samples: {work}")
     samples_file = asyncio.run(orchestrate(soak, work))
     samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line]
-    write_report(soak, samples, out, "python -m bench.soak " + " ".join(argv))
+    command = "python -m bench.soak " + " ".join(argv)
+    write_report(soak, samples, out, Path(args.data_out), command)
     return 0
 
 
