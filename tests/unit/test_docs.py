@@ -26,11 +26,17 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
+def included(source: str) -> bool:
+    """A block that only includes a file (``--8<-- "examples/..."``): the suite runs that file."""
+    return all(line.strip().startswith("--8<--") for line in source.splitlines() if line.strip())
+
+
 def python_blocks() -> list[tuple[str, str]]:
     return [
         (f"{page.relative_to(ROOT)}#{index}", match.group(1))
         for page in PAGES
         for index, match in enumerate(BLOCK.finditer(page.read_text(encoding="utf-8")), 1)
+        if not included(match.group(1))
     ]
 
 
