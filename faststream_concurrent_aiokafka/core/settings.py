@@ -40,25 +40,50 @@ def _setting(default: Any, check: Check, *, optional: bool = False) -> Any:
     return dataclasses.field(default=default, metadata={_CHECK: check, _OPTIONAL: optional})
 
 
-def _int_at_least(minimum: int) -> Check:
+def _int_between(minimum: int, maximum: int) -> Check:
+    """An int in [minimum, maximum]: the upper bound refuses values no service means (a
+    typo, a unit mixed up) and that would turn a limit off without saying so."""
+
     def check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            msg = f"{name} must be an int, got {value!r}"
+            msg = f"{name} must be an int from {minimum:,} to {maximum:,}, got {value!r}"
             raise ValueError(msg)
-        if value < minimum:
-            msg = f"{name} must be >= {minimum}, got {value!r}"
+        if not minimum <= value <= maximum:
+            msg = f"{name} must be from {minimum:,} to {maximum:,}, got {value!r}"
             raise ValueError(msg)
 
     return check
 
 
-def _seconds(name: str, value: Any) -> None:
+# The shortest duration any setting takes: asyncio's timers are not finer than a millisecond.
+MIN_SECONDS: Final = 0.001
+HOUR: Final = 3600.0
+DAY: Final = 86_400.0
+
+
+def _number_of_seconds(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         msg = f"{name} must be a number of seconds, got {value!r}"
         raise ValueError(msg)
-    if not math.isfinite(value) or value <= 0:
-        msg = f"{name} must be a finite number of seconds > 0, got {value!r}"
+    if not math.isfinite(value):
+        msg = f"{name} must be a finite number of seconds, got {value!r}"
         raise ValueError(msg)
+
+
+def _seconds_between(low: float, high: float) -> Check:
+    """A finite number of seconds in [low, high]."""
+
+    def check(name: str, value: Any) -> None:
+        _number_of_seconds(name, value)
+        if not low <= value <= high:
+            msg = f"{name} must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+            raise ValueError(msg)
+
+    return check
+
+
+_seconds_up_to_an_hour: Final = _seconds_between(MIN_SECONDS, HOUR)
+_seconds_up_to_a_day: Final = _seconds_between(MIN_SECONDS, DAY)
 
 
 # Kafka carries a transaction timeout as an Int32 of milliseconds.
@@ -67,7 +92,7 @@ _MAX_TRANSACTION_TIMEOUT_SEC = (2**31 - 1) // 1000
 
 
 def _transaction_timeout(name: str, value: Any) -> None:
-    _seconds(name, value)
+    _number_of_seconds(name, value)
     if not _MIN_TRANSACTION_TIMEOUT_SEC <= value <= _MAX_TRANSACTION_TIMEOUT_SEC:
         msg = (
             f"{name} must be from {_MIN_TRANSACTION_TIMEOUT_SEC} to "
@@ -168,22 +193,22 @@ def _check_backoff(base: float, cap: float) -> None:
 class SubscriberSettings:
     """What one subscriber runs with. Each may be overridden per subscriber."""
 
-    concurrency_limit: int = _setting(10, _int_at_least(1))
+    concurrency_limit: int = _setting(10, _int_between(1, 100_000))
     ordering: Ordering = _setting("unordered", _ordering)
-    task_timeout_sec: float | None = _setting(None, _seconds, optional=True)
-    max_retries: int = _setting(0, _int_at_least(0))
-    retry_backoff_sec: float = _setting(0.1, _seconds)
-    retry_backoff_max_sec: float = _setting(10.0, _seconds)
+    task_timeout_sec: float | None = _setting(None, _seconds_up_to_a_day, optional=True)
+    max_retries: int = _setting(0, _int_between(0, 1_000))
+    retry_backoff_sec: float = _setting(0.1, _seconds_up_to_an_hour)
+    retry_backoff_max_sec: float = _setting(10.0, _seconds_up_to_an_hour)
     dead_letter_topic: str | None = _setting(None, _topic, optional=True)
     no_retry_on: ExceptionTypes = _setting(DECODE_ERRORS, _exception_types)
     dead_letter_exception_text: ExceptionText | None = _setting(
         describe_exception, _function, optional=True
     )
-    max_consecutive_failures: int | None = _setting(None, _int_at_least(1), optional=True)
+    max_consecutive_failures: int | None = _setting(None, _int_between(1, 1_000_000), optional=True)
     max_failure_ratio: float | None = _setting(None, _ratio, optional=True)
-    failure_ratio_window: int = _setting(100, _int_at_least(1))
+    failure_ratio_window: int = _setting(100, _int_between(1, 100_000))
     track_completed_offsets: bool = _setting(True, _bool)
-    stall_warning_sec: float | None = _setting(60.0, _seconds, optional=True)
+    stall_warning_sec: float | None = _setting(60.0, _seconds_up_to_a_day, optional=True)
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
     transactional_id_prefix: str = _setting("", _id_prefix)
     transaction_timeout_sec: float = _setting(60.0, _transaction_timeout)
@@ -202,12 +227,12 @@ class SubscriberSettings:
 class ConcurrencySettings(SubscriberSettings):
     """All settings: the subscribers' defaults and those that exist once per handler."""
 
-    commit_batch_size: int = _setting(10, _int_at_least(1))
-    commit_batch_timeout_sec: float = _setting(10.0, _seconds)
-    shutdown_timeout_sec: float = _setting(20.0, _seconds)
-    max_uncommitted_tasks: int = _setting(10_000, _int_at_least(1))
-    rebalance_flush_timeout_sec: float = _setting(10.0, _seconds)
-    commit_timeout_sec: float = _setting(10.0, _seconds)
+    commit_batch_size: int = _setting(10, _int_between(1, 1_000_000))
+    commit_batch_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
+    shutdown_timeout_sec: float = _setting(20.0, _seconds_up_to_an_hour)
+    max_uncommitted_tasks: int = _setting(10_000, _int_between(1, 10_000_000))
+    rebalance_flush_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
+    commit_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
 
     def __post_init__(self) -> None:
         SubscriberSettings.__post_init__(self)

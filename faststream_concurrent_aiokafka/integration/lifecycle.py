@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from faststream.kafka import KafkaBroker
 
+from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.core.settings import (
     DEFAULTS,
@@ -70,6 +71,7 @@ async def start_concurrent_processing(
 ) -> KafkaConcurrentHandler:
     """``initialize_concurrent_processing`` for settings already built and validated (and a
     broker of any of the app's kinds: only Kafka subscribers are picked up)."""
+    _check_context(context)
     if find_handler(context) is not None:
         msg = "concurrent processing is already initialised in this context; stop it first"
         raise ConcurrentProcessingSetupError(msg)
@@ -93,6 +95,17 @@ async def start_concurrent_processing(
         lambda: [lane.consumer for lane in handler.lanes],
     )
     return handler
+
+
+def _check_context(context: object) -> None:
+    """Refuse anything but FastStream's context store, naming where to get it."""
+    if not faststream_compat.is_context_repo(context):
+        msg = (
+            "initialize_concurrent_processing needs FastStream's ContextRepo as its first "
+            "argument (the `context: ContextRepo` a lifespan or on_startup hook receives, or "
+            f"app.context / broker.context), got {type(context).__name__}"
+        )
+        raise TypeError(msg)
 
 
 async def stop_concurrent_processing(context: "ContextRepo") -> None:

@@ -32,15 +32,16 @@ from faststream_concurrent_aiokafka.integration.subscriber_options import (
     options_of,
 )
 
-# Integer settings and the smallest value each accepts.
-INT_MINIMUMS = {
-    "concurrency_limit": 1,
-    "commit_batch_size": 1,
-    "max_uncommitted_tasks": 1,
-    "max_retries": 0,
-    "failure_ratio_window": 1,
+# Integer settings and the range each accepts (as the settings reference documents it).
+INT_RANGES = {
+    "concurrency_limit": (1, 100_000),
+    "commit_batch_size": (1, 1_000_000),
+    "max_uncommitted_tasks": (1, 10_000_000),
+    "max_retries": (0, 1_000),
+    "failure_ratio_window": (1, 100_000),
 }
-INT_PARAMS = tuple(INT_MINIMUMS)
+INT_MINIMUMS = {name: low for name, (low, _) in INT_RANGES.items()}
+INT_PARAMS = tuple(INT_RANGES)
 # Integer settings that None turns off.
 OPTIONAL_INT_PARAMS = ("max_consecutive_failures",)
 REQUIRED_SECONDS_PARAMS = (
@@ -53,6 +54,18 @@ REQUIRED_SECONDS_PARAMS = (
     "transaction_timeout_sec",
 )
 SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec", "stall_warning_sec")
+# The longest duration each accepts (the shortest is 1 ms for all of them).
+SECONDS_MAXIMUMS = {
+    "commit_batch_timeout_sec": 3600,
+    "shutdown_timeout_sec": 3600,
+    "rebalance_flush_timeout_sec": 3600,
+    "retry_backoff_sec": 3600,
+    "retry_backoff_max_sec": 3600,
+    "commit_timeout_sec": 3600,
+    "transaction_timeout_sec": 2_147_483,
+    "task_timeout_sec": 86_400,
+    "stall_warning_sec": 86_400,
+}
 BOOL_PARAMS = ("track_completed_offsets",)
 POLICY_PARAMS = (
     "no_retry_on",
@@ -121,8 +134,8 @@ ILLEGAL_TOPIC_NAMES = ("dead letters", "dlq/orders", "dlq:orders", "orders-é", 
 
 
 def _bad_ints(name: str) -> list[object]:
-    minimum = INT_MINIMUMS.get(name, 1)
-    return [minimum - 1, minimum - 10**20, *NOT_INTS]
+    minimum, maximum = INT_RANGES.get(name, (1, 1_000_000))
+    return [minimum - 1, minimum - 10**20, maximum + 1, 10**18, *NOT_INTS]
 
 
 def _with_consistent_backoff(name: str, value: object) -> dict[str, Any]:
@@ -333,7 +346,7 @@ def test_settings_reject_bad_optional_int_naming_the_parameter(name: str, value:
 
 
 @pytest.mark.parametrize("name", OPTIONAL_INT_PARAMS)
-@pytest.mark.parametrize("value", [None, 1, 20, 10**9])
+@pytest.mark.parametrize("value", [None, 1, 20, 10**6])
 def test_settings_accept_an_optional_int_or_none(name: str, value: int | None) -> None:
     assert getattr(_settings(**{name: value}), name) == value
 
@@ -434,11 +447,21 @@ def test_settings_accept_integral_seconds() -> None:
 
 
 @HYPOTHESIS
-@given(name=st.sampled_from(INT_PARAMS), offset=st.integers(min_value=0, max_value=10**12))
-def test_settings_accept_any_int_from_the_minimum(name: str, offset: int) -> None:
-    value = INT_MINIMUMS[name] + offset
+@given(data=st.data(), name=st.sampled_from(INT_PARAMS))
+def test_settings_accept_any_int_in_the_range(data: st.DataObject, name: str) -> None:
+    value = data.draw(st.integers(*INT_RANGES[name]))
 
     assert getattr(_settings(**{name: value}), name) == value
+
+
+@HYPOTHESIS
+@given(name=st.sampled_from(INT_PARAMS), offset=st.integers(min_value=1))
+def test_settings_reject_any_int_above_the_maximum(name: str, offset: int) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: INT_RANGES[name][1] + offset})
+
+    _assert_names_only(error, name)
+    assert f"{INT_RANGES[name][1]:,}" in str(error.value)
 
 
 @HYPOTHESIS
@@ -452,11 +475,50 @@ def test_settings_reject_any_int_below_the_minimum(name: str, offset: int) -> No
 
 @HYPOTHESIS
 @given(
+    data=st.data(),
     name=st.sampled_from([name for name in SECONDS_PARAMS if name != "transaction_timeout_sec"]),
-    value=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False, allow_nan=False),
 )
-def test_settings_accept_any_finite_positive_seconds(name: str, value: float) -> None:
+def test_settings_accept_any_seconds_in_the_range(data: st.DataObject, name: str) -> None:
+    value = data.draw(st.floats(min_value=0.001, max_value=SECONDS_MAXIMUMS[name]))
+
     assert getattr(_settings(**_with_consistent_backoff(name, value)), name) == value
+
+
+@HYPOTHESIS
+@given(
+    data=st.data(),
+    name=st.sampled_from(SECONDS_PARAMS),
+)
+def test_settings_reject_seconds_outside_the_range(data: st.DataObject, name: str) -> None:
+    value = data.draw(
+        st.floats(min_value=0.0, max_value=0.001, exclude_min=True, exclude_max=True)
+        | st.floats(min_value=SECONDS_MAXIMUMS[name], exclude_min=True, allow_infinity=False)
+    )
+    with pytest.raises(ValueError) as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("concurrency_limit", 10**18),
+        ("commit_batch_timeout_sec", 1e300),
+        ("task_timeout_sec", 1e-9),
+        ("max_retries", 10**9),
+        ("failure_ratio_window", 10**12),
+        ("max_consecutive_failures", 10**12),
+        ("max_uncommitted_tasks", 10**12),
+        ("shutdown_timeout_sec", 1e9),
+    ],
+    ids=repr,
+)
+def test_settings_no_service_means_are_refused_naming_the_range(name: str, value: object) -> None:
+    with pytest.raises(ValueError, match=r"from [\d,.]+ to [\d,.]+") as error:
+        _settings(**{name: value})
+
+    _assert_names_only(error, name)
 
 
 @HYPOTHESIS
@@ -575,7 +637,7 @@ def test_subscriber_options_accept_zero_retries() -> None:
 
 # ---- resolve_options -----------------------------------------------------------------
 
-positive_seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+positive_seconds = st.floats(min_value=0.001, max_value=3600, allow_nan=False)
 orderings = st.sampled_from(ORDERINGS)
 exception_tuples = st.sampled_from([(), (ValueError,), DECODE_ERRORS, (_MyError, KeyError)])
 exception_texts = st.sampled_from([None, repr, str])
@@ -920,3 +982,14 @@ def test_exactly_once_of_one_subscriber_is_checked_against_the_global_settings()
             current, _options(processing_guarantee="exactly_once", transaction_timeout_sec=90)
         ),
     )
+
+
+# ---- the context ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("context", [None, object(), KafkaBroker()], ids=repr)
+async def test_initialisation_without_a_context_repo_says_what_to_pass(context: Any) -> None:
+    from faststream_concurrent_aiokafka import initialize_concurrent_processing
+
+    with pytest.raises(TypeError, match=r"needs FastStream's ContextRepo .*app\.context"):
+        await initialize_concurrent_processing(context)
