@@ -35,7 +35,7 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
             process = current.lane.process
             attempt = 0
             while True:
-                attempt += 1
+                attempt = current.attempt = attempt + 1
                 try:
                     await process(current.record)
                     error = current.attempt_error
@@ -58,6 +58,15 @@ class Failure(NamedTuple):
     retry_in: float | None
     final: bool
     retried: bool  # the error was one worth retrying (its attempts are used up if final)
+
+
+def is_final_failure(message: AdmittedMessage, error: BaseException) -> bool:
+    """Whether ``error`` ends the message's running attempt for good (it will not be retried):
+    what a pipeline reports to the middlewares around it as FastStream alone would."""
+    outcome = message.lane.policy.classify(error)
+    if outcome is Outcome.DEAD_LETTER:
+        return True
+    return outcome is Outcome.RETRY and message.attempt > message.lane.options.max_retries
 
 
 def assess_failure(

@@ -120,10 +120,12 @@ class AdmittedMessage:
     """A message (or a batch) from admission until its processing ended.
 
     ``error`` is set when its processing failed; ``task`` while a slot runs it;
-    ``attempt_error`` by a pipeline that reports a failed attempt instead of raising it.
+    ``attempt_error`` by a pipeline that reports a failed attempt instead of raising it;
+    ``attempt`` is the number (from 1) of the attempt running now.
     """
 
     __slots__ = (
+        "attempt",
         "attempt_error",
         "batch",
         "error",
@@ -157,6 +159,7 @@ class AdmittedMessage:
         self.task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.attempt_error: BaseException | None = None
+        self.attempt = 0
         # Exactly-once: its attempt ended with its transaction's abort (or its partition's
         # loss); it runs again, so this run is neither finished nor counted.
         self.runs_again = False

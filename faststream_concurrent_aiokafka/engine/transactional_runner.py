@@ -89,7 +89,7 @@ async def _run(message: AdmittedMessage, partition: PartitionTransaction, ticket
         )
     process = lane.process
     while True:
-        attempt += 1
+        attempt = message.attempt = attempt + 1
         try:
             await process(message.record)
             error = message.attempt_error

@@ -44,3 +44,28 @@ def subscriber_logger(subscriber: Any) -> logging.LoggerAdapter[logging.Logger]:
         "message_id": "",
     }
     return FastStreamContext(logger, defaults)
+
+
+_LOGGED_BY_THE_LIBRARY: Final = "_faststream_concurrent_logged"
+
+
+class _LeftToTheLibrary(logging.Filter):
+    """Drops FastStream's own ERROR line (its ``CriticalLogMiddleware``) for a message's final
+    failure that the library logs itself: one line per failure, and a validation error's
+    traceback, which quotes the body, is never written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not getattr(error, _LOGGED_BY_THE_LIBRARY, False)
+
+
+_FILTER: Final = _LeftToTheLibrary()
+
+
+def leave_to_the_library(subscriber: Any, error: BaseException) -> None:
+    """Mark ``error``, about to be raised through FastStream's middlewares, as logged by the
+    library, and make sure the subscriber's broker logger leaves it out."""
+    setattr(error, _LOGGED_BY_THE_LIBRARY, True)
+    logger = faststream_compat.broker_logger(subscriber)
+    if logger is not None and _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)

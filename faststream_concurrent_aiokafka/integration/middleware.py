@@ -7,17 +7,17 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer
 from faststream import BaseMiddleware
-from faststream.exceptions import SkipMessage
+from faststream.exceptions import IgnoredException, SkipMessage
 from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.core.settings import DEFAULTS
-from faststream_concurrent_aiokafka.engine.runner import RUNNING
+from faststream_concurrent_aiokafka.engine.runner import RUNNING, is_final_failure
 from faststream_concurrent_aiokafka.integration import subscribers
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.handler import find_handler
 from faststream_concurrent_aiokafka.integration.inline import DeadLettered, run_inline
-from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
+from faststream_concurrent_aiokafka.integration.logs import leave_to_the_library, subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
 
 NOT_INITIALISED = (
@@ -47,9 +47,11 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         exc_tb: TracebackType | None = None,
     ) -> bool:
         """A concurrent message's failed attempt (handler, decoding, publishing) is handed to
-        the failure policy through its ``attempt_error`` instead of being raised on, so
-        FastStream does not log every attempt that will be retried as an error: the policy
-        logs each retry once at INFO and the final failure once at ERROR with its traceback.
+        the failure policy through its ``attempt_error``. An attempt that will be retried ends
+        here: middlewares registered before this one see it end without an error, and
+        FastStream does not log it (the policy logs each retry once at INFO). The final failure
+        is raised on, so they see it as without the library (an ``ExceptionMiddleware``
+        handler runs); the policy logs it once at ERROR, FastStream's own line is left out.
         Cancellation and interrupts pass through."""
         if exc_val is None or not isinstance(exc_val, Exception | SystemExit):
             return False
@@ -59,7 +61,12 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         if admitted is None:
             return False
         admitted.attempt_error = exc_val
-        return True
+        # FastStream's acknowledgements (msg.nack(), msg.reject() made exceptions by the
+        # consume scope) raise nothing without the library: they end here too.
+        if isinstance(exc_val, IgnoredException) or not is_final_failure(admitted, exc_val):
+            return True
+        leave_to_the_library(self.context.get_local("handler_"), exc_val)
+        return False
 
     def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Coroutine[Any, Any, Any]:
         """The coroutine FastStream awaits, returned rather than awaited here: one coroutine

@@ -24,7 +24,7 @@ from faststream import BaseMiddleware, Context, ContextRepo, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.message import StreamMessage
-from faststream.middlewares import AckPolicy
+from faststream.middlewares import AckPolicy, ExceptionMiddleware
 
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
@@ -465,3 +465,91 @@ async def test_di_scope_is_open_for_the_whole_handler_call(mode: Mode, order: Or
     assert all(not scope.open for scope in used.values()), "a scope was never closed"
     assert [s.ident for s in scopes.opened if s.closed_while_in_use] == []
     assert all(not scope.open for scope in scopes.opened), "a scope leaked"
+
+
+# ---- FastStream's ExceptionMiddleware registered before the library -----------------------
+
+
+class BadBody(Exception):
+    """Raised by the subscriber's decoder."""
+
+
+@with_each_mode
+async def test_exception_middleware_before_the_library_sees_each_final_failure(
+    mode: Mode,
+) -> None:
+    # Issue 26 item 13: the library's __aexit__ kept every failure for its policy, so a
+    # middleware registered before it (the quick start's order) never saw one.
+    count, partitions, retries = 12, 2, 2
+    topic, group = unique("fit-exc"), unique("g-fit-exc")
+    await create_topic(topic, partitions)
+    await produce(topic, numbers(count), partitions=partitions)
+    undecodable, failing = {1, 6}, {3, 8}
+    decoded: Counter[int] = Counter()
+    handled: Counter[int] = Counter()
+    seen: list[tuple[str, int]] = []
+
+    async def on_bad_body(exc: BadBody) -> None:
+        seen.append(("decoder", int(str(exc))))
+
+    async def on_boom(exc: Boom) -> None:
+        seen.append(("handler", int(str(exc))))
+
+    broker = KafkaBroker(
+        BOOTSTRAP,
+        logger=None,
+        middlewares=[ExceptionMiddleware(handlers={BadBody: on_bad_body, Boom: on_boom})],
+    )
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+
+    async def decoder(msg: StreamMessage[Any], original: Any) -> Any:
+        ident = ident_of(msg)
+        decoded[ident] += 1
+        if ident in undecodable:
+            raise BadBody(ident)
+        return await original(msg)
+
+    @broker.subscriber(
+        topic,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        decoder=decoder,
+    )
+    async def handle(body: int) -> None:
+        handled[body] += 1
+        if body in failing:
+            raise Boom(body)
+
+    def all_attempts_ran() -> bool:
+        return all(decoded[i] == retries + 1 for i in undecodable) and all(
+            handled[i] == retries + 1 for i in failing
+        )
+
+    if mode == "app":
+        FastStream(broker, logger=None)
+    await initialize_concurrent_processing(
+        broker.context,
+        commit_batch_timeout_sec=0.2,
+        max_retries=retries,
+        retry_backoff_sec=0.01,
+        retry_backoff_max_sec=0.01,
+        broker=broker if mode == "bare" else None,
+    )
+    ends = await end_offsets(topic, partitions)
+
+    async def committed_to_end() -> bool:
+        return await committed_offsets(group, topic) == ends
+
+    try:
+        await broker.start()
+        await wait_until(all_attempts_ran, timeout=WAIT)
+        await wait_until(committed_to_end, timeout=WAIT, interval=POLL)
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
+
+    # Once per message, after its last attempt: the attempts that were retried stay inside.
+    assert sorted(seen) == sorted(
+        [("decoder", i) for i in undecodable] + [("handler", i) for i in failing]
+    )
