@@ -46,7 +46,12 @@ from faststream_concurrent_aiokafka.integration.monitoring import (
     processing_snapshot,
 )
 from faststream_concurrent_aiokafka.integration.subscriber_options import configure_subscriber
-from faststream_concurrent_aiokafka.replay import KafkaConnection, ReplayReport, replay_dead_letters
+from faststream_concurrent_aiokafka.replay import (
+    KafkaConnection,
+    ReplayReport,
+    TargetsNotConfirmed,
+    replay_dead_letters,
+)
 
 KafkaCommitTask = AdmittedMessage
 """The original name of ``AdmittedMessage`` (one admitted message, not a commit), kept."""
@@ -74,6 +79,7 @@ __all__ = [
     "ReplayReport",
     "SubscriberSettings",
     "SubscriberSnapshot",
+    "TargetsNotConfirmed",
     "Totals",
     "TransactionalPublishError",
     "configure_subscriber",

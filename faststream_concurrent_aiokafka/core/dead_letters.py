@@ -5,7 +5,9 @@ where it came from and why it failed, enough to replay it (the original topic, p
 offset, timestamp and consumer group). A replay copies it back without our headers, or keeps
 them under ``x-dead-letter-history-`` so a second failure shows the first; either way it adds
 ``x-dead-letter-replayed-from``, the dead letter's own place, which lets an interrupted replay
-see what it already copied.
+see what it already copied, and ``x-dead-letter-replays``, how many replays the record went
+through. A copy that fails again is dead-lettered with those headers, so the next replay knows
+it as a repeated failure and leaves it out unless told to copy it again.
 """
 
 from collections.abc import Callable, Collection, Iterable
@@ -34,6 +36,7 @@ HEADERS: Final = (
 """What every dead letter carries after the original headers, in this order."""
 
 REPLAYED_FROM: Final = PREFIX + "replayed-from"
+REPLAYS: Final = PREFIX + "replays"
 HISTORY_PREFIX: Final = PREFIX + "history-"
 
 MAX_EXCEPTION_TEXT_BYTES: Final = 512
@@ -103,20 +106,32 @@ class DeadLetter:
     partition: int
     offset: int
     exception_type: str
+    replays: int = 0  # replays the failed record came from (0: it failed first time round)
+
+
+_READ: Final = frozenset({*HEADERS, REPLAYS, REPLAYED_FROM})
 
 
 def read_dead_letter(headers: Iterable[tuple[str, bytes]]) -> DeadLetter | None:
     """The dead-letter facts of a record; None when it is not a dead letter of ours."""
-    found = {name: value for name, value in headers if name in HEADERS}
+    found = {name: value for name, value in headers if name in _READ}
     try:
         return DeadLetter(
             topic=found[TOPIC].decode(),
             partition=int(found[PARTITION]),
             offset=int(found[OFFSET]),
             exception_type=found.get(EXCEPTION_TYPE, b"").decode(),
+            replays=_replays(found),
         )
     except (KeyError, ValueError):
         return None
+
+
+def _replays(found: dict[str, bytes]) -> int:
+    """The replay count; a copy made before the count was written has only its marker."""
+    if REPLAYS in found:
+        return max(0, int(found[REPLAYS]))
+    return 1 if REPLAYED_FROM in found else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +188,31 @@ def replayed_from(topic: str, partition: int, offset: int) -> bytes:
 
 
 def replay_headers(
-    headers: Iterable[tuple[str, bytes]], marker: bytes, *, keep_history: bool
+    headers: Iterable[tuple[str, bytes]], marker: bytes, *, keep_history: bool, replays: int = 1
 ) -> Headers:
     """The headers a replayed copy carries: the original ones, our dead-letter headers moved
-    under ``x-dead-letter-history-`` (or dropped, with every earlier history), and ``marker``
-    last."""
+    under ``x-dead-letter-history-`` (or dropped, with every earlier history), then
+    ``replays`` (this copy's count of replays, kept either way) and ``marker`` last."""
     copied: Headers = []
     for name, value in headers:
+        if name == REPLAYS:
+            continue
         if not name.startswith(PREFIX):
             copied.append((name, value))
         elif keep_history:
             kept = name if name.startswith(HISTORY_PREFIX) else HISTORY_PREFIX + name[len(PREFIX) :]
             copied.append((kept, value))
+    copied.append((REPLAYS, str(replays).encode()))
     copied.append((REPLAYED_FROM, marker))
     return copied
+
+
+def replayed_place(marker: bytes) -> tuple[str, int, int] | None:
+    """The dead letter's place a ``x-dead-letter-replayed-from`` value names; None if it is
+    not one."""
+    topic, _, rest = marker.decode(errors="replace").rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    try:
+        return (topic, int(partition), int(rest)) if topic else None
+    except ValueError:
+        return None

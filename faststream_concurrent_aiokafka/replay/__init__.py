@@ -9,6 +9,18 @@ From code: ``await replay_dead_letters(...)``.
 
 from faststream_concurrent_aiokafka.core.dead_letters import ReplayFilter
 from faststream_concurrent_aiokafka.replay.connection import KafkaConnection
-from faststream_concurrent_aiokafka.replay.copier import Copy, ReplayReport, replay_dead_letters
+from faststream_concurrent_aiokafka.replay.copier import (
+    Copy,
+    ReplayReport,
+    TargetsNotConfirmed,
+    replay_dead_letters,
+)
 
-__all__ = ["Copy", "KafkaConnection", "ReplayFilter", "ReplayReport", "replay_dead_letters"]
+__all__ = [
+    "Copy",
+    "KafkaConnection",
+    "ReplayFilter",
+    "ReplayReport",
+    "TargetsNotConfirmed",
+    "replay_dead_letters",
+]

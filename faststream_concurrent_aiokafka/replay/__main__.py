@@ -2,7 +2,8 @@
 
 A dry run prints one line per dead letter it would copy; a run draws a progress bar on
 stderr when that is a terminal, and ends with one summary line. Exit status 0 on success,
-1 when the replay failed (the message says why), 2 for wrong arguments.
+1 when the replay failed (the message says why), 2 for wrong arguments and for a run whose
+dead letters go to several topics without --to or --all-targets (the message names them).
 """
 
 import argparse
@@ -17,7 +18,13 @@ from faststream_concurrent_aiokafka.replay.connection import (
     SECURITY_PROTOCOLS,
     KafkaConnection,
 )
-from faststream_concurrent_aiokafka.replay.copier import Copy, ReplayReport, replay_dead_letters
+from faststream_concurrent_aiokafka.replay.copier import (
+    DEFAULT_MAX_REPLAYS,
+    Copy,
+    ReplayReport,
+    TargetsNotConfirmed,
+    replay_dead_letters,
+)
 
 BAR_WIDTH = 30
 
@@ -34,6 +41,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", required=True, help="HOST:PORT[,HOST:PORT...] of the brokers")
     p.add_argument("--from", dest="source", required=True, help="the dead-letter topic")
     p.add_argument("--to", dest="target", help="copy here instead of each original topic")
+    p.add_argument(
+        "--all-targets",
+        action="store_true",
+        help="copy each dead letter to the topic its header names even when they name several "
+        "(without it, or --to, such a run copies nothing and exits 2 listing them)",
+    )
+    p.add_argument(
+        "--max-replays",
+        type=int,
+        default=DEFAULT_MAX_REPLAYS,
+        metavar="N",
+        help="leave out dead letters of copies that went through N replays already and failed "
+        f"again ({DEFAULT_MAX_REPLAYS}: a dead letter is replayed once; raise it to retry "
+        "repeated failures)",
+    )
     p.add_argument("--group", help="the replay's consumer group (default: <from>.replay)")
     p.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
     chosen = p.add_argument_group("filters (original record; repeat an option for several)")
@@ -52,8 +74,16 @@ def parser() -> argparse.ArgumentParser:
     security.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT")
     security.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS)
     security.add_argument("--sasl-username")
-    security.add_argument(
-        "--sasl-password", help=f"better given in the {PASSWORD_VARIABLE} environment variable"
+    password = security.add_mutually_exclusive_group()
+    password.add_argument(
+        "--sasl-password",
+        help="shows in the process list (ps) of this machine: prefer --sasl-password-file or "
+        f"the {PASSWORD_VARIABLE} environment variable",
+    )
+    password.add_argument(
+        "--sasl-password-file",
+        metavar="PATH",
+        help="read the SASL password from this file (its first line)",
     )
     security.add_argument("--ssl-cafile", help="CA bundle for SSL (default: the system's)")
     security.add_argument("--ssl-certfile", help="this client's certificate, for mTLS")
@@ -66,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = cli.parse_args(argv)
     if args.batch_size < 1:
         cli.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_replays < 1:
+        cli.error(f"--max-replays must be at least 1, got {args.max_replays}")
+    if args.all_targets and args.target is not None:
+        cli.error("--all-targets and --to exclude each other: --to sends every copy to one topic")
     try:
         connection = connection_from(args)
         only = ReplayFilter(
@@ -90,8 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 progress=draw_bar if sys.stderr.isatty() else None,
                 on_copy=print_copy if args.dry_run else None,
+                max_replays=args.max_replays,
+                all_targets=args.all_targets,
             )
         )
+    except TargetsNotConfirmed as exc:
+        print(f"replay refused, nothing copied: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"replay failed: {exc}", file=sys.stderr)
         return 1
@@ -106,16 +145,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def connection_from(args: argparse.Namespace) -> KafkaConnection:
     """The servers and security the command line names (ValueError if they do not fit)."""
+    password = args.sasl_password
+    if args.sasl_password_file is not None:
+        password = read_password(args.sasl_password_file)
     return KafkaConnection(
         bootstrap_servers=args.bootstrap,
         security_protocol=args.security_protocol,
         sasl_mechanism=args.sasl_mechanism,
         sasl_username=args.sasl_username,
-        sasl_password=args.sasl_password,
+        sasl_password=password,
         ssl_cafile=args.ssl_cafile,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+
+
+def read_password(path: str) -> str:
+    """The first line of the file at ``path`` (ValueError naming the file if unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except OSError as exc:
+        msg = f"cannot read --sasl-password-file {path!r}: {exc.strerror or exc}"
+        raise ValueError(msg) from exc
 
 
 def print_copy(copy: Copy) -> None:
@@ -141,10 +193,13 @@ def draw_bar(report: ReplayReport) -> None:
 
 def summary(report: ReplayReport) -> str:
     verb = "would copy" if report.dry_run else "copied"
+    targets = ", ".join(f"{topic} {count}" for topic, count in sorted(report.targets.items()))
     return (
-        f"group {report.group}: read {report.read} of {report.total}, {verb} {report.copied}, "
+        f"group {report.group}: read {report.read} of {report.total}, {verb} {report.copied}"
+        f"{f' ({targets})' if targets else ''}, "
         f"filtered out {report.filtered_out}, not dead letters {report.unrecognised}, "
-        f"already copied by an interrupted run {report.already_copied}"
+        f"already copied by an interrupted run {report.already_copied}, "
+        f"failed again after --max-replays replays {report.replayed_too_often}"
     )
 
 

@@ -5,11 +5,15 @@ A run reads each partition of the dead-letter topic from the group's committed o
 the end it had when the run started (dead letters that arrive meanwhile, a replayed message
 failing again among them, wait for the next run). Each batch is copied under an intent (see
 ``core.replay_intent``), so a run killed at any point and started again copies no record
-twice and skips none.
+twice and skips none. A dead letter of a copy an earlier replay made (it failed again) is
+left out once it went through ``max_replays`` replays: running the same replay again after a
+fix that did not work copies nothing unless asked. A real run that would write to more than
+one topic asks for ``target`` or ``all_targets=True`` first.
 """
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +33,25 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     read_dead_letter,
     replay_headers,
     replayed_from,
+    replayed_place,
 )
 from faststream_concurrent_aiokafka.core.replay_intent import MAX_LENGTH, Intent, decode_intent
 from faststream_concurrent_aiokafka.replay.connection import KafkaConnection, client_settings
 
 FETCH_WAIT_MS = 500
+DEFAULT_MAX_REPLAYS = 1
+
+
+class TargetsNotConfirmed(ValueError):
+    """A real run would write to several topics, named by the dead letters' headers."""
+
+    def __init__(self, targets: dict[str, int]) -> None:
+        self.targets = targets
+        listed = ", ".join(f"{topic} ({count})" for topic, count in sorted(targets.items()))
+        super().__init__(
+            f"the dead letters go to {len(targets)} topics: {listed}; copy them to one topic "
+            "(--to / target=) or confirm every topic (--all-targets / all_targets=True)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +68,9 @@ class Copy:
 @dataclass(slots=True)
 class ReplayReport:
     """What a run did: records read, copied, left out by the filter, not dead letters of
-    ours (without ``target``: nowhere to copy them), and found already copied by an
-    interrupted run."""
+    ours (without ``target``: nowhere to copy them), found already copied by an interrupted
+    run, and left out as copies that failed again after ``max_replays`` replays; ``targets``
+    counts the copies (made, or in a dry run to make) per topic."""
 
     group: str
     total: int = 0
@@ -60,8 +79,10 @@ class ReplayReport:
     filtered_out: int = 0
     unrecognised: int = 0
     already_copied: int = 0
+    replayed_too_often: int = 0
     dry_run: bool = False
     copies: list[Copy] = field(default_factory=list)
+    targets: dict[str, int] = field(default_factory=dict)
 
 
 async def replay_dead_letters(
@@ -76,6 +97,8 @@ async def replay_dead_letters(
     batch_size: int = 100,
     progress: Callable[[ReplayReport], None] | None = None,
     on_copy: Callable[[Copy], None] | None = None,
+    max_replays: int = DEFAULT_MAX_REPLAYS,
+    all_targets: bool = False,
 ) -> ReplayReport:
     """Copy the dead letters of ``source`` back to the topic each came from (or ``target``).
 
@@ -88,10 +111,19 @@ async def replay_dead_letters(
     letter. A ``dry_run`` copies and commits nothing: it lists (``on_copy``, and the report's
     ``copies``) what a run would copy. ``progress`` is called after each batch.
 
+    A copy carries ``x-dead-letter-replays``, its count of replays; when it fails again its
+    dead letter keeps it, and a dead letter that went through ``max_replays`` replays is left
+    out (counted in ``replayed_too_often``): raise it to copy repeated failures again. A real
+    run (not ``dry_run``) without ``target`` whose dead letters name more than one topic raises
+    ``TargetsNotConfirmed`` before copying anything, unless ``all_targets`` is True.
+
     Do not run two replays with the same group at once: each would copy the same records.
     """
     if batch_size < 1:
         msg = f"batch_size must be >= 1, got {batch_size!r}"
+        raise ValueError(msg)
+    if isinstance(max_replays, bool) or not isinstance(max_replays, int) or max_replays < 1:
+        msg = f"max_replays must be an int >= 1, got {max_replays!r}"
         raise ValueError(msg)
     settings = client_settings(connection)
     group = group or (f"{source}.replay" if target is None else f"{source}.replay-to.{target}")
@@ -104,6 +136,8 @@ async def replay_dead_letters(
         only=only or ReplayFilter(),
         keep_history=keep_history,
         batch_size=batch_size,
+        max_replays=max_replays,
+        confirm_targets=not (dry_run or all_targets or target is not None),
     )
     return await replay.run(progress, on_copy)
 
@@ -120,8 +154,12 @@ class _Replay:
         only: ReplayFilter,
         keep_history: bool,
         batch_size: int,
+        max_replays: int,
+        confirm_targets: bool,
     ) -> None:
         self.source = source
+        self.max_replays = max_replays
+        self.confirm_targets = confirm_targets
         self.settings = settings
         self.target = target
         self.only = only
@@ -159,6 +197,8 @@ class _Replay:
                 clients.push_async_callback(_close, client)
                 await client.start()
             ends = await self._start_positions()
+            if self.confirm_targets:
+                await self._confirm_targets(ends)
             while await _short_of(consumer, ends):
                 fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
                 for tp, records in fetched.items():
@@ -201,17 +241,31 @@ class _Replay:
             self.report.total += max(0, ends[tp] - start)
             intent = decode_intent(meta.metadata) if meta is not None and meta.metadata else None
             if intent is not None:  # a dry run too: it lists only what a run would copy
+                # The note is only a claim: bounded by the real end, its places checked.
+                intent = await self._trusted(intent, ends[tp])
                 self.already[tp] = await self._copies_made(tp, start, intent)
                 self.carried[tp] = intent
         return ends
+
+    async def _trusted(self, intent: Intent, end: int) -> Intent:
+        """The intent as far as it can be true: ``upto`` no further than the partition's end,
+        and only places that exist (reading one that does not would create its topic on a
+        broker with auto.create.topics.enable)."""
+        existing = set(await self.admin.list_topics())
+        ends: dict[tuple[str, int], int] = {}
+        for (topic, partition), target_end in intent.ends.items():
+            if topic in existing and partition in await self._partitions(topic, "named by a note"):
+                ends[topic, partition] = max(0, target_end)
+        return Intent(min(intent.upto, end), ends)
 
     async def _copies_made(self, tp: TopicPartition, start: int, intent: Intent) -> set[int]:
         """Offsets of ``tp`` in [start, intent.upto) an interrupted run already copied: found
         by their ``x-dead-letter-replayed-from`` in the partitions the intent names, read from
         where they ended before that run's copies."""
-        wanted = {replayed_from(tp.topic, tp.partition, o): o for o in range(start, intent.upto)}
         targets = [TopicPartition(topic, partition) for topic, partition in intent.ends]
         found: set[int] = set()
+        if not targets or start >= intent.upto:
+            return found
         # read_uncommitted: under read_committed an open transaction on a target partition
         # would hide the (non-transactional) copies behind it, and they would be made again.
         scanner = AIOKafkaConsumer(enable_auto_commit=False, **self.settings)
@@ -220,15 +274,39 @@ class _Replay:
             scanner.assign(targets)
             ends = await scanner.end_offsets(targets)
             for target in targets:
-                scanner.seek(target, intent.ends[target.topic, target.partition])
+                scanner.seek(target, min(intent.ends[target.topic, target.partition], ends[target]))
             while await _short_of(scanner, ends):
                 fetched = await scanner.getmany(timeout_ms=FETCH_WAIT_MS)
                 for records in fetched.values():
                     for record in records:
-                        found.update(_markers(record.headers, wanted))
+                        found.update(_markers(record.headers, tp, start, intent.upto))
         finally:
             await scanner.stop()
         return found
+
+    async def _confirm_targets(self, ends: dict[TopicPartition, int]) -> None:
+        """Read what this run will copy once without copying, and refuse to write to more
+        than one topic unconfirmed; then go back to the start."""
+        consumer = self.consumer
+        starts = {tp: await consumer.position(tp) for tp in ends}
+        targets: Counter[str] = Counter()
+        while await _short_of(consumer, ends):
+            fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
+            for tp, records in fetched.items():
+                already = self.already.get(tp, set())
+                for record in records:
+                    if record.offset >= ends[tp] or record.offset in already:
+                        continue
+                    letter = read_dead_letter(record.headers)
+                    if self._selects(letter) and letter is not None:
+                        targets[letter.topic] += 1
+        for tp, start in starts.items():
+            consumer.seek(tp, start)
+        if len(targets) > 1:
+            raise TargetsNotConfirmed(dict(targets))
+
+    def _selects(self, letter: DeadLetter | None) -> bool:
+        return self.only.matches(letter) and (letter is None or letter.replays < self.max_replays)
 
     async def _partitions(self, topic: str, role: str) -> list[int]:
         """The partitions of ``topic``, asked once per topic; ``role`` says in an error why
@@ -316,6 +394,9 @@ class _Replay:
         if not self.only.matches(letter):
             self.report.filtered_out += 1
             return None
+        if letter is not None and letter.replays >= self.max_replays:
+            self.report.replayed_too_often += 1
+            return None
         topic = self.target or (letter.topic if letter is not None else None)
         if topic is None:
             self.report.unrecognised += 1
@@ -340,6 +421,8 @@ class _Replay:
         upto: int,
     ) -> None:
         report = self.report
+        for _, copy in plan:
+            report.targets[copy.topic] = report.targets.get(copy.topic, 0) + 1
         if report.dry_run:
             report.copies += [copy for _, copy in plan]
             report.copied += len(plan)
@@ -360,6 +443,7 @@ class _Replay:
                         record.headers,
                         replayed_from(tp.topic, tp.partition, record.offset),
                         keep_history=self.keep_history,
+                        replays=1 if copy.letter is None else copy.letter.replays + 1,
                     ),
                 )
                 for record, copy in plan
@@ -387,10 +471,16 @@ def _merged(intent: Intent, older: Intent) -> Intent:
     return Intent(max(intent.upto, older.upto), {**intent.ends, **older.ends})
 
 
-def _markers(headers: Iterable[tuple[str, bytes]], wanted: dict[bytes, int]) -> Iterable[int]:
+def _markers(
+    headers: Iterable[tuple[str, bytes]], tp: TopicPartition, start: int, upto: int
+) -> Iterable[int]:
+    """Offsets in [start, upto) of ``tp`` that the markers among ``headers`` name."""
     for name, value in headers:
-        if name == REPLAYED_FROM and value in wanted:
-            yield wanted[value]
+        if name != REPLAYED_FROM:
+            continue
+        place = replayed_place(value)
+        if place is not None and place[:2] == (tp.topic, tp.partition) and start <= place[2] < upto:
+            yield place[2]
 
 
 async def _short_of(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:

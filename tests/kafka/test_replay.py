@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import tracemalloc
 from collections import Counter
 from typing import Any
 
@@ -23,7 +24,13 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     dead_letter_headers,
 )
 from faststream_concurrent_aiokafka.core.replay_intent import Intent
-from faststream_concurrent_aiokafka.replay import KafkaConnection, copier, replay_dead_letters
+from faststream_concurrent_aiokafka.replay import (
+    KafkaConnection,
+    TargetsNotConfirmed,
+    copier,
+    replay_dead_letters,
+)
+from faststream_concurrent_aiokafka.replay.__main__ import main
 from tests.kafka.test_failure_policy import header_map, manual_subscriber, record_count, running
 from tests.kafka_helpers import (
     BOOTSTRAP,
@@ -481,8 +488,9 @@ async def test_the_command_line_dry_run_prints_one_line_per_dead_letter() -> Non
     assert status == 0, err
     assert out.splitlines() == [
         *(f"0@{i}\t{original}[{i}]@{i}\tPoisonError\t-> {original}[{i}]" for i in range(3)),
-        f"group {source}.replay: read 3 of 3, would copy 3, filtered out 0, not dead letters 0, "
-        "already copied by an interrupted run 0",
+        f"group {source}.replay: read 3 of 3, would copy 3 ({original} 3), filtered out 0, "
+        "not dead letters 0, already copied by an interrupted run 0, failed again after "
+        "--max-replays replays 0",
     ]
     assert await end_offsets(original, 4) == dict.fromkeys(range(4), 0)
 
@@ -511,3 +519,106 @@ async def test_the_replay_connects_with_the_broker_s_sasl_settings() -> None:
 
     assert report.copied == 5
     assert len(replayed(await read_all(target, 5))) == 5
+
+
+# ---- repeated failures, untrusted notes, several targets (issue 26 item 6) --------------------
+
+
+async def test_a_second_replay_after_a_failing_fix_copies_nothing_unless_asked() -> None:
+    total, partitions = 20, 2
+    topic, group = await numbered_topic("replay-loop", total, partitions)
+    dead_letters = unique("replay-loop-dlt")
+    await create_topic(dead_letters, 1)
+    settings: dict[str, Any] = {"commit_batch_timeout_sec": 0.1, "dead_letter_topic": dead_letters}
+
+    async def run_broken_handler(expected_dead_letters: int) -> None:
+        broken = concurrent_broker()
+
+        @manual_subscriber(broken, topic, group)
+        async def reject(body: int) -> None:
+            raise RejectMessage
+
+        async with running(broken, **settings):
+            await wait_committed(group, topic, await end_offsets(topic, partitions))
+        assert await record_count(dead_letters, 1) == expected_dead_letters
+
+    await run_broken_handler(total)
+    first = await replay_dead_letters(dead_letters, KafkaConnection(BOOTSTRAP))
+    assert first.copied == total
+    await run_broken_handler(2 * total)  # the "fix" did not work: every copy failed again
+
+    second = await replay_dead_letters(dead_letters, KafkaConnection(BOOTSTRAP))
+
+    assert (second.read, second.copied) == (total, 0)
+    assert second.replayed_too_often == total
+    assert sum((await end_offsets(topic, partitions)).values()) == 2 * total  # nothing copied
+
+    # Asked for: a replay with max_replays=2 (a new group, from the start) copies the repeated
+    # failures too, with their count raised.
+    asked = await replay_dead_letters(
+        dead_letters, KafkaConnection(BOOTSTRAP), group=unique("again"), max_replays=2
+    )
+    assert (asked.copied, asked.replayed_too_often) == (2 * total, 0)
+    copies = await read_all(topic, 4 * total)
+    counts = Counter(dict(headers).get("x-dead-letter-replays") for _k, _v, headers in copies)
+    assert counts == {None: total, b"1": 2 * total, b"2": total}
+
+
+async def commit_note(group: str, topic: str, metadata: str) -> None:
+    """Commit offset 0 with ``metadata`` for ``group``, as any client of the group could."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(0, metadata)})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_forged_progress_note_is_bounded_and_creates_no_topic() -> None:
+    # The note claims copies of offsets up to 2 * 10**6 went to a topic that does not exist:
+    # the old code built a set of every offset it named (2.6 GB for 2 * 10**7) and read that
+    # topic, which a broker with auto.create.topics.enable then created.
+    count = 5
+    source, original, _target = await dead_letter_topic(count, partitions=1)
+    missing = unique("replay-note-missing")
+    group = f"{source}.replay"
+    await commit_note(group, source, Intent(2 * 10**6, {(missing, 0): 0}).encode())
+
+    tracemalloc.start()
+    try:
+        dry = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), dry_run=True)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (dry.copied, dry.already_copied) == (count, 0)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB traced"
+    assert missing not in await topics()
+    assert dry.targets == {original: count}
+
+
+async def test_a_real_run_to_several_topics_needs_a_target_or_confirmation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, first, second = unique("replay-many"), unique("orders-a"), unique("orders-b")
+    for name in (source, first, second):
+        await create_topic(name, 1)
+    await make_dead_letters(source, [(first, 0, 1, "E"), (second, 0, 2, "E"), (first, 0, 3, "E")])
+
+    with pytest.raises(TargetsNotConfirmed) as refused:
+        await replay_dead_letters(source, KafkaConnection(BOOTSTRAP))
+    assert refused.value.targets == {first: 2, second: 1}
+    status = await asyncio.to_thread(main, ["--bootstrap", BOOTSTRAP, "--from", source])
+    assert status == 2
+    assert f"{first} (2), {second} (1)" in capsys.readouterr().err
+    assert await end_offsets(first, 1) == await end_offsets(second, 1) == {0: 0}
+    assert await committed_offsets(f"{source}.replay", source) == {}
+
+    report = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), all_targets=True)
+
+    assert report.targets == {first: 2, second: 1}
+    assert (await end_offsets(first, 1), await end_offsets(second, 1)) == ({0: 2}, {0: 1})

@@ -1,6 +1,8 @@
 """The replay's pure parts: reading dead-letter headers, filters, the headers a copy carries,
 the intent stored with the replay's commits, and the command line's connection options."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 from faststream_concurrent_aiokafka.core.dead_letters import (
     HISTORY_PREFIX,
     REPLAYED_FROM,
+    REPLAYS,
     DeadLetter,
     Origin,
     ReplayFilter,
@@ -15,6 +18,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     read_dead_letter,
     replay_headers,
     replayed_from,
+    replayed_place,
 )
 from faststream_concurrent_aiokafka.core.replay_intent import Intent, decode_intent
 from faststream_concurrent_aiokafka.replay import KafkaConnection
@@ -98,8 +102,8 @@ def test_a_copy_keeps_the_original_headers_and_moves_ours_under_history() -> Non
     headers = replay_headers(letter_headers(), marker, keep_history=True)
 
     assert headers[:3] == ORIGINAL
-    assert headers[-1] == (REPLAYED_FROM, b"orders.dlq/0/7")
-    history = dict(headers[3:-1])
+    assert headers[-2:] == [(REPLAYS, b"1"), (REPLAYED_FROM, b"orders.dlq/0/7")]
+    history = dict(headers[3:-2])
     assert history[HISTORY_PREFIX + "topic"] == b"orders"
     assert history[HISTORY_PREFIX + "exception-type"] == b"KeyError"
     assert all(name.startswith(HISTORY_PREFIX) for name in history)
@@ -109,7 +113,7 @@ def test_a_copy_keeps_the_original_headers_and_moves_ours_under_history() -> Non
 def test_a_copy_without_history_keeps_only_the_original_headers_and_the_marker() -> None:
     headers = replay_headers(letter_headers(), b"d/0/1", keep_history=False)
 
-    assert headers == [*ORIGINAL, (REPLAYED_FROM, b"d/0/1")]
+    assert headers == [*ORIGINAL, (REPLAYS, b"1"), (REPLAYED_FROM, b"d/0/1")]
 
 
 def test_a_second_failure_and_replay_keep_the_first_history() -> None:
@@ -244,6 +248,16 @@ def test_security_options_the_protocol_would_ignore_are_refused(
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--sasl-username", "u"], "sasl_username given"),
         (["--offset-from", "5", "--offset-to", "4"], "min_offset (5) is above max_offset (4)"),
+        (["--max-replays", "0"], "--max-replays must be at least 1"),
+        (["--to", "t", "--all-targets"], "--all-targets and --to exclude each other"),
+        (["--sasl-password", "p", "--sasl-password-file", "f"], "not allowed with argument"),
+        (
+            [
+                *("--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN"),
+                *("--sasl-username", "u", "--sasl-password-file", "/nonexistent/password"),
+            ],
+            "cannot read --sasl-password-file '/nonexistent/password'",
+        ),
     ],
 )
 def test_wrong_arguments_exit_with_status_2_naming_the_cause(
@@ -277,3 +291,64 @@ def test_a_client_certificate_goes_into_the_ssl_context(monkeypatch: pytest.Monk
 
     assert settings["ssl_context"] == "ctx"
     assert made == [{"cafile": None, "certfile": "/c.pem", "keyfile": "/k.pem"}]
+
+
+# ---- repeated failures (issue 26) ----------------------------------------------------------
+
+
+def test_a_copy_that_fails_again_reads_as_a_dead_letter_replayed_once() -> None:
+    first = replay_headers(letter_headers(), b"dlq/0/1", keep_history=False)
+    again = dead_letter_headers(first, Origin("orders", 2, 99, None, "billing"), KeyError(), 1, str)
+
+    assert read_dead_letter(letter_headers()).replays == 0  # type: ignore[union-attr]
+    assert read_dead_letter(again) == DeadLetter("orders", 2, 99, "KeyError", replays=1)
+
+
+@pytest.mark.parametrize("keep_history", [True, False])
+def test_each_replay_counts_one_more_whatever_happens_to_the_history(keep_history: bool) -> None:
+    headers = letter_headers()
+    for count in range(1, 4):
+        copy = replay_headers(
+            headers, b"dlq/0/%d" % count, keep_history=keep_history, replays=count
+        )
+        assert [v for n, v in copy if n == REPLAYS] == [str(count).encode()]
+        headers = dead_letter_headers(
+            copy, Origin("orders", 2, count, None, "g"), KeyError(), 1, str
+        )
+        assert read_dead_letter(headers).replays == count  # type: ignore[union-attr]
+
+
+def test_a_dead_letter_of_a_copy_made_before_the_count_counts_as_replayed_once() -> None:
+    headers = [*letter_headers(), (REPLAYED_FROM, b"dlq/0/3")]
+
+    assert read_dead_letter(headers).replays == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("marker", "place"),
+    [
+        (b"orders.dlq/0/7", ("orders.dlq", 0, 7)),
+        (b"a/b/3/12", ("a/b", 3, 12)),
+        (b"dlq/x/1", None),
+        (b"7", None),
+        (b"\xff/0/1", ("\ufffd", 0, 1)),
+    ],
+)
+def test_a_marker_names_its_dead_letter_s_place(
+    marker: bytes, place: tuple[str, int, int] | None
+) -> None:
+    assert replayed_place(marker) == place
+
+
+def test_the_sasl_password_is_read_from_a_file_and_not_shown_as_an_argument(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\nignored\n")
+    sasl = ("--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN")
+
+    found = connection(*sasl, "--sasl-username", "u", "--sasl-password-file", str(secret))
+
+    assert found.client_settings()["sasl_plain_password"] == "s3cret"
+    assert "--sasl-password-file" in parser().format_help()
+    assert "process list" in parser().format_help()
