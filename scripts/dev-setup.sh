@@ -3,8 +3,9 @@
 # that were tested. Idempotent and quiet: an environment already in sync is left alone.
 #
 #   scripts/dev-setup.sh            .venv: the package (editable) + the dev extra, as locked
-#   scripts/dev-setup.sh --lowest   .venv-lowest: the same, but with the lowest FastStream
-#                                   release the package supports (CI runs a subset there)
+#   scripts/dev-setup.sh --lowest   .venv-lowest: the same, but with the lowest releases the
+#                                   package declares (FastStream, aiokafka, prometheus-client,
+#                                   opentelemetry); CI runs the unit tests and a smoke subset there
 #
 # uv itself is taken from PATH when it is the pinned version, else installed once into
 # .cache/uv-tool (a plain pip install from PyPI).
@@ -17,8 +18,12 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
 
 readonly UV_VERSION="0.13.9"
-# The lowest release of the supported range `faststream>=0.7,<0.8` (see pyproject.toml).
+# The floors pyproject.toml declares (a unit test keeps them equal): `faststream>=0.7`,
+# `aiokafka>=0.14`, the extras `prometheus-client>=0.20` and `opentelemetry-api>=1.20`.
 readonly LOWEST_FASTSTREAM="0.7.0"
+readonly LOWEST_AIOKAFKA="0.14.0"
+readonly LOWEST_PROMETHEUS_CLIENT="0.20.0"
+readonly LOWEST_OPENTELEMETRY="1.20.0"
 
 log() { printf 'dev-setup: %s\n' "$*" >&2; }
 
@@ -62,10 +67,15 @@ export UV_PYTHON="${PY}" UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
 if [[ "${1:-}" == "--lowest" ]]; then
     env_dir="${REPO_ROOT}/.venv-lowest"
     UV_PROJECT_ENVIRONMENT="${env_dir}" "${UV}" sync --quiet --locked --extra test
-    # Everything else stays as locked; only FastStream moves to the bottom of the range.
+    # Everything else stays as locked; the declared dependencies move to their floors.
     "${UV}" pip install --quiet --python "${env_dir}/bin/python" \
-        "faststream[kafka]==${LOWEST_FASTSTREAM}"
-    log "${env_dir}: faststream ${LOWEST_FASTSTREAM}"
+        "faststream[kafka]==${LOWEST_FASTSTREAM}" \
+        "aiokafka==${LOWEST_AIOKAFKA}" \
+        "prometheus-client==${LOWEST_PROMETHEUS_CLIENT}" \
+        "opentelemetry-api==${LOWEST_OPENTELEMETRY}" \
+        "opentelemetry-sdk==${LOWEST_OPENTELEMETRY}"
+    log "${env_dir}: faststream ${LOWEST_FASTSTREAM}, aiokafka ${LOWEST_AIOKAFKA}," \
+        "prometheus-client ${LOWEST_PROMETHEUS_CLIENT}, opentelemetry ${LOWEST_OPENTELEMETRY}"
 else
     # --locked: refuse to run if pyproject.toml changed without `uv lock`.
     "${UV}" sync --quiet --locked --extra dev

@@ -2,7 +2,7 @@
 # The one test command: venv, Kafka, lint, format check, type check, import contracts, the
 # documentation build (mkdocs --strict), tests;
 # then, for a full run (no pytest args), the unit tests and a Kafka smoke subset again with the
-# lowest FastStream release the package supports.
+# lowest releases the package declares (FastStream, aiokafka, the extras' floors).
 #
 #   scripts/test.sh [pytest args...]      e.g. scripts/test.sh -k ordering -x
 #
