@@ -283,6 +283,20 @@ def consumer_option(subscriber: Any, name: str) -> Any:
     return subscriber._connection_args.get(name)
 
 
+def set_consumer_option(subscriber: Any, name: str, value: Any) -> bool:
+    """Set a consumer setting of a subscriber whose consumer is not built yet; False (and
+    nothing set) once it is: the consumer would not take it.
+
+    Why private: FastStream keeps the settings given to ``broker.subscriber(...)`` as the
+    subscriber's ``_connection_args`` and passes them to its consumer when it starts (in every
+    0.7 release, 0.7.0 to 0.7.8); before that nothing has read them.
+    """
+    if getattr(subscriber, "running", False) or getattr(subscriber, "consumer", None) is not None:
+        return False
+    subscriber._connection_args[name] = value
+    return True
+
+
 def assigns_partitions(subscriber: Any) -> bool:
     """The subscriber was given ``partitions=[...]``: its consumer assigns them itself, out
     of the group's rebalancing (no listener is ever called).

@@ -69,6 +69,7 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
         raise ConcurrentProcessingSetupError(msg)
     if options.exactly_once:
         check_exactly_once(settings, options)
+        _read_committed(subscriber)
         problem = exactly_once_problem(subscriber)
         if problem is not None:
             topics = _topics(subscriber)
@@ -77,6 +78,20 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
                 f"processing_guarantee='exactly_once': {problem}"
             )
             raise ConcurrentProcessingSetupError(msg)
+
+
+def _read_committed(subscriber: Any) -> None:
+    """Exactly-once reads only committed records, as Kafka Streams sets by itself: set on a
+    subscriber whose consumer is not built yet (set up before the broker starts)."""
+    option = "isolation_level"
+    if faststream_compat.consumer_option(subscriber, option) == "read_committed":
+        return
+    if faststream_compat.set_consumer_option(subscriber, option, "read_committed"):
+        LIBRARY_LOGGER.info(
+            "processing_guarantee='exactly_once': the subscriber of %s reads with "
+            "isolation_level='read_committed' (records of aborted transactions are skipped)",
+            _topics(subscriber),
+        )
 
 
 def exactly_once_problem(subscriber: Any) -> str | None:
@@ -97,7 +112,10 @@ def exactly_once_problem(subscriber: Any) -> str | None:
         return (
             "its consumer reads records of aborted transactions (isolation_level="
             "'read_uncommitted', the default), so an exactly-once stage upstream would be "
-            "repeated here; add isolation_level='read_committed' to broker.subscriber(...)"
+            "repeated here, and it was built (the broker started) before the processing was "
+            "set up, too late to set read_committed for it; call "
+            "initialize_concurrent_processing before the broker starts (or pass it broker=), "
+            "or add isolation_level='read_committed' to broker.subscriber(...)"
         )
     if faststream_compat.is_consumer_only(subscriber):
         return (

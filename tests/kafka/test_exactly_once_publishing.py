@@ -222,3 +222,46 @@ async def test_a_subscriber_with_several_consumers_publishes_each_result_once() 
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
         f"result-{i}" for i in range(MESSAGES)
     )
+
+
+async def test_exactly_once_without_isolation_level_skips_records_of_aborted_transactions() -> None:
+    # Issue 26 item 12: the library sets read_committed itself (as Kafka Streams does) instead
+    # of refusing the subscriber; the records of an aborted upstream transaction never run.
+    topics = Topics()
+    await topics.create()
+    upstream = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=unique("upstream"))
+    await upstream.start()
+    try:
+        for value, commit in (("kept-1", True), ("aborted", False), ("kept-2", True)):
+            await upstream.begin_transaction()
+            await upstream.send_and_wait(topics.input, value.encode(), partition=0)
+            await (upstream.commit_transaction() if commit else upstream.abort_transaction())
+    finally:
+        await upstream.stop()
+    broker = concurrent_broker()
+    seen: list[str] = []
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: str) -> str:
+        seen.append(body)
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
+    await broker.start()
+    try:
+        # Offsets 0-5: kept-1, its commit marker, aborted, its abort marker, kept-2, its
+        # commit marker (no consumer reads a marker, so the commit point stops before it).
+        await wait_committed(topics.group, topics.input, {0: 5}, 60)
+    finally:
+        await shut_down(broker)
+
+    assert seen == ["kept-1", "kept-2"]
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        ["result-kept-1", "result-kept-2"]
+    )

@@ -309,3 +309,17 @@ async def test_the_producer_state_is_rerouted_once_connected_and_once_only() -> 
     assert routed.inner is real
     compat.reroute_producer(fast_producer, Marker, Marker)
     assert fast_producer._producer is routed  # idempotent
+
+
+def test_a_consumer_setting_is_set_before_the_consumer_is_built_and_not_after() -> None:
+    broker = KafkaBroker("h:1", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+
+    assert compat.set_consumer_option(subscriber, "isolation_level", "read_committed")
+    assert compat.consumer_option(subscriber, "isolation_level") == "read_committed"
+    # What FastStream hands its consumer builder at start (AIOKafkaConsumer's keywords).
+    assert subscriber._connection_args["isolation_level"] == "read_committed"
+
+    subscriber.running = True
+    assert not compat.set_consumer_option(subscriber, "isolation_level", "read_uncommitted")
+    assert compat.consumer_option(subscriber, "isolation_level") == "read_committed"

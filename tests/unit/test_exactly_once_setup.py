@@ -14,6 +14,7 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.compat import faststream as compat
 from faststream_concurrent_aiokafka.engine.transactional_send import CURRENT, TransactionalSender
 from faststream_concurrent_aiokafka.integration.transactional_publish import (
     RoutedProducerState,
@@ -67,10 +68,26 @@ async def test_a_batch_subscriber_is_refused() -> None:
     assert "subscribe without batch=True" in message
 
 
-async def test_a_subscriber_reading_uncommitted_records_is_refused() -> None:
+async def test_a_subscriber_declared_without_isolation_level_reads_committed_records() -> None:
+    # Issue 26 item 12: as Kafka Streams does under exactly-once, set rather than refused.
     made = broker()
-    made.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+    subscriber = made.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+
+    await initialize_concurrent_processing(
+        made.context, broker=made, processing_guarantee="exactly_once"
+    )
+    await stop_concurrent_processing(made.context)
+
+    assert compat.consumer_option(subscriber, "isolation_level") == "read_committed"
+
+
+async def test_a_subscriber_whose_consumer_reads_uncommitted_records_already_is_refused() -> None:
+    made = broker()
+    subscriber = made.subscriber("t", group_id="g", ack_policy=AckPolicy.MANUAL)
+    subscriber.running = True  # its consumer was built (the broker started) before the set-up
     message = await refusal(made)
+    assert "too late to set read_committed" in message
+    assert "call initialize_concurrent_processing before the broker starts" in message
     assert "add isolation_level='read_committed' to broker.subscriber(...)" in message
 
 
@@ -112,15 +129,16 @@ async def test_a_result_publisher_of_another_broker_is_refused() -> None:
 
 async def test_only_the_exactly_once_subscriber_is_checked() -> None:
     made = broker()
-    made.subscriber("plain", group_id="g", ack_policy=AckPolicy.MANUAL)  # at least once
+    plain = made.subscriber("plain", group_id="g", ack_policy=AckPolicy.MANUAL)  # at least once
     checked = configure_subscriber(
-        made.subscriber("eos", group_id="g", ack_policy=AckPolicy.MANUAL),
+        made.subscriber("eos", group_id="g", ack_policy=AckPolicy.MANUAL, batch=True),
         processing_guarantee="exactly_once",
     )
     del checked
     with pytest.raises(ConcurrentProcessingSetupError, match="the subscriber of eos"):
         await initialize_concurrent_processing(made.context, broker=made)
     await stop_concurrent_processing(made.context)
+    assert compat.consumer_option(plain, "isolation_level") == "read_uncommitted"
 
 
 async def test_settings_exactly_once_cannot_work_with_are_refused_per_subscriber() -> None:
