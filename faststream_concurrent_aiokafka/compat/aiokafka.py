@@ -197,3 +197,37 @@ def forget_transaction_error(producer: AIOKafkaProducer) -> None:
     waiter = None if manager is None else getattr(manager, "_transaction_waiter", None)
     if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
         waiter.exception()
+
+
+def has_been_assigned(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's group gave it an assignment (possibly empty) since it
+    subscribed: False while it still joins its group for the first time.
+
+    Why private: ``assignment()`` is empty both while joining and when the group gave this
+    member no partition; aiokafka keeps the difference in its subscription state. Fallback:
+    True (a consumer is then never reported as starting).
+    """
+    state = getattr(consumer, "_subscription", None)
+    subscription = getattr(state, "subscription", _MISSING)
+    if subscription is None:
+        return False
+    assignment = getattr(subscription, "assignment", _MISSING)
+    if subscription is _MISSING or assignment is _MISSING:
+        _fallback("SubscriptionState.subscription.assignment", "no consumer reads as starting")
+        return True
+    return assignment is not None
+
+
+def highwater(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The partition's end offset as of the consumer's last fetch response for it (None
+    before one, or when the partition is no longer assigned).
+
+    Public in aiokafka, but it asserts that the partition is assigned, which a rebalance
+    may change between reading the assignment and this call; test doubles (FastStream's
+    ``TestKafkaBroker``) have no such method: None too.
+    """
+    try:
+        value = consumer.highwater(tp)
+    except (AssertionError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None

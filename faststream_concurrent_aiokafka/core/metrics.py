@@ -72,6 +72,29 @@ COMMIT_POINT: Final = _partition_gauge(
 COMMITTED: Final = _partition_gauge(
     "committed_offset", "The last offset this process committed.", "{offset}"
 )
+LAG: Final = _partition_gauge(
+    "lag_messages",
+    "The partition's end offset minus the group's committed offset (what Burrow and KEDA "
+    "read); a paused partition's end offset is asked from the broker.",
+)
+UNPROCESSED: Final = _partition_gauge(
+    "unprocessed_messages",
+    "Messages not processed yet: the end offset minus the commit point, less those finished "
+    "above it.",
+)
+RECORD_AGE: Final = _partition_gauge(
+    "oldest_record_age_seconds",
+    "Now minus the Kafka timestamp of the oldest admitted record not settled yet (running, "
+    "queued or held): how old the data being worked on is.",
+    "s",
+)
+BRAKE_TRIPPED: Final = Metric(
+    "faststream_concurrent_dead_letter_brake_tripped",
+    "gauge",
+    "1 once the subscriber's dead-letter brake stopped it (until a restart), else 0.",
+    "1",
+    SUBSCRIBER_LABELS,
+)
 PAUSED: Final = Metric(
     "faststream_concurrent_paused_partitions",
     "gauge",
@@ -120,7 +143,7 @@ MAX_UNCOMMITTED: Final = Metric(
 HEALTH: Final = Metric(
     "faststream_concurrent_health",
     "gauge",
-    "1 for the current health status (ok, degraded, failed), 0 for the others.",
+    "1 for the current health status (ok, starting, degraded, failed), 0 for the others.",
     "1",
     ("status",),
 )
@@ -160,7 +183,7 @@ FENCED: Final = _counter(
     "{producer}",
 )
 
-STATUSES: Final = ("ok", "degraded", "failed")
+STATUSES: Final = ("ok", "starting", "degraded", "failed")
 
 _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | None]], ...]] = (
     (IN_FLIGHT, lambda p: p.in_flight),
@@ -172,11 +195,15 @@ _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | 
     (OLDEST, lambda p: p.oldest_in_flight_sec or 0.0),
     (COMMIT_POINT, lambda p: p.commit_point),
     (COMMITTED, lambda p: p.committed),
+    (LAG, lambda p: p.lag),
+    (UNPROCESSED, lambda p: p.unprocessed),
+    (RECORD_AGE, lambda p: p.oldest_record_age_sec),
 )
 _PER_SUBSCRIBER: Final[tuple[tuple[Metric, Callable[[SubscriberSnapshot], float]], ...]] = (
     (PAUSED, lambda s: s.paused_partitions),
     (ASSIGNED, lambda s: sum(p.assigned for p in s.partitions)),
     (LIMIT, lambda s: s.settings.concurrency_limit),
+    (BRAKE_TRIPPED, lambda s: float(s.brake_tripped)),
 )
 _TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
     (RETRIES, lambda t: t.retries),

@@ -32,6 +32,12 @@ class PartitionSnapshot:
     stalled: int  # running longer than stall_warning_sec
     oldest_in_flight_offset: int | None
     oldest_in_flight_sec: float | None  # see Watchdog for its resolution
+    # Lag as Burrow and KEDA read it (see engine.lag); None while an offset is unknown.
+    end_offset: int | None = None  # the log end offset (next offset to be written)
+    lag: int | None = None  # end_offset minus the group's committed offset
+    unprocessed: int | None = None  # end_offset minus the commit point, less finished_above
+    oldest_record_age_sec: float | None = None  # now minus the Kafka timestamp of the oldest
+    # admitted record not settled yet (running, queued or held); None without any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +89,7 @@ class SubscriberSnapshot:
     consumers: int
     partitions: tuple[PartitionSnapshot, ...]
     totals: Totals
+    brake_tripped: bool = False  # its dead-letter brake stopped it (until a restart)
 
     @property
     def in_flight(self) -> int:

@@ -25,6 +25,7 @@ from faststream_concurrent_aiokafka.engine.committer import (
     log_redelivery,
     uncommitted,
 )
+from faststream_concurrent_aiokafka.engine.lag import LagReader
 from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
 from faststream_concurrent_aiokafka.engine.state import (
@@ -64,6 +65,7 @@ class Engine:
             slot_body=run_slot,
         )
         self.watchdog = Watchdog(self._lanes.values)
+        self.lag = LagReader(self._lanes.values)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.is_running = False
 
@@ -73,6 +75,7 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self.committer.start()
         self.watchdog.start()
+        self.lag.start()
         self.is_running = True
 
     async def close(self) -> None:
@@ -82,6 +85,7 @@ class Engine:
         self.forget(lanes)
         self.is_running = False
         await self.watchdog.close()
+        await self.lag.close()
         await self.committer.close()
 
     @property

@@ -27,6 +27,7 @@ from faststream_concurrent_aiokafka.core.snapshot import (
     Totals,
 )
 from faststream_concurrent_aiokafka.engine.engine import Engine
+from faststream_concurrent_aiokafka.engine.lag import oldest_record_ages
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane, Counters
 
 T = TypeVar("T")
@@ -137,6 +138,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
                 consumers=len(lanes),
                 partitions=tuple(partitions),
                 totals=totals_of(counters),
+                brake_tripped=any(lane.brake.tripped for lane in lanes),
             )
         )
     settings = engine.settings
@@ -214,8 +216,10 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
         for tp, _, _ in message.positions():
             found.setdefault(tp, _Partition()).held += 1
     group = lane.pipeline.group
+    ages = oldest_record_ages([*lane.running, *lane.ready, *lane.gate.held()], time.time())
     for tp, part in found.items():
         tracker = lane.trackers.get(tp)
+        lag = engine.lag.read(consumer, tp, tracker)
         yield PartitionSnapshot(
             group=group,
             topic=tp.topic,
@@ -232,4 +236,8 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
             stalled=part.stalled,
             oldest_in_flight_offset=part.oldest_offset,
             oldest_in_flight_sec=None if part.oldest_offset is None else part.oldest_sec,
+            end_offset=lag.end_offset,
+            lag=lag.lag,
+            unprocessed=lag.unprocessed,
+            oldest_record_age_sec=ages.get(tp),
         )

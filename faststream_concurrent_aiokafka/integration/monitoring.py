@@ -13,6 +13,7 @@ from faststream_concurrent_aiokafka.core.health import FAILED, Fault, HealthRepo
 from faststream_concurrent_aiokafka.core.snapshot import ProcessingSnapshot
 from faststream_concurrent_aiokafka.engine import monitor
 from faststream_concurrent_aiokafka.integration.handler import find_handler
+from faststream_concurrent_aiokafka.integration.subscribers import starting_faults
 
 
 class HasContext(Protocol):
@@ -51,14 +52,18 @@ def processing_snapshot(context: ContextSource) -> ProcessingSnapshot:
 
 
 def health_report(context: ContextSource) -> HealthReport:
-    """``status`` ``"ok"``, ``"degraded"`` or ``"failed"``, and the ``reasons``.
+    """``status`` ``"ok"``, ``"starting"``, ``"degraded"`` or ``"failed"``, and the ``reasons``.
 
     failed: the processing does not run, its committer is dead, a subscriber cannot run or its
     consuming stopped by an error. degraded: a dead-letter publish keeps failing, 3 or more
     commits of a consumer failed in a row (until one succeeds), a message runs longer than its
-    ``stall_warning_sec``. ``context`` may be a broker, whose context is read now.
+    ``stall_warning_sec``. starting: a subscriber's consumer has not been given its first
+    partition assignment yet (``is_ready`` False; liveness, ``is_failed``, is unaffected).
+    ``context`` may be a broker, whose context is read now.
     """
     handler = find_handler(current_context(context))
     if handler is None:
         return assess([NOT_RUNNING])
-    return monitor.on_engine_loop(handler.engine, lambda: assess(handler.faults()))
+    return monitor.on_engine_loop(
+        handler.engine, lambda: assess([*handler.faults(), *starting_faults(handler)])
+    )

@@ -21,6 +21,7 @@ from faststream_concurrent_aiokafka.core.errors import (
     CommitterIsDeadError,
     ConcurrentProcessingSetupError,
 )
+from faststream_concurrent_aiokafka.core.health import STARTING, Fault
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, check_exactly_once
 from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_for
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
@@ -239,3 +240,28 @@ def _attach_listener(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
         wrapped = KafkaConcurrentRebalanceListener(handler=handler, inner=current)
         wrapped.bind(subscriber, handler)
         aiokafka_compat.replace_subscription_listener(consumer, wrapped)
+
+
+def starting_faults(handler: KafkaConcurrentHandler) -> list[Fault]:
+    """Subscribers of ``handler`` with a started consumer its group has not given a first
+    assignment yet: not ready to process, but alive (a readiness probe waits for them)."""
+    faults = []
+    for subscriber, owner in list(_INSTALLED.items()):
+        if owner is not handler:
+            continue
+        consumers = [
+            consumer
+            for consumer in getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
+            if consumer is not None
+        ]
+        waiting = sum(not aiokafka_compat.has_been_assigned(consumer) for consumer in consumers)
+        if waiting:
+            pipeline = handler.pipeline_for(subscriber)
+            faults.append(
+                Fault(
+                    STARTING,
+                    f"{pipeline.name}: {waiting} of {len(consumers)} consumer(s) still joining "
+                    f"group {pipeline.group!r}, waiting for their first partition assignment",
+                )
+            )
+    return faults

@@ -138,3 +138,28 @@ async def test_a_producer_whose_state_is_not_where_expected_counts_as_broken() -
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", transactional_id="t")
     del producer._sender
     assert isinstance(compat.producer_failure(producer), AttributeError)
+
+
+async def test_a_consumer_reads_as_assigned_only_once_its_group_gave_it_an_assignment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id="g")
+    assert not compat.has_been_assigned(consumer)  # not subscribed
+    consumer.subscribe(["t"])
+    assert not compat.has_been_assigned(consumer)  # joining
+    consumer._subscription.assign_from_subscribed(set())
+    assert compat.has_been_assigned(consumer)  # given no partition is still an assignment
+    with caplog.at_level(logging.WARNING):
+        assert compat.has_been_assigned(object())
+    assert "no consumer reads as starting" in caplog.text
+
+
+async def test_highwater_is_none_until_fetched_and_for_partitions_not_assigned() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", group_id="g")
+    tp = TopicPartition("t", 0)
+    consumer.subscribe(["t"])
+    assert compat.highwater(consumer, tp) is None  # not assigned
+    consumer._subscription.assign_from_subscribed({tp})
+    assert compat.highwater(consumer, tp) is None  # assigned, nothing fetched yet
+    consumer._subscription.subscription.assignment.state_value(tp).highwater = 42
+    assert compat.highwater(consumer, tp) == 42

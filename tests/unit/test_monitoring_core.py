@@ -163,7 +163,41 @@ def test_partition_figures_become_samples_labelled_by_group_topic_partition() ->
     assert samples[metrics.GLOBAL_LIMIT] == [((), 50)]
     assert samples[metrics.ALL_UNCOMMITTED] == [((), 12)]
     assert samples[metrics.MAX_UNCOMMITTED] == [((), 1000)]
-    assert samples[metrics.HEALTH] == [(("ok",), 0.0), (("degraded",), 1.0), (("failed",), 0.0)]
+    assert samples[metrics.HEALTH] == [
+        (("ok",), 0.0),
+        (("starting",), 0.0),
+        (("degraded",), 1.0),
+        (("failed",), 0.0),
+    ]
+    # Lag and record age only where they are known.
+    assert samples[metrics.LAG] == samples[metrics.UNPROCESSED] == []
+    assert samples[metrics.RECORD_AGE] == []
+    assert samples[metrics.BRAKE_TRIPPED] == [(subscriber, 0.0)]
+
+
+def test_lag_and_record_age_become_partition_samples() -> None:
+    snapshot = snapshot_of(
+        partition(0, end_offset=1000, lag=1000, unprocessed=990, oldest_record_age_sec=121.5),
+        partition(1, end_offset=None),
+    )
+
+    samples = metrics.measure(snapshot, HealthReport("ok"))
+
+    p0 = ("billing", "orders", "0")
+    assert samples[metrics.LAG] == [(p0, 1000)]
+    assert samples[metrics.UNPROCESSED] == [(p0, 990)]
+    assert samples[metrics.RECORD_AGE] == [(p0, 121.5)]
+
+
+def test_a_starting_consumer_is_not_ready_but_alive() -> None:
+    starting = assess([Fault("starting", "joining")])
+    assert (starting.status, starting.is_ready, starting.is_failed) == ("starting", False, False)
+    assert assess([]).is_ready
+    assert assess([Fault("degraded", "slow")]).is_ready
+    # Worse faults win, and their reasons come first.
+    mixed = assess([Fault("starting", "s"), Fault("degraded", "d"), Fault("failed", "f")])
+    assert (mixed.status, mixed.reasons) == ("failed", ("f", "d", "s"))
+    assert assess([Fault("starting", "s"), Fault("degraded", "d")]).status == "degraded"
 
 
 def test_totals_become_counters_by_outcome_and_result() -> None:
