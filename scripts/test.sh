@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: venv, Kafka, lint, format check, type check, import contracts, the
-# documentation build (mkdocs --strict), tests;
+# documentation build (mkdocs --strict), alert rules (promtool), tests;
 # then, for a full run (no pytest args), the unit tests and a Kafka smoke subset again with the
 # lowest releases the package declares (FastStream, aiokafka, the extras' floors).
 #
@@ -41,6 +41,10 @@ run_step "ruff format" ruff format --check .
 run_step "import contracts" lint-imports --no-cache
 # The documentation site: a broken link, anchor or snippet include fails it (into site/, ignored).
 NO_MKDOCS_2_WARNING=1 run_step "docs build" mkdocs build --strict --quiet
+# Prometheus and promtool (Debian's package, installed where missing): the shipped alert
+# rules are checked and unit-tested, and the end-to-end monitoring test runs a real server.
+run_step "prometheus" bash scripts/prometheus.sh ensure
+run_step "alert rules" bash scripts/prometheus.sh check
 
 # mypy reads `files` from pyproject.toml. While a configured folder does not exist yet
 # (e.g. no bench/ so far) mypy would refuse to run, so pass the existing ones instead;
