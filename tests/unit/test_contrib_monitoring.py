@@ -1,0 +1,55 @@
+"""The shipped alert rules and dashboard name only metrics the library exports.
+
+A renamed metric would otherwise leave an alert that never fires and a panel that stays
+empty. (promtool unit-tests the rules, see scripts/prometheus.sh; the end-to-end test runs
+every panel's query against a real Prometheus.)
+"""
+
+import json
+import re
+from pathlib import Path
+
+from faststream_concurrent_aiokafka.core import metrics
+
+CONTRIB = Path(__file__).parents[2] / "contrib"
+NAME = re.compile(r"\bfaststream_concurrent_[a-z_]+\b")
+
+
+def exported_names() -> set[str]:
+    return {
+        f"{metric.name}_total" if metric.kind == "counter" else metric.name
+        for metric in metrics.METRICS
+    }
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((CONTRIB / "grafana" / "dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_every_metric_the_alert_rules_use_is_exported() -> None:
+    lines = (CONTRIB / "prometheus" / "alerts.yml").read_text().splitlines()
+    rules = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(NAME.findall(rules))
+    assert used, "no metric found in alerts.yml"
+    assert used <= exported_names()
+
+
+def test_every_metric_the_dashboard_queries_is_exported() -> None:
+    queries = dashboard_queries()
+    used = {name for query in queries for name in NAME.findall(query)}
+    assert len(queries) >= 11
+    assert used <= exported_names()
+
+
+def test_the_dashboard_shows_what_operators_ask_for() -> None:
+    used = {name for query in dashboard_queries() for name in NAME.findall(query)}
+    for needed in (
+        metrics.LAG.name,
+        f"{metrics.PROCESSED.name}_total",
+        metrics.IN_FLIGHT.name,
+        f"{metrics.RETRIES.name}_total",
+        metrics.RECORD_AGE.name,
+        metrics.HEALTH.name,
+    ):
+        assert needed in used
