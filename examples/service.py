@@ -3,9 +3,12 @@ topic, and the two endpoints operators need.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 uvicorn examples.service:app --port 8000
 
-- ``GET /health``: the health report as JSON, ``{"status": "ok" | "degraded" | "failed",
-  "reasons": [...]}``; HTTP 503 when failed (restart-worthy), 200 otherwise. Wire it to the
-  liveness probe; alert on ``degraded`` through the metrics.
+- ``GET /health``: the health report as JSON, ``{"status": "ok" | "starting" | "degraded" |
+  "failed", "reasons": [...]}``; HTTP 503 when failed (restart-worthy), 200 otherwise. Wire
+  it to the liveness probe; alert on ``degraded`` through the metrics.
+- ``GET /ready``: the same report; HTTP 200 only while messages are processed (ok or
+  degraded), 503 while a consumer still joins its group (starting) or when failed. Wire it
+  to the readiness probe.
 - ``GET /metrics``: Prometheus text: the library's ``faststream_concurrent_*`` metrics next to
   FastStream's own per-message ones and the process's.
 
@@ -25,7 +28,11 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.middlewares import AckPolicy
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from faststream_concurrent_aiokafka import health_report, setup_concurrent_processing
+from faststream_concurrent_aiokafka import (
+    HealthReport,
+    health_report,
+    setup_concurrent_processing,
+)
 from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -51,14 +58,24 @@ async def handle_order(order: dict[str, Any]) -> None:
     await asyncio.sleep(0.002)  # stands for the database call that books the order
 
 
+def report_response(report: HealthReport, *, healthy: bool) -> AsgiResponse:
+    return AsgiResponse(
+        json.dumps(report.as_dict()).encode(),
+        status_code=200 if healthy else 503,
+        headers={"content-type": "application/json"},
+    )
+
+
 @get
 async def health(scope: Any) -> AsgiResponse:
     report = health_report(broker)
-    return AsgiResponse(
-        json.dumps(report.as_dict()).encode(),
-        status_code=503 if report.is_failed else 200,
-        headers={"content-type": "application/json"},
-    )
+    return report_response(report, healthy=not report.is_failed)
+
+
+@get
+async def ready(scope: Any) -> AsgiResponse:
+    report = health_report(broker)
+    return report_response(report, healthy=report.is_ready)
 
 
 @get
@@ -66,7 +83,9 @@ async def metrics(scope: Any) -> AsgiResponse:
     return AsgiResponse(generate_latest(REGISTRY), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-app = AsgiFastStream(broker, asgi_routes=[("/health", health), ("/metrics", metrics)])
+app = AsgiFastStream(
+    broker, asgi_routes=[("/health", health), ("/ready", ready), ("/metrics", metrics)]
+)
 setup_concurrent_processing(
     app,
     concurrency_limit=100,

@@ -245,6 +245,8 @@ async def test_service_serves_health_and_metrics_of_a_run_with_dead_letters(
 
         status, body = await asyncio.to_thread(http_get, f"{base}/health")
         assert (status, json.loads(body)) == (200, {"status": "ok", "reasons": []})
+        status, body = await asyncio.to_thread(http_get, f"{base}/ready")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "reasons": []})
     finally:
         server.send_signal(signal.SIGTERM)
         returncode = await asyncio.to_thread(server.wait, 60)
