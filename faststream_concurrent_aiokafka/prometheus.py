@@ -15,7 +15,12 @@ import logging
 from collections.abc import Iterator
 
 try:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     msg = (
         "faststream_concurrent_aiokafka.prometheus needs prometheus-client: "
@@ -76,3 +81,13 @@ def _families(snapshot: ProcessingSnapshot, health: HealthReport) -> Iterator[Me
         for labels, value in samples:
             family.add_metric(list(labels), value)
         yield family
+    processing = metrics.PROCESSING_TIME
+    histogram = HistogramMetricFamily(processing.name, processing.help, labels=processing.labels)
+    for labels, measured in metrics.histograms(snapshot):
+        buckets = [(_bound(le), count) for le, count in measured.buckets]
+        histogram.add_metric(list(labels), buckets, measured.sum)
+    yield histogram
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if seconds == float("inf") else repr(seconds)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from faststream_concurrent_aiokafka.core.health import HealthReport
+from faststream_concurrent_aiokafka.core.histogram import HistogramSnapshot
 from faststream_concurrent_aiokafka.core.snapshot import (
     PartitionSnapshot,
     ProcessingSnapshot,
@@ -17,7 +18,7 @@ from faststream_concurrent_aiokafka.core.snapshot import (
     Totals,
 )
 
-Kind = Literal["gauge", "counter"]
+Kind = Literal["gauge", "counter", "histogram"]
 Labels = tuple[str, ...]
 Sample = tuple[Labels, float]
 
@@ -183,6 +184,17 @@ FENCED: Final = _counter(
     "{producer}",
 )
 
+PROCESSING_TIME: Final = Metric(
+    "faststream_concurrent_processing_seconds",
+    "histogram",
+    "Time of each attempt of the subscriber's pipeline (middlewares, handler, publishing); "
+    "only for subscribers with measure_processing_time=True.",
+    "s",
+    SUBSCRIBER_LABELS,
+)
+"""Not in ``METRICS``: a histogram has no observable OpenTelemetry instrument; the
+Prometheus collector renders it from ``histograms``."""
+
 STATUSES: Final = ("ok", "starting", "degraded", "failed")
 
 _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | None]], ...]] = (
@@ -262,6 +274,15 @@ def measure(snapshot: ProcessingSnapshot, health: HealthReport) -> dict[Metric, 
     samples[MAX_UNCOMMITTED].append(((), snapshot.max_uncommitted_tasks))
     samples[HEALTH] += [((status,), float(health.status == status)) for status in STATUSES]
     return samples
+
+
+def histograms(snapshot: ProcessingSnapshot) -> list[tuple[Labels, HistogramSnapshot]]:
+    """``PROCESSING_TIME`` of each subscriber that measures it."""
+    return [
+        ((subscriber.group, ",".join(subscriber.topics)), subscriber.processing_time)
+        for subscriber in snapshot.subscribers
+        if subscriber.processing_time is not None
+    ]
 
 
 def _processed(labels: Labels, totals: Totals) -> Iterator[Sample]:

@@ -212,6 +212,7 @@ class SubscriberSettings:
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
     transactional_id_prefix: str = _setting("", _id_prefix)
     transaction_timeout_sec: float = _setting(60.0, _transaction_timeout)
+    measure_processing_time: bool = _setting(False, _bool)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -312,6 +313,7 @@ class KeywordSettings(TypedDict, total=False):
     processing_guarantee: ProcessingGuarantee
     transactional_id_prefix: str
     transaction_timeout_sec: float
+    measure_processing_time: bool
     commit_timeout_sec: float
 
 
@@ -346,3 +348,4 @@ class SubscriberOverrides(TypedDict, total=False):
     processing_guarantee: ProcessingGuarantee | None
     transactional_id_prefix: str | None
     transaction_timeout_sec: float | None
+    measure_processing_time: bool | None

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Self
 
+from faststream_concurrent_aiokafka.core.histogram import HistogramSnapshot
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 
 
@@ -90,6 +91,8 @@ class SubscriberSnapshot:
     partitions: tuple[PartitionSnapshot, ...]
     totals: Totals
     brake_tripped: bool = False  # its dead-letter brake stopped it (until a restart)
+    # Seconds per attempt of its pipeline; None unless measure_processing_time=True.
+    processing_time: HistogramSnapshot | None = None
 
     @property
     def in_flight(self) -> int:

@@ -18,6 +18,7 @@ from faststream_concurrent_aiokafka.core.commit_policy import (
     CommitDecision,
     final_commit_timeout,
 )
+from faststream_concurrent_aiokafka.core.histogram import Histogram
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import (
     KafkaBatchCommitter,
@@ -26,6 +27,7 @@ from faststream_concurrent_aiokafka.engine.committer import (
     uncommitted,
 )
 from faststream_concurrent_aiokafka.engine.lag import LagReader
+from faststream_concurrent_aiokafka.engine.processing_time import timed
 from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
 from faststream_concurrent_aiokafka.engine.state import (
@@ -50,6 +52,8 @@ class Engine:
         self._tally = Tally()
         # Per pipeline (subscriber), kept after its lanes are gone: totals only ever grow.
         self._counters: dict[Pipeline, Counters] = {}
+        # Per pipeline that measures its processing time (measure_processing_time), kept too.
+        self._processing_times: dict[Pipeline, Histogram] = {}
         self.faults = Faults()
         self.committer = KafkaBatchCommitter(
             self._lanes.values,
@@ -113,6 +117,10 @@ class Engine:
     def counters_by_pipeline(self) -> list[tuple[Pipeline, Counters]]:
         return list(self._counters.items())
 
+    def processing_time(self, pipeline: Pipeline) -> Histogram | None:
+        """The pipeline's processing time, if it measures it."""
+        return self._processing_times.get(pipeline)
+
     @property
     def counters(self) -> Counters:
         """Every pipeline's counters added up."""
@@ -148,6 +156,9 @@ class Engine:
                 faults=self.faults,
                 brake=brake,
             )
+            if lane.options.measure_processing_time:
+                histogram = self._processing_times.setdefault(pipeline, Histogram())
+                lane.process = timed(lane.process, histogram)
             if lane.options.exactly_once:
                 lane.transactions = LaneTransactions(lane, self.settings)
                 lane.slot_body = run_transactional_slot

@@ -20,6 +20,7 @@ from faststream_concurrent_aiokafka.core.health import (
     FAILED,
     Fault,
 )
+from faststream_concurrent_aiokafka.core.histogram import Histogram, HistogramSnapshot
 from faststream_concurrent_aiokafka.core.snapshot import (
     PartitionSnapshot,
     ProcessingSnapshot,
@@ -139,6 +140,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
                 partitions=tuple(partitions),
                 totals=totals_of(counters),
                 brake_tripped=any(lane.brake.tripped for lane in lanes),
+                processing_time=_histogram_snapshot(engine.processing_time(pipeline)),
             )
         )
     settings = engine.settings
@@ -151,6 +153,10 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
         subscribers=tuple(subscribers),
         totals=Totals.sum(subscriber.totals for subscriber in subscribers),
     )
+
+
+def _histogram_snapshot(histogram: Histogram | None) -> HistogramSnapshot | None:
+    return None if histogram is None else histogram.snapshot()
 
 
 def totals_of(counters: Counters) -> Totals:

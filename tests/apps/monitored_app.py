@@ -1,6 +1,7 @@
 """An ASGI service scraped by a real Prometheus in tests/kafka/test_prometheus_end_to_end.py:
 the library's collector on ``/metrics``, orders as in examples/service.py, and a way to
-stall: an order ``{"stall_sec": N}`` runs N seconds (``stall_warning_sec`` is 1 s).
+stall: an order ``{"stall_sec": N}`` runs N seconds (``stall_warning_sec`` is 1 s); its
+processing time is measured (``measure_processing_time``).
 
     uvicorn tests.apps.monitored_app:app --port PORT
 
@@ -49,4 +50,5 @@ setup_concurrent_processing(
     retry_backoff_sec=0.01,
     dead_letter_topic=env["DEAD_LETTER_TOPIC"],
     stall_warning_sec=1.0,
+    measure_processing_time=True,
 )

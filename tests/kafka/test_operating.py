@@ -263,3 +263,51 @@ async def poll_forever(consumer: AIOKafkaConsumer) -> None:
     """A member takes part in its group's rebalances only while it polls."""
     while True:
         await consumer.getmany(timeout_ms=200)
+
+
+# ---- processing time -------------------------------------------------------------------
+
+
+async def test_measured_subscribers_get_a_processing_time_histogram_the_others_none() -> None:
+    topic, group = unique("op-time"), unique("g-op-time")
+    other_topic = unique("op-untimed")
+    await create_topic(topic, 2)
+    await create_topic(other_topic, 1)
+    await produce(topic, numbers(20), partitions=2)
+    await produce(other_topic, numbers(5), partitions=1)
+    broker = concurrent_broker()
+    timed_subscriber = broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    configure_subscriber(timed_subscriber, measure_processing_time=True)
+
+    @timed_subscriber
+    async def slow(body: int) -> None:
+        await asyncio.sleep(0.03)
+
+    @broker.subscriber(
+        other_topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def untimed(body: int) -> None:
+        del body
+
+    registry = CollectorRegistry()
+    registry.register(ConcurrentProcessingCollector(broker))
+    async with running(broker, commit_batch_timeout_sec=0.2):
+        await wait_committed(group, topic, {0: 10, 1: 10})
+        await wait_committed(group, other_topic, {0: 5})
+        by_topic = {s.topics: s for s in processing_snapshot(broker.context).subscribers}
+        measured = by_topic[(topic,)].processing_time
+        assert measured is not None
+        assert measured.count == 20
+        assert dict(measured.buckets)[0.025] == 0  # every attempt slept 30 ms
+        assert measured.sum >= 20 * 0.03
+        assert by_topic[(other_topic,)].processing_time is None
+        samples = scrape(registry)
+        name = "faststream_concurrent_processing_seconds"
+        where = (("group", group), ("topic", topic))
+        assert samples[(f"{name}_count", where)] == 20
+        assert samples[(f"{name}_bucket", tuple(sorted((*where, ("le", "+Inf")))))] == 20
+        assert not any(
+            ("topic", other_topic) in labels for (n, labels) in samples if n.startswith(name)
+        )

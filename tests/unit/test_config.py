@@ -66,7 +66,7 @@ SECONDS_MAXIMUMS = {
     "task_timeout_sec": 86_400,
     "stall_warning_sec": 86_400,
 }
-BOOL_PARAMS = ("track_completed_offsets",)
+BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time")
 POLICY_PARAMS = (
     "no_retry_on",
     "dead_letter_exception_text",
@@ -98,6 +98,7 @@ SUBSCRIBER_PARAMS = (
     "processing_guarantee",
     "transactional_id_prefix",
     "transaction_timeout_sec",
+    "measure_processing_time",
 )
 SUBSCRIBER_INT_PARAMS = ("concurrency_limit", "max_retries", "failure_ratio_window")
 SUBSCRIBER_SECONDS_PARAMS = (
@@ -203,6 +204,7 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     assert defaults.processing_guarantee == "at_least_once"
     assert defaults.transactional_id_prefix == ""
     assert defaults.transaction_timeout_sec == 60.0
+    assert defaults.measure_processing_time is False
 
 
 def test_decode_errors_are_what_faststream_raises_for_an_undecodable_body() -> None:
