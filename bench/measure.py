@@ -289,6 +289,8 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
         newer: dict[str, Any] = {}
         if spec.processing_guarantee != RunSpec.processing_guarantee:
             newer["processing_guarantee"] = spec.processing_guarantee
+        if spec.measure_processing_time:
+            newer["measure_processing_time"] = True
         handler = await initialize_concurrent_processing(
             app.context,
             concurrency_limit=spec.concurrency_limit,

@@ -73,6 +73,7 @@ class RunSpec:
     results_topic: str | None = None
     processing_guarantee: str = "at_least_once"
     commit_batch_timeout_sec: float = 10.0
+    measure_processing_time: bool = False  # the opt-in processing-time histogram
 
 
 @dataclass(kw_only=True)

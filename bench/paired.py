@@ -1,6 +1,10 @@
 """Paired runs of this checkout's library against another checkout's, same harness and topics.
 
     python -m bench.paired --against ../older-checkout [--repeat 5] [--cases noop,io1000]
+    python -m bench.paired --toggle measure_processing_time [--repeat 5] [--cases noop]
+
+With ``--toggle`` (a boolean setting of the run, ``RunSpec``'s field of that name) both sides
+are this checkout: the setting on against off.
 
 Each repeat runs one case for both libraries back to back, in alternating order (ABBA), so a
 drift of the machine's speed hits both alike; the report gives, per case, both medians and the
@@ -48,7 +52,9 @@ CASES = {
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--against", required=True, type=Path, help="the other checkout")
+    sides = parser.add_mutually_exclusive_group(required=True)
+    sides.add_argument("--against", type=Path, help="the other checkout")
+    sides.add_argument("--toggle", choices=TOGGLES, help="this checkout, the setting on vs off")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cases", default="noop,io1000", help=f"of {', '.join(CASES)}")
@@ -90,36 +96,55 @@ def measure(spec: RunSpec, library: Path, scratch: Path, index: int) -> RunResul
     return run_worker(spec, scratch, index, pythonpath=[library])
 
 
+TOGGLES = ("measure_processing_time",)
+
+Side = tuple[str, Path, dict[str, Any]]
+"""Who runs: a name for the report, the library folder, RunSpec fields set for it."""
+
+
+def sides_of(args: argparse.Namespace, scratch: Path) -> tuple[str, Side, Side]:
+    """The report's first line and the two sides to pair."""
+    mine = library_dir(REPO, scratch)
+    if args.toggle is not None:
+        what = f"This checkout ({REPO}), {args.toggle} on against off"
+        return what, ("on", mine, {args.toggle: True}), ("off", mine, {})
+    what = f"This checkout ({REPO}) against {args.against.resolve()}"
+    return what, ("this", mine, {}), ("other", library_dir(args.against, scratch), {})
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cases = pick_cases(args.cases, CASES)
     if cases is None:
         return 2
-    lines = [
-        f"## Paired runs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"This checkout ({REPO}) against {args.against.resolve()}; {args.repeat} repeats in "
-        "ABBA order, broker " + args.bootstrap + ". msg/s, medians; ratio = median of the "
-        "per-repeat ratios (this / other).",
-        "",
-        "| case | this | other | ratio | ratios |",
-        "|---|---|---|---|---|",
-    ]
     with tempfile.TemporaryDirectory(prefix="bench-paired-") as tmp:
         scratch = Path(tmp)
-        mine = library_dir(REPO, scratch)
-        theirs = library_dir(args.against, scratch)
+        what, first, second = sides_of(args, scratch)
+        a, b = first[0], second[0]
+        lines = [
+            f"## Paired runs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            "",
+            f"{what}; {args.repeat} repeats in ABBA order, broker {args.bootstrap}. msg/s, "
+            f"medians; ratio = median of the per-repeat ratios ({a} / {b}).",
+            "",
+            f"| case | {a} | {b} | ratio | ratios |",
+            "|---|---|---|---|---|",
+        ]
         index = 0
         for name in cases:
             base = CASES[name]
             topic = unique(f"bench-paired-{name}")
             asyncio.run(fill(args.bootstrap, topic, base.partitions, base.messages))
-            rates: dict[str, list[float]] = {"this": [], "other": []}
+            rates: dict[str, list[float]] = {a: [], b: []}
             try:
                 for repeat in range(args.repeat):
-                    for who, library in abba([("this", mine), ("other", theirs)], repeat):
+                    for who, library, fields in abba([first, second], repeat):
                         spec = replace(
-                            base, bootstrap=args.bootstrap, topic=topic, group=unique("bench-g")
+                            base,
+                            bootstrap=args.bootstrap,
+                            topic=topic,
+                            group=unique("bench-g"),
+                            **fields,
                         )
                         index += 1
                         result = measure(spec, library, scratch, index)
@@ -130,10 +155,10 @@ def main(argv: list[str]) -> int:
                         print(f"{name} #{repeat + 1} {who}: {result.throughput:,.0f} msg/s")
             finally:
                 asyncio.run(delete_topics(args.bootstrap, [topic]))
-            ratios = [a / b for a, b in zip(rates["this"], rates["other"], strict=True)]
+            ratios = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
             lines.append(
-                f"| {name} | {statistics.median(rates['this']):,.0f} "
-                f"| {statistics.median(rates['other']):,.0f} "
+                f"| {name} | {statistics.median(rates[a]):,.0f} "
+                f"| {statistics.median(rates[b]):,.0f} "
                 f"| {statistics.median(ratios):.3f} "
                 f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
             )
