@@ -68,7 +68,10 @@ class LagReader:
 
     async def _run(self) -> None:
         while True:
-            await self.refresh(time.monotonic())
+            try:
+                await self.refresh(time.monotonic())
+            except Exception:  # lag figures are not worth stopping for: tried again next tick
+                logger.warning("Reading the offsets for lag failed", exc_info=True)
             await asyncio.sleep(TICK_SEC)
 
     async def refresh(self, now: float) -> None:
