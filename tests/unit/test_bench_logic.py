@@ -1,11 +1,8 @@
 """The benchmark's own arithmetic: pairing runs by repeat, the ABBA order, and a fleet run's
 checks and steady window. Pure logic, no broker (the benchmark itself runs by hand)."""
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
-from bench import paired
 from bench.fleet import summarise
 from bench.model import FleetResult, RunResult, RunSpec
 from bench.plan import QUICK, Topics, abba, build
@@ -117,13 +114,3 @@ def test_a_process_that_handled_nothing_leaves_no_steady_window() -> None:
     fleet = summarise(SPEC, reports, committed=6, end=6)
     assert isinstance(fleet, FleetResult)
     assert (fleet.steady_sec, fleet.steady_handled, fleet.steady_rate) == (0.0, 0, 0.0)
-
-
-def test_a_toggled_pair_is_this_checkout_with_the_setting_on_against_off(tmp_path: Path) -> None:
-    args = paired.parse_args(["--toggle", "measure_processing_time"])
-    what, first, second = paired.sides_of(args, tmp_path)
-    assert "measure_processing_time on against off" in what
-    assert (first[0], first[2]) == ("on", {"measure_processing_time": True})
-    assert (second[0], second[2]) == ("off", {})
-    assert first[1] == second[1]  # the same library
-    assert "measure_processing_time" in {f.name for f in dataclasses.fields(RunSpec)}
