@@ -45,7 +45,7 @@ from faststream_concurrent_aiokafka import (
 )
 
 if TYPE_CHECKING:
-    from faststream_concurrent_aiokafka import KafkaConcurrentHandler
+    from faststream_concurrent_aiokafka import ConcurrentProcessing
 
 OURS = "faststream_concurrent_aiokafka"
 CONCURRENT = ("middleware", "other")  # the systems that run the middleware
@@ -69,7 +69,7 @@ class Probe:
         self.done = 0
         self.first: float | None = None
         self.last = 0.0
-        self.handler: KafkaConcurrentHandler | None = None
+        self.handler: ConcurrentProcessing | None = None
         self.loop = asyncio.get_running_loop()
         self.lock = threading.Lock()  # sync handlers count from FastStream's worker threads
         self.at_first = instrument.Counters()
@@ -129,7 +129,7 @@ class Running:
     broker: KafkaBroker
     app: FastStream
     subscriber: Any
-    handler: KafkaConcurrentHandler | None
+    handler: ConcurrentProcessing | None
     started_at: float
     scraper: Scraper | None = None
 
@@ -279,7 +279,7 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
     # subscribes (the eager path), as in a service started by `FastStream(broker).run()`.
     app = FastStream(broker, logger=None)
     subscriber = _subscribe(spec, broker, probe)
-    handler: KafkaConcurrentHandler | None = None
+    handler: ConcurrentProcessing | None = None
     if spec.system == "middleware":
         from faststream_concurrent_aiokafka import configure_subscriber
 
@@ -356,7 +356,7 @@ def _fill_window(result: RunResult, probe: Probe, run: Running) -> None:
         result.window_commit_requests = probe.window_commit_requests
 
 
-def _fill_handler_stats(result: RunResult, handler: KafkaConcurrentHandler) -> None:
+def _fill_handler_stats(result: RunResult, handler: ConcurrentProcessing) -> None:
     """After the broker stopped: totals with the final flush."""
     result.processed = handler.processed
     result.commit_requests = handler.committer.commit_requests
@@ -460,7 +460,7 @@ async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) ->
         await asyncio.sleep(0.05)
 
 
-def _queued_jobs(handler: KafkaConcurrentHandler | None) -> list[Any]:
+def _queued_jobs(handler: ConcurrentProcessing | None) -> list[Any]:
     if handler is None:
         return []
     return [job for lane in handler.lanes for job in lane.ready]

@@ -43,7 +43,7 @@ from faststream.middlewares import AckPolicy
 
 from bench.kafka_io import create_topic, unique
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
     stop_concurrent_processing,
@@ -76,7 +76,7 @@ def package_of(filename: str) -> str:
     return "other"
 
 
-def state_of(handler: KafkaConcurrentHandler) -> dict[str, int]:
+def state_of(handler: ConcurrentProcessing) -> dict[str, int]:
     """The library's per-partition and per-message state, next to what the consumer holds."""
     assigned = trackers = stale = kept = held = 0
     for lane in handler.lanes:
@@ -107,7 +107,7 @@ def rss_kib() -> int:
 
 
 async def sample_forever(
-    handler: KafkaConcurrentHandler, out: Path, every: float, started: float
+    handler: ConcurrentProcessing, out: Path, every: float, started: float
 ) -> None:
     with out.open("a", encoding="utf-8", buffering=1) as fh:
         while True:

@@ -31,7 +31,7 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
     stop_concurrent_processing,
@@ -112,7 +112,7 @@ def build_app(
     group: str,
     concurrency_limit: int,
     progress: Progress,
-    handlers: list[KafkaConcurrentHandler],
+    handlers: list[ConcurrentProcessing],
 ) -> FastStream:
     broker = KafkaBroker(bootstrap, logger=None)
     broker.add_middleware(KafkaConcurrentProcessingMiddleware)
@@ -300,7 +300,7 @@ async def run_pipeline(
     await produce_orders(bootstrap, input_topic, messages)
 
     progress = Progress(messages)
-    handlers: list[KafkaConcurrentHandler] = []
+    handlers: list[ConcurrentProcessing] = []
     app = build_app(
         bootstrap,
         input_topic=input_topic,

@@ -26,16 +26,19 @@ if TYPE_CHECKING:
 HANDLER_CONTEXT_KEY: Final = "kafka_concurrent_handler"
 
 
-def find_handler(context: "ContextRepo") -> "KafkaConcurrentHandler | None":
+def find_handler(context: "ContextRepo") -> "ConcurrentProcessing | None":
     """The running handler stored in ``context``, if any."""
-    handler: KafkaConcurrentHandler | None = context.get(HANDLER_CONTEXT_KEY)
+    handler: ConcurrentProcessing | None = context.get(HANDLER_CONTEXT_KEY)
     if handler is None or not handler.is_running:
         return None
     return handler
 
 
-class KafkaConcurrentHandler:
-    """The engine and the FastStream state around it; one per ``ContextRepo``."""
+class ConcurrentProcessing:
+    """The running concurrent processing of one ``ContextRepo``: the engine and the FastStream
+    state around it. ``initialize_concurrent_processing`` returns it and stores it in the
+    context; it was called ``KafkaConcurrentHandler``, though it handles no message itself.
+    """
 
     def __init__(self, settings: ConcurrencySettings | None = None) -> None:
         self.settings = settings or ConcurrencySettings()
@@ -153,7 +156,7 @@ class KafkaConcurrentRebalanceListener(ConsumerRebalanceListener):  # type: igno
         self,
         context: "ContextRepo | None" = None,
         *,
-        handler: KafkaConcurrentHandler | None = None,
+        handler: ConcurrentProcessing | None = None,
         inner: ConsumerRebalanceListener | None = None,
     ) -> None:
         self._context = context
@@ -161,11 +164,11 @@ class KafkaConcurrentRebalanceListener(ConsumerRebalanceListener):  # type: igno
         self.inner = inner
         self.subscriber: object | None = None
 
-    def bind(self, subscriber: object, handler: KafkaConcurrentHandler) -> None:
+    def bind(self, subscriber: object, handler: ConcurrentProcessing) -> None:
         self.subscriber = subscriber
         self._handler = handler
 
-    def _resolve(self) -> KafkaConcurrentHandler | None:
+    def _resolve(self) -> ConcurrentProcessing | None:
         if self._handler is not None and self._handler.is_running:
             return self._handler
         if self._context is not None:

@@ -17,7 +17,7 @@ from faststream_concurrent_aiokafka.core.settings import (
 from faststream_concurrent_aiokafka.integration import subscribers
 from faststream_concurrent_aiokafka.integration.handler import (
     HANDLER_CONTEXT_KEY,
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     find_handler,
 )
 from faststream_concurrent_aiokafka.integration.middleware import (
@@ -43,7 +43,7 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
     *,
     broker: "KafkaBroker | None" = None,
     **settings: Unpack[KeywordSettings],
-) -> KafkaConcurrentHandler:
+) -> ConcurrentProcessing:
     """Create and start the handler and store it in ``context``.
 
     Call it before the broker starts (lifespan or ``on_startup``): the subscribers of an app
@@ -68,7 +68,7 @@ async def initialize_concurrent_processing(  # noqa: PLR0917 - positional, as in
 
 async def start_concurrent_processing(
     context: "ContextRepo", settings: ConcurrencySettings, broker: Any = None
-) -> KafkaConcurrentHandler:
+) -> ConcurrentProcessing:
     """``initialize_concurrent_processing`` for settings already built and validated (and a
     broker of any of the app's kinds: only Kafka subscribers are picked up)."""
     _check_context(context)
@@ -84,7 +84,7 @@ async def start_concurrent_processing(
     ]
     for subscriber in concurrent:
         subscribers.validate(subscriber, settings)  # fail before anything runs
-    handler = KafkaConcurrentHandler(settings)
+    handler = ConcurrentProcessing(settings)
     handler.brokers = [b for b in brokers if isinstance(b, KafkaBroker)]
     await handler.start()
     context.set_global(HANDLER_CONTEXT_KEY, handler)

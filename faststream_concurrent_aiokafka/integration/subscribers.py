@@ -26,13 +26,13 @@ from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, ch
 from faststream_concurrent_aiokafka.engine.fetching import FetchedRecords, fetch_for
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from faststream_concurrent_aiokafka.integration.handler import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentRebalanceListener,
 )
 from faststream_concurrent_aiokafka.integration.logs import LIBRARY_LOGGER, subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
 
-_INSTALLED: "WeakKeyDictionary[Any, KafkaConcurrentHandler]" = WeakKeyDictionary()
+_INSTALLED: "WeakKeyDictionary[Any, ConcurrentProcessing]" = WeakKeyDictionary()
 
 
 def uses_concurrent_processing(subscriber: object, middleware: object) -> bool:
@@ -141,7 +141,7 @@ def exactly_once_problem(subscriber: Any) -> str | None:
     return None
 
 
-def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
+def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
     """Route the subscriber's records through ``handler``; idempotent per handler."""
     validate(subscriber, handler.settings)
     if _INSTALLED.get(subscriber) is handler:
@@ -191,7 +191,7 @@ def install(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
 
 
 def admit_record(
-    handler: KafkaConcurrentHandler, subscriber: Any, record: Any
+    handler: ConcurrentProcessing, subscriber: Any, record: Any
 ) -> ConsumerLane | None:
     """Hand fetched records to the engine: a batch from ``fetch_for``, a batch
     subscriber's tuple (one unit of work), or a single record. Returns the consumer's lane,
@@ -214,7 +214,7 @@ def admit_record(
     return lane
 
 
-def _attach_listener(subscriber: Any, handler: KafkaConcurrentHandler) -> None:
+def _attach_listener(subscriber: Any, handler: ConcurrentProcessing) -> None:
     own = faststream_compat.rebalance_listener(subscriber)
     if isinstance(own, KafkaConcurrentRebalanceListener):
         own.bind(subscriber, handler)

@@ -11,7 +11,7 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
 )
@@ -81,7 +81,7 @@ def build_broker(settings: AppSettings) -> KafkaBroker:
     return broker
 
 
-async def initialize(context: ContextRepo, settings: AppSettings) -> KafkaConcurrentHandler:
+async def initialize(context: ContextRepo, settings: AppSettings) -> ConcurrentProcessing:
     return await initialize_concurrent_processing(
         context,
         concurrency_limit=settings.concurrency_limit,

@@ -20,7 +20,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
     configure_subscriber,
     initialize_concurrent_processing,
@@ -54,9 +54,9 @@ def make_broker() -> KafkaBroker:
 @asynccontextmanager
 async def serving(
     broker: KafkaBroker,
-    state: dict[str, KafkaConcurrentHandler] | None = None,
+    state: dict[str, ConcurrentProcessing] | None = None,
     **settings: Any,
-) -> AsyncIterator[KafkaConcurrentHandler]:
+) -> AsyncIterator[ConcurrentProcessing]:
     """Initialise (eagerly: an app is in the context), start the broker; stop both after.
 
     ``state["handler"]`` is set before the broker starts, for handlers that inspect it.
@@ -79,7 +79,7 @@ def position(msg: KafkaMessage) -> tuple[int, int]:
     return record.partition, record.offset
 
 
-def single_lane(handler: KafkaConcurrentHandler, subscriber: object) -> ConsumerLane | None:
+def single_lane(handler: ConcurrentProcessing, subscriber: object) -> ConsumerLane | None:
     lanes = handler.lanes_of(subscriber)
     return lanes[0] if len(lanes) == 1 else None
 
@@ -207,7 +207,7 @@ async def test_full_backlog_holds_the_poll_loop_without_pausing(
     await produce(topic, [str(i).encode() for i in range(total)], partitions=2)
 
     broker = make_broker()
-    state: dict[str, KafkaConcurrentHandler] = {}
+    state: dict[str, ConcurrentProcessing] = {}
     backlogs: list[int] = []
     done: list[int] = []
 
@@ -258,7 +258,7 @@ async def test_saturated_slow_subscriber_does_not_hold_back_fast_one() -> None:
     global_peak = 0
     at_fast_finish: dict[str, int] = {}
     fast_finished = asyncio.Event()
-    state: dict[str, KafkaConcurrentHandler] = {}
+    state: dict[str, ConcurrentProcessing] = {}
 
     slow_sub = broker.subscriber(
         slow_topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
@@ -322,7 +322,7 @@ async def test_uncommitted_budget_pauses_behind_a_blocked_message() -> None:
     runs: Counter[int] = Counter()
     samples: list[int] = []
     done: list[int] = []
-    state: dict[str, KafkaConcurrentHandler] = {}
+    state: dict[str, ConcurrentProcessing] = {}
 
     def sample() -> int:
         value = sum(lane.tracked for lane in state["handler"].lanes)

@@ -22,7 +22,7 @@ from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     configure_subscriber,
     health_report,
     initialize_concurrent_processing,
@@ -123,7 +123,7 @@ def publish_failures(caplog: pytest.LogCaptureFixture) -> int:
 
 
 @asynccontextmanager
-async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[KafkaConcurrentHandler]:
+async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[ConcurrentProcessing]:
     """Concurrent processing set up, broker started; on exit the broker stops (drain and
     commit) and the handler is stopped."""
     handler = await initialize_concurrent_processing(broker.context, **settings)
@@ -435,7 +435,7 @@ async def test_without_dead_letter_topic_failures_are_logged_and_committed(
 
 async def run_control_scenario(
     behaviours: dict[bytes, Any],
-) -> tuple[Counter[bytes], KafkaConcurrentHandler, list[Incoming], str, int]:
+) -> tuple[Counter[bytes], ConcurrentProcessing, list[Incoming], str, int]:
     """One partition, one message per behaviour (plus a plain one), max_retries=3 and a
     dead-letter topic. ``behaviour(msg, attempt)`` runs inside the handler.
 
@@ -656,7 +656,7 @@ async def test_key_ordering_holds_later_messages_until_the_retried_one_is_done()
     c0_ran_during_a0_retry: list[bool] = []
     failed_seen_by_a1: list[int] = []
     broker = concurrent_broker()
-    handler_ref: list[KafkaConcurrentHandler] = []
+    handler_ref: list[ConcurrentProcessing] = []
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:

@@ -30,7 +30,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage, KafkaRouter
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
@@ -143,7 +143,7 @@ async def wait_committed_to_end(group: str, topic: str, partitions: int) -> None
 
 
 @asynccontextmanager
-async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[KafkaConcurrentHandler]:
+async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[ConcurrentProcessing]:
     """Processing initialised, broker started; on exit the broker stops (it drains and
     commits), then the processing stops."""
     handler = await initialize_concurrent_processing(broker.context, **settings)

@@ -26,9 +26,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
-    PartitionSnapshot,
     configure_subscriber,
     health_report,
     initialize_concurrent_processing,
@@ -36,6 +35,7 @@ from faststream_concurrent_aiokafka import (
     processing_snapshot,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.core.snapshot import PartitionSnapshot
 from faststream_concurrent_aiokafka.otel import ConcurrentProcessingMetrics
 from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 from tests.kafka_helpers import (
@@ -55,7 +55,7 @@ LIBRARY_LOGGER = "faststream_concurrent_aiokafka"
 
 
 @asynccontextmanager
-async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[KafkaConcurrentHandler]:
+async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[ConcurrentProcessing]:
     handler = await initialize_concurrent_processing(broker.context, broker=broker, **settings)
     try:
         await broker.start()

@@ -19,13 +19,13 @@ from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
+    ConcurrentProcessing,
     KafkaConcurrentProcessingMiddleware,
-    Ordering,
     configure_subscriber,
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.core.settings import Ordering
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_offsets,
@@ -49,7 +49,7 @@ def make_broker() -> KafkaBroker:
 
 
 @asynccontextmanager
-async def serving(broker: KafkaBroker, **settings: Any) -> AsyncIterator[KafkaConcurrentHandler]:
+async def serving(broker: KafkaBroker, **settings: Any) -> AsyncIterator[ConcurrentProcessing]:
     """Initialise (eagerly: an app is in the context), start the broker; stop both after."""
     FastStream(broker)
     handler = await initialize_concurrent_processing(broker.context, **settings)

@@ -22,11 +22,11 @@ from faststream.kafka.message import KafkaAckableMessage
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
-    KafkaCommitTask,
     initialize_concurrent_processing,
     is_kafka_handler_healthy,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage as KafkaCommitTask
 from tests.kafka_helpers import (
     committed_offsets,
     concurrent_broker,

@@ -20,10 +20,10 @@ from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
-    KafkaConcurrentRebalanceListener,
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.integration.handler import KafkaConcurrentRebalanceListener
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_offsets,

@@ -23,7 +23,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from faststream_concurrent_aiokafka import (
-    ConcurrencySettings,
     KafkaConcurrentProcessingMiddleware,
     configure_subscriber,
     initialize_concurrent_processing,
@@ -33,6 +32,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import MAX_EXCEPTION_TEXT_
 from faststream_concurrent_aiokafka.core.decode_errors import describe_exception
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
+from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.integration.dead_letter import record_headers
 from faststream_concurrent_aiokafka.integration.handler import find_handler
 from faststream_concurrent_aiokafka.integration.pipeline import FASTSTREAM_POLICY

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from faststream_concurrent_aiokafka import GcThresholds, tune_garbage_collector
+from faststream_concurrent_aiokafka.gc_tuning import GcThresholds, tune_garbage_collector
 
 
 @pytest.fixture(autouse=True)
