@@ -19,7 +19,7 @@ MIN_FINAL_COMMIT_SEC: Final = 2.0
 CANCEL_GRACE_SEC: Final = 1.0
 
 # A stop returns at most this long after shutdown_timeout_sec: the cancelled handlers' grace and
-# the final commit's least time. Stated in the README.
+# the final commit's least time. Stated in docs/operations.md ("When the broker goes away").
 SHUTDOWN_MARGIN_SEC: Final = CANCEL_GRACE_SEC + MIN_FINAL_COMMIT_SEC
 
 

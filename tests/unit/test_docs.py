@@ -1,4 +1,4 @@
-"""Every ```python block of README.md and docs/*.md compiles, imports only names the library
+"""Every ```python block of README.md and docs/**/*.md compiles, imports only names the library
 has, and runs (against a prelude of the names the pages assume, without a broker); blocks with a
 top-level ``await`` need a broker and are only compiled. Pages include longer code from files
 the suite runs (pymdown snippets), which ``mkdocs build --strict`` checks exist."""
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 import faststream_concurrent_aiokafka as library
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
