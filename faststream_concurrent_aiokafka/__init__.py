@@ -113,17 +113,15 @@ _GC: Final = "faststream_concurrent_aiokafka.gc_tuning"
 _ENGINE: Final = "faststream_concurrent_aiokafka.engine"
 _HANDLER: Final = "faststream_concurrent_aiokafka.integration.handler"
 
-# Names the package exported before (internals, or tools with a module of their own):
-# old name -> (module, name there). Listed in CHANGELOG.md.
+# What the package exported before its __all__ was cut down (0.1's names, and
+# TargetsNotConfirmed, added since): internals, or tools with a module of their own.
+# Old name -> (module, name there). Listed in CHANGELOG.md.
 MOVED: Final[dict[str, tuple[str, str]]] = {
     "AdmittedMessage": (f"{_ENGINE}.state", "AdmittedMessage"),
     "CommitterIsDeadError": (f"{_CORE}.errors", "CommitterIsDeadError"),
     "ConcurrencySettings": (f"{_CORE}.settings", "ConcurrencySettings"),
     "GcThresholds": (_GC, "GcThresholds"),
-    "KafkaBatchCommitter": (
-        f"{_ENGINE}.committer",
-        "KafkaBatchCommitter",
-    ),
+    "KafkaBatchCommitter": (f"{_ENGINE}.committer", "KafkaBatchCommitter"),
     "KafkaCommitTask": (f"{_ENGINE}.state", "AdmittedMessage"),
     "KafkaConcurrentHandler": (_HANDLER, "ConcurrentProcessing"),
     "KafkaConcurrentRebalanceListener": (_HANDLER, "KafkaConcurrentRebalanceListener"),
