@@ -242,7 +242,7 @@ def _attach_listener(subscriber: Any, handler: ConcurrentProcessing) -> None:
         aiokafka_compat.replace_subscription_listener(consumer, wrapped)
 
 
-def starting_faults(handler: KafkaConcurrentHandler) -> list[Fault]:
+def starting_faults(handler: ConcurrentProcessing) -> list[Fault]:
     """Subscribers of ``handler`` with a started consumer its group has not given a first
     assignment yet: not ready to process, but alive (a readiness probe waits for them)."""
     faults = []

@@ -14,8 +14,7 @@ from faststream.middlewares import AckPolicy
 from prometheus_client import CollectorRegistry
 
 from faststream_concurrent_aiokafka import (
-    KafkaConcurrentHandler,
-    PartitionSnapshot,
+    ConcurrentProcessing,
     configure_subscriber,
     health_report,
     initialize_concurrent_processing,
@@ -23,6 +22,7 @@ from faststream_concurrent_aiokafka import (
     processing_snapshot,
     stop_concurrent_processing,
 )
+from faststream_concurrent_aiokafka.core.snapshot import PartitionSnapshot
 from faststream_concurrent_aiokafka.prometheus import ConcurrentProcessingCollector
 from tests.kafka.test_monitoring import scrape
 from tests.kafka_helpers import (
@@ -43,7 +43,7 @@ AGE = "faststream_concurrent_oldest_record_age_seconds"
 
 
 @asynccontextmanager
-async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[KafkaConcurrentHandler]:
+async def running(broker: KafkaBroker, **settings: Any) -> AsyncIterator[ConcurrentProcessing]:
     handler = await initialize_concurrent_processing(broker.context, broker=broker, **settings)
     try:
         await broker.start()
