@@ -163,6 +163,7 @@ class Engine:
                 lane.transactions = LaneTransactions(lane, self.settings)
                 lane.slot_body = run_transactional_slot
             self._lanes[consumer] = lane
+            self.watchdog.wake()
             if lane.brake.tripped:
                 lane.stop_taking()
         return lane

@@ -7,7 +7,6 @@ Both read sets and dicts the event loop changes, so they run on the engine's loo
 
 import asyncio
 import concurrent.futures
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -74,7 +73,7 @@ def current_faults(engine: Engine) -> list[Fault]:
         faults.append(
             Fault(FAILED, f"the batch committer is dead{cause}: offsets can no longer be committed")
         )
-    now = time.monotonic()
+    now = engine.watchdog.now()
     for lane in engine.lanes:
         faults += _lane_faults(lane)
     # One line per subscriber, whichever of its consumers tripped its shared brake.
@@ -121,7 +120,7 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
 def snapshot(engine: Engine) -> ProcessingSnapshot:
     """The processing as it is now (see ``core.snapshot`` for what each figure means). Every
     subscriber that ran is listed, with its totals, also once its consumers are gone."""
-    now = time.monotonic()
+    now = engine.watchdog.now()
     by_pipeline: dict[object, list[ConsumerLane]] = {}
     for lane in engine.lanes:
         by_pipeline.setdefault(lane.pipeline, []).append(lane)

@@ -5,7 +5,9 @@ once per tick and notes the tick at which it first saw each one; a message's age
 there. Ages therefore read low by up to one tick (a message that ends between two ticks is
 never seen), and a stall is noticed between ``stall_warning_sec`` and that plus two ticks
 after the message started. The tick is 1 s, or a tenth of the smallest ``stall_warning_sec``
-in force when that is shorter (never below 50 ms).
+in force when that is shorter (never below 50 ms). A new lane wakes the watchdog at once
+(``wake``), so the first messages of a lane are seen within its own tick, not the idle one.
+Times are the event loop's clock (``now``).
 """
 
 import asyncio
@@ -28,9 +30,12 @@ class Watchdog:
         self._first_seen: dict[AdmittedMessage, float] = {}
         self.stalled: dict[AdmittedMessage, ConsumerLane] = {}
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="kafka-concurrent-watchdog")
 
     async def close(self) -> None:
@@ -42,6 +47,16 @@ class Watchdog:
         self._first_seen.clear()
         self.stalled.clear()
 
+    def wake(self) -> None:
+        """Look now, and take the tick anew: a lane was added (its messages are about to run,
+        and its ``stall_warning_sec`` may ask for a shorter tick)."""
+        self._wake.set()
+
+    def now(self) -> float:
+        """The clock ages are measured on: the event loop's the watchdog runs on (the same as
+        ``time.monotonic`` but for a test's virtual clock)."""
+        return time.monotonic() if self._loop is None else self._loop.time()
+
     def age(self, message: AdmittedMessage, now: float) -> float:
         """Seconds since the watchdog first saw ``message`` running (0 if not seen yet)."""
         first = self._first_seen.get(message)
@@ -49,9 +64,12 @@ class Watchdog:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             lanes = list(self._lanes())
-            self.check(lanes, time.monotonic())
-            await asyncio.sleep(tick_sec(lanes))
+            self.check(lanes, self.now())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick_sec(lanes)):
+                    await self._wake.wait()
 
     def check(self, lanes: list[ConsumerLane], now: float) -> None:
         """One tick: note newly seen messages, report new stalls and ended ones."""
