@@ -176,3 +176,12 @@ class SpareBroker:
     def stop(self) -> None:
         """Stop it and delete its data (also after a kill)."""
         self.run("stop")
+
+    def freeze(self) -> None:
+        """SIGSTOP: a network cut, as its clients see it: connections stay open, requests get
+        no answer (until ``kill``, which closes them)."""
+        os.kill(self._pid(), signal.SIGSTOP)
+
+    def _pid(self) -> int:
+        state = Path(os.environ.get("TMPDIR", "/tmp")) / f"fca-kafka-{self.port}"
+        return int((state / "kafka.pid").read_text())

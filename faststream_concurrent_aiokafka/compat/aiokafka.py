@@ -231,3 +231,37 @@ def highwater(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     except (AssertionError, AttributeError):
         return None
     return value if isinstance(value, int) else None
+
+
+_COMMIT_REQUEST = "GroupCoordinator._do_commit_offsets"
+
+
+def collect_abandoned_commits(consumer: AIOKafkaConsumer) -> int:
+    """Retrieve, once they end, the results of commit requests a cancelled ``commit()`` of
+    ``consumer`` left running; returns how many there were.
+
+    Why private: aiokafka sends a commit in a task under ``asyncio.shield``; when ``commit()``
+    is cancelled (its deadline passed), that task goes on and ``shield`` drops its own
+    callback, so a failure it meets later (the connection closes) is logged by asyncio as
+    "Task exception was never retrieved", with a traceback. Found by the coroutine's name and
+    coordinator; no fallback needed: with another aiokafka none is found and such a line may
+    show again, nothing else changes.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    found = 0
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", "") == _COMMIT_REQUEST
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            task.add_done_callback(_retrieve)
+            found += 1
+    return found
+
+
+def _retrieve(task: "asyncio.Task[Any]") -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.debug("An abandoned commit request ended with %r", error)

@@ -303,7 +303,11 @@ class KafkaBatchCommitter:
                 self.commit_requests += 1
                 lane.counters.commit_requests += 1
                 await lane.consumer.commit(await batch.offsets(with_metadata=with_metadata))
+        except asyncio.CancelledError:
+            aiokafka_compat.collect_abandoned_commits(lane.consumer)
+            raise
         except Exception as exc:  # TimeoutError included: each cause has its decision
+            aiokafka_compat.collect_abandoned_commits(lane.consumer)
             self.failed_commits += 1
             lane.counters.failed_commits += 1
             lane.commit_failures_in_a_row += 1

@@ -11,19 +11,28 @@ broker is away the process idles instead of spinning.
 """
 
 import asyncio
+import gc
+import logging
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
 
+from faststream_concurrent_aiokafka import (
+    KafkaConcurrentProcessingMiddleware,
+    initialize_concurrent_processing,
+)
 from faststream_concurrent_aiokafka.core.commit_policy import SHUTDOWN_MARGIN_SEC
 from tests.kafka_helpers import (
     create_topic,
     end_offsets,
     numbers,
     produce,
+    shut_down,
     unique,
     wait_committed,
     wait_until,
@@ -164,3 +173,51 @@ def stopped_growing(output: Path) -> Callable[[], bool]:
         return not grew
 
     return check
+
+
+async def test_a_commit_cut_off_by_its_deadline_leaves_no_unretrieved_task(
+    spare: SpareBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The network is cut (the broker frozen: connections stay open, nothing answers) while a
+    commit is in flight; the commit's deadline passes, then the connections close (the broker
+    is killed). aiokafka's inner commit request fails only then, in a task nobody awaits any
+    more: asyncio must not log "Task exception was never retrieved" for it."""
+    caplog.set_level(logging.WARNING)
+    topic, group = unique("cut"), unique("cut-group")
+    await create_topic(topic, 1, bootstrap=spare.bootstrap)
+    await produce(topic, numbers(20), partitions=1, bootstrap=spare.bootstrap)
+    broker = KafkaBroker(spare.bootstrap, logger=None)
+    broker.add_middleware(KafkaConcurrentProcessingMiddleware)
+    release = asyncio.Event()
+    finished: list[int] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(body: int) -> None:
+        if body >= 10:
+            await release.wait()
+        finished.append(body)
+
+    await initialize_concurrent_processing(
+        broker.context,
+        commit_batch_size=1,
+        commit_batch_timeout_sec=0.2,
+        commit_timeout_sec=1.0,
+        shutdown_timeout_sec=1.0,
+    )
+    try:
+        await broker.start()
+        await wait_committed(group, topic, {0: 10}, bootstrap=spare.bootstrap)
+        spare.freeze()
+        release.set()  # finished work now: its commit is sent to a broker that never answers
+        await wait_until(lambda: "got no answer within" in caplog.text, timeout=20)
+        await spare.kill()  # the connections close: the abandoned request fails now
+        await asyncio.sleep(1.0)  # let the request's failure reach its task
+        gc.collect()  # an unretrieved task's exception is logged when the task is collected
+        await spare.restart()
+    finally:
+        await shut_down(broker)
+    gc.collect()
+    unretrieved = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not unretrieved, unretrieved

@@ -163,3 +163,11 @@ async def test_highwater_is_none_until_fetched_and_for_partitions_not_assigned()
     assert compat.highwater(consumer, tp) is None  # assigned, nothing fetched yet
     consumer._subscription.subscription.assignment.state_value(tp).highwater = 42
     assert compat.highwater(consumer, tp) == 42
+
+
+def test_the_abandoned_commit_request_is_found_by_the_name_aiokafka_gives_it() -> None:
+    """``collect_abandoned_commits`` looks for the shielded request task by its coroutine's
+    name (its failure under the real broker: ``tests/kafka/test_broker_outage.py``)."""
+    assert GroupCoordinator._do_commit_offsets.__qualname__ == compat._COMMIT_REQUEST
+    source = inspect.getsource(GroupCoordinator.commit_offsets)
+    assert "asyncio.shield(self._do_commit_offsets(" in source
