@@ -10,6 +10,7 @@ through. A copy that fails again is dead-lettered with those headers, so the nex
 it as a repeated failure and leaves it out unless told to copy it again.
 """
 
+import enum
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -34,6 +35,11 @@ HEADERS: Final = (
     ATTEMPTS,
 )
 """What every dead letter carries after the original headers, in this order."""
+
+VALUE_DROPPED: Final = PREFIX + "value-dropped"
+"""Set (to the original value's size in bytes) on a dead letter sent without its value: the
+whole record was over the dead-letter topic's limit. Its topic, partition and offset headers
+say where the value still is (until the topic's retention removes it)."""
 
 REPLAYED_FROM: Final = PREFIX + "replayed-from"
 REPLAYS: Final = PREFIX + "replays"
@@ -82,6 +88,51 @@ def dead_letter_headers(
     }
     kept = [(name, value) for name, value in original if name not in ours]
     return kept + [(name, value.encode()) for name, value in ours.items()]
+
+
+def without_value(headers: Headers, value_size: int) -> Headers:
+    """The headers of a dead letter sent without its value (see ``VALUE_DROPPED``)."""
+    return [*headers, (VALUE_DROPPED, str(value_size).encode())]
+
+
+class PublishFailure(enum.Enum):
+    """What a failed dead-letter publish means for the next try."""
+
+    TRANSIENT = "transient"  # may succeed later (broker away, leader moving): retry
+    TOO_LARGE = "too large"  # over a size limit: it never fits as it is
+    PERMANENT = "permanent"  # the topic is invalid, unknown or not ours to write: never
+
+
+# Kafka protocol error codes (the same in every client): a publish failing with one of them
+# fails the same way however often it is retried.
+_TOO_LARGE_CODES: Final = frozenset({10, 18})  # MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE
+_PERMANENT_CODES: Final = frozenset(
+    {
+        3,  # UNKNOWN_TOPIC_OR_PARTITION (also a producer's metadata wait that never found it)
+        17,  # INVALID_TOPIC_EXCEPTION
+        29,  # TOPIC_AUTHORIZATION_FAILED
+        31,  # CLUSTER_AUTHORIZATION_FAILED
+        53,  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    }
+)
+
+
+def classify_publish_error(error: BaseException) -> PublishFailure:
+    """Sort a dead-letter publish's error by the Kafka error code it (or an error it was
+    raised from) carries as ``errno``, as Kafka clients name them; anything else is
+    transient."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # An OSError's errno is the system's (3 is ESRCH there), not Kafka's.
+        code = None if isinstance(current, OSError) else getattr(current, "errno", None)
+        if code in _TOO_LARGE_CODES:
+            return PublishFailure.TOO_LARGE
+        if code in _PERMANENT_CODES:
+            return PublishFailure.PERMANENT
+        current = current.__cause__ or current.__context__
+    return PublishFailure.TRANSIENT
 
 
 def _text(exception_text: Callable[[BaseException], str], error: BaseException) -> str:

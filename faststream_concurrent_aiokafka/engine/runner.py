@@ -8,9 +8,11 @@ every message in flight. The message's offset is committed only after all of it.
 import asyncio
 from typing import NamedTuple
 
+from faststream_concurrent_aiokafka.core.dead_letters import PublishFailure, classify_publish_error
 from faststream_concurrent_aiokafka.core.decode_errors import describe_exception, quotes_input
 from faststream_concurrent_aiokafka.core.errors import TaskTimeoutError
 from faststream_concurrent_aiokafka.core.failure_policy import Outcome, backoff_delay
+from faststream_concurrent_aiokafka.engine.lost_dead_letters import give_up_dead_letter
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 
 RUNNING: dict[int, AdmittedMessage] = {}
@@ -207,6 +209,9 @@ async def _dead_letter_or_log(
                     topic, message.record, error, attempts, options.dead_letter_exception_text
                 )
             except Exception as exc:
+                if classify_publish_error(exc) is not PublishFailure.TRANSIENT:
+                    give_up_dead_letter(message, topic, exc)
+                    return
                 stuck.add(message)
                 delay = backoff_delay(
                     publish_attempt, options.retry_backoff_sec, options.retry_backoff_max_sec

@@ -17,9 +17,18 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
-from faststream_concurrent_aiokafka.core.dead_letters import Headers, Origin, dead_letter_headers
+from faststream_concurrent_aiokafka.core.dead_letters import (
+    VALUE_DROPPED,
+    Headers,
+    Origin,
+    PublishFailure,
+    classify_publish_error,
+    dead_letter_headers,
+    without_value,
+)
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.core.settings import ExceptionText
+from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.transactional_publish import dead_letter_sender
 
 
@@ -57,16 +66,45 @@ async def publish_dead_letter(
     group = getattr(subscriber, "group_id", None)
     for record in records if isinstance(records, tuple) else (records,):
         headers = record_headers(record, group, error, attempts, exception_text)
-        as_text = {name: value.decode(errors="replace") for name, value in headers}
-        command = faststream_compat.publish_command(
-            record.value,
-            topic=topic,
-            key=record.key,
-            headers=as_text,
-            correlation_id=as_text.get("correlation_id"),
-        )
-        send = producer.publish if exact is None else partial(_send_exact, exact, headers)
-        await _through_middlewares(subscriber, send, command)
+        publish = partial(_publish, subscriber, exact, producer, topic=topic, key=record.key)
+        try:
+            await publish(value=record.value, headers=headers)
+        except Exception as exc:
+            if classify_publish_error(exc) is not PublishFailure.TOO_LARGE or not record.value:
+                raise
+            size = len(record.value)
+            subscriber_logger(subscriber).warning(
+                "Dead letter of %s[%d]@%d is over the size limit of %r (%s); sent without its "
+                "%d-byte value (header %s), which stays at its original place",
+                record.topic,
+                record.partition,
+                record.offset,
+                topic,
+                type(exc).__name__,
+                size,
+                VALUE_DROPPED,
+            )
+            await publish(value=None, headers=without_value(headers, size))
+
+
+async def _publish(
+    subscriber: Any,
+    exact: Any,
+    producer: Any,
+    *,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+) -> None:
+    """One dead letter through the broker's publish middlewares, sent with its exact bytes
+    through ``exact`` (see ``_send_exact``), or by FastStream's ``producer`` without one."""
+    as_text = {name: text.decode(errors="replace") for name, text in headers}
+    command = faststream_compat.publish_command(
+        value, topic=topic, key=key, headers=as_text, correlation_id=as_text.get("correlation_id")
+    )
+    send = producer.publish if exact is None else partial(_send_exact, exact, headers)
+    await _through_middlewares(subscriber, send, command)
 
 
 async def _through_middlewares(

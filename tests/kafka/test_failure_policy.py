@@ -10,12 +10,13 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError
+from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage, RejectMessage, SkipMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.subscriber.usecase import DefaultSubscriber
@@ -49,6 +50,8 @@ LIBRARY_LOGGER = "faststream_concurrent_aiokafka"
 Outgoing = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
 # (key, value, headers) as read back by tests.kafka_helpers.read_all.
 Incoming = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+BROKER_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's default message.max.bytes
 
 DL_TOPIC = "x-dead-letter-topic"
 DL_PARTITION = "x-dead-letter-partition"
@@ -87,13 +90,26 @@ async def create_topic_with_configs(name: str, partitions: int, configs: dict[st
         await admin.close()
 
 
-async def set_topic_configs(name: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs)])
-    finally:
-        await admin.close()
+class Unreachable:
+    """Makes publishes to one topic fail as an unreachable broker does (a transient error,
+    retried), until ``reachable`` is set: a broker middleware, so a dead letter meets it on
+    its way to the real broker."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.reachable = False
+
+    def middleware(self) -> type[BaseMiddleware]:
+        unreachable = self
+
+        class Cut(BaseMiddleware):
+            async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+                if cmd.destination == unreachable.topic and not unreachable.reachable:
+                    msg = f"{unreachable.topic} is unreachable (injected by the test)"
+                    raise KafkaConnectionError(msg)
+                return await call_next(cmd)
+
+        return Cut
 
 
 async def record_count(topic: str, partitions: int) -> int:
@@ -262,9 +278,9 @@ async def test_failing_dead_letter_publish_holds_the_commit_point_until_redelive
     caplog.set_level(logging.WARNING, logger=LIBRARY_LOGGER)
     topic, dead_letters, group = unique("fp-stuck"), unique("fp-stuck-dlt"), unique("g")
     await create_topic(topic, 2)
-    # The broker refuses any record batch above 512 bytes on the dead-letter topic, so the
-    # dead letter of a 4 KiB message can never be published (MessageSizeTooLargeError).
-    await create_topic_with_configs(dead_letters, 1, {"max.message.bytes": "512"})
+    await create_topic(dead_letters, 1)
+    # Every dead-letter publish fails as with the broker out of reach (retried, never ends).
+    cut = Unreachable(dead_letters)
     big = b"x" * 4096
     poisoned_offset = 2
     # Partition 0: offsets 0, 1 small, 2 big (poisoned), 3, 4 small. Partition 1: 5 small.
@@ -273,6 +289,7 @@ async def test_failing_dead_letter_publish_holds_the_commit_point_until_redelive
 
     handled: list[tuple[int, int]] = []
     broker = concurrent_broker()
+    broker.add_middleware(cut.middleware())
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:
@@ -343,13 +360,14 @@ async def committed_at(group: str, topic: str, expected: dict[int, int]) -> bool
     return await committed_offsets(group, topic) == expected
 
 
-async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
+async def test_stuck_dead_letter_publish_recovers_once_the_topic_is_reachable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LIBRARY_LOGGER)
     topic, dead_letters, group = unique("fp-recover"), unique("fp-recover-dlt"), unique("g")
     await create_topic(topic, 1)
-    await create_topic_with_configs(dead_letters, 1, {"max.message.bytes": "512"})
+    await create_topic(dead_letters, 1)
+    cut = Unreachable(dead_letters)
     big = b"y" * 4096
     await send(
         topic, [(0, b"a", b"small", []), (0, b"b", big, [("h", b"1")]), (0, None, b"small", [])]
@@ -357,6 +375,7 @@ async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
 
     handled: list[int] = []
     broker = concurrent_broker()
+    broker.add_middleware(cut.middleware())
 
     @manual_subscriber(broker, topic, group)
     async def handle(msg: KafkaMessage) -> None:
@@ -376,7 +395,7 @@ async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
         await wait_until(lambda: committed_at(group, topic, {0: 1}))
         assert stuck_reported(broker, f"{topic}[0]@1")
 
-        await set_topic_configs(dead_letters, {"max.message.bytes": str(2 * 1024 * 1024)})
+        cut.reachable = True
 
         await wait_until(lambda: all_committed(group, topic, 1))
         assert health_report(broker.context).status == "ok"
@@ -390,6 +409,54 @@ async def test_stuck_dead_letter_publish_recovers_once_the_topic_accepts_it(
     assert_dead_letter_headers(
         headers, topic=topic, partition=0, offset=1, exception_type="PoisonError", attempts=1
     )
+
+
+async def test_a_dead_letter_over_the_size_limit_goes_without_its_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message just under the broker's size limit always fails: its dead letter (the same
+    value plus some 300 bytes of dead-letter headers) is over the limit. It is sent once more
+    without its value instead of being retried for good, and the commit point passes it."""
+    caplog.set_level(logging.WARNING, logger=LIBRARY_LOGGER)
+    topic, dead_letters, group = unique("fp-huge"), unique("fp-huge-dlt"), unique("g")
+    await create_topic(topic, 1)
+    await create_topic(dead_letters, 1)
+    # The broker's default message.max.bytes less 200 bytes: the record fits, with the
+    # dead-letter headers it does not.
+    huge = b"z" * (BROKER_MAX_MESSAGE_BYTES - 200)
+    await send(topic, [small(0), (0, b"k", huge, [("h", b"1")]), small(0)])
+    broker = concurrent_broker()
+
+    @manual_subscriber(broker, topic, group)
+    async def handle(msg: KafkaMessage) -> None:
+        if len(msg.body) > 1000:
+            raise PoisonError("always fails")
+
+    loop = asyncio.get_running_loop()
+    async with running(
+        broker,
+        commit_batch_size=1,
+        commit_batch_timeout_sec=0.1,
+        retry_backoff_sec=0.05,
+        retry_backoff_max_sec=0.2,
+        dead_letter_topic=dead_letters,
+    ) as handler:
+        started = loop.time()
+        await wait_until(lambda: all_committed(group, topic, 1), timeout=30)
+        print(f"\ncommitted == end {loop.time() - started:.1f} s after the start")
+        assert handler.failed == 1
+        assert health_report(broker.context).status == "ok"
+
+    [(key, value, headers)] = await read_all(dead_letters, 1)
+    # A null value (read_all's type says bytes, as for every record it reads elsewhere).
+    assert (key, cast("bytes | None", value)) == (b"k", None)
+    assert header_map(headers)["x-dead-letter-value-dropped"] == str(len(huge)).encode()
+    assert headers[0] == ("h", b"1")
+    assert_dead_letter_headers(
+        headers, topic=topic, partition=0, offset=1, exception_type="PoisonError", attempts=1
+    )
+    assert publish_failures(caplog) == 0  # never retried
+    assert any(f"without its {len(huge)}-byte value" in r.getMessage() for r in caplog.records)
 
 
 # ---- 3. no dead-letter topic ----------------------------------------------------------------

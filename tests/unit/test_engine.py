@@ -15,7 +15,12 @@ from typing import Any
 
 import pydantic
 import pytest
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
@@ -767,6 +772,23 @@ async def test_a_failing_dead_letter_publish_holds_the_commit_point(make_rig: Ma
     await rig.flush()
     assert rig.committed() == 2
     assert [dead.failed is None for dead in rig.pipeline.dead_letters] == [False, False, True]
+
+
+async def test_a_dead_letter_refused_for_good_is_given_up_at_once(make_rig: MakeRig) -> None:
+    """An error no retry fixes (here: not allowed to write the topic) is not retried: the
+    message is committed without its dead letter, and health says why."""
+    rig = await make_rig(dead_letter_topic="dlq")
+    rig.pipeline.dead_letter_failures.append(TopicAuthorizationFailedError())
+    rig.pipeline.fail(0, 0, Rejected())
+    rig.admit(0, 0)
+    await wait_until(lambda: rig.engine.counters.processed == 1)
+    assert len(rig.pipeline.dead_letters) == 1
+    assert not rig.lane.dead_letter_stuck
+    await rig.flush()
+    assert rig.committed() == 1
+    report = assess(current_faults(rig.engine))
+    assert report.status == "degraded"
+    assert any("'dlq'" in r and "TopicAuthorizationFailedError" in r for r in report.reasons)
 
 
 async def test_a_record_delivered_again_while_on_its_way_runs_once_and_counts_once(
