@@ -392,6 +392,9 @@ class FakeConsumer:
 
     # ---- committing ------------------------------------------------------------------
 
+    async def end_offsets(self, partitions: Iterable[Any]) -> dict[Any, int]:
+        return {partition: self.cluster.end(partition) for partition in partitions}
+
     async def commit(self, offsets: dict[Any, Any] | None = None) -> None:
         """As aiokafka's: refuses a partition not assigned (``IllegalStateError``), else
         raises the next injected failure, else stores the offsets."""

@@ -171,6 +171,14 @@ RESUMES: Final = _counter("resumes", "Times the library resumed them.", "{resume
 REBALANCES: Final = _counter(
     "rebalances", "Partition assignments the subscriber's consumers received.", "{rebalance}"
 )
+CLAIMS: Final = _counter(
+    "commit_metadata_claims",
+    "Offsets the commit metadata of newly assigned partitions claimed an earlier owner "
+    "finished, by result: accepted (skipped when read), ignored (at or beyond the "
+    "partition's end).",
+    "{offset}",
+    ("result",),
+)
 TRANSACTIONS: Final = _counter(
     "transactions",
     "Exactly-once transactions ended, by result: committed, aborted (their messages ran again).",
@@ -238,6 +246,7 @@ METRICS: Final = (
     PROCESSED,
     *(metric for metric, _ in _TOTALS),
     COMMITS,
+    CLAIMS,
     TRANSACTIONS,
 )
 """Every metric, in the order exporters show them."""
@@ -263,6 +272,10 @@ def measure(snapshot: ProcessingSnapshot, health: HealthReport) -> dict[Metric, 
         samples[COMMITS] += [
             ((*labels, "ok"), totals.commit_requests - totals.failed_commits),
             ((*labels, "failed"), totals.failed_commits),
+        ]
+        samples[CLAIMS] += [
+            ((*labels, "accepted"), totals.claims_accepted),
+            ((*labels, "ignored"), totals.claims_ignored),
         ]
         samples[TRANSACTIONS] += [
             ((*labels, "committed"), totals.transactions_committed),

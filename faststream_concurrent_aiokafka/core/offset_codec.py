@@ -31,6 +31,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Final
 
+from faststream_concurrent_aiokafka.core.offset_bitmap import OffsetBitmap
+
 CODEC_VERSION: Final = 1
 DEFAULT_MAX_METADATA_BYTES: Final = 4096
 
@@ -126,10 +128,38 @@ def decode_finished_offsets(metadata: str, committed: int) -> frozenset[int]:
 
     ``committed`` is the offset Kafka returned with the metadata; metadata written for any other
     offset is rejected. Raises :class:`MetadataDecodeError` (and nothing else) for any metadata
-    this codec did not write.
+    this codec did not write. Up to 2**20 ints: :func:`decode_finished_bitmap` keeps bits.
     """
-    if not metadata:
+    decoded = _decode_body(metadata, committed)
+    if decoded is None:
         return frozenset()
+    tag, body = decoded
+    runs = _bitset_runs(body) if tag == _BITSET else _length_runs(body)
+    first = committed + 1
+    return frozenset(
+        itertools.chain.from_iterable(range(first + start, first + stop) for start, stop in runs)
+    )
+
+
+def decode_finished_bitmap(metadata: str, committed: int) -> OffsetBitmap:
+    """The same offsets as :func:`decode_finished_offsets`, as a bitmap: at most 128 KiB
+    whatever the metadata claims (``_MAX_SPAN`` bits), never one int object per offset."""
+    first = committed + 1
+    decoded = _decode_body(metadata, committed)
+    if decoded is None:
+        return OffsetBitmap(first)
+    tag, body = decoded
+    if tag == _BITSET:
+        _check_bitset(body)
+        return OffsetBitmap(first, body)
+    return OffsetBitmap.from_runs(first, _length_runs(body))
+
+
+def _decode_body(metadata: str, committed: int) -> tuple[str, bytes] | None:
+    """The body of ``metadata`` (inflated) and whether it is a bitset (``_BITSET``) or runs
+    (``_RUNS``); None for empty metadata. Everything but the body itself is checked here."""
+    if not metadata:
+        return None
     if not metadata.startswith(_MAGIC):
         raise MetadataDecodeError(
             f"metadata {_clip(metadata)} was not written by this codec (no {_MAGIC!r} prefix)"
@@ -156,11 +186,7 @@ def decode_finished_offsets(metadata: str, committed: int) -> frozenset[int]:
     body = payload[body_start:]
     if tag in (_DEFLATED_BITSET, _DEFLATED_RUNS):
         body = _inflate(body)
-    runs = _bitset_runs(body) if tag in (_BITSET, _DEFLATED_BITSET) else _length_runs(body)
-    first = committed + 1
-    return frozenset(
-        itertools.chain.from_iterable(range(first + start, first + stop) for start, stop in runs)
-    )
+    return (_BITSET if tag in (_BITSET, _DEFLATED_BITSET) else _RUNS), body
 
 
 class _Prefixes:
@@ -210,12 +236,16 @@ class _Prefixes:
         return best if len(best[1]) <= limit else None
 
 
-def _bitset_runs(body: bytes) -> list[tuple[int, int]]:
-    """Decode a bitset body into (start, stop) runs of finished relative positions."""
+def _check_bitset(body: bytes) -> None:
     if not body or body[-1] == 0:
         raise MetadataDecodeError("bitset body is empty or ends with a zero byte")
     if len(body) > _MAX_SPAN // 8:
         raise MetadataDecodeError(f"bitset covers more than {_MAX_SPAN} offsets")
+
+
+def _bitset_runs(body: bytes) -> list[tuple[int, int]]:
+    """Decode a bitset body into (start, stop) runs of finished relative positions."""
+    _check_bitset(body)
     # bin() lists the most significant bit first; reversed, index i is position i.
     bits = bin(int.from_bytes(body, "little"))[:1:-1]
     return [match.span() for match in _ONES.finditer(bits)]

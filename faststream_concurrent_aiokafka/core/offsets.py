@@ -6,6 +6,7 @@ are remembered until the gap below them closes.
 """
 
 from collections import deque
+from collections.abc import Set
 
 
 class PartitionOffsets:
@@ -13,7 +14,8 @@ class PartitionOffsets:
 
     ``retired`` is set when the partition is revoked: late completions then update a tracker
     nobody commits from, so they can never move a newer owner's commit point.
-    ``already_done`` holds offsets an earlier owner finished (read from commit metadata).
+    ``already_done`` holds offsets an earlier owner finished (read from commit metadata; an
+    ``OffsetBitmap`` for the at-least-once mode, whose claims may span 2**20 offsets).
     """
 
     __slots__ = (
@@ -23,12 +25,14 @@ class PartitionOffsets:
         "_pending",
         "already_done",
         "committed",
+        "committed_left_out",
         "committed_version",
         "retired",
+        "skipped",
         "version",
     )
 
-    def __init__(self, already_done: frozenset[int] = frozenset()) -> None:
+    def __init__(self, already_done: Set[int] = frozenset()) -> None:
         self._pending: deque[int] = deque()
         self._finished: set[int] = set()
         self._blocked: set[int] = set()
@@ -37,8 +41,13 @@ class PartitionOffsets:
         self.committed: int | None = None
         self.retired = False
         self.already_done = already_done
+        # Bumped by every finish (and block); committed_version is its value when the last
+        # commit Kafka acknowledged was taken.
         self.version = 0
         self.committed_version = 0
+        # Finished above that commit's point but left out of its metadata: they run again.
+        self.committed_left_out = 0
+        self.skipped = 0  # finished by an earlier owner (``skip``), not run here
 
     @property
     def pending_count(self) -> int:
@@ -101,6 +110,24 @@ class PartitionOffsets:
             passed += 1
         self._passed_end = last + 1
         return passed
+
+    def skip(self, offset: int) -> int:
+        """An earlier owner finished this offset (commit metadata says so): track it as done
+        without running it; returns how many offsets the commit point passed."""
+        self.track(offset)
+        self.skipped += 1
+        return self.finish(offset)
+
+    def not_committed(self, running: int) -> int:
+        """What a crash now would run again, given the ``running`` messages: those, and every
+        message finished since the last commit Kafka acknowledged was taken, plus those finished
+        above its point that its metadata left out. Offsets an earlier owner finished count
+        only once a commit of this tracker moved past the metadata that said so (a crash
+        before that skips them again). A message cancelled before that commit is left out."""
+        finished = self.version - self.committed_version
+        if self.committed is None:
+            finished -= self.skipped
+        return running + finished + self.committed_left_out
 
     def block(self, offset: int) -> None:
         """Never let the commit point pass this offset (its message was cancelled)."""

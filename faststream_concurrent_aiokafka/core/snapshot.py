@@ -50,6 +50,8 @@ class Totals:
     failed: int = 0  # attempts used up, logged and committed without a dead-letter topic
     dead_lettered: int = 0  # published to the dead-letter topic, acknowledged
     skipped: int = 0  # finished by an earlier owner (commit metadata), not run again
+    claims_accepted: int = 0  # offsets commit metadata claimed finished, to be skipped
+    claims_ignored: int = 0  # claimed at or beyond the partition's end at assignment: ignored
     retries: int = 0  # failed attempts that were tried again
     task_timeouts: int = 0  # attempts cancelled by task_timeout_sec
     stalls: int = 0  # messages that ran longer than stall_warning_sec

@@ -11,6 +11,7 @@ publishing must not have its records committed.
 
 import enum
 from collections.abc import Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,7 +58,7 @@ def may_resume(commit_point: int | None, next_offset: int) -> bool:
 
 
 def to_commit(
-    point: int, finished: frozenset[int], done_before: frozenset[int]
+    point: int, finished: frozenset[int], done_before: AbstractSet[int]
 ) -> tuple[int, frozenset[int]]:
     """The commit point and finished offsets a transaction commits: the tracker's, plus the
     offsets an earlier transaction recorded as finished (``done_before``) that were not read

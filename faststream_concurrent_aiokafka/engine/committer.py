@@ -458,27 +458,6 @@ def log_redelivery(
     )
 
 
-async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
-    """Read the commit metadata of newly assigned partitions and start trackers that skip what
-    an earlier owner finished; returns how many messages will be skipped."""
-    try:
-        committed = await aiokafka_compat.fetch_committed_offsets(lane.consumer, assigned)
-    except Exception as exc:
-        lane.log.warning("Could not read commit metadata of %s: %r", lane.name, exc)
-        return 0
-    known = 0
-    for tp, meta in committed.items():
-        current = lane.trackers.get(tp)
-        if current is not None and current.pending_count:
-            continue  # still working on it in this process: its own state is newer
-        done = decode_metadata(lane, tp, meta)
-        if done:
-            lane.retire(tp)
-            lane.trackers[tp] = PartitionOffsets(done)
-            known += len(done)
-    return known
-
-
 def decode_metadata(
     lane: ConsumerLane, tp: TopicPartition, meta: OffsetAndMetadata
 ) -> frozenset[int]:

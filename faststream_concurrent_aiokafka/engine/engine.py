@@ -22,10 +22,10 @@ from faststream_concurrent_aiokafka.core.histogram import Histogram
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import (
     KafkaBatchCommitter,
-    load_finished_offsets,
     log_redelivery,
     uncommitted,
 )
+from faststream_concurrent_aiokafka.engine.finished_claims import load_finished_offsets
 from faststream_concurrent_aiokafka.engine.lag import LagReader
 from faststream_concurrent_aiokafka.engine.processing_time import timed
 from faststream_concurrent_aiokafka.engine.runner import run_slot
@@ -216,16 +216,8 @@ class Engine:
             await self.committer.recommit_after_rejoin(
                 lane, assigned, self.settings.rebalance_flush_timeout_sec
             )
-        if not lane.options.track_completed_offsets or not assigned:
-            return
-        known = await load_finished_offsets(lane, assigned)
-        if known:
-            lane.log.info(
-                "%s: %d message(s) above the committed offsets were finished before; "
-                "they will be skipped",
-                lane.name,
-                known,
-            )
+        if lane.options.track_completed_offsets and assigned:
+            await load_finished_offsets(lane, assigned)
 
     async def release_partitions(
         self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float

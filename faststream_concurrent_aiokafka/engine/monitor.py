@@ -167,6 +167,8 @@ def totals_of(counters: Counters) -> Totals:
         failed=counters.failed - dead_lettered,
         dead_lettered=dead_lettered,
         skipped=counters.skipped,
+        claims_accepted=counters.claims_accepted,
+        claims_ignored=counters.claims_ignored,
         retries=counters.retries,
         task_timeouts=counters.task_timeouts,
         stalls=counters.stalls,

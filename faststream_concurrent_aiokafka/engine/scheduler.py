@@ -113,8 +113,7 @@ class Scheduler:
 
     def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
         """An earlier owner finished this message (commit metadata said so): count it done."""
-        tracker.track(offset)
-        lane.add_tracked(1 - tracker.finish(offset))
+        lane.add_tracked(1 - tracker.skip(offset))
         lane.counters.skipped += 1
         self._committer.notify_finished()
 

@@ -227,6 +227,8 @@ class Counters:
 
     __slots__ = (
         "assignments",
+        "claims_accepted",
+        "claims_ignored",
         "commit_requests",
         "dead_lettered",
         "failed",
@@ -250,6 +252,8 @@ class Counters:
         self.failed = 0  # ended with an error: dead-lettered, or given up without a topic
         self.dead_lettered = 0  # published to the dead-letter topic (acknowledged)
         self.skipped = 0  # finished by an earlier owner, per the commit metadata
+        self.claims_accepted = 0  # offsets commit metadata claimed finished, below the end
+        self.claims_ignored = 0  # ... at or beyond the partition's end: ignored
         self.retries = 0  # failed attempts that were tried again
         self.task_timeouts = 0  # attempts cancelled by task_timeout_sec
         self.stalls = 0  # messages seen running longer than stall_warning_sec

@@ -25,7 +25,10 @@ from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.health import assess
-from faststream_concurrent_aiokafka.core.offset_codec import decode_finished_offsets
+from faststream_concurrent_aiokafka.core.offset_codec import (
+    decode_finished_offsets,
+    encode_finished_offsets,
+)
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
@@ -602,6 +605,32 @@ async def test_finished_offsets_in_commit_metadata_are_skipped_by_the_next_owner
     await after.flush()
     assert after.committed() == 5
     assert after.consumer.cluster.committed[P0].metadata == ""
+
+
+async def test_claims_at_or_beyond_the_end_are_ignored_and_those_records_run(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Metadata claims 2..9 finished above committed offset 1 while the partition ends at 4:
+    2 and 3 are skipped, 4..9 did not exist yet and run once they are produced."""
+    cluster = FakeCluster()
+    cluster.produce(0, 4)
+    cluster.committed[P0] = OffsetAndMetadata(1, encode_finished_offsets(1, range(2, 10)))
+    rig = await make_rig(consumer=FakeConsumer(cluster, [P0]))
+    await rig.engine.partitions_assigned(rig.lane, {P0})
+    rig.admit(0, *range(1, 10))
+    await let_run()
+    assert rig.pipeline.started() == [(0, offset) for offset in (1, *range(4, 10))]
+    totals = rig.engine.counters
+    assert (totals.claims_accepted, totals.claims_ignored, totals.skipped) == (2, 6, 2)
+    [ignored] = [
+        r.getMessage() for r in caplog.records if "beyond the partition's end" in r.getMessage()
+    ]
+    assert "claims 6 offset(s) from 4 to 9" in ignored
+    assert "end (4)" in ignored
+    assert any(
+        r.levelno == logging.WARNING and "skipping 2 message(s)" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_metadata_that_is_not_ours_is_ignored(make_rig: MakeRig) -> None:

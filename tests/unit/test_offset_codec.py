@@ -6,6 +6,7 @@ that the tests check the format itself and not just that encode and decode agree
 
 import base64
 import random
+import tracemalloc
 import zlib
 from collections.abc import Iterable
 
@@ -21,6 +22,7 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
     DEFAULT_MAX_METADATA_BYTES,
     MetadataDecodeError,
     _deflate,
+    decode_finished_bitmap,
     decode_finished_offsets,
     encode_finished_offsets,
 )
@@ -259,8 +261,10 @@ def test_decodes_every_tag(committed: int, positions: set[int]) -> None:
     bodies = {"b": ref_bitset(positions), "r": ref_runs(positions)}
     bodies |= {"B": ref_deflate(bodies["b"]), "R": ref_deflate(bodies["r"])}
     for tag, body in bodies.items():
-        decoded = decode_finished_offsets(metadata(tag, committed, body), committed)
+        text = metadata(tag, committed, body)
+        decoded = decode_finished_offsets(text, committed)
         assert decoded == offsets(committed, positions), tag
+        assert set(decode_finished_bitmap(text, committed)) == decoded, tag
 
 
 def test_decoder_accepts_the_largest_valid_bodies() -> None:
@@ -277,7 +281,27 @@ def test_decoder_accepts_the_largest_valid_bodies() -> None:
         ("R", ref_deflate(alternating_runs), every_other),
         ("r", varint(_MAX_SPAN - 1) + b"\x01", [_MAX_SPAN - 1]),  # the furthest position
     ]:
-        assert decode_finished_offsets(metadata(tag, 7, body), 7) == offsets(7, expected), tag
+        text = metadata(tag, 7, body)
+        assert decode_finished_offsets(text, 7) == offsets(7, expected), tag
+        bitmap = decode_finished_bitmap(text, 7)
+        assert len(bitmap) == len(expected), tag
+        assert bitmap.nbytes <= _MAX_SPAN // 8, tag
+
+
+def test_a_claim_of_the_whole_span_takes_bits_not_ints() -> None:
+    """A 14-character claim of 2**20 offsets: as a set of ints some 64 MiB, as bits 128 KiB
+    (what stays allocated after the decoding, measured by tracemalloc)."""
+    claim = encode_finished_offsets(5, range(6, 6 + _MAX_SPAN))
+    assert len(claim) <= 20
+    tracemalloc.start()
+    try:
+        bitmap = decode_finished_bitmap(claim, 5)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(bitmap) == _MAX_SPAN
+    assert (bitmap.first, bitmap.last) == (6, 5 + _MAX_SPAN)
+    assert held < 1 << 20, held
 
 
 @pytest.mark.parametrize(
@@ -408,12 +432,17 @@ def test_rejects_metadata_for_another_committed_offset(
 
 
 def assert_decodes_or_rejects(text: str, committed: int) -> None:
-    """Anything other than MetadataDecodeError escaping from here fails the test."""
+    """Anything other than MetadataDecodeError escaping from here fails the test, and so does
+    a bitmap decoding that disagrees with the set decoding (refusing, or reading other
+    offsets)."""
     try:
         decoded = decode_finished_offsets(text, committed)
     except MetadataDecodeError:
+        with pytest.raises(MetadataDecodeError):
+            decode_finished_bitmap(text, committed)
         return
     assert not decoded or committed < min(decoded) <= max(decoded) <= committed + _MAX_SPAN
+    assert set(decode_finished_bitmap(text, committed)) == decoded
 
 
 @settings(max_examples=500, deadline=None)

@@ -11,6 +11,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from faststream_concurrent_aiokafka.core.offset_bitmap import OffsetBitmap
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 
 HYPOTHESIS = settings(max_examples=80, deadline=None)
@@ -426,3 +427,86 @@ PartitionOffsetsMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None
 )
 TestPartitionOffsetsMachine = PartitionOffsetsMachine.TestCase
+
+
+# ---- OffsetBitmap ----------------------------------------------------------------------
+
+offset_sets = st.sets(st.integers(0, 3000), max_size=200)
+
+
+def runs_of(offsets: set[int], first: int) -> list[tuple[int, int]]:
+    """(start, stop) runs of ``offsets``, relative to ``first``."""
+    runs: list[tuple[int, int]] = []
+    for offset in sorted(offsets):
+        if runs and runs[-1][1] == offset - first:
+            runs[-1] = (runs[-1][0], offset - first + 1)
+        else:
+            runs.append((offset - first, offset - first + 1))
+    return runs
+
+
+@HYPOTHESIS
+@given(offsets=offset_sets, first=st.integers(0, 2**40), cut=st.integers(-10, 3100))
+def test_a_bitmap_holds_exactly_its_offsets(offsets: set[int], first: int, cut: int) -> None:
+    wanted = {first + offset for offset in offsets}
+    bitmap = OffsetBitmap.from_runs(first, runs_of(wanted, first))
+    assert set(bitmap) == wanted
+    assert len(bitmap) == len(wanted)
+    assert sorted(bitmap) == sorted(wanted)
+    assert (bitmap.first, bitmap.last) == (min(wanted, default=None), max(wanted, default=None))
+    for probe in (first - 1, first, first + cut, first + 3001, "x"):
+        assert (probe in bitmap) is (probe in wanted)
+    end = first + cut
+    assert set(bitmap.below(end)) == {o for o in wanted if o < end}
+    assert set(bitmap.at_or_above(end)) == {o for o in wanted if o >= end}
+
+
+def test_a_bitmap_takes_a_bit_per_offset() -> None:
+    bitmap = OffsetBitmap.from_runs(10, [(0, 1 << 20)])
+    assert len(bitmap) == 1 << 20
+    assert bitmap.nbytes == (1 << 20) // 8
+    assert (1 << 20) + 9 in bitmap
+    assert (1 << 20) + 10 not in bitmap
+
+
+def test_a_tracker_skips_what_its_bitmap_claims() -> None:
+    tracker = PartitionOffsets(OffsetBitmap.from_runs(1, [(0, 2)]))  # offsets 1 and 2
+    tracker.track(0)
+    assert tracker.skip(1) == 0  # 0 still runs
+    assert tracker.finish(0) == 2
+    assert tracker.skip(2) == 1
+    assert tracker.commit_point == 3
+    assert tracker.skipped == 2
+
+
+# ---- not committed ---------------------------------------------------------------------
+
+
+def test_not_committed_counts_what_finished_since_the_acknowledged_commit() -> None:
+    tracker = PartitionOffsets()
+    for offset in range(6):
+        tracker.track(offset)
+    tracker.finish(0)
+    tracker.finish(1)
+    tracker.finish(3)
+    assert tracker.not_committed(running=2) == 5  # 2 running, 3 finished, nothing committed
+    # A commit taken now (point 2, offset 3 in its metadata) and acknowledged.
+    tracker.committed, tracker.committed_version = tracker.commit_point, tracker.version
+    assert tracker.not_committed(running=2) == 2
+    tracker.finish(2)
+    assert tracker.not_committed(running=1) == 2
+    # Had the metadata left offset 3 out, it would run again too.
+    tracker.committed_left_out = 1
+    assert tracker.not_committed(running=1) == 3
+
+
+def test_skipped_offsets_count_only_once_a_commit_moved_past_their_metadata() -> None:
+    tracker = PartitionOffsets(frozenset({1, 2}))
+    tracker.track(0)
+    tracker.skip(1)
+    tracker.skip(2)
+    tracker.finish(0)
+    assert tracker.not_committed(running=0) == 1  # a crash skips 1 and 2 again
+    tracker.committed, tracker.committed_version = tracker.commit_point, tracker.version
+    tracker.track(3)
+    assert tracker.not_committed(running=1) == 1
