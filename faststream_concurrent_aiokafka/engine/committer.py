@@ -1,6 +1,6 @@
 """Everything about commits: which commit points to send, their metadata, sending them in
-batches, what a failed one means, and reading the finished offsets back when partitions are
-assigned.
+batches, and what a failed one means (reading the metadata back at assignment:
+``finished_claims``).
 
 Finished messages only bump a counter on the hot path; one commit request per consumer is
 sent when ``commit_batch_size`` messages finished, when ``commit_batch_timeout_sec`` passed,
