@@ -54,6 +54,11 @@ HELD: Final = _partition_gauge(
 UNCOMMITTED: Final = _partition_gauge(
     "uncommitted_messages", "Messages admitted and not yet passed by the commit point."
 )
+NOT_COMMITTED: Final = _partition_gauge(
+    "not_committed_messages",
+    "What a crash now would run again: messages running, and those finished since the last "
+    "commit Kafka acknowledged (or left out of its metadata).",
+)
 FINISHED_ABOVE: Final = _partition_gauge(
     "finished_above_commit_point_messages",
     "Messages finished above the commit point, waiting for an earlier one to end.",
@@ -210,6 +215,7 @@ _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | 
     (QUEUED, lambda p: p.queued),
     (HELD, lambda p: p.held),
     (UNCOMMITTED, lambda p: p.uncommitted),
+    (NOT_COMMITTED, lambda p: p.not_committed),
     (FINISHED_ABOVE, lambda p: p.finished_above),
     (STALLED, lambda p: p.stalled),
     (OLDEST, lambda p: p.oldest_in_flight_sec or 0.0),

@@ -30,6 +30,9 @@ class PartitionSnapshot:
     committed: int | None  # the last offset this process committed (None: none yet)
     finished_above: int  # finished, above the commit point: waiting for an earlier one
     uncommitted: int  # admitted and not yet passed by the commit point
+    # What a crash now would run again: running, plus finished since the last commit Kafka
+    # acknowledged (or left out of its metadata); see PartitionOffsets.not_committed.
+    not_committed: int
     stalled: int  # running longer than stall_warning_sec
     oldest_in_flight_offset: int | None
     oldest_in_flight_sec: float | None  # see Watchdog for its resolution
@@ -113,6 +116,10 @@ class SubscriberSnapshot:
         return sum(p.uncommitted for p in self.partitions)
 
     @property
+    def not_committed(self) -> int:
+        return sum(p.not_committed for p in self.partitions)
+
+    @property
     def paused_partitions(self) -> int:
         return sum(p.paused for p in self.partitions if p.assigned)
 
@@ -121,7 +128,8 @@ class SubscriberSnapshot:
 class ProcessingSnapshot:
     """Everything at once. ``in_flight`` counts running tasks over all subscribers (a batch
     is one), against ``concurrency_limit``; ``uncommitted`` counts messages against
-    ``max_uncommitted_tasks``."""
+    ``max_uncommitted_tasks``; ``not_committed`` is what a crash now would run again, over
+    all subscribers."""
 
     running: bool
     concurrency_limit: int
@@ -130,6 +138,7 @@ class ProcessingSnapshot:
     uncommitted: int
     subscribers: tuple[SubscriberSnapshot, ...]
     totals: Totals
+    not_committed: int = 0
 
     def partitions(self) -> Iterator[PartitionSnapshot]:
         for subscriber in self.subscribers:

@@ -26,6 +26,7 @@ from faststream_concurrent_aiokafka.core.commit_policy import (
 from faststream_concurrent_aiokafka.core.errors import CommitterIsDeadError
 from faststream_concurrent_aiokafka.core.offset_codec import (
     MetadataDecodeError,
+    decode_finished_bitmap,
     decode_finished_offsets,
     encode_finished_offsets,
 )
@@ -43,12 +44,14 @@ _ERROR_TEXT_MAX = 200
 
 class CommitBatch:
     """One commit request: commit points, the finished offsets above them, and the tracker
-    versions they were taken at."""
+    versions they were taken at; and how many offsets finished above each point its metadata
+    leaves out (not tracked, or over the size limit): those run again after a crash."""
 
-    __slots__ = ("_taken",)
+    __slots__ = ("_left_out", "_taken")
 
     def __init__(self) -> None:
         self._taken: list[tuple[TopicPartition, PartitionOffsets, int, frozenset[int], int]] = []
+        self._left_out: dict[TopicPartition, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._taken)
@@ -60,6 +63,7 @@ class CommitBatch:
         self, tp: TopicPartition, tracker: PartitionOffsets, point: int, finished: frozenset[int]
     ) -> None:
         self._taken.append((tp, tracker, point, finished, tracker.version))
+        self._left_out[tp] = tracker.finished_count - len(finished)
 
     @property
     def partitions(self) -> list[TopicPartition]:
@@ -74,19 +78,28 @@ class CommitBatch:
         """The request body, with each partition's finished offsets encoded as metadata."""
         offsets = {}
         for tp, _, point, finished, _ in self._taken:
-            if not with_metadata:
-                metadata = ""
+            if not with_metadata or not finished:
+                metadata, carried = "", 0
             elif len(finished) > _ENCODE_INLINE_MAX:
-                metadata = await asyncio.to_thread(encode_finished_offsets, point, finished)
+                metadata, carried = await asyncio.to_thread(_encode_counted, point, finished)
             else:
-                metadata = encode_finished_offsets(point, finished) if finished else ""
+                metadata, carried = _encode_counted(point, finished)
+            self._left_out[tp] += len(finished) - carried
             offsets[tp] = OffsetAndMetadata(point, metadata)
         return offsets
 
     def mark_committed(self) -> None:
-        for _, tracker, point, _, version in self._taken:
+        for tp, tracker, point, _, version in self._taken:
             tracker.committed = point
             tracker.committed_version = version
+            tracker.committed_left_out = self._left_out[tp]
+
+
+def _encode_counted(point: int, finished: frozenset[int]) -> tuple[str, int]:
+    """The metadata of ``finished`` above ``point``, and how many of them it carries (fewer
+    when they do not all fit)."""
+    metadata = encode_finished_offsets(point, finished)
+    return metadata, len(decode_finished_bitmap(metadata, point)) if metadata else 0
 
 
 class CommitAttempt:

@@ -151,6 +151,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
         uncommitted=engine.uncommitted,
         subscribers=tuple(subscribers),
         totals=Totals.sum(subscriber.totals for subscriber in subscribers),
+        not_committed=sum(subscriber.not_committed for subscriber in subscribers),
     )
 
 
@@ -240,6 +241,7 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
             committed=tracker.committed if tracker else None,
             finished_above=tracker.finished_count if tracker else 0,
             uncommitted=tracker.pending_count if tracker else 0,
+            not_committed=tracker.not_committed(part.in_flight) if tracker else part.in_flight,
             stalled=part.stalled,
             oldest_in_flight_offset=part.oldest_offset,
             oldest_in_flight_sec=None if part.oldest_offset is None else part.oldest_sec,

@@ -1,6 +1,7 @@
 """After a SIGKILL, messages finished above a straggler are not processed again."""
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -118,3 +119,61 @@ async def test_without_tracking_the_finished_work_is_redone(tmp_path: Path) -> N
     assert lost == 0
     # Everything behind the straggler on its partition is read again.
     assert twice >= MESSAGES // PARTITIONS - 1 - 5
+
+
+def lines(output: Path, kind: str) -> set[int]:
+    """Message ids of the ``kind`` lines ("s": started, "d": done) of an app's output."""
+    if not output.exists():
+        return set()
+    return {int(line[2:]) for line in output.read_text().splitlines() if line.startswith(kind)}
+
+
+async def start_freeze_app(
+    topic: str, group: str, output: Path, figures: Path, *, freeze_after: int
+) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "BOOTSTRAP": BOOTSTRAP,
+        "TOPIC": topic,
+        "GROUP": group,
+        "OUTPUT": str(output),
+        "FIGURES": str(figures),
+        "FREEZE_AFTER": str(freeze_after),
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.apps.freeze_app", env=env, cwd=REPO
+    )
+
+
+async def test_not_committed_is_what_a_sigkill_runs_again(tmp_path: Path) -> None:
+    """The processing stops moving after 1,700 messages started (commits every 500 finished,
+    20 hang running); ``not_committed`` is read, the process is killed, and a restart in the
+    same group counts the messages the first run had started that it runs again."""
+    topic, group = unique("not-committed"), unique("not-committed-group")
+    await create_topic(topic, PARTITIONS)
+    await produce(topic, (str(i).encode() for i in range(MESSAGES)), partitions=PARTITIONS)
+    first_output, second_output = tmp_path / "first.txt", tmp_path / "second.txt"
+    figures = tmp_path / "figures.json"
+    app = await start_freeze_app(topic, group, first_output, figures, freeze_after=1700)
+    try:
+        await wait_until(figures.exists, timeout=60)
+    finally:
+        app.send_signal(signal.SIGKILL)
+        await app.wait()
+    reported = json.loads(figures.read_text())
+    started_first = lines(first_output, "s")
+
+    app = await start_freeze_app(topic, group, second_output, figures, freeze_after=-1)
+    try:
+        await wait_until(lambda: all_committed(group, topic), timeout=60)
+    finally:
+        app.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(app.wait(), 30)
+    again = len(started_first & lines(second_output, "d"))
+    print(
+        f"\nrun again after SIGKILL: {again}; not_committed said {reported['not_committed']}, "
+        f"uncommitted {reported['uncommitted']}, in_flight {reported['in_flight']}"
+    )
+    assert again >= 50, "too little ran again for the comparison to mean anything"
+    assert abs(reported["not_committed"] - again) <= 0.1 * again

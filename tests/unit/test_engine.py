@@ -32,7 +32,7 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
-from faststream_concurrent_aiokafka.engine.monitor import current_faults
+from faststream_concurrent_aiokafka.engine.monitor import current_faults, snapshot
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from tests.fakes import (
     FakeCluster,
@@ -605,6 +605,42 @@ async def test_finished_offsets_in_commit_metadata_are_skipped_by_the_next_owner
     await after.flush()
     assert after.committed() == 5
     assert after.consumer.cluster.committed[P0].metadata == ""
+
+
+async def test_not_committed_is_what_a_crash_would_run_again(make_rig: MakeRig) -> None:
+    """Running messages, and those finished since the last acknowledged commit: not only
+    what the commit point has not passed (``uncommitted``)."""
+    rig = await make_rig()
+    rig.admit(0, *range(6))
+    for offset in (0, 1, 3):
+        await rig.pipeline.release(0, offset)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 3)
+
+    def figures() -> tuple[int, int]:
+        (part,) = snapshot(rig.engine).partitions()
+        return part.not_committed, part.uncommitted
+
+    assert figures() == (6, 4)  # 3 running + 3 finished; 2..5 not passed
+    await rig.flush()  # commits 2, with 3 in the metadata
+    assert figures() == (3, 4)
+    await rig.pipeline.release(0, 2)
+    await rig.pipeline.release(0, 4)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 5)
+    assert figures() == (3, 1)  # 5 running, 2 and 4 finished since; only 5 not passed
+    assert snapshot(rig.engine).not_committed == 3
+
+
+async def test_not_committed_counts_finished_work_the_metadata_left_out(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(track_completed_offsets=False)
+    rig.admit(0, *range(4))
+    for offset in (0, 2):
+        await rig.pipeline.release(0, offset)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 2)
+    await rig.flush()  # commits 1, without 2: it runs again after a crash
+    (part,) = snapshot(rig.engine).partitions()
+    assert (part.in_flight, part.not_committed) == (2, 3)
 
 
 async def test_claims_at_or_beyond_the_end_are_ignored_and_those_records_run(

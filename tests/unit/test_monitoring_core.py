@@ -31,6 +31,7 @@ def partition(number: int, **figures: object) -> PartitionSnapshot:
         "committed": None,
         "finished_above": 0,
         "uncommitted": 0,
+        "not_committed": 0,
         "stalled": 0,
         "oldest_in_flight_offset": None,
         "oldest_in_flight_sec": None,
@@ -132,6 +133,7 @@ def test_partition_figures_become_samples_labelled_by_group_topic_partition() ->
             queued=1,
             held=3,
             uncommitted=6,
+            not_committed=9,
             finished_above=1,
             commit_point=40,
             committed=38,
@@ -149,6 +151,7 @@ def test_partition_figures_become_samples_labelled_by_group_topic_partition() ->
     assert samples[metrics.QUEUED] == [(p0, 1), (p1, 0)]
     assert samples[metrics.HELD] == [(p0, 3), (p1, 0)]
     assert samples[metrics.UNCOMMITTED] == [(p0, 6), (p1, 0)]
+    assert samples[metrics.NOT_COMMITTED] == [(p0, 9), (p1, 0)]
     assert samples[metrics.FINISHED_ABOVE] == [(p0, 1), (p1, 0)]
     assert samples[metrics.STALLED] == [(p0, 1), (p1, 0)]
     assert samples[metrics.OLDEST] == [(p0, 4.5), (p1, 0.0)]
