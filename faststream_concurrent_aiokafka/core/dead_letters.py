@@ -37,7 +37,7 @@ HEADERS: Final = (
 """What every dead letter carries after the original headers, in this order."""
 
 VALUE_DROPPED: Final = PREFIX + "value-dropped"
-"""Set (to the original value's size in bytes) on a dead letter sent without its value: the
+"""Set (to the original value's size in bytes) on a dead letter sent with an empty value: the
 whole record was over the dead-letter topic's limit. Its topic, partition and offset headers
 say where the value still is (until the topic's retention removes it)."""
 
@@ -158,9 +158,10 @@ class DeadLetter:
     offset: int
     exception_type: str
     replays: int = 0  # replays the failed record came from (0: it failed first time round)
+    value_dropped: bool = False  # sent without its value (VALUE_DROPPED): nothing to replay
 
 
-_READ: Final = frozenset({*HEADERS, REPLAYS, REPLAYED_FROM})
+_READ: Final = frozenset({*HEADERS, REPLAYS, REPLAYED_FROM, VALUE_DROPPED})
 
 
 def read_dead_letter(headers: Iterable[tuple[str, bytes]]) -> DeadLetter | None:
@@ -173,6 +174,7 @@ def read_dead_letter(headers: Iterable[tuple[str, bytes]]) -> DeadLetter | None:
             offset=int(found[OFFSET]),
             exception_type=found.get(EXCEPTION_TYPE, b"").decode(),
             replays=_replays(found),
+            value_dropped=VALUE_DROPPED in found,
         )
     except (KeyError, ValueError):
         return None

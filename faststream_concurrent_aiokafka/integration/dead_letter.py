@@ -84,7 +84,9 @@ async def publish_dead_letter(
                 size,
                 VALUE_DROPPED,
             )
-            await publish(value=None, headers=without_value(headers, size))
+            # Empty, not null: aiokafka refuses a record without key and value, and a null
+            # value is a tombstone to a compacted topic.
+            await publish(value=b"", headers=without_value(headers, size))
 
 
 async def _publish(

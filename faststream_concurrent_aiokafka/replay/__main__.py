@@ -199,7 +199,8 @@ def summary(report: ReplayReport) -> str:
         f"{f' ({targets})' if targets else ''}, "
         f"filtered out {report.filtered_out}, not dead letters {report.unrecognised}, "
         f"already copied by an interrupted run {report.already_copied}, "
-        f"failed again after --max-replays replays {report.replayed_too_often}"
+        f"failed again after --max-replays replays {report.replayed_too_often}, "
+        f"without their values (not copied) {report.without_value}"
     )
 
 

@@ -80,6 +80,7 @@ class ReplayReport:
     unrecognised: int = 0
     already_copied: int = 0
     replayed_too_often: int = 0
+    without_value: int = 0  # sent without their values (too large): nothing to copy back
     dry_run: bool = False
     copies: list[Copy] = field(default_factory=list)
     targets: dict[str, int] = field(default_factory=dict)
@@ -396,6 +397,9 @@ class _Replay:
             return None
         if letter is not None and letter.replays >= self.max_replays:
             self.report.replayed_too_often += 1
+            return None
+        if letter is not None and letter.value_dropped:
+            self.report.without_value += 1
             return None
         topic = self.target or (letter.topic if letter is not None else None)
         if topic is None:

@@ -22,6 +22,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     Origin,
     ReplayFilter,
     dead_letter_headers,
+    without_value,
 )
 from faststream_concurrent_aiokafka.core.replay_intent import Intent
 from faststream_concurrent_aiokafka.replay import (
@@ -417,6 +418,29 @@ async def test_a_dead_letter_of_an_aborted_transaction_is_not_replayed() -> None
     assert value == b"2"
 
 
+async def test_a_dead_letter_sent_without_its_value_is_not_copied_back() -> None:
+    """A dead letter that was over its topic's size limit has no value: copying it back would
+    put an empty record where the original was."""
+    source, target = unique("replay-novalue"), unique("replay-novalue-to")
+    await create_topic(source, 1)
+    await create_topic(target, 1)
+    await make_dead_letters(source, [("orders", 0, 2, "PoisonError")])
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+    await producer.start()
+    try:
+        letter: Letter = ("orders", 0, 3, "PoisonError")
+        dropped = without_value(letter_headers(letter), 2_000_000)
+        await producer.send_and_wait(source, b"", headers=dropped)
+    finally:
+        await producer.stop()
+
+    report = await replay_dead_letters(source, KafkaConnection(BOOTSTRAP), target=target)
+
+    assert (report.copied, report.without_value) == (1, 1)
+    [(_key, value, _headers)] = await read_all(target, 1)
+    assert value == b"2"
+
+
 async def test_a_dead_letter_whose_topic_is_gone_fails_naming_the_error_and_the_letter() -> None:
     source, gone = unique("replay-gone"), unique("gone")
     await create_topic(source, 1)
@@ -490,7 +514,7 @@ async def test_the_command_line_dry_run_prints_one_line_per_dead_letter() -> Non
         *(f"0@{i}\t{original}[{i}]@{i}\tPoisonError\t-> {original}[{i}]" for i in range(3)),
         f"group {source}.replay: read 3 of 3, would copy 3 ({original} 3), filtered out 0, "
         "not dead letters 0, already copied by an interrupted run 0, failed again after "
-        "--max-replays replays 0",
+        "--max-replays replays 0, without their values (not copied) 0",
     ]
     assert await end_offsets(original, 4) == dict.fromkeys(range(4), 0)
 
