@@ -58,7 +58,20 @@ def read_claims(
 
 async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
     """Start trackers that skip what an earlier owner of the newly assigned partitions
-    finished below each partition's end; returns how many messages will be skipped."""
+    finished below each partition's end; returns how many messages will be skipped.
+
+    aiokafka fetches a partition as soon as it is assigned, while this runs: the partitions
+    are held paused until their claims are in place, and a partition that got a record
+    admitted anyway keeps its own tracker (its claimed messages then run again)."""
+    held = assigned - set(lane.consumer.paused())
+    lane.hold(*held)
+    try:
+        return await _load(lane, assigned)
+    finally:
+        lane.unhold(*held)
+
+
+async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
     consumer = lane.consumer
     try:
         committed = await aiokafka_compat.fetch_committed_offsets(consumer, assigned)
@@ -89,7 +102,7 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
     for tp, claim in claims.items():
         _log_ignored(lane, tp, fresh[tp], claim, ends)
         lane.counters.claims_ignored += len(claim.ignored)
-        if claim.kept:
+        if claim.kept and not _busy(lane, tp):
             lane.retire(tp)
             lane.trackers[tp] = PartitionOffsets(claim.kept)
             skipping[tp] = len(claim.kept)

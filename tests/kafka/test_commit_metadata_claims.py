@@ -46,7 +46,10 @@ async def commit_claim(group: str, topic: str, committed: int, claimed: range) -
     """Commit ``committed`` for ``group`` with metadata claiming ``claimed`` finished, as any
     client allowed to commit for the group could; returns the metadata."""
     metadata = encode_finished_offsets(committed, claimed)
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group)
+    # No auto-commit: its commit of the consumer's position on stop would replace ours.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -170,6 +173,7 @@ async def test_a_claim_of_the_whole_span_costs_bits_not_megabytes() -> None:
     await create_topic(topic, 1)
     total = SPAN + 10
     await produce_empty_records(topic, total)
+    assert await end_offsets(topic, 1) == {0: total}
     metadata = await commit_claim(group, topic, 0, range(1, SPAN + 1))
     broker = concurrent_broker()
     seen: list[int] = []
