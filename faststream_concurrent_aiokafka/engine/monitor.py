@@ -7,6 +7,7 @@ Both read sets and dicts the event loop changes, so they run on the engine's loo
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
