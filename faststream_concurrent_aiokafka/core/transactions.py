@@ -112,11 +112,10 @@ class TransactionLedger:
     must not be committed, so it can only be aborted.
     """
 
-    __slots__ = ("_members", "closing", "opened_at", "taint")
+    __slots__ = ("_members", "opened_at", "taint")
 
     def __init__(self) -> None:
         self._members: set[Hashable] = set()
-        self.closing = False
         self.opened_at: float | None = None
         self.taint: str | None = None
 
@@ -128,9 +127,9 @@ class TransactionLedger:
     def holds(self, message: Hashable) -> bool:
         return message in self._members
 
-    def may_enter(self, message: Hashable) -> bool:
+    def may_enter(self, message: Hashable, *, gate_open: bool) -> bool:
         """May ``message`` publish now: it is in the transaction already, or the gate is open."""
-        return message in self._members or not self.closing
+        return gate_open or message in self._members
 
     def enter(self, message: Hashable, now: float) -> None:
         """``message`` publishes into the open transaction (which opens with the first one)."""
@@ -171,9 +170,8 @@ class TransactionLedger:
         return Verdict.WAIT
 
     def begin(self) -> None:
-        """The next transaction: empty, gate open."""
+        """The next transaction: empty, not tainted."""
         self._members.clear()
-        self.closing = False
         self.opened_at = None
         self.taint = None
 

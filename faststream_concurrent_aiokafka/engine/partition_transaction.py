@@ -18,6 +18,14 @@ from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.core.transaction_state import (
+    RUNNING,
+    TransactionState,
+    after_abort,
+    after_loss,
+    check_transition,
+    released,
+)
 from faststream_concurrent_aiokafka.core.transactions import (
     HOLD_SHARE,
     EarlierAttempts,
@@ -46,9 +54,13 @@ _PERMANENT = (
 )
 
 
+_S = TransactionState
+
+
 class PartitionTransaction:
     """One input partition of an exactly-once lane: its producer, its open transaction and
-    what it last committed. See the module's docstring for the steps."""
+    what it last committed. Where it stands is one ``TransactionState``, every move checked
+    (``core.transaction_state``); the gate is open exactly in ``OPEN``."""
 
     def __init__(
         self, lane: ConsumerLane, settings: ConcurrencySettings, tp: TopicPartition
@@ -58,14 +70,14 @@ class PartitionTransaction:
         self.tp = tp
         self.ledger = TransactionLedger()
         self.producer: AIOKafkaProducer | None = None
-        self.epoch = 0
-        self.ready = False  # set up: records are admitted, messages run and publish
-        self.ending = False  # being released: commit or abort, then close
-        self.fault: Fault | None = None  # lost: why (for health), until released
+        self.state = _S.STARTING
+        self.epoch = 0  # moves on when a transaction's messages lose it (abort, loss, release)
+        self.fault: Fault | None = None  # why it was lost (for health)
         self.committed_point: int | None = None
         self.committed_finished: frozenset[int] = frozenset()
         self.start_offset: int | None = None  # where reading starts without a committed offset
-        self.cut_at: int | None = None  # held at the admission span's end, from this offset
+        # Admission, not the transaction: paused at the admission span's end, from this offset.
+        self.cut_at: int | None = None
         # Messages whose transaction was aborted after they failed: how their attempts went.
         self.earlier: dict[int, EarlierAttempts] = {}
         self.senders: Counter[asyncio.Task[Any]] = Counter()
@@ -73,6 +85,21 @@ class PartitionTransaction:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._open = asyncio.Event()
+
+    def _move(self, target: TransactionState) -> None:
+        """The one place the state changes: checked, and the gate's waiters woken when it
+        opens or when the transaction is gone for them."""
+        check_transition(self.state, target, self.name)
+        self.state = target
+        if target is _S.COMMITTING or target is _S.RELEASING:
+            self._open.clear()
+        else:
+            self._open.set()
+
+    @property
+    def running(self) -> bool:
+        """A transaction is there for its messages to run (and publish) in."""
+        return self.state in RUNNING
 
     def __repr__(self) -> str:
         return f"{self.tp.topic}[{self.tp.partition}]"
@@ -120,7 +147,7 @@ class PartitionTransaction:
         message = ticket.message
         ledger = self.ledger
         while True:
-            if ticket.epoch != self.epoch or not self.ready or self.producer is None:
+            if ticket.epoch != self.epoch or self.state not in RUNNING or self.producer is None:
                 raise TransactionalPublishError(self.unavailable())
             if message not in message.lane.running:
                 msg = (
@@ -129,7 +156,7 @@ class PartitionTransaction:
                     "returns"
                 )
                 raise TransactionalPublishError(msg)
-            if ledger.may_enter(message):
+            if ledger.may_enter(message, gate_open=self.state is _S.OPEN):
                 break
             await self._open.wait()
         if not ledger.holds(message):
@@ -153,14 +180,14 @@ class PartitionTransaction:
 
     def runs(self, message: AdmittedMessage) -> bool:
         """``message`` belongs to this partition's current transaction epoch."""
-        return self.ready and message.tracker is self.lane.trackers.get(self.tp)
+        return self.state in RUNNING and message.tracker is self.lane.trackers.get(self.tp)
 
     def ended(self, message: AdmittedMessage, *, finished: bool) -> None:
         """``message`` settled; a held partition resumes once its commit point moved on."""
         if self.ledger.leave(message) and not finished:
             self.ledger.spoil(f"{message.describe()} ended without finishing after it published")
         self._changed.set()
-        if self.cut_at is not None and self.ready:
+        if self.cut_at is not None and self.state in RUNNING:
             tracker = self.lane.trackers.get(self.tp)
             if tracker is not None and may_resume(tracker.commit_point, self.cut_at):
                 self.cut_at = None
@@ -186,13 +213,13 @@ class PartitionTransaction:
 
     def start_job(self) -> None:
         """Commit (or abort) in the background, unless a commit or abort runs already."""
-        if self.ready and not self.ending and (self.job is None or self.job.done()):
+        if self.state in {_S.OPEN, _S.COMMITTING} and (self.job is None or self.job.done()):
             self.job = asyncio.create_task(self._background(), name=f"transaction {self!r}")
 
     async def _background(self) -> None:
         try:
             async with self._lock:
-                if self.ready and not self.ending:
+                if self.state is _S.OPEN:
                     await self._settle(None)
         except Exception as exc:  # a bug must not leave the gate closed for good
             self.lane.log.exception("Transaction of %s failed unexpectedly", self.name)
@@ -202,23 +229,25 @@ class PartitionTransaction:
         """Commit (or abort) the open transaction now, within ``timeout`` for the requests;
         True when it committed or had nothing to commit."""
         async with self._lock:
-            if not self.ready:
-                return self.producer is not None and not self.ending
+            if self.state in {_S.STARTING, _S.ABORTING}:
+                return True
+            if self.state not in RUNNING:
+                return False
             return await self._settle(timeout)
 
-    async def _settle(self, timeout: float | None, *, ending: bool = False) -> bool:
+    async def _settle(self, timeout: float | None) -> bool:
         """Close the gate, wait for the transaction's messages, then commit it or abort it.
-        ``timeout`` bounds the requests (``commit_timeout_sec`` when None); ``ending``: the
-        partition is being released, so nothing is waited for or begun again."""
+        ``timeout`` bounds the requests (``commit_timeout_sec`` when None). A partition being
+        released (``RELEASING``) waits for nothing and begins no next transaction."""
         loop = asyncio.get_running_loop()
         ledger = self.ledger
-        ledger.closing = True
-        self._open.clear()
+        if self.state is _S.OPEN:
+            self._move(_S.COMMITTING)
         while True:
             verdict = ledger.verdict(loop.time(), self.hold_sec, sends_in_flight=len(self.senders))
             if verdict is not Verdict.WAIT:
                 break
-            if ending or self.ending:
+            if self.state is not _S.COMMITTING:  # released: nothing is waited for
                 ledger.spoil(
                     f"{ledger.members} message(s) that published were still running when "
                     "the partition was released"
@@ -229,14 +258,13 @@ class PartitionTransaction:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await self._changed.wait()
-        ending = ending or self.ending
         request_timeout = self.settings.commit_timeout_sec if timeout is None else timeout
         if verdict is Verdict.ABORT:
-            await self._abort(ledger.taint or "aborted", request_timeout, redeliver=not ending)
+            await self._abort(ledger.taint or "aborted", request_timeout)
             return False
-        return await self._commit(request_timeout, ending=ending)
+        return await self._commit(request_timeout)
 
-    async def _commit(self, timeout: float, *, ending: bool) -> bool:
+    async def _commit(self, timeout: float) -> bool:
         lane = self.lane
         tracker = lane.trackers.get(self.tp)
         point = None if tracker is None else tracker.commit_point
@@ -253,14 +281,13 @@ class PartitionTransaction:
         )
         if not published and not moved:
             # Nothing went into the open transaction: it stays open, the gate opens again.
-            if not (ending or self.ending):
-                self.ledger.closing = False
-                self._open.set()
+            if self.state is _S.COMMITTING:
+                self._move(_S.OPEN)
             return True
         try:
             metadata = "" if point is None else exact_metadata(point, finished)
         except MetadataOverflowError as exc:
-            await self._abort(str(exc), timeout, redeliver=not ending)
+            await self._abort(str(exc), timeout)
             return False
         producer = self.producer
         assert producer is not None
@@ -279,11 +306,11 @@ class PartitionTransaction:
                     await producer.send_offsets_to_transaction(offsets, lane.pipeline.group)
                 await producer.commit_transaction()
         except _Spoiled as exc:
-            await self._abort(str(exc), timeout, redeliver=not ending)
+            await self._abort(str(exc), timeout)
             return False
         except Exception as exc:  # TimeoutError included: each kind has its way out
             self._note_failure(exc)
-            await self._after_failed_request("commit", exc, timeout, ending=ending)
+            await self._after_failed_request("commit", exc, timeout)
             return False
         lane.commit_failures_in_a_row = 0
         lane.last_commit_error = None
@@ -295,16 +322,16 @@ class PartitionTransaction:
         if point is not None:
             for offset in [o for o in self.earlier if o < point]:
                 del self.earlier[offset]
-        await self._reopen(ending)
+        await self._reopen()
         return True
 
-    async def _reopen(self, ending: bool) -> None:
+    async def _reopen(self) -> None:
         """Begin the next transaction and open the gate (not for a partition being released)."""
-        if ending or self.ending or self.producer is None:
+        if self.state is not _S.COMMITTING or self.producer is None:
             return
         await self.producer.begin_transaction()
         self.ledger.begin()
-        self._open.set()
+        self._move(_S.OPEN)
 
     def _note_failure(self, error: BaseException) -> None:
         lane = self.lane
@@ -312,9 +339,7 @@ class PartitionTransaction:
         lane.commit_failures_in_a_row += 1
         lane.last_commit_error = error
 
-    async def _after_failed_request(
-        self, what: str, error: BaseException, timeout: float, *, ending: bool
-    ) -> None:
+    async def _after_failed_request(self, what: str, error: BaseException, timeout: float) -> None:
         """A commit or abort request failed: an abortable error aborts; a broken producer,
         or a request with no answer (its outcome unknown), loses the partition."""
         producer = self.producer
@@ -324,28 +349,25 @@ class PartitionTransaction:
         elif broken is not None or isinstance(error, _BROKEN) or what == "abort":
             await self.lose(f"its {what} failed ({describe_error(broken or error)})", error)
         else:
-            reason = f"its {what} failed ({describe_error(error)})"
-            await self._abort(reason, timeout, redeliver=not ending)
+            await self._abort(f"its {what} failed ({describe_error(error)})", timeout)
 
     # ---- abort ------------------------------------------------------------------------
 
-    def _close_epoch(self) -> None:
-        """The open transaction is over for its messages: none may publish into it any more
-        (publishers waiting at the gate find it gone), nothing new is fetched, and what waits
-        for a slot is dropped (it runs again from the last commit)."""
-        self.ready = False
+    def _close_epoch(self, target: TransactionState) -> None:
+        """The open transaction is over for its messages (moving to ``target``): none may
+        publish into it any more (publishers waiting at the gate find it gone), nothing new is
+        fetched, and what waits for a slot is dropped (it runs again from the last commit)."""
         self.epoch += 1
-        self.ledger.closing = True
-        self._open.set()
+        self._move(target)
         self.lane.hold(self.tp)
         self.lane.drop_waiting({self.tp})
 
-    async def _abort(self, reason: str, timeout: float, *, redeliver: bool) -> None:
+    async def _abort(self, reason: str, timeout: float) -> None:
         """Drop the partition's waiting messages (its running ones can no longer publish),
         abort the transaction and, unless the partition is being released, read it again from
         the last commit."""
         lane = self.lane
-        self._close_epoch()
+        self._close_epoch(after_abort(self.state))
         if not await self._settle_sends():
             await self.lose(f"{reason}; publishes under way did not end when cancelled", None)
             return
@@ -359,9 +381,11 @@ class PartitionTransaction:
                 await producer.abort_transaction()
         except Exception as exc:  # TimeoutError included
             self._note_failure(exc)
-            await self._after_failed_request("abort", exc, timeout, ending=not redeliver)
+            await self._after_failed_request("abort", exc, timeout)
             return
         lane.counters.transactions_aborted += 1
+        # A release that came during the abort moved it on: the partition is not read again.
+        redeliver = self.state is _S.ABORTING
         start = self.committed_point if self.committed_point is not None else self.start_offset
         lane.log.warning(
             "Transaction of %s aborted (%s); its records are discarded%s",
@@ -405,8 +429,7 @@ class PartitionTransaction:
             lane.consumer.seek(self.tp, position)
         self.cut_at = None
         self.ledger.begin()
-        self.ready = True
-        self._open.set()
+        self._move(_S.OPEN)
         lane.unhold(self.tp)
 
     # ---- lost -------------------------------------------------------------------------
@@ -416,7 +439,7 @@ class PartitionTransaction:
         close the producer and, unless an operator must act first, ask the group for a new
         assignment (the only safe moment to start a producer again)."""
         lane = self.lane
-        self._close_epoch()
+        self._close_epoch(after_loss(self.state))
         await self._settle_sends()
         producer, self.producer = self.producer, None
         if producer is not None:
@@ -442,7 +465,8 @@ class PartitionTransaction:
             reason,
             "" if permanent else "; this member asks the group for a new assignment",
         )
-        if not permanent and not self.ending and not lane.closing:
+        # Asked only while it is still this member's: a release meanwhile moved it on.
+        if not permanent and self.state is _S.LOST and not lane.closing:
             try:
                 aiokafka_compat.request_rejoin(lane.consumer)
             except Exception as exc:
@@ -499,15 +523,14 @@ class PartitionTransaction:
             lane.consumer.seek(tp, position)
         self.ledger.begin()
         self.fault = None
-        self.ready = True
-        self._open.set()
+        self._move(_S.OPEN)
         lane.unhold(tp)
         return len(finished)
 
     def leaving(self) -> None:
         """The partition is about to be released: its set-up stops, a waiting commit gives up
-        waiting (and aborts if it must)."""
-        self.ending = True
+        waiting (and aborts if it must), no transaction begins after the open one."""
+        self._move(released(self.state))
         self._changed.set()
 
     async def end(self, timeout: float) -> bool:
@@ -521,15 +544,16 @@ class PartitionTransaction:
         committed = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout), self._lock:
-                if self.ready and self.producer is not None:
-                    committed = await self._settle(timeout, ending=True)
+                if self.state is _S.RELEASING:
+                    committed = await self._settle(timeout)
                 ended = True
-        self.ready = False
         self.epoch += 1
-        self._open.set()  # publishers waiting at the gate find the partition gone
+        if self.state is _S.RELEASING:  # committed, or left open when the budget ran out
+            self._move(_S.WINDING_UP)  # publishers waiting at the gate find the partition gone
         closing = loop.time() + _CLOSE_SEC
         await self._settle_sends(_CLOSE_SEC / 4)
         producer, self.producer = self.producer, None
+        self._move(_S.CLOSED)
         if producer is None:
             return committed
         aiokafka_compat.forget_transaction_error(producer)

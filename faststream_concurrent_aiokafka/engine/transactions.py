@@ -38,6 +38,7 @@ from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
+from faststream_concurrent_aiokafka.core.transaction_state import TransactionState
 from faststream_concurrent_aiokafka.core.transactions import admissible_below
 from faststream_concurrent_aiokafka.engine.committer import describe_error
 from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
@@ -81,7 +82,7 @@ class LaneTransactions:
                 tp = TopicPartition(record.topic, record.partition)
                 partition = self.partitions.get(tp)
                 cut = False
-                if partition is not None and partition.ready and partition.cut_at is None:
+                if partition is not None and partition.running and partition.cut_at is None:
                     tracker = lane.trackers.get(tp)
                     point = None if tracker is None else tracker.commit_point
                     limit = admissible_below(point, record.offset)
@@ -131,7 +132,7 @@ class LaneTransactions:
             self.lane.log.exception("Setting up %s failed unexpectedly", self.lane.name)
             for tp in fresh:
                 partition = self.partitions.get(tp)
-                if partition is not None and not partition.ready:
+                if partition is not None and not partition.running:
                     await partition.lose(f"its set-up failed ({describe_error(exc)})", exc)
 
     async def _set_up_partitions(
@@ -146,7 +147,11 @@ class LaneTransactions:
         )
         partitions = [self.partitions[tp] for tp in fresh if tp in self.partitions]
         started = await asyncio.gather(*(p.start_producer(budget) for p in partitions))
-        live = [p for p, ok in zip(partitions, started, strict=True) if ok and not p.ending]
+        live = [
+            p
+            for p, ok in zip(partitions, started, strict=True)
+            if ok and p.state is TransactionState.STARTING
+        ]
         if not live:
             return
         try:
@@ -164,7 +169,7 @@ class LaneTransactions:
             return
         skipped = 0
         for p in live:
-            if p.ending or p.producer is None:
+            if p.state is not TransactionState.STARTING:  # lost, or released meanwhile
                 continue
             start = starts.get(p.tp)
             dropped = self._dropped.pop(p.tp, None)
@@ -212,7 +217,7 @@ class LaneTransactions:
 
     async def flush(self, timeout: float) -> bool:
         results = await asyncio.gather(
-            *(p.commit_now(timeout) for p in self.partitions.values() if p.ready)
+            *(p.commit_now(timeout) for p in self.partitions.values() if p.running)
         )
         return all(results)
 

@@ -24,6 +24,10 @@ from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.health import assess
 from faststream_concurrent_aiokafka.core.offset_codec import decode_finished_offsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
+from faststream_concurrent_aiokafka.core.transaction_state import (
+    InvalidTransitionError,
+    TransactionState,
+)
 from faststream_concurrent_aiokafka.engine import monitor
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
@@ -88,7 +92,7 @@ class Rig:
         self.consumer.assign(())  # eager: a new assignment starts from the committed offsets
         self.consumer.assign(assigned)
         await self.engine.partitions_assigned(self.lane, assigned)
-        await wait_until(lambda: all(self.partition(p).ready for p in partitions))
+        await wait_until(lambda: all(self.partition(p).running for p in partitions))
 
     def start_polling(self) -> None:
         """FastStream's consume loop: fetch what the lane may take, admit it."""
@@ -268,7 +272,7 @@ async def test_a_commit_waits_for_the_messages_that_published_into_its_transacti
     flushing = asyncio.create_task(rig.flush())
     await let_run()
     assert not flushing.done()  # 1 and 2 published into the transaction and still run
-    assert rig.partition().ledger.closing
+    assert rig.partition().state is TransactionState.COMMITTING
     await rig.pipeline.release(0, 1)
     await rig.pipeline.release(0, 2)
     assert await flushing
@@ -656,3 +660,13 @@ async def test_publishers_waiting_at_the_gate_are_let_go_when_the_transaction_en
     await wait_until(lambda: late.outcome != "running")
     assert isinstance(late.error, TransactionalPublishError)
     assert rig.output() == Counter()
+
+
+async def test_a_released_partition_refuses_to_open_again(make_rig: MakeRig) -> None:
+    rig = await make_rig(produce=1)
+    partition = rig.partition()
+    assert partition.state is TransactionState.OPEN
+    await rig.engine.release_partitions(rig.lane, {P0}, timeout=1)
+    assert partition.state is TransactionState.CLOSED
+    with pytest.raises(InvalidTransitionError, match="cannot move from closed to open"):
+        partition._move(TransactionState.OPEN)

@@ -132,7 +132,6 @@ def test_finished_offsets_outside_the_span_are_refused_rather_than_dropped() -> 
 
 def test_an_empty_transaction_commits_at_once() -> None:
     ledger = TransactionLedger()
-    ledger.closing = True
     assert ledger.verdict(0.0, HOLD) is Verdict.COMMIT
     assert ledger.opened_at is None
 
@@ -149,17 +148,14 @@ def test_the_first_publish_opens_the_transaction_and_makes_its_message_a_member(
 def test_a_closed_gate_lets_only_members_publish() -> None:
     ledger = TransactionLedger()
     ledger.enter("in", now=0.0)
-    ledger.closing = True
-    assert ledger.may_enter("in")
-    assert not ledger.may_enter("new")
-    ledger.begin()
-    assert ledger.may_enter("new")
+    assert ledger.may_enter("in", gate_open=False)
+    assert not ledger.may_enter("new", gate_open=False)
+    assert ledger.may_enter("new", gate_open=True)
 
 
 def test_a_commit_waits_for_members_and_publishes_in_flight() -> None:
     ledger = TransactionLedger()
     ledger.enter("m", now=0.0)
-    ledger.closing = True
     assert ledger.verdict(1.0, HOLD) is Verdict.WAIT
     assert ledger.leave("m")
     assert ledger.verdict(1.0, HOLD, sends_in_flight=1) is Verdict.WAIT
@@ -190,8 +186,7 @@ def test_a_spoiled_transaction_can_only_be_aborted_and_keeps_its_first_reason() 
 def test_the_next_transaction_starts_empty_and_open() -> None:
     ledger = TransactionLedger()
     ledger.enter("m", now=1.0)
-    ledger.closing = True
     ledger.spoil("x")
     ledger.begin()
     assert ledger.members == 0
-    assert (ledger.closing, ledger.opened_at, ledger.taint) == (False, None, None)
+    assert (ledger.opened_at, ledger.taint) == (None, None)
