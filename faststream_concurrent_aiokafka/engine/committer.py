@@ -182,8 +182,11 @@ class KafkaBatchCommitter:
         self._finished_since_commit = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.commit_requests = 0
-        self.failed_commits = 0
+        self.commit_requests = 0  # at-least-once requests of every lane (lanes count theirs)
+
+    @property
+    def commit_timeout_sec(self) -> float:
+        return self._commit_timeout
 
     @property
     def is_alive(self) -> bool:
@@ -226,32 +229,23 @@ class KafkaBatchCommitter:
                 elapsed = True
             self._wake.clear()
             self._finished_since_commit = 0
-            lanes = list(self._lanes())
-            # Exactly-once partitions first, each committing its own transaction in the
-            # background: one waiting for a slow message must hold no other commit, and
-            # other lanes' slow commits must not hold a transaction open.
-            for lane in lanes:
-                if lane.transactions is not None:
-                    lane.transactions.request_commits(interval_elapsed=elapsed)
-            for lane in lanes:
-                if lane.transactions is None:
-                    await self.commit_lane(lane)
+            # Every lane's strategy is asked first, and what commits in the background starts
+            # then (an exactly-once partition's transaction): one waiting for a slow message
+            # must hold no other commit, and other lanes' slow commits must not hold a
+            # transaction open. The commits returned are sent one after the other.
+            due = [
+                lane.strategy.request_commits(interval_elapsed=elapsed) for lane in self._lanes()
+            ]
+            for commit in due:
+                if commit is not None:
+                    await commit()
 
     async def commit_lane(
         self, lane: ConsumerLane, partitions: set[TopicPartition] | None = None
     ) -> bool:
-        """One commit request for this consumer, bounded by ``commit_timeout_sec``: aiokafka
-        retries a commit for as long as no coordinator answers, so without a bound a lost
-        broker would hold every commit (and the shutdown) forever. False if it failed (what
-        is kept and what is dropped: ``core.commit_policy``). An exactly-once lane commits
-        each partition's transaction now instead of on its interval."""
-        timeout = self._commit_timeout
-        if lane.transactions is not None:
-            return await lane.transactions.flush(timeout)
-        attempt = await self.send(lane, partitions, timeout=timeout)
-        if not attempt.ok:
-            self._log_failure(lane, attempt, timeout)
-        return attempt.ok
+        """Commit the lane's finished work now, as its strategy does (``commit_timeout_sec``
+        bounds it); False if it failed."""
+        return await lane.strategy.flush(self._commit_timeout, partitions)
 
     async def send(
         self, lane: ConsumerLane, partitions: set[TopicPartition] | None, *, timeout: float
@@ -259,10 +253,8 @@ class KafkaBatchCommitter:
         """Commit the lane's changed commit points (of ``partitions``, or all) within
         ``timeout`` seconds, the wait for a commit already in flight included. A failure is
         handled as its decision says (the caller logs what it means for its own deadline);
-        nothing is ever marked committed that Kafka did not acknowledge."""
-        if lane.transactions is not None:
-            # Exactly-once: offsets are committed only inside the partitions' transactions.
-            return CommitAttempt(CommitBatch())
+        nothing is ever marked committed that Kafka did not acknowledge. At-least-once only:
+        an exactly-once lane commits its offsets inside its transactions."""
         deadline = asyncio.get_running_loop().time() + timeout
         attempt = await self._attempt(lane, partitions, deadline)
         if attempt.decision is CommitDecision.DROP_UNASSIGNED:
@@ -314,58 +306,18 @@ class KafkaBatchCommitter:
                 if not batch:
                     return CommitAttempt(batch)
                 self.commit_requests += 1
-                lane.counters.commit_requests += 1
+                lane.commits.requested()
                 await lane.consumer.commit(await batch.offsets(with_metadata=with_metadata))
         except asyncio.CancelledError:
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
             raise
         except Exception as exc:  # TimeoutError included: each cause has its decision
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
-            self.failed_commits += 1
-            lane.counters.failed_commits += 1
-            lane.commit_failures_in_a_row += 1
-            lane.last_commit_error = exc
+            lane.commits.failed(exc)
             return CommitAttempt(batch, classify_commit_error(exc), exc)
-        lane.commit_failures_in_a_row = 0
-        lane.last_commit_error = None
+        lane.commits.succeeded()
         batch.mark_committed()
         return CommitAttempt(batch)
-
-    def _log_failure(self, lane: ConsumerLane, attempt: CommitAttempt, timeout: float) -> None:
-        failure = attempt.failure
-        count = len(attempt.batch)
-        if failure is CommitFailure.TIMED_OUT:
-            lane.log.warning(
-                "Commit for %s got no answer within %.1f s (broker or group coordinator "
-                "unreachable); the commit points are kept and sent with the next commit",
-                lane.name,
-                timeout,
-            )
-        elif attempt.decision is CommitDecision.AFTER_REJOIN:
-            lane.log.warning(
-                "Commit of %d partition(s) for %s refused, %s; the finished work is kept "
-                "through the rejoin and committed after it for the partitions this consumer "
-                "gets back",
-                count,
-                lane.name,
-                attempt.reason(),
-            )
-        elif failure is CommitFailure.REFUSED:
-            lane.log.error(
-                "Commit of %d partition(s) for %s refused, %s; kept and sent again with the "
-                "next commit",
-                count,
-                lane.name,
-                attempt.reason(),
-            )
-        else:
-            lane.log.warning(
-                "Commit of %d partition(s) for %s failed, %s; kept and sent again with the "
-                "next commit",
-                count,
-                lane.name,
-                attempt.reason(),
-            )
 
     async def recommit_after_rejoin(
         self, lane: ConsumerLane, assigned: set[TopicPartition], timeout: float
@@ -434,6 +386,43 @@ class KafkaBatchCommitter:
             self._task.cancel()
             # Bounded: a commit stuck on a dead connection must not hold up the shutdown.
             await asyncio.wait([self._task], timeout=5)
+
+
+def log_commit_failure(lane: ConsumerLane, attempt: CommitAttempt, timeout: float) -> None:
+    """One line for a failed at-least-once commit: what is kept, and until when."""
+    failure = attempt.failure
+    count = len(attempt.batch)
+    if failure is CommitFailure.TIMED_OUT:
+        lane.log.warning(
+            "Commit for %s got no answer within %.1f s (broker or group coordinator "
+            "unreachable); the commit points are kept and sent with the next commit",
+            lane.name,
+            timeout,
+        )
+    elif attempt.decision is CommitDecision.AFTER_REJOIN:
+        lane.log.warning(
+            "Commit of %d partition(s) for %s refused, %s; the finished work is kept "
+            "through the rejoin and committed after it for the partitions this consumer "
+            "gets back",
+            count,
+            lane.name,
+            attempt.reason(),
+        )
+    elif failure is CommitFailure.REFUSED:
+        lane.log.error(
+            "Commit of %d partition(s) for %s refused, %s; kept and sent again with the "
+            "next commit",
+            count,
+            lane.name,
+            attempt.reason(),
+        )
+    else:
+        lane.log.warning(
+            "Commit of %d partition(s) for %s failed, %s; kept and sent again with the next commit",
+            count,
+            lane.name,
+            attempt.reason(),
+        )
 
 
 def uncommitted(

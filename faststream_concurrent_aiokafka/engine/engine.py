@@ -13,22 +13,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
-from faststream_concurrent_aiokafka.core.commit_policy import (
-    CANCEL_GRACE_SEC,
-    CommitDecision,
-    final_commit_timeout,
-)
+from faststream_concurrent_aiokafka.core.commit_policy import final_commit_timeout
 from faststream_concurrent_aiokafka.core.histogram import Histogram
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
-from faststream_concurrent_aiokafka.engine.committer import (
-    KafkaBatchCommitter,
-    log_redelivery,
-    uncommitted,
-)
-from faststream_concurrent_aiokafka.engine.finished_claims import load_finished_offsets
+from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.lag import LagReader
 from faststream_concurrent_aiokafka.engine.processing_time import timed
-from faststream_concurrent_aiokafka.engine.runner import run_slot
 from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
 from faststream_concurrent_aiokafka.engine.state import (
     ConsumerLane,
@@ -37,8 +27,7 @@ from faststream_concurrent_aiokafka.engine.state import (
     Pipeline,
     Tally,
 )
-from faststream_concurrent_aiokafka.engine.transactional_runner import run_transactional_slot
-from faststream_concurrent_aiokafka.engine.transactions import LaneTransactions
+from faststream_concurrent_aiokafka.engine.strategies import strategy_for
 from faststream_concurrent_aiokafka.engine.watchdog import Watchdog
 
 
@@ -66,8 +55,8 @@ class Engine:
             lanes=self._lanes,
             committer=self.committer,
             tally=self._tally,
-            slot_body=run_slot,
         )
+        self._make_strategy = strategy_for(self.settings, self.committer)
         self.watchdog = Watchdog(self._lanes.values)
         self.lag = LagReader(self._lanes.values)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -155,13 +144,11 @@ class Engine:
                 counters=counters,
                 faults=self.faults,
                 brake=brake,
+                strategy=self._make_strategy,
             )
             if lane.options.measure_processing_time:
                 histogram = self._processing_times.setdefault(pipeline, Histogram())
                 lane.process = timed(lane.process, histogram)
-            if lane.options.exactly_once:
-                lane.transactions = LaneTransactions(lane, self.settings)
-                lane.slot_body = run_transactional_slot
             self._lanes[consumer] = lane
             self.watchdog.wake()
             if lane.brake.tripped:
@@ -185,9 +172,7 @@ class Engine:
             lane.stop_taking()
             return
         self.committer.check_alive()
-        if lane.transactions is not None:
-            records = lane.transactions.admissible(records)
-        self.scheduler.admit(lane, records)
+        self.scheduler.admit(lane, lane.strategy.admissible(records))
 
     def admit_batch(
         self, lane: ConsumerLane, records: "tuple[ConsumerRecord[Any, Any], ...]"
@@ -204,20 +189,11 @@ class Engine:
     # ---- rebalance -------------------------------------------------------------------
 
     async def partitions_assigned(self, lane: ConsumerLane, assigned: set[TopicPartition]) -> None:
-        """Re-apply pauses, commit what a refused commit left of partitions given back, and
-        learn which messages an earlier owner already finished."""
+        """Re-apply pauses; the lane's strategy learns where each partition starts."""
         lane.counters.rebalances += 1
         lane.counters.assignments += len(assigned)
         lane.reapply_pause()
-        if lane.transactions is not None:
-            lane.transactions.assign(assigned)
-            return
-        if lane.awaiting_rejoin:
-            await self.committer.recommit_after_rejoin(
-                lane, assigned, self.settings.rebalance_flush_timeout_sec
-            )
-        if lane.options.track_completed_offsets and assigned:
-            await load_finished_offsets(lane, assigned)
+        await lane.strategy.assign(assigned)
 
     async def release_partitions(
         self, lane: ConsumerLane, partitions: Iterable[TopicPartition], timeout: float
@@ -225,12 +201,9 @@ class Engine:
         """Before partitions move: let their running work finish, commit it, forget them.
 
         Running work gets ``timeout`` (capped by the consumer's rebalance timeout), the commit
-        what is left of that and at least ``MIN_FINAL_COMMIT_SEC``. A refused commit keeps the
-        finished work until the next assignment (``CommitDecision.AFTER_REJOIN``)."""
-        revoked = {tp for tp in partitions if tp in lane.trackers}
-        transactions = lane.transactions
-        if transactions is not None:
-            revoked |= {tp for tp in partitions if tp in transactions.partitions}
+        (the lane's strategy's ``release``) what is left of that and at least
+        ``MIN_FINAL_COMMIT_SEC``."""
+        revoked = lane.strategy.owned(partitions)
         if not revoked:
             return
         loop = asyncio.get_running_loop()
@@ -241,23 +214,7 @@ class Engine:
         running = {message for message in lane.running if message.touches(revoked)}
         await self.scheduler.wait_settled(running, wait)
         left = wait - (loop.time() - started)
-        if transactions is not None:
-            await transactions.release(revoked, final_commit_timeout(left))
-            self._forget_partitions(lane, revoked, dropped)
-            return
-        attempt = await self.committer.send(lane, revoked, timeout=final_commit_timeout(left))
-        if not attempt.ok and attempt.decision is not CommitDecision.DROP_UNASSIGNED:
-            kept = dict(uncommitted(lane, revoked))
-            lane.awaiting_rejoin.update(kept)
-            if kept:
-                lane.log.warning(
-                    "%d revoked partition(s) of %s could not be committed (%s); their finished "
-                    "work is kept until the next assignment: committed then for the partitions "
-                    "this consumer gets back, read again by the new owner for the others",
-                    len(kept),
-                    lane.name,
-                    attempt.reason(),
-                )
+        await lane.strategy.release(revoked, final_commit_timeout(left))
         self._forget_partitions(lane, revoked, dropped)
 
     def _forget_partitions(
@@ -293,19 +250,10 @@ class Engine:
             dropped.append(lane.stop_taking())
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
-        # Exactly-once lanes end their transactions (committed, or aborted when a message in
-        # one still runs) while the other lanes cancel what runs and commit.
-        ending = asyncio.gather(
-            *(
-                lane.transactions.release(
-                    set(lane.transactions.partitions),
-                    final_commit_timeout(timeout - (loop.time() - started)),
-                )
-                for lane in lanes
-                if lane.transactions is not None
-            )
-        )
-        leftovers = []
+        # What still runs is cancelled; each lane's strategy then commits what finished (an
+        # exactly-once lane ends its transactions: committed, or aborted when a message in
+        # one still runs) with what is left of ``timeout``.
+        cancelled = []
         for lane in lanes:
             tasks = [message.task for message in lane.running if message.task]
             for task in tasks:
@@ -318,23 +266,15 @@ class Engine:
                     lane.name,
                     timeout,
                 )
-            leftovers += tasks
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=CANCEL_GRACE_SEC)
-        commit_timeout = final_commit_timeout(timeout - (loop.time() - started))
-        attempts = await asyncio.gather(
-            *(self.committer.send(lane, None, timeout=commit_timeout) for lane in lanes)
+            cancelled.append(tasks)
+        deadline = started + timeout
+        await asyncio.gather(
+            *(
+                lane.strategy.close(deadline, tasks)
+                for lane, tasks in zip(lanes, cancelled, strict=True)
+            )
         )
-        await ending
-        for lane, attempt, not_started in zip(lanes, attempts, dropped, strict=True):
-            if not attempt.ok:
-                for tp, tracker in uncommitted(lane):
-                    log_redelivery(
-                        lane, tp, tracker, f"the final commit failed, {attempt.reason()}"
-                    )
-            kept, lane.awaiting_rejoin = lane.awaiting_rejoin, {}
-            for tp, tracker in kept.items():
-                log_redelivery(lane, tp, tracker, "revoked while its commit was refused")
+        for lane, not_started in zip(lanes, dropped, strict=True):
             if not_started:
                 lane.log.info(
                     "%d fetched message(s) of %s were not started; they stay for the next owner",

@@ -105,13 +105,13 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
             f"dead-letter publish of {message.describe()} to {topic!r} is failing (retried "
             "with backoff); its partition's commit point waits for it",
         )
-    if lane.transactions is not None:
-        yield from lane.transactions.faults()
-    if lane.commit_failures_in_a_row >= COMMIT_FAILURES_DEGRADED:
+    yield from lane.strategy.faults()
+    commits = lane.commits
+    if commits.failures_in_a_row >= COMMIT_FAILURES_DEGRADED:
         yield Fault(
             DEGRADED,
-            f"{lane.commit_failures_in_a_row} commits in a row failed for {lane.name} "
-            f"(last: {lane.last_commit_error!r})",
+            f"{commits.failures_in_a_row} commits in a row failed for {lane.name} "
+            f"(last: {commits.last_error!r})",
         )
 
 

@@ -294,7 +294,7 @@ class PartitionTransaction:
         if (broken := aiokafka_compat.producer_failure(producer)) is not None:
             await self.lose(f"its producer broke ({describe_error(broken)})", broken)
             return False
-        lane.counters.commit_requests += 1
+        lane.commits.requested()
         try:
             async with asyncio.timeout(timeout):
                 # Every record acknowledged first: aiokafka would commit without a failed one.
@@ -309,11 +309,10 @@ class PartitionTransaction:
             await self._abort(str(exc), timeout)
             return False
         except Exception as exc:  # TimeoutError included: each kind has its way out
-            self._note_failure(exc)
+            self.lane.commits.failed(exc)
             await self._after_failed_request("commit", exc, timeout)
             return False
-        lane.commit_failures_in_a_row = 0
-        lane.last_commit_error = None
+        lane.commits.succeeded()
         lane.counters.transactions_committed += 1
         if tracker is not None and point is not None:
             tracker.committed = point
@@ -332,12 +331,6 @@ class PartitionTransaction:
         await self.producer.begin_transaction()
         self.ledger.begin()
         self._move(_S.OPEN)
-
-    def _note_failure(self, error: BaseException) -> None:
-        lane = self.lane
-        lane.counters.failed_commits += 1
-        lane.commit_failures_in_a_row += 1
-        lane.last_commit_error = error
 
     async def _after_failed_request(self, what: str, error: BaseException, timeout: float) -> None:
         """A commit or abort request failed: an abortable error aborts; a broken producer,
@@ -380,7 +373,7 @@ class PartitionTransaction:
             async with asyncio.timeout(final_commit_timeout(timeout)):
                 await producer.abort_transaction()
         except Exception as exc:  # TimeoutError included
-            self._note_failure(exc)
+            self.lane.commits.failed(exc)
             await self._after_failed_request("abort", exc, timeout)
             return
         lane.counters.transactions_aborted += 1

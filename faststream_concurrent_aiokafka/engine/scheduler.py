@@ -26,7 +26,6 @@ from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
     AdmittedMessage,
     ConsumerLane,
-    SlotBody,
     Tally,
 )
 
@@ -41,14 +40,12 @@ class Scheduler:
         lanes: dict[AIOKafkaConsumer, ConsumerLane],
         committer: KafkaBatchCommitter,
         tally: Tally,
-        slot_body: SlotBody,
     ) -> None:
         self._limit = settings.concurrency_limit
         self._max_uncommitted = settings.max_uncommitted_tasks
         self._lanes = lanes
         self._committer = committer
         self._tally = tally
-        self._slot_body = slot_body
         self._hungry: deque[ConsumerLane] = deque()
         self.running = 0
         # Bound methods made once, for every task (its done callback, its next message), and
@@ -130,8 +127,9 @@ class Scheduler:
                     self._hungry.append(lane)
                 return
             message = ready.popleft()
-            body = lane.slot_body or self._slot_body  # an exactly-once lane has its own
-            task = asyncio.create_task(body(message, self._take_next), context=lane.context.copy())
+            task = asyncio.create_task(
+                lane.slot_body(message, self._take_next), context=lane.context.copy()
+            )
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, message, task)
 

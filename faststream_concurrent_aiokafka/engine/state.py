@@ -9,7 +9,7 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -79,33 +79,42 @@ class Pipeline(Protocol):
         publishes are, into which the messages of an exactly-once lane publish."""
 
 
-class TransactionsView(Protocol):
-    """An exactly-once lane's transactions (``engine.transactions``), as the rest of the
-    engine sees them."""
+class CommitStrategy(Protocol):
+    """How a lane's work gets committed: at-least-once (``engine.at_least_once``) or
+    exactly-once (``engine.transactions``), chosen once when the lane is made. The engine's
+    shared modules call only this; none of them asks which guarantee a lane has."""
 
     @property
-    def partitions(self) -> Mapping[TopicPartition, object]:
-        """The partitions with a transaction (set up, being set up or lost)."""
+    def slot_body(self) -> "SlotBody":
+        """What runs each of the lane's messages in a slot."""
 
     def admissible(
         self, records: "Iterable[ConsumerRecord[Any, Any]]"
-    ) -> "list[ConsumerRecord[Any, Any]]":
-        """The fetched records that may be admitted now."""
+    ) -> "Iterable[ConsumerRecord[Any, Any]]":
+        """The fetched records that may be admitted now (the others are read again)."""
 
-    def assign(self, assigned: set[TopicPartition]) -> None:
-        """Set the assigned partitions up (in the background)."""
+    async def assign(self, assigned: set[TopicPartition]) -> None:
+        """Partitions were assigned: learn where each starts (in the background, or now)."""
+
+    def owned(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """Those of ``partitions`` whose work this lane keeps: a release has to end it."""
 
     async def release(self, partitions: set[TopicPartition], timeout: float) -> None:
-        """End the partitions' transactions and close their producers."""
+        """Partitions move (rebalance): commit their finished work within ``timeout``."""
 
-    def request_commits(self, *, interval_elapsed: bool) -> None:
-        """Start the commits that are due, in the background."""
+    def request_commits(self, *, interval_elapsed: bool) -> "Callable[[], Awaitable[bool]] | None":
+        """The committer's tick: start what commits in the background, and return the commit
+        the committer awaits in turn, if any."""
 
-    async def flush(self, timeout: float) -> bool:
-        """Commit every partition's transaction now; False if one could not be."""
+    async def flush(self, timeout: float, partitions: set[TopicPartition] | None = None) -> bool:
+        """Commit now (``partitions``, or all) within ``timeout``; False if it failed."""
+
+    async def close(self, deadline: float, cancelled: "list[asyncio.Task[None]]") -> None:
+        """The lane stops: commit what finished by the loop time ``deadline``, once its
+        ``cancelled`` tasks ended, and log what runs again."""
 
     def faults(self) -> Iterator[Fault]:
-        """Partitions that stopped (fenced, broken): what and why."""
+        """What is wrong with its commits now, for health."""
 
 
 TakeNext = Callable[["AdmittedMessage"], "AdmittedMessage | None"]
@@ -269,6 +278,30 @@ class Counters:
         self.producers_fenced = 0  # exactly-once: another member took a partition over
 
 
+class CommitStatus:
+    """How a lane's commit requests went, whichever guarantee sent them: the one place a
+    commit request and a failed one are counted."""
+
+    __slots__ = ("_counters", "failures_in_a_row", "last_error")
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+        self.failures_in_a_row = 0  # refused or timed out since the last one that went through
+        self.last_error: BaseException | None = None
+
+    def requested(self) -> None:
+        self._counters.commit_requests += 1
+
+    def failed(self, error: BaseException) -> None:
+        self._counters.failed_commits += 1
+        self.failures_in_a_row += 1
+        self.last_error = error
+
+    def succeeded(self) -> None:
+        self.failures_in_a_row = 0
+        self.last_error = None
+
+
 class Faults:
     """Faults that last until cleared or until the processing stops (a subscriber whose
     handler stopped it, ...): set where they happen, read by health. A fault that ends by
@@ -302,6 +335,7 @@ class ConsumerLane:
         counters: Counters | None = None,
         faults: Faults | None = None,
         brake: DeadLetterBrake | None = None,
+        strategy: "Callable[[ConsumerLane], CommitStrategy]",
     ) -> None:
         self.consumer = consumer
         self.pipeline = pipeline
@@ -335,21 +369,18 @@ class ConsumerLane:
         self.commit_guard = CommitGuard(consumer)
         self.hungry = False
         self.commit_lock = asyncio.Lock()
-        # Commit requests refused or timed out since the last one that went through.
-        self.commit_failures_in_a_row = 0
-        self.last_commit_error: BaseException | None = None
+        self.commits = CommitStatus(self.counters)
         # The error of the consumer's last fetch, None once one succeeded.
         self.fetch_error: BaseException | None = None
         # What every message task of this lane starts from (a copy each): the context the lane
         # was made in, FastStream's poll loop or rebalance listener, never a handler's.
         self.context = contextvars.copy_context()
         self._paused: set[TopicPartition] | None = None
-        # Exactly-once lanes: their transactions, the slot body that runs their messages in
-        # them, and partitions held paused until their transaction is ready (None: the
-        # engine's default body).
-        self.transactions: TransactionsView | None = None
-        self.slot_body: SlotBody | None = None
+        # Partitions held paused whatever backpressure decides (see ``hold``).
         self.held: set[TopicPartition] = set()
+        # How the lane commits, and what runs its messages (bound once: read per message).
+        self.strategy = strategy(self)
+        self.slot_body: SlotBody = self.strategy.slot_body
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ made (``EarlierAttempts``): retried, or dead-lettered, or given up without runni
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Final
 
 from aiokafka import errors as kafka_errors
@@ -30,19 +31,21 @@ from faststream_concurrent_aiokafka.engine.runner import (
 )
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 from faststream_concurrent_aiokafka.engine.transactional_send import CURRENT, Ticket
-from faststream_concurrent_aiokafka.engine.transactions import LaneTransactions
 
 # Errors of a publish that say the transaction, not the message, failed.
 _TRANSACTION_ERRORS: Final = (TransactionalPublishError, kafka_errors.ProducerFenced)
 
 
-async def run_transactional_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
-    """Task body of an exactly-once lane's slot (see ``runner.run_slot``)."""
+async def run_transactional_slot(
+    partition_of: Callable[[AdmittedMessage], PartitionTransaction | None],
+    message: AdmittedMessage,
+    take_next: TakeNext,
+) -> None:
+    """Task body of an exactly-once lane's slot (see ``runner.run_slot``); ``partition_of``
+    finds the transaction a message runs in."""
     current: AdmittedMessage | None = message
     while current is not None:
-        transactions = current.lane.transactions
-        assert isinstance(transactions, LaneTransactions)
-        partition = transactions.partition_of(current)
+        partition = partition_of(current)
         finished = False
         if partition is None:
             _block(current)  # its partition was reset or released since it was admitted

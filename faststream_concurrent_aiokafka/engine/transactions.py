@@ -29,26 +29,31 @@ their own budgets.
 """
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
+from faststream_concurrent_aiokafka.core.commit_policy import final_commit_timeout
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.core.transaction_state import TransactionState
 from faststream_concurrent_aiokafka.core.transactions import admissible_below
 from faststream_concurrent_aiokafka.engine.committer import describe_error
 from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
-from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, ConsumerLane
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, ConsumerLane, SlotBody
+from faststream_concurrent_aiokafka.engine.transactional_runner import run_transactional_slot
 
 
 class LaneTransactions:
-    """The exactly-once partitions of one lane: admission, set-up, commits and release."""
+    """The exactly-once partitions of one lane: admission, set-up, commits and release; the
+    commit strategy of an exactly-once lane (see ``state.CommitStrategy``)."""
 
     def __init__(self, lane: ConsumerLane, settings: ConcurrencySettings) -> None:
+        self.slot_body: SlotBody = partial(run_transactional_slot, self.partition_of)
         self.lane = lane
         self.settings = settings
         self.partitions: dict[TopicPartition, PartitionTransaction] = {}
@@ -108,7 +113,7 @@ class LaneTransactions:
 
     # ---- rebalance ----------------------------------------------------------------------
 
-    def assign(self, assigned: set[TopicPartition]) -> None:
+    async def assign(self, assigned: set[TopicPartition]) -> None:
         """Partitions were assigned: hold them and set them up in the background (the
         rebalance callback returns at once, so aiokafka heartbeats meanwhile)."""
         lane = self.lane
@@ -184,6 +189,10 @@ class LaneTransactions:
                 skipped,
             )
 
+    def owned(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
+        trackers, mine = self.lane.trackers, self.partitions
+        return {tp for tp in partitions if tp in trackers or tp in mine}
+
     async def release(self, partitions: set[TopicPartition], timeout: float) -> None:
         """Partitions move (rebalance) or the lane stops: each commits its transaction (or
         aborts it, when a message in it still runs), and closes its producer."""
@@ -210,16 +219,28 @@ class LaneTransactions:
 
     # ---- commits ------------------------------------------------------------------------
 
-    def request_commits(self, *, interval_elapsed: bool) -> None:
+    def request_commits(self, *, interval_elapsed: bool) -> Callable[[], Awaitable[bool]] | None:
+        """Each partition commits its own transaction in the background, when due."""
         for partition in self.partitions.values():
             if partition.due(interval_elapsed=interval_elapsed):
                 partition.start_job()
+        return None
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout: float, partitions: set[TopicPartition] | None = None) -> bool:
+        """Commit every partition's transaction now (offsets commit only inside them, so
+        ``partitions`` does not narrow it)."""
+        del partitions
         results = await asyncio.gather(
             *(p.commit_now(timeout) for p in self.partitions.values() if p.running)
         )
         return all(results)
+
+    async def close(self, deadline: float, cancelled: "list[asyncio.Task[None]]") -> None:
+        """Every partition ends its transaction (committed, or aborted when a message in it
+        still runs) and closes its producer; cancelled messages are not waited for."""
+        del cancelled
+        timeout = final_commit_timeout(deadline - asyncio.get_running_loop().time())
+        await self.release(set(self.partitions), timeout)
 
     def faults(self) -> Iterator[Fault]:
         for partition in list(self.partitions.values()):

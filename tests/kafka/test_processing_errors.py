@@ -378,7 +378,7 @@ async def test_subscriber_without_group_found_at_first_message_fails_once_withou
         (subscriber,) = broker.subscribers
         # Never taken over, so there is nothing to commit and no commit to fail again and again.
         assert handler.lanes_of(subscriber) == []
-        assert handler.committer.failed_commits == 0
+        assert handler.engine.counters.failed_commits == 0
     finally:
         await shut_down(broker)
 

@@ -74,6 +74,17 @@ def test_the_package_keeps_every_contract() -> None:
             "    from faststream_concurrent_aiokafka.engine import runner",
             "no circle of modules",
         ),
+        (
+            "engine/scheduler.py",
+            "from faststream_concurrent_aiokafka.engine import transactions",
+            "never import the exactly-once strategy",
+        ),
+        (
+            "engine/monitor.py",
+            "from faststream_concurrent_aiokafka.engine.partition_transaction import "
+            "PartitionTransaction",
+            "never import the exactly-once strategy",
+        ),
     ],
     ids=[
         "core-asyncio",
@@ -84,6 +95,8 @@ def test_the_package_keeps_every_contract() -> None:
         "engine-integration",
         "replay-integration",
         "annotation-cycle",
+        "shared-engine-exactly-once",
+        "monitor-partition-transaction",
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

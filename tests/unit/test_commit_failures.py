@@ -28,7 +28,7 @@ from faststream_concurrent_aiokafka.core.commit_policy import (
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
 from faststream_concurrent_aiokafka.core.offset_codec import decode_finished_offsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
-from faststream_concurrent_aiokafka.engine import engine as engine_module
+from faststream_concurrent_aiokafka.engine import at_least_once
 from faststream_concurrent_aiokafka.engine.commit_errors import classify_commit_error
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
@@ -272,7 +272,7 @@ def points(requests: dict[Any, OffsetAndMetadata]) -> dict[int, int]:
 def short_final_commits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Final commits and the cancel grace in tenths of seconds, so hangs end quickly."""
     monkeypatch.setattr(commit_policy, "MIN_FINAL_COMMIT_SEC", 0.2)
-    monkeypatch.setattr(engine_module, "CANCEL_GRACE_SEC", 0.1)
+    monkeypatch.setattr(at_least_once, "CANCEL_GRACE_SEC", 0.1)
 
 
 # ---- the committer -------------------------------------------------------------------------

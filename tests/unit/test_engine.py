@@ -698,7 +698,7 @@ async def test_a_failed_commit_is_kept_and_sent_again(make_rig: MakeRig) -> None
     rig.consumer.commit_failures.append(CommitFailedError())
     assert not await rig.flush()
     assert rig.committed() is None
-    assert rig.engine.committer.failed_commits == 1
+    assert rig.engine.counters.failed_commits == 1
 
     assert await rig.flush()  # nothing new finished: the same commit point is sent again
     assert rig.committed() == 1

@@ -80,8 +80,8 @@ class Rig:
 
     @property
     def transactions(self) -> LaneTransactions:
-        assert isinstance(self.lane.transactions, LaneTransactions)
-        return self.lane.transactions
+        assert isinstance(self.lane.strategy, LaneTransactions)
+        return self.lane.strategy
 
     def partition(self, number: int = 0) -> PartitionTransaction:
         return self.transactions.partitions[tp(number)]

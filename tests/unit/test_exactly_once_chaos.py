@@ -57,7 +57,7 @@ class Member:
             if task is not None:
                 found.append(task)
         found += [m.task for m in self.lane.running if m.task is not None]
-        transactions = self.lane.transactions
+        transactions = self.lane.strategy
         assert isinstance(transactions, LaneTransactions)
         found += [p.job for p in transactions.partitions.values() if p.job is not None]
         if transactions._set_up is not None:
