@@ -56,3 +56,17 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     """
     exponential = min(cap, base * 2.0 ** min(attempt - 1, 62))
     return exponential * (0.5 + 0.5 * (rng or random).random())
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """How far a message's attempts went, enough to go on from there in a later run: after
+    its transaction was aborted (exactly-once), or, later, after a wait for its next attempt
+    spent outside its slot."""
+
+    attempts: int  # attempts made
+    error: BaseException  # the last one's error
+    final: bool  # no attempt is left: dead-letter it (or give it up) without running it
+    retried: bool  # the error was one worth retrying (for the log line)
+    counted: bool = False  # its final failure was counted by the dead-letter brake already
+    dead_letter_attempts: int = 0  # failed dead-letter publishes (backoff before the next)

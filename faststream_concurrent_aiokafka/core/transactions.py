@@ -12,7 +12,6 @@ publishing must not have its records committed.
 import enum
 from collections.abc import Hashable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from typing import Final
 
 from faststream_concurrent_aiokafka.core.offset_codec import (
@@ -174,16 +173,3 @@ class TransactionLedger:
         self._members.clear()
         self.opened_at = None
         self.taint = None
-
-
-@dataclass(frozen=True, slots=True)
-class EarlierAttempts:
-    """What became of a message's attempts before its transaction was aborted: it runs again
-    in the next transaction and goes on from here instead of starting over."""
-
-    attempts: int  # attempts made
-    error: BaseException  # the last one's error
-    final: bool  # no attempt is left: dead-letter it (or give it up) without running it
-    retried: bool  # the error was one worth retrying (for the log line)
-    counted: bool = False  # its final failure was counted by the dead-letter brake already
-    dead_letter_attempts: int = 0  # failed dead-letter publishes (backoff before the next)

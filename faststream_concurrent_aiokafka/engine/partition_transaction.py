@@ -15,6 +15,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, final_commit_timeout
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
+from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
 from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
@@ -28,7 +29,6 @@ from faststream_concurrent_aiokafka.core.transaction_state import (
 )
 from faststream_concurrent_aiokafka.core.transactions import (
     HOLD_SHARE,
-    EarlierAttempts,
     MetadataOverflowError,
     TransactionLedger,
     Verdict,
@@ -79,7 +79,7 @@ class PartitionTransaction:
         # Admission, not the transaction: paused at the admission span's end, from this offset.
         self.cut_at: int | None = None
         # Messages whose transaction was aborted after they failed: how their attempts went.
-        self.earlier: dict[int, EarlierAttempts] = {}
+        self.earlier: dict[int, AttemptRecord] = {}
         self.senders: Counter[asyncio.Task[Any]] = Counter()
         self.job: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()

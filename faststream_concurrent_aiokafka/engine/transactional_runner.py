@@ -1,17 +1,16 @@
 """A slot's task in an exactly-once lane: runs each message inside its partition's open
 transaction, and keeps a failed attempt's records out of every committed transaction.
 
-The message's task carries a ``Ticket`` in ``transactions.CURRENT`` while it runs (reset
+The message's task carries a ``Ticket`` in ``transactional_send.CURRENT`` while it runs (reset
 before the next message, so the task's context compares equal to the lane's again), which
-routes every publish of its pipeline, dead letters included, into the transaction. An attempt
-that fails before publishing anything is retried in place as in an at-least-once lane. One
-that fails after publishing cannot be: its records are in the transaction. The transaction is
+routes every publish of its pipeline, dead letters included, into the transaction. Failures
+take the one failure path (``attempts``) with the steps that differ here: an attempt that
+fails before publishing anything is retried in place as in an at-least-once lane; one that
+fails after publishing cannot be, its records are in the transaction. The transaction is
 aborted instead, the message runs again in the next one, and it goes on from the attempts it
-made (``EarlierAttempts``): retried, or dead-lettered, or given up without running again.
+made (an ``AttemptRecord``): retried, or dead-lettered, or given up without running again.
 """
 
-import asyncio
-import dataclasses
 from collections.abc import Callable
 from typing import Final
 
@@ -19,16 +18,10 @@ from aiokafka import errors as kafka_errors
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
-from faststream_concurrent_aiokafka.core.failure_policy import backoff_delay
-from faststream_concurrent_aiokafka.core.transactions import EarlierAttempts
+from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
+from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts, summary
 from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
-from faststream_concurrent_aiokafka.engine.runner import (
-    RUNNING,
-    assess_failure,
-    brake_holds,
-    log_final_failure,
-    summary,
-)
+from faststream_concurrent_aiokafka.engine.runner import RUNNING
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 from faststream_concurrent_aiokafka.engine.transactional_send import CURRENT, Ticket
 
@@ -55,7 +48,8 @@ async def run_transactional_slot(
             ticket = Ticket(current, partition)
             token = CURRENT.set(ticket)
             try:
-                finished = await _run(current, partition, ticket)
+                earlier = partition.earlier.pop(current.offset, None)
+                finished = await TransactionalAttempts(current, partition, ticket).resume(earlier)
             except BaseException:
                 partition.ended(current, finished=False)
                 raise
@@ -76,131 +70,86 @@ def _block(message: AdmittedMessage) -> None:
         tracker.block(offset)
 
 
-async def _run(message: AdmittedMessage, partition: PartitionTransaction, ticket: Ticket) -> bool:
-    """The message's attempts; True when it finished (its offsets may be committed), False
-    when it waits for its transaction's abort to run again."""
-    lane = message.lane
-    options = lane.options
-    earlier = partition.earlier.pop(message.offset, None)
-    attempt = 0
-    if earlier is not None:
-        attempt = earlier.attempts
-        if earlier.final:
-            return await _final(message, partition, earlier)
-        await asyncio.sleep(
-            backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
-        )
-    process = lane.process
-    while True:
-        attempt = message.attempt = attempt + 1
-        try:
-            await process(message.record)
-            error = message.attempt_error
-        except (Exception, SystemExit) as exc:  # every failure goes through the policy
-            error = exc
-        if error is None:
-            return True
-        message.attempt_error = None
-        if _transaction_broke(partition, ticket, error):
-            # Not the message's failure: its transaction was aborted or its producer lost; it
-            # runs again (here after the abort, or on the partition's next owner).
-            _block(message)
-            if ticket.epoch == partition.epoch:
-                partition.request_abort(
-                    f"a publish of {message.describe()} failed ({summary(error)})"
-                )
+class TransactionalAttempts(LaneAttempts):
+    """A message's attempts inside its partition's transaction. ``resume`` returns True when
+    it finished (its offsets may be committed), False when it waits for its transaction's
+    abort to run again."""
+
+    __slots__ = ("partition", "ticket")
+
+    def __init__(
+        self, message: AdmittedMessage, partition: PartitionTransaction, ticket: Ticket
+    ) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.ticket = ticket
+
+    def lost(self, error: BaseException) -> bool:
+        """Not the message's failure: its transaction was aborted meanwhile (its epoch is
+        over), or the producer is fenced or broken. It runs again (here after the abort, or on
+        the partition's next owner)."""
+        partition = self.partition
+        same_epoch = self.ticket.epoch == partition.epoch
+        producer = partition.producer
+        if (
+            same_epoch
+            and not isinstance(error, _TRANSACTION_ERRORS)
+            and producer is not None
+            and aiokafka_compat.producer_failure(producer) is None
+        ):
             return False
-        published = partition.ledger.holds(message)
-        failure = assess_failure(message, error, attempt, log_retry=not published)
-        if failure.retry_in is None and not failure.final:
-            return True  # acknowledged, skipped or stopping: what it published stands
-        if not published:
-            if failure.retry_in is not None:
-                await asyncio.sleep(failure.retry_in)
-                continue
-            return await _final(
-                message, partition, EarlierAttempts(attempt, error, True, failure.retried)
-            )
-        partition.earlier[message.offset] = EarlierAttempts(
-            attempt, error, failure.final, failure.retried
-        )
-        if failure.final:
-            then = "given up" if options.dead_letter_topic is None else "dead-lettered"
+        message = self.message
+        _block(message)
+        if same_epoch:
+            partition.request_abort(f"a publish of {message.describe()} failed ({summary(error)})")
+        return True
+
+    def published(self) -> bool:
+        return self.partition.ledger.holds(self.message)
+
+    def defer(self, record: AttemptRecord) -> None:
+        """It failed after it published: its transaction is aborted, and it goes on from
+        ``record`` in the next one."""
+        message = self.message
+        self.partition.earlier[message.offset] = record
+        if record.final:
+            then = "given up" if self.options.dead_letter_topic is None else "dead-lettered"
         else:
             then = "tried again"
-        lane.log.info(
+        self.log.info(
             "Attempt %d of %s failed after it published (%s); its transaction is aborted and "
             "the message %s in the next one",
-            attempt,
+            record.attempts,
             message.describe(),
-            summary(error),
+            summary(record.error),
             then,
             extra=message.log_extra(),
         )
         _block(message)
-        partition.request_abort(f"{message.describe()} failed after it published")
+        self.partition.request_abort(f"{message.describe()} failed after it published")
+
+    def cannot_dead_letter(self, topic: str, error: Exception) -> bool:
+        """Inside a transaction every failed dead letter is tried again in the next one."""
+        del topic, error
         return False
 
-
-def _transaction_broke(
-    partition: PartitionTransaction, ticket: Ticket, error: BaseException
-) -> bool:
-    """The attempt failed because of its transaction, not of itself: the transaction was
-    aborted meanwhile (the message's epoch is over), or the producer is fenced or broken."""
-    if ticket.epoch != partition.epoch or isinstance(error, _TRANSACTION_ERRORS):
-        return True
-    producer = partition.producer
-    return producer is None or aiokafka_compat.producer_failure(producer) is not None
-
-
-async def _final(
-    message: AdmittedMessage, partition: PartitionTransaction, earlier: EarlierAttempts
-) -> bool:
-    """No attempt is left: count it with the brake (once), then dead-letter it inside the
-    transaction or give it up. A dead-letter publish that fails spoils the transaction: it
-    is aborted and the dead letter tried again in the next one, after a backoff."""
-    lane = message.lane
-    options = lane.options
-    error = earlier.error
-    message.error = error
-    if not earlier.counted:
-        if brake_holds(message, error, earlier.attempts):
-            return False
-        log_final_failure(message, error, earlier.attempts, retried=earlier.retried)
-        earlier = dataclasses.replace(earlier, counted=True)
-    topic = options.dead_letter_topic
-    if topic is None:
-        return True
-    if earlier.dead_letter_attempts:
-        lane.dead_letter_stuck.add(message)
-        try:
-            await asyncio.sleep(
-                backoff_delay(
-                    earlier.dead_letter_attempts,
-                    options.retry_backoff_sec,
-                    options.retry_backoff_max_sec,
-                )
-            )
-        finally:
-            lane.dead_letter_stuck.discard(message)
-    try:
-        await lane.pipeline.dead_letter(
-            topic, message.record, error, earlier.attempts, options.dead_letter_exception_text
-        )
-    except Exception as exc:
-        tries = earlier.dead_letter_attempts + 1
-        partition.earlier[message.offset] = dataclasses.replace(earlier, dead_letter_attempts=tries)
-        lane.log.error(
+    def dead_letter_failed(
+        self, record: AttemptRecord, topic: str, error: Exception, delay: float
+    ) -> bool:
+        """Its records are in the transaction: it is aborted and the dead letter tried again
+        in the next one, after a backoff."""
+        del delay
+        message = self.message
+        self.partition.earlier[message.offset] = record
+        self.log.error(
             "Dead-lettering %s to %r failed (%s); its transaction is aborted and the dead "
             "letter tried again in the next one (attempt %d)",
             message.describe(),
             topic,
-            summary(exc),
-            tries + 1,
+            summary(error),
+            record.dead_letter_attempts + 1,
             extra=message.log_extra(),
         )
         _block(message)
-        partition.request_abort(f"the dead letter of {message.describe()} failed")
+        self.partition.request_abort(f"the dead letter of {message.describe()} failed")
         return False
-    lane.counters.dead_lettered += 1
-    return True

@@ -12,7 +12,8 @@ from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.core.settings import DEFAULTS
-from faststream_concurrent_aiokafka.engine.runner import RUNNING, is_final_failure
+from faststream_concurrent_aiokafka.engine.attempts import is_final_failure
+from faststream_concurrent_aiokafka.engine.runner import RUNNING
 from faststream_concurrent_aiokafka.integration import subscribers
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.handler import find_handler
