@@ -84,7 +84,7 @@ def state_of(handler: ConcurrentProcessing) -> dict[str, int]:
         assigned += len(holds)
         trackers += len(lane.trackers)
         stale += len(set(lane.trackers) - holds)
-        kept += len(lane.awaiting_rejoin)
+        kept += len(lane.offsets.awaiting_rejoin)
         held += lane.gate.held_count + len(lane.ready)
     return {
         "lanes": len(handler.lanes),

@@ -63,7 +63,7 @@ def max_poll_interval_ms(consumer: AIOKafkaConsumer) -> int | None:
     """The consumer's ``max_poll_interval_ms``: a poll loop held longer gets the consumer evicted.
 
     Why private: aiokafka keeps its settings only as private attributes. Fallback: None (a
-    hold then lasts at most ``MAX_HOLD_SEC``).
+    hold then lasts at most ``MAX_WAIT_SEC``).
     """
     return _private_int(consumer, "_max_poll_interval_ms", "hold budget capped at 10 s")
 

@@ -8,11 +8,11 @@ from typing import Final
 
 # A loop held this long without a free slot gets its consumer paused: with work this slow
 # the re-fetch after the resume costs little.
-MAX_HOLD_SEC: Final = 10.0
+MAX_WAIT_SEC: Final = 10.0
 
 # Share of max_poll_interval_ms a held poll loop may use: aiokafka counts the time outside its
 # fetch calls against that limit and leaves the group past it.
-_HOLD_SHARE: Final = 0.5
+_WAIT_SHARE: Final = 0.5
 
 # Share of the rebalance timeout a revocation flush may use: past the timeout Kafka finishes
 # the rebalance without this member and refuses the flush's commit.
@@ -50,11 +50,11 @@ def over_budget(uncommitted: int, max_uncommitted: int) -> bool:
     return uncommitted >= max_uncommitted
 
 
-def hold_budget_sec(max_poll_interval_ms: int | None) -> float:
+def wait_budget_sec(max_poll_interval_ms: int | None) -> float:
     """How long a full backlog may hold the poll loop before pausing instead."""
     if max_poll_interval_ms is None:
-        return MAX_HOLD_SEC
-    return min(max_poll_interval_ms / 1000 * _HOLD_SHARE, MAX_HOLD_SEC)
+        return MAX_WAIT_SEC
+    return min(max_poll_interval_ms / 1000 * _WAIT_SHARE, MAX_WAIT_SEC)
 
 
 def flush_budget_sec(rebalance_timeout_ms: int | None) -> float:

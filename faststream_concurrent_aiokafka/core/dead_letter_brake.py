@@ -25,10 +25,10 @@ class DeadLetterBrake:
         "_succeeded_at_last_failure",
         "cause",
         "failure_ratio_window",
-        "held_at",
         "max_consecutive_failures",
         "max_failure_ratio",
         "succeeded",
+        "tripped_at",
     )
 
     def __init__(
@@ -43,7 +43,7 @@ class DeadLetterBrake:
         self.failure_ratio_window = failure_ratio_window
         self.succeeded = 0  # messages of the subscriber that ended without an error
         self.cause: str | None = None  # why it tripped; None while it has not
-        self.held_at: str | None = None  # the first message it held (set by the engine)
+        self.tripped_at: str | None = None  # the first message it held (set by the engine)
         self._failed = 0
         self._consecutive = 0
         self._succeeded_at_last_failure = 0

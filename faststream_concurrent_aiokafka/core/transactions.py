@@ -29,7 +29,7 @@ worst case fits: a bitset of 16,383 bits is 2,048 bytes, 2,750 characters once e
 9-byte commit point (``tests/unit/test_transactions.py`` checks it against the codec).
 """
 
-HOLD_SHARE: Final = 0.5
+OPEN_SHARE: Final = 0.5
 """Share of ``transaction_timeout_sec`` a transaction may stay open while a message that
 published into it still runs; past it the transaction is aborted, before Kafka does it."""
 
@@ -51,7 +51,7 @@ def admissible_below(commit_point: int | None, first_offset: int) -> int:
     return base + MAX_SPAN
 
 
-def may_resume(commit_point: int | None, next_offset: int) -> bool:
+def span_has_room(commit_point: int | None, next_offset: int) -> bool:
     """A partition paused at the span's end fetches again once half the span is free."""
     return commit_point is None or next_offset < commit_point + MAX_SPAN // 2
 
@@ -149,21 +149,21 @@ class TransactionLedger:
         if self.taint is None:
             self.taint = reason
 
-    def deadline(self, hold_sec: float) -> float | None:
+    def deadline(self, max_open_sec: float) -> float | None:
         """When a commit stops waiting for the messages in the transaction and aborts it."""
-        return None if self.opened_at is None else self.opened_at + hold_sec
+        return None if self.opened_at is None else self.opened_at + max_open_sec
 
-    def verdict(self, now: float, hold_sec: float, *, sends_in_flight: int = 0) -> Verdict:
+    def verdict(self, now: float, max_open_sec: float, *, sends_in_flight: int = 0) -> Verdict:
         """What a waiting commit does now (see ``Verdict``)."""
         if self.taint is not None:
             return Verdict.ABORT
         if not self._members and not sends_in_flight:
             return Verdict.COMMIT
-        deadline = self.deadline(hold_sec)
+        deadline = self.deadline(max_open_sec)
         if deadline is not None and now >= deadline:
             self.spoil(
                 f"{len(self._members)} message(s) that published were still running "
-                f"{hold_sec:g} s after the transaction opened"
+                f"{max_open_sec:g} s after the transaction opened"
             )
             return Verdict.ABORT
         return Verdict.WAIT

@@ -50,9 +50,9 @@ class AtLeastOnce:
         """Commit what a refused commit left of partitions given back, and learn which
         messages an earlier owner already finished."""
         lane = self.lane
-        if lane.awaiting_rejoin:
+        if lane.offsets.awaiting_rejoin:
             await self.committer.recommit_after_rejoin(lane, assigned, self._rejoin_sec)
-        if lane.options.track_completed_offsets and assigned:
+        if lane.settings.track_completed_offsets and assigned:
             await load_finished_offsets(lane, assigned)
 
     def owned(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
@@ -67,7 +67,7 @@ class AtLeastOnce:
         if attempt.ok or attempt.decision is CommitDecision.DROP_UNASSIGNED:
             return
         kept = dict(uncommitted(lane, partitions))
-        lane.awaiting_rejoin.update(kept)
+        lane.offsets.awaiting_rejoin.update(kept)
         if kept:
             lane.log.warning(
                 "%d revoked partition(s) of %s could not be committed (%s); their finished "
@@ -106,7 +106,7 @@ class AtLeastOnce:
         if not attempt.ok:
             for tp, tracker in uncommitted(lane):
                 log_redelivery(lane, tp, tracker, f"the final commit failed, {attempt.reason()}")
-        kept, lane.awaiting_rejoin = lane.awaiting_rejoin, {}
+        kept, lane.offsets.awaiting_rejoin = lane.offsets.awaiting_rejoin, {}
         for tp, tracker in kept.items():
             log_redelivery(lane, tp, tracker, "revoked while its commit was refused")
 

@@ -41,13 +41,13 @@ class Attempts:
     """One message's attempts after one failed. Subclasses say how an attempt runs and what
     each step means where the message runs; the order of the steps is kept here."""
 
-    __slots__ = ("counters", "log", "options", "policy")
+    __slots__ = ("counters", "log", "policy", "settings")
 
     def __init__(
-        self, log: Log, options: SubscriberSettings, policy: FailurePolicy, counters: Counters
+        self, log: Log, settings: SubscriberSettings, policy: FailurePolicy, counters: Counters
     ) -> None:
         self.log = log
-        self.options = options
+        self.settings = settings
         self.policy = policy
         self.counters = counters
 
@@ -142,8 +142,8 @@ class Attempts:
     # ---- the path -----------------------------------------------------------------------
 
     def backoff(self, attempt: int) -> float:
-        options = self.options
-        return backoff_delay(attempt, options.retry_backoff_sec, options.retry_backoff_max_sec)
+        settings = self.settings
+        return backoff_delay(attempt, settings.retry_backoff_sec, settings.retry_backoff_max_sec)
 
     async def resume(self, record: AttemptRecord | None) -> bool:
         """Run the message from where ``record`` left it (from the first attempt without
@@ -186,7 +186,7 @@ class Attempts:
         outcome = self.policy.classify(error)
         if outcome is Outcome.DONE or outcome is Outcome.STOP:
             return Failure(None, final=False, retried=False, outcome=outcome)
-        if outcome is Outcome.RETRY and attempt <= self.options.max_retries:
+        if outcome is Outcome.RETRY and attempt <= self.settings.max_retries:
             delay = self.backoff(attempt)
             self.counters.retries += 1
             if log_retry:
@@ -212,7 +212,7 @@ class Attempts:
                 return False
             self.log_final_failure(record)
             record = dataclasses.replace(record, counted=True)
-        topic = self.options.dead_letter_topic
+        topic = self.settings.dead_letter_topic
         if topic is None:
             return True
         tries = record.dead_letter_attempts
@@ -240,7 +240,7 @@ class Attempts:
 
     def log_final_failure(self, record: AttemptRecord) -> None:
         """The final failure, once at ERROR with its traceback, saying what happens next."""
-        topic = self.options.dead_letter_topic
+        topic = self.settings.dead_letter_topic
         then = (
             "committed without a dead-letter topic"
             if topic is None
@@ -266,7 +266,7 @@ class LaneAttempts(Attempts):
 
     def __init__(self, message: AdmittedMessage) -> None:
         lane = message.lane
-        super().__init__(lane.log, lane.options, lane.policy, lane.counters)
+        super().__init__(lane.log, lane.settings, lane.policy, lane.counters)
         self.message = message
 
     async def attempt(self, number: int) -> BaseException | None:
@@ -289,7 +289,7 @@ class LaneAttempts(Attempts):
     async def publish_dead_letter(self, topic: str, error: BaseException, attempts: int) -> None:
         message = self.message
         await message.lane.pipeline.dead_letter(
-            topic, message.record, error, attempts, self.options.dead_letter_exception_text
+            topic, message.record, error, attempts, self.settings.dead_letter_exception_text
         )
 
     def settled(self, error: BaseException, outcome: Outcome) -> bool:
@@ -325,7 +325,7 @@ def is_final_failure(message: AdmittedMessage, error: BaseException) -> bool:
     outcome = message.lane.policy.classify(error)
     if outcome is Outcome.DEAD_LETTER:
         return True
-    return outcome is Outcome.RETRY and message.attempt > message.lane.options.max_retries
+    return outcome is Outcome.RETRY and message.attempt > message.lane.settings.max_retries
 
 
 def brake_holds(message: AdmittedMessage, error: BaseException, attempts: int) -> bool:
@@ -350,7 +350,7 @@ def _brake_message(
     for _, tracker, offset in message.positions():
         tracker.block(offset)
     if first:
-        lane.brake.held_at = message.describe()
+        lane.brake.tripped_at = message.describe()
         lane.log.error(
             "Dead-letter brake of %s tripped at %s: %s. Nothing from this message on is "
             "dead-lettered or committed and no new messages are taken; fix the cause and "
@@ -371,7 +371,7 @@ def _brake_message(
             extra=message.log_extra(),
         )
     if not lane.closing:
-        lane.stop_taking()
+        lane.close_admission()
 
 
 def summary(error: BaseException | None) -> str:

@@ -150,13 +150,13 @@ def collect_commit(
     """The commit points (with finished offsets above them) that changed since the last commit,
     on partitions still assigned; partitions no longer assigned are retired instead."""
     assignment = lane.consumer.assignment()
-    track = lane.options.track_completed_offsets
+    track = lane.settings.track_completed_offsets
     batch = CommitBatch()
     for tp, tracker in list(lane.trackers.items()):
         if partitions is not None and tp not in partitions:
             continue
         if tp not in assignment:
-            lane.retire(tp)
+            lane.offsets.retire(tp)
             continue
         point = tracker.commit_point
         if point is not None and (tracker.needs_commit or (track and tracker.changed_since_commit)):
@@ -301,21 +301,21 @@ class KafkaBatchCommitter:
         try:
             # aiokafka retries an unreachable coordinator inside commit() without end: the
             # deadline is the only bound. Cancelling it leaves Kafka's state untouched.
-            async with asyncio.timeout_at(deadline), lane.commit_lock:
+            async with asyncio.timeout_at(deadline), lane.offsets.commit_lock:
                 batch = collect()
                 if not batch:
                     return CommitAttempt(batch)
                 self.commit_requests += 1
-                lane.commits.requested()
+                lane.offsets.commits.requested()
                 await lane.consumer.commit(await batch.offsets(with_metadata=with_metadata))
         except asyncio.CancelledError:
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
             raise
         except Exception as exc:  # TimeoutError included: each cause has its decision
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
-            lane.commits.failed(exc)
+            lane.offsets.commits.failed(exc)
             return CommitAttempt(batch, classify_commit_error(exc), exc)
-        lane.commits.succeeded()
+        lane.offsets.commits.succeeded()
         batch.mark_committed()
         return CommitAttempt(batch)
 
@@ -325,7 +325,7 @@ class KafkaBatchCommitter:
         """Commit the finished work a refused commit left behind (see ``release_partitions``)
         on each partition the rejoin gave back to this consumer, and start reading it after
         that work; the other partitions' new owners read it again, as logged here."""
-        kept, lane.awaiting_rejoin = lane.awaiting_rejoin, {}
+        kept, lane.offsets.awaiting_rejoin = lane.offsets.awaiting_rejoin, {}
         back = {tp: tracker for tp, tracker in kept.items() if tp in assigned}
         for tp, tracker in kept.items():
             if tp not in assigned:
@@ -336,11 +336,11 @@ class KafkaBatchCommitter:
         # before the first await, so the poll loop cannot get any of their records. Held, not
         # paused directly: a backpressure pause meanwhile then resumes them with the lane.
         held = set(back) - set(lane.consumer.paused())
-        lane.hold(*held)
+        lane.fetching.pin(*held)
         try:
             await self._restore(lane, back, timeout)
         finally:
-            lane.unhold(*held)
+            lane.fetching.unpin(*held)
 
     async def _restore(
         self, lane: ConsumerLane, back: dict[TopicPartition, PartitionOffsets], timeout: float
@@ -355,7 +355,7 @@ class KafkaBatchCommitter:
                     lane, tp, tracker, f"its committed offset was not read: {describe_error(exc)}"
                 )
             return
-        track = lane.options.track_completed_offsets
+        track = lane.settings.track_completed_offsets
         batch = CommitBatch()
         for tp, tracker in back.items():
             meta = committed.get(tp)

@@ -75,7 +75,7 @@ class Engine:
         """Drain every lane (up to ``shutdown_timeout_sec``), commit, stop the committer."""
         lanes = self.lanes
         await self.drain(lanes, self.settings.shutdown_timeout_sec)
-        self.forget(lanes)
+        self.retire(lanes)
         self.is_running = False
         await self.watchdog.close()
         await self.lag.close()
@@ -89,7 +89,7 @@ class Engine:
             brake = lane.brake
             if brake.tripped and id(brake) not in reasons:
                 reasons[id(brake)] = (
-                    f"{lane.name}: dead-letter brake tripped at {brake.held_at}: {brake.cause}; "
+                    f"{lane.name}: dead-letter brake tripped at {brake.tripped_at}: {brake.cause}; "
                     "nothing from there on is committed, restart after the fix"
                 )
         return list(reasons.values())
@@ -132,7 +132,7 @@ class Engine:
         lane = self._lanes.get(consumer)
         if lane is None or lane.pipeline is not pipeline:
             if lane is not None:
-                lane.leave_tally()
+                lane.offsets.retire_from_tally()
             counters = self._counters.setdefault(pipeline, Counters())
             # The pipeline's other consumers share one brake: it stops the whole subscriber.
             brake = next((o.brake for o in self._lanes.values() if o.pipeline is pipeline), None)
@@ -146,19 +146,19 @@ class Engine:
                 brake=brake,
                 strategy=self._make_strategy,
             )
-            if lane.options.measure_processing_time:
+            if lane.settings.measure_processing_time:
                 histogram = self._processing_times.setdefault(pipeline, Histogram())
                 lane.process = timed(lane.process, histogram)
             self._lanes[consumer] = lane
             self.watchdog.wake()
             if lane.brake.tripped:
-                lane.stop_taking()
+                lane.close_admission()
         return lane
 
-    def forget(self, lanes: Iterable[ConsumerLane]) -> None:
+    def retire(self, lanes: Iterable[ConsumerLane]) -> None:
         for lane in lanes:
             if self._lanes.pop(lane.consumer, None) is lane:
-                lane.leave_tally()
+                lane.offsets.retire_from_tally()
 
     # ---- admission -------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class Engine:
         if lane.closing or not self.is_running:
             return
         if lane.brake.tripped:  # tripped by another consumer of the same subscriber
-            lane.stop_taking()
+            lane.close_admission()
             return
         self.committer.check_alive()
         self.scheduler.admit(lane, lane.strategy.admissible(records))
@@ -181,7 +181,7 @@ class Engine:
         if lane.closing or not self.is_running or not records:
             return
         if lane.brake.tripped:
-            lane.stop_taking()
+            lane.close_admission()
             return
         self.committer.check_alive()
         self.scheduler.admit_batch(lane, records)
@@ -192,7 +192,7 @@ class Engine:
         """Re-apply pauses; the lane's strategy learns where each partition starts."""
         lane.counters.rebalances += 1
         lane.counters.assignments += len(assigned)
-        lane.reapply_pause()
+        lane.fetching.reapply()
         await lane.strategy.assign(assigned)
 
     async def release_partitions(
@@ -215,13 +215,13 @@ class Engine:
         await self.scheduler.wait_settled(running, wait)
         left = wait - (loop.time() - started)
         await lane.strategy.release(revoked, final_commit_timeout(left))
-        self._forget_partitions(lane, revoked, dropped)
+        self._retire_partitions(lane, revoked, dropped)
 
-    def _forget_partitions(
+    def _retire_partitions(
         self, lane: ConsumerLane, revoked: set[TopicPartition], dropped: int
     ) -> None:
         for tp in revoked:
-            lane.retire(tp)
+            lane.offsets.retire(tp)
         # Retiring gave their messages' share of the uncommitted budget back: a lane paused for
         # the budget may fetch again (no settle would come to tell it).
         self.scheduler.refresh_pause(lane)
@@ -247,7 +247,7 @@ class Engine:
         dropped = []
         for lane in lanes:
             # Admission is closed first: nothing starts from here on.
-            dropped.append(lane.stop_taking())
+            dropped.append(lane.close_admission())
         running = {message for lane in lanes for message in lane.running}
         await self.scheduler.wait_settled(running, timeout)
         # What still runs is cancelled; each lane's strategy then commits what finished (an

@@ -50,7 +50,7 @@ async def fetch_for(lane: ConsumerLane, max_records: int) -> FetchedRecords | No
     try:
         fetched = await fetch_records(lane.consumer, max_records)
     except Exception as exc:
-        lane.fetch_error = exc
+        lane.fetching.error = exc
         raise
-    lane.fetch_error = None
+    lane.fetching.error = None
     return fetched

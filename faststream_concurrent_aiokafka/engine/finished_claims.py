@@ -64,11 +64,11 @@ async def load_finished_offsets(lane: ConsumerLane, assigned: set[TopicPartition
     are held paused until their claims are in place, and a partition that got a record
     admitted anyway keeps its own tracker (its claimed messages then run again)."""
     held = assigned - set(lane.consumer.paused())
-    lane.hold(*held)
+    lane.fetching.pin(*held)
     try:
         return await _load(lane, assigned)
     finally:
-        lane.unhold(*held)
+        lane.fetching.unpin(*held)
 
 
 async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
@@ -103,7 +103,7 @@ async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
         _log_ignored(lane, tp, fresh[tp], claim, ends)
         lane.counters.claims_ignored += len(claim.ignored)
         if claim.kept and not _busy(lane, tp):
-            lane.retire(tp)
+            lane.offsets.retire(tp)
             lane.trackers[tp] = PartitionOffsets(claim.kept)
             skipping[tp] = len(claim.kept)
     total = sum(skipping.values())

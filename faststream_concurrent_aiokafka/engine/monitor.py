@@ -85,20 +85,20 @@ def current_faults(engine: Engine) -> list[Fault]:
                 DEGRADED,
                 f"message {message.describe()} of {lane.name} has been running for "
                 f"{engine.watchdog.age(message, now):.0f} s "
-                f"(stall_warning_sec={lane.options.stall_warning_sec:g})",
+                f"(stall_warning_sec={lane.settings.stall_warning_sec:g})",
             )
         )
     return faults
 
 
 def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
-    if lane.fetch_error is not None:
+    if lane.fetching.error is not None:
         yield Fault(
             FAILED,
             f"consuming of {lane.name} stopped by an error: its fetch fails with "
-            f"{lane.fetch_error!r} (FastStream retries it)",
+            f"{lane.fetching.error!r} (FastStream retries it)",
         )
-    topic = lane.options.dead_letter_topic
+    topic = lane.settings.dead_letter_topic
     for message in list(lane.dead_letter_stuck):
         yield Fault(
             DEGRADED,
@@ -106,7 +106,7 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
             "with backoff); its partition's commit point waits for it",
         )
     yield from lane.strategy.faults()
-    commits = lane.commits
+    commits = lane.offsets.commits
     if commits.failures_in_a_row >= COMMIT_FAILURES_DEGRADED:
         yield Fault(
             DEGRADED,
@@ -135,7 +135,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
                 name=pipeline.name,
                 group=pipeline.group,
                 topics=pipeline.topics,
-                settings=lanes[0].options if lanes else pipeline.settings(),
+                settings=lanes[0].settings if lanes else pipeline.settings(),
                 consumers=len(lanes),
                 partitions=tuple(partitions),
                 totals=totals_of(counters),

@@ -28,12 +28,12 @@ from faststream_concurrent_aiokafka.core.transaction_state import (
     released,
 )
 from faststream_concurrent_aiokafka.core.transactions import (
-    HOLD_SHARE,
+    OPEN_SHARE,
     MetadataOverflowError,
     TransactionLedger,
     Verdict,
     exact_metadata,
-    may_resume,
+    span_has_room,
     to_commit,
     transactional_id,
 )
@@ -109,8 +109,8 @@ class PartitionTransaction:
         return f"{self!r} of {self.lane.name}"
 
     @property
-    def hold_sec(self) -> float:
-        return self.lane.options.transaction_timeout_sec * HOLD_SHARE
+    def max_open_sec(self) -> float:
+        return self.lane.settings.transaction_timeout_sec * OPEN_SHARE
 
     def unavailable(self) -> str:
         return (
@@ -182,16 +182,16 @@ class PartitionTransaction:
         """``message`` belongs to this partition's current transaction epoch."""
         return self.state in RUNNING and message.tracker is self.lane.trackers.get(self.tp)
 
-    def ended(self, message: AdmittedMessage, *, finished: bool) -> None:
+    def settled(self, message: AdmittedMessage, *, finished: bool) -> None:
         """``message`` settled; a held partition resumes once its commit point moved on."""
         if self.ledger.leave(message) and not finished:
             self.ledger.spoil(f"{message.describe()} ended without finishing after it published")
         self._changed.set()
         if self.cut_at is not None and self.state in RUNNING:
             tracker = self.lane.trackers.get(self.tp)
-            if tracker is not None and may_resume(tracker.commit_point, self.cut_at):
+            if tracker is not None and span_has_room(tracker.commit_point, self.cut_at):
                 self.cut_at = None
-                self.lane.unhold(self.tp)
+                self.lane.fetching.unpin(self.tp)
 
     def request_abort(self, reason: str) -> None:
         """Abort the open transaction soon (the message asking ends without finishing)."""
@@ -244,7 +244,9 @@ class PartitionTransaction:
         if self.state is _S.OPEN:
             self._move(_S.COMMITTING)
         while True:
-            verdict = ledger.verdict(loop.time(), self.hold_sec, sends_in_flight=len(self.senders))
+            verdict = ledger.verdict(
+                loop.time(), self.max_open_sec, sends_in_flight=len(self.senders)
+            )
             if verdict is not Verdict.WAIT:
                 break
             if self.state is not _S.COMMITTING:  # released: nothing is waited for
@@ -253,7 +255,7 @@ class PartitionTransaction:
                     "the partition was released"
                 )
                 continue
-            deadline = ledger.deadline(self.hold_sec) or loop.time() + self.hold_sec
+            deadline = ledger.deadline(self.max_open_sec) or loop.time() + self.max_open_sec
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
@@ -294,7 +296,7 @@ class PartitionTransaction:
         if (broken := aiokafka_compat.producer_failure(producer)) is not None:
             await self.lose(f"its producer broke ({describe_error(broken)})", broken)
             return False
-        lane.commits.requested()
+        lane.offsets.commits.requested()
         try:
             async with asyncio.timeout(timeout):
                 # Every record acknowledged first: aiokafka would commit without a failed one.
@@ -309,10 +311,10 @@ class PartitionTransaction:
             await self._abort(str(exc), timeout)
             return False
         except Exception as exc:  # TimeoutError included: each kind has its way out
-            self.lane.commits.failed(exc)
+            self.lane.offsets.commits.failed(exc)
             await self._after_failed_request("commit", exc, timeout)
             return False
-        lane.commits.succeeded()
+        lane.offsets.commits.succeeded()
         lane.counters.transactions_committed += 1
         if tracker is not None and point is not None:
             tracker.committed = point
@@ -352,7 +354,7 @@ class PartitionTransaction:
         fetched, and what waits for a slot is dropped (it runs again from the last commit)."""
         self.epoch += 1
         self._move(target)
-        self.lane.hold(self.tp)
+        self.lane.fetching.pin(self.tp)
         self.lane.drop_waiting({self.tp})
 
     async def _abort(self, reason: str, timeout: float) -> None:
@@ -373,7 +375,7 @@ class PartitionTransaction:
             async with asyncio.timeout(final_commit_timeout(timeout)):
                 await producer.abort_transaction()
         except Exception as exc:  # TimeoutError included
-            self.lane.commits.failed(exc)
+            self.lane.offsets.commits.failed(exc)
             await self._after_failed_request("abort", exc, timeout)
             return
         lane.counters.transactions_aborted += 1
@@ -415,7 +417,7 @@ class PartitionTransaction:
         assert self.producer is not None
         await self.producer.begin_transaction()
         lane = self.lane
-        lane.retire(self.tp)
+        lane.offsets.retire(self.tp)
         lane.trackers[self.tp] = PartitionOffsets(self.committed_finished)
         position = self.committed_point if self.committed_point is not None else self.start_offset
         if position is not None and self.tp in lane.consumer.assignment():
@@ -423,7 +425,7 @@ class PartitionTransaction:
         self.cut_at = None
         self.ledger.begin()
         self._move(_S.OPEN)
-        lane.unhold(self.tp)
+        lane.fetching.unpin(self.tp)
 
     # ---- lost -------------------------------------------------------------------------
 
@@ -437,7 +439,7 @@ class PartitionTransaction:
         producer, self.producer = self.producer, None
         if producer is not None:
             await aiokafka_compat.abandon_producer(producer)
-        lane.retire(self.tp)
+        lane.offsets.retire(self.tp)
         fenced = isinstance(error, kafka_errors.ProducerFenced)
         permanent = isinstance(error, _PERMANENT)
         if fenced:
@@ -476,12 +478,12 @@ class PartitionTransaction:
         """Start the partition's producer: fences the previous owner's, and returns once the
         previous transaction of this transactional id is complete."""
         lane = self.lane
-        options = lane.options
+        settings = lane.settings
         tid = transactional_id(
-            options.transactional_id_prefix, lane.pipeline.group, self.tp.topic, self.tp.partition
+            settings.transactional_id_prefix, lane.pipeline.group, self.tp.topic, self.tp.partition
         )
         producer = lane.pipeline.transactional_producer(
-            tid, int(options.transaction_timeout_sec * 1000)
+            tid, int(settings.transaction_timeout_sec * 1000)
         )
         self.producer = producer
         try:
@@ -509,7 +511,7 @@ class PartitionTransaction:
         self.committed_point = None if committed is None else committed.offset
         self.committed_finished = finished
         self.start_offset = start_offset
-        lane.retire(tp)
+        lane.offsets.retire(tp)
         lane.trackers[tp] = PartitionOffsets(finished)
         position = self.committed_point if self.committed_point is not None else start_offset
         if position is not None:
@@ -517,22 +519,22 @@ class PartitionTransaction:
         self.ledger.begin()
         self.fault = None
         self._move(_S.OPEN)
-        lane.unhold(tp)
+        lane.fetching.unpin(tp)
         return len(finished)
 
-    def leaving(self) -> None:
+    def releasing(self) -> None:
         """The partition is about to be released: its set-up stops, a waiting commit gives up
         waiting (and aborts if it must), no transaction begins after the open one."""
         self._move(released(self.state))
         self._changed.set()
 
-    async def end(self, timeout: float) -> bool:
+    async def release(self, timeout: float) -> bool:
         """The partition is released (rebalance, stop): commit its transaction, or abort it
         when messages in it still run, within ``timeout``; then close the producer (at most
         ``_CLOSE_SEC`` more). Messages still running go on, as in an at-least-once lane;
         nothing they do is committed. True when its finished work was committed."""
         loop = asyncio.get_running_loop()
-        self.leaving()
+        self.releasing()
         ended = False
         committed = False
         with contextlib.suppress(TimeoutError):
@@ -543,7 +545,7 @@ class PartitionTransaction:
         self.epoch += 1
         if self.state is _S.RELEASING:  # committed, or left open when the budget ran out
             self._move(_S.WINDING_UP)  # publishers waiting at the gate find the partition gone
-        closing = loop.time() + _CLOSE_SEC
+        close_by = loop.time() + _CLOSE_SEC
         await self._settle_sends(_CLOSE_SEC / 4)
         producer, self.producer = self.producer, None
         self._move(_S.CLOSED)
@@ -552,7 +554,7 @@ class PartitionTransaction:
         aiokafka_compat.forget_transaction_error(producer)
         if ended:  # the transaction ended: nothing is left to flush
             with contextlib.suppress(Exception):  # a stop that hangs is abandoned below
-                async with asyncio.timeout(max(0.0, closing - loop.time())):
+                async with asyncio.timeout(max(0.0, close_by - loop.time())):
                     await producer.stop()
                 return committed
         await aiokafka_compat.abandon_producer(producer, _CLOSE_SEC / 4)

@@ -41,7 +41,7 @@ class Scheduler:
         committer: KafkaBatchCommitter,
         tally: Tally,
     ) -> None:
-        self._limit = settings.concurrency_limit
+        self._global_limit = settings.concurrency_limit
         self._max_uncommitted = settings.max_uncommitted_tasks
         self._lanes = lanes
         self._committer = committer
@@ -62,7 +62,7 @@ class Scheduler:
     def admit(self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]") -> None:
         """Take fetched records: each runs now, waits for a slot, or is held behind its key.
         Slots are filled and the pause state refreshed once for all of them."""
-        ordering = lane.options.ordering
+        ordering = lane.settings.ordering
         gate, ready = lane.gate, lane.ready
         # A fetch brings runs of records of one partition: its TopicPartition and tracker are
         # looked up once per run, not made again for every record.
@@ -71,14 +71,14 @@ class Scheduler:
         for record in records:
             if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
                 tp = TopicPartition(record.topic, record.partition)
-                tracker = lane.tracker_for(tp)
+                tracker = lane.offsets.tracker_for(tp)
             offset = record.offset
             if offset in tracker.already_done:
                 self._skip_done(lane, tracker, offset)
                 continue
             if not tracker.track(offset):
                 continue  # delivered again while its first delivery is still on its way
-            lane.add_tracked(1)
+            lane.offsets.add_tracked(1)
             key = ordering_key(ordering, record.topic, record.partition, record.key)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
             if gate.submit(message, key):
@@ -93,12 +93,12 @@ class Scheduler:
         positions = []
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            tracker = lane.tracker_for(tp)
+            tracker = lane.offsets.tracker_for(tp)
             if tracker.track(record.offset):
                 positions.append((tp, tracker, record.offset))
         if not positions:
             return  # every record delivered again while its first delivery is on its way
-        lane.add_tracked(len(positions))
+        lane.offsets.add_tracked(len(positions))
         first_tp, first_tracker, first_offset = positions[0]
         message = AdmittedMessage(
             records, first_tp, first_offset, lane=lane, tracker=first_tracker, key=None
@@ -110,15 +110,15 @@ class Scheduler:
 
     def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
         """An earlier owner finished this message (commit metadata said so): count it done."""
-        lane.add_tracked(1 - tracker.skip(offset))
+        lane.offsets.add_tracked(1 - tracker.skip(offset))
         lane.counters.skipped += 1
         self._committer.notify_finished()
 
     # ---- slots -----------------------------------------------------------------------
 
     def _start_ready(self, lane: ConsumerLane) -> None:
-        limit = self._limit
-        lane_limit = lane.options.concurrency_limit
+        limit = self._global_limit
+        lane_limit = lane.settings.concurrency_limit
         ready = lane.ready
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
@@ -144,7 +144,7 @@ class Scheduler:
     def _serve_hungry(self) -> None:
         """Hand freed global slots to lanes that waited for one, in turn."""
         hungry = self._hungry
-        while hungry and self.running < self._limit:
+        while hungry and self.running < self._global_limit:
             lane = hungry.popleft()
             lane.hungry = False
             self._start_ready(lane)
@@ -166,8 +166,8 @@ class Scheduler:
         if (
             lane.ready
             and not self._hungry
-            and len(lane.running) < lane.options.concurrency_limit
-            and self.running < self._limit
+            and len(lane.running) < lane.settings.concurrency_limit
+            and self.running < self._global_limit
             and contextvars.copy_context() == lane.context
         ):
             following = lane.ready.popleft()
@@ -242,10 +242,10 @@ class Scheduler:
     def fetch_size(self, lane: ConsumerLane) -> int:
         """How many records the lane's next fetch may bring."""
         return backpressure.fetch_size(
-            lane_limit=lane.options.concurrency_limit,
+            lane_limit=lane.settings.concurrency_limit,
             lane_running=len(lane.running),
             lane_backlog=len(lane.ready),
-            global_limit=self._limit,
+            global_limit=self._global_limit,
             global_running=self.running,
             uncommitted_room=self._max_uncommitted - self._tally.count,
         )
@@ -254,39 +254,39 @@ class Scheduler:
         """Hold the consumer's poll loop while its backlog fills its limit: the cheapest
         backpressure, since a pause makes aiokafka drop and re-fetch the records it buffered.
         Past the hold budget pause instead, so the loop polls again in time."""
-        limit = lane.options.concurrency_limit
+        limit = lane.settings.concurrency_limit
         if not backpressure.backlog_full(len(lane.ready), limit) or lane.closing:
             return
-        room = lane.room = asyncio.get_running_loop().create_future()
-        budget = backpressure.hold_budget_sec(aiokafka_compat.max_poll_interval_ms(lane.consumer))
+        room = lane.fetching.room = asyncio.get_running_loop().create_future()
+        budget = backpressure.wait_budget_sec(aiokafka_compat.max_poll_interval_ms(lane.consumer))
         try:
             async with asyncio.timeout(budget):
                 await room
         except TimeoutError:
             if backpressure.backlog_full(len(lane.ready), limit):
-                lane.pause()
+                lane.fetching.pause()
         finally:
-            lane.room = None
+            lane.fetching.room = None
 
     def refresh_pause(self, lane: ConsumerLane) -> None:
         """Wake a held poll loop once its backlog has room; pause when the uncommitted budget
         is spent; resume once the backlog halved and the budget has room again."""
         backlog = len(lane.ready)
-        limit = lane.options.concurrency_limit
+        limit = lane.settings.concurrency_limit
         if backlog < limit:
-            lane.wake_admission()
+            lane.fetching.wake()
         if backpressure.over_budget(self._tally.count, self._max_uncommitted):
             self._over_budget = True
-            lane.pause()
+            lane.fetching.pause()
         elif self._over_budget:
             # Back under budget: every lane paused only for the budget may fetch again.
             self._over_budget = False
             for other in self._lanes.values():
-                if other.paused and backpressure.may_resume(
-                    len(other.ready), other.options.concurrency_limit
+                if other.fetching.paused and backpressure.may_resume(
+                    len(other.ready), other.settings.concurrency_limit
                 ):
                     other.resume()
-        elif lane.paused and backpressure.may_resume(backlog, limit):
+        elif lane.fetching.paused and backpressure.may_resume(backlog, limit):
             lane.resume()
 
 
@@ -297,4 +297,4 @@ def _retired(message: AdmittedMessage) -> bool:
 def _finish(lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
     passed = tracker.finish(offset)
     if not tracker.retired:
-        lane.add_tracked(-passed)
+        lane.offsets.add_tracked(-passed)

@@ -322,8 +322,137 @@ class Faults:
         return iter(list(self._current.values()))
 
 
+class Fetching:
+    """What a lane's consumer may fetch: the pause this library set (backpressure, a stop),
+    the partitions pinned paused whatever backpressure decides, the poll loop's wait for
+    backlog room, and the error of the last fetch."""
+
+    __slots__ = ("_consumer", "_counters", "_log", "_name", "_paused", "error", "pinned", "room")
+
+    def __init__(self, consumer: AIOKafkaConsumer, counters: Counters, log: Log, name: str) -> None:
+        self._consumer = consumer
+        self._counters = counters
+        self._log = log
+        self._name = name
+        self._paused: set[TopicPartition] | None = None
+        # Partitions kept paused whatever backpressure decides (see ``pin``).
+        self.pinned: set[TopicPartition] = set()
+        # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
+        self.room: asyncio.Future[None] | None = None
+        # The error of the consumer's last fetch, None once one succeeded.
+        self.error: BaseException | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    def wake(self) -> None:
+        """Let a poll loop waiting for backlog room go on."""
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def pause(self) -> None:
+        """Stop fetching on every assigned partition; the poll loop keeps polling."""
+        if self._paused is not None:
+            return
+        self._paused = set()
+        self._counters.pauses += 1
+        self.reapply()
+
+    def reapply(self) -> None:
+        """Pause state is lost on rebalance; pause whatever is assigned now."""
+        if self._paused is None:
+            return
+        consumer = self._consumer
+        already = consumer.paused()
+        targets = {tp for tp in consumer.assignment() if tp not in already}
+        if targets:
+            consumer.pause(*targets)
+            self._paused |= targets
+            self._log.debug("Paused %d partition(s) of %s", len(targets), self._name)
+
+    def pin(self, *partitions: TopicPartition) -> None:
+        """Keep ``partitions`` paused whatever backpressure decides (an exactly-once partition
+        whose transaction is not ready); assigned ones are paused now."""
+        self.pinned.update(partitions)
+        assigned = self._consumer.assignment()
+        targets = [tp for tp in partitions if tp in assigned]
+        if targets:
+            self._consumer.pause(*targets)
+
+    def unpin(self, *partitions: TopicPartition) -> None:
+        """Let pinned partitions fetch again, unless the lane itself is paused now (they
+        resume with it then)."""
+        self.pinned.difference_update(partitions)
+        targets = set(partitions) & self._consumer.assignment()
+        if not targets:
+            return
+        if self._paused is not None:
+            self._paused |= targets
+        else:
+            self._consumer.resume(*targets)
+
+    def resume(self) -> None:
+        """Resume only what this library paused, leaving the user's own pauses alone."""
+        if self._paused is None:
+            return
+        targets = (self._paused - self.pinned) & self._consumer.assignment()
+        self._paused = None
+        self._counters.resumes += 1
+        if targets:
+            self._consumer.resume(*targets)
+            self._log.debug("Resumed %d partition(s) of %s", len(targets), self._name)
+
+
+class Offsets:
+    """A lane's offsets: a tracker per partition it reads, how many of its messages no commit
+    point passed yet (its own count and the engine's ``Tally``), what a refused commit keeps
+    until the rejoin, and how its commit requests went."""
+
+    __slots__ = ("awaiting_rejoin", "commit_lock", "commits", "tally", "tracked", "trackers")
+
+    def __init__(self, tally: Tally, counters: Counters) -> None:
+        self.trackers: dict[TopicPartition, PartitionOffsets] = {}
+        self.tracked = 0
+        self.tally = tally
+        # Revoked partitions whose last commit was refused: kept until the next assignment,
+        # which commits those given back (see ``KafkaBatchCommitter.recommit_after_rejoin``).
+        self.awaiting_rejoin: dict[TopicPartition, PartitionOffsets] = {}
+        self.commit_lock = asyncio.Lock()
+        self.commits = CommitStatus(counters)
+
+    def add_tracked(self, delta: int) -> None:
+        self.tracked += delta
+        self.tally.count += delta
+
+    def tracker_for(self, topic_partition: TopicPartition) -> PartitionOffsets:
+        tracker = self.trackers.get(topic_partition)
+        if tracker is None:
+            tracker = self.trackers[topic_partition] = PartitionOffsets()
+        return tracker
+
+    def retire(self, topic_partition: TopicPartition) -> None:
+        """Drop the tracker of a partition this consumer no longer owns; late results of its
+        messages stay uncommitted."""
+        tracker = self.trackers.pop(topic_partition, None)
+        if tracker is not None:
+            tracker.retired = True
+            self.add_tracked(-tracker.pending_count)
+
+    def retire_from_tally(self) -> None:
+        """The lane is retired from its engine: its backlog stops counting against the
+        engine's budget, whatever happens to its remaining work."""
+        self.tally.count -= self.tracked
+        self.tally = Tally()
+        self.tally.count = self.tracked
+
+
 class ConsumerLane:
-    """Everything kept for one consumer between admission and commit."""
+    """Everything kept for one consumer between admission and commit, in named parts: what
+    its subscriber is (``pipeline``, ``settings``, ``policy``, ``brake``, ``counters``), its
+    messages (``gate``, ``ready``, ``running``), its ``offsets``, its ``fetching`` and its
+    commit ``strategy``."""
 
     def __init__(
         self,
@@ -337,12 +466,12 @@ class ConsumerLane:
         brake: DeadLetterBrake | None = None,
         strategy: "Callable[[ConsumerLane], CommitStrategy]",
     ) -> None:
+        # The subscriber: what runs its messages and how.
         self.consumer = consumer
         self.pipeline = pipeline
         self.log = pipeline.logger()
-        # Bound once: the slot loop calls it for every message.
-        self.process: Callable[[Any], Awaitable[Any]] = pipeline.process
-        self.options = settings
+        self.process: Callable[[Any], Awaitable[Any]] = pipeline.process  # bound once
+        self.settings = settings
         # The pipeline's control exceptions plus the subscriber's errors not worth retrying.
         self.policy = pipeline.policy.with_no_retry(settings.no_retry_on)
         # Shared by every lane of the same pipeline: the brake stops the whole subscriber.
@@ -351,33 +480,21 @@ class ConsumerLane:
             max_failure_ratio=settings.max_failure_ratio,
             failure_ratio_window=settings.failure_ratio_window,
         )
-        self.trackers: dict[TopicPartition, PartitionOffsets] = {}
-        # Revoked partitions whose last commit was refused: kept until the next assignment,
-        # which commits those given back (see ``KafkaBatchCommitter.recommit_after_rejoin``).
-        self.awaiting_rejoin: dict[TopicPartition, PartitionOffsets] = {}
-        self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
-        self.ready: deque[AdmittedMessage] = deque()
-        self.running: set[AdmittedMessage] = set()
-        self.tracked = 0
-        self.tally = tally or Tally()
         self.counters = counters or Counters()
         self.faults = faults or Faults()
-        # Set while the consumer's poll loop waits for backlog room (see wait_for_room).
-        self.room: asyncio.Future[None] | None = None
-        self.closing = False
-        self.dead_letter_stuck: set[AdmittedMessage] = set()
         self.commit_guard = CommitGuard(consumer)
-        self.hungry = False
-        self.commit_lock = asyncio.Lock()
-        self.commits = CommitStatus(self.counters)
-        # The error of the consumer's last fetch, None once one succeeded.
-        self.fetch_error: BaseException | None = None
         # What every message task of this lane starts from (a copy each): the context the lane
         # was made in, FastStream's poll loop or rebalance listener, never a handler's.
         self.context = contextvars.copy_context()
-        self._paused: set[TopicPartition] | None = None
-        # Partitions held paused whatever backpressure decides (see ``hold``).
-        self.held: set[TopicPartition] = set()
+        # Its messages: behind their key, ready for a slot, running; and its admission.
+        self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
+        self.ready: deque[AdmittedMessage] = deque()
+        self.running: set[AdmittedMessage] = set()
+        self.dead_letter_stuck: set[AdmittedMessage] = set()
+        self.hungry = False  # waits for a global slot (``Scheduler``)
+        self.closing = False  # admission closed: takes no new messages
+        self.offsets = Offsets(tally or Tally(), self.counters)
+        self.fetching = Fetching(consumer, self.counters, self.log, pipeline.name)
         # How the lane commits, and what runs its messages (bound once: read per message).
         self.strategy = strategy(self)
         self.slot_body: SlotBody = self.strategy.slot_body
@@ -386,33 +503,9 @@ class ConsumerLane:
     def name(self) -> str:
         return self.pipeline.name
 
-    def add_tracked(self, delta: int) -> None:
-        self.tracked += delta
-        self.tally.count += delta
-
-    def leave_tally(self) -> None:
-        """This lane is dropped from its engine: its backlog stops counting against the
-        engine's budget, whatever happens to its remaining work."""
-        self.tally.count -= self.tracked
-        self.tally = Tally()
-        self.tally.count = self.tracked
-
     @property
-    def paused(self) -> bool:
-        return self._paused is not None
-
-    def tracker_for(self, topic_partition: TopicPartition) -> PartitionOffsets:
-        tracker = self.trackers.get(topic_partition)
-        if tracker is None:
-            tracker = self.trackers[topic_partition] = PartitionOffsets()
-        return tracker
-
-    def retire(self, topic_partition: TopicPartition) -> None:
-        """Forget a partition this consumer no longer owns; late results stay uncommitted."""
-        tracker = self.trackers.pop(topic_partition, None)
-        if tracker is not None:
-            tracker.retired = True
-            self.add_tracked(-tracker.pending_count)
+    def trackers(self) -> dict[TopicPartition, PartitionOffsets]:
+        return self.offsets.trackers
 
     def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> int:
         """Discard admitted work that has not started; it stays uncommitted and is redelivered."""
@@ -423,81 +516,29 @@ class ConsumerLane:
             return partitions is None or all(tp in partitions for tp, _, _ in message.positions())
 
         kept = [message for message in self.ready if not matches(message)]
-        leaving = [message for message in self.ready if matches(message)]
+        dropped_ready = [message for message in self.ready if matches(message)]
         self.ready = deque(kept)
         gate = self.gate
-        dropped = len(leaving) + len(gate.drop(matches))
+        dropped = len(dropped_ready) + len(gate.drop(matches))
         # A ready message passed the ordering gate: it holds its key until it ends, and
         # dropped it never will, so its key is handed on here (to a message that stays).
-        for message in leaving:
+        for message in dropped_ready:
             if message.key is not None:
                 successor = gate.release_past(message.key, matches)
                 if successor is not None:
                     self.ready.append(successor)
-        self.wake_admission()
+        self.fetching.wake()
         return dropped
 
-    def stop_taking(self) -> int:
+    def close_admission(self) -> int:
         """Take no new messages (shutdown, or a tripped brake): admission closes, fetching
         pauses for good, and what waits for a slot is dropped, uncommitted, for a later read;
         returns how many were dropped."""
         self.closing = True
-        self.pause()
+        self.fetching.pause()
         return self.drop_waiting()
 
-    def wake_admission(self) -> None:
-        """Let a poll loop held for backlog room go on."""
-        room = self.room
-        if room is not None and not room.done():
-            room.set_result(None)
-
-    def pause(self) -> None:
-        """Stop fetching on every assigned partition; the poll loop keeps polling."""
-        if self._paused is not None:
-            return
-        self._paused = set()
-        self.counters.pauses += 1
-        self.reapply_pause()
-
-    def reapply_pause(self) -> None:
-        """Pause state is lost on rebalance; pause whatever is assigned now."""
-        if self._paused is None:
-            return
-        already = self.consumer.paused()
-        targets = {tp for tp in self.consumer.assignment() if tp not in already}
-        if targets:
-            self.consumer.pause(*targets)
-            self._paused |= targets
-            self.log.debug("Paused %d partition(s) of %s", len(targets), self.name)
-
-    def hold(self, *partitions: TopicPartition) -> None:
-        """Keep ``partitions`` paused whatever backpressure decides (an exactly-once partition
-        whose transaction is not ready); assigned ones are paused now."""
-        self.held.update(partitions)
-        assigned = self.consumer.assignment()
-        targets = [tp for tp in partitions if tp in assigned]
-        if targets:
-            self.consumer.pause(*targets)
-
-    def unhold(self, *partitions: TopicPartition) -> None:
-        """Let held partitions fetch again, unless the lane itself is paused now (they resume
-        with it then)."""
-        self.held.difference_update(partitions)
-        targets = set(partitions) & self.consumer.assignment()
-        if not targets:
-            return
-        if self._paused is not None:
-            self._paused |= targets
-        else:
-            self.consumer.resume(*targets)
-
     def resume(self) -> None:
-        """Resume only what this library paused, leaving the user's own pauses alone."""
-        if self._paused is None or self.closing:
-            return
-        targets = (self._paused - self.held) & self.consumer.assignment()
-        self._paused = None
-        self.counters.resumes += 1
-        if targets:
-            self.consumer.resume(*targets)
-            self.log.debug("Resumed %d partition(s) of %s", len(targets), self.name)
+        """Fetch again what backpressure paused, unless admission closed."""
+        if not self.closing:
+            self.fetching.resume()

@@ -17,7 +17,7 @@ def strategy_for(
     """What makes a new lane's strategy: exactly-once when its subscriber asked for it."""
 
     def make(lane: ConsumerLane) -> CommitStrategy:
-        if lane.options.exactly_once:
+        if lane.settings.exactly_once:
             return LaneTransactions(lane, settings)
         return AtLeastOnce(lane, committer, settings.rebalance_flush_timeout_sec)
 

@@ -51,7 +51,7 @@ async def run_transactional_slot(
                 earlier = partition.earlier.pop(current.offset, None)
                 finished = await TransactionalAttempts(current, partition, ticket).resume(earlier)
             except BaseException:
-                partition.ended(current, finished=False)
+                partition.settled(current, finished=False)
                 raise
             finally:
                 CURRENT.reset(token)
@@ -59,7 +59,7 @@ async def run_transactional_slot(
         following = take_next(current)
         # After the settle: a commit that waited for this message sees it finished.
         if partition is not None:
-            partition.ended(current, finished=finished)
+            partition.settled(current, finished=finished)
         current = following
 
 
@@ -113,7 +113,7 @@ class TransactionalAttempts(LaneAttempts):
         message = self.message
         self.partition.earlier[message.offset] = record
         if record.final:
-            then = "given up" if self.options.dead_letter_topic is None else "dead-lettered"
+            then = "given up" if self.settings.dead_letter_topic is None else "dead-lettered"
         else:
             then = "tried again"
         self.log.info(

@@ -24,7 +24,7 @@ fences the previous owner's producer of it by starting its own. Per partition:
   without fencing a rightful new owner.
 
 Every step is bounded: commits and aborts by ``commit_timeout_sec``, a transaction held open
-by its running messages by ``transaction_timeout_sec * HOLD_SHARE``, releases and stops by
+by its running messages by ``transaction_timeout_sec * OPEN_SHARE``, releases and stops by
 their own budgets.
 """
 
@@ -99,7 +99,7 @@ class LaneTransactions:
             if record.offset >= limit:
                 assert partition is not None
                 partition.cut_at = record.offset
-                lane.hold(tp)
+                lane.fetching.pin(tp)
                 lane.consumer.seek(tp, record.offset)
                 cut = True
                 continue
@@ -120,7 +120,7 @@ class LaneTransactions:
         fresh = {tp for tp in assigned if tp not in self.partitions}
         if not fresh or lane.closing:
             return  # a rejoin that completes while the lane stops: nothing is set up
-        lane.hold(*fresh)
+        lane.fetching.pin(*fresh)
         for tp in fresh:
             self.partitions[tp] = PartitionTransaction(self.lane, self.settings, tp)
         previous = self._set_up
@@ -198,13 +198,13 @@ class LaneTransactions:
         aborts it, when a message in it still runs), and closes its producer."""
         leaving = [self.partitions.pop(tp) for tp in list(self.partitions) if tp in partitions]
         for partition in leaving:
-            partition.leaving()
+            partition.releasing()
         task = self._set_up
         if task is not None and not task.done() and not self.partitions:
             task.cancel()
             await asyncio.wait([task])
         if leaving:
-            results = await asyncio.gather(*(p.end(timeout) for p in leaving))
+            results = await asyncio.gather(*(p.release(timeout) for p in leaving))
             failed = [p for p, ok in zip(leaving, results, strict=True) if not ok]
             for partition in failed:
                 point = partition.committed_point

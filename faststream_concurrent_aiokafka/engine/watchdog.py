@@ -76,7 +76,7 @@ class Watchdog:
         previous = self._first_seen
         seen: dict[AdmittedMessage, float] = {}
         for lane in lanes:
-            limit = lane.options.stall_warning_sec
+            limit = lane.settings.stall_warning_sec
             for message in lane.running:
                 first = previous.get(message, now)
                 seen[message] = first
@@ -110,9 +110,9 @@ class Watchdog:
 
 def tick_sec(lanes: Iterable[ConsumerLane]) -> float:
     limits = [
-        lane.options.stall_warning_sec
+        lane.settings.stall_warning_sec
         for lane in lanes
-        if lane.options.stall_warning_sec is not None
+        if lane.settings.stall_warning_sec is not None
     ]
     tick = min([MAX_TICK_SEC, *(limit / 10 for limit in limits)])
     return max(MIN_TICK_SEC, tick)

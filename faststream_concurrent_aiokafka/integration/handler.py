@@ -122,7 +122,7 @@ class ConcurrentProcessing:
     def lanes_of(self, subscriber: object) -> list[ConsumerLane]:
         return self.engine.lanes_of(subscriber)
 
-    async def release_revoked(self, subscriber: object, revoked: set[TopicPartition]) -> None:
+    async def release_partitions(self, subscriber: object, revoked: set[TopicPartition]) -> None:
         """Settle and commit the revoked partitions of every consumer of ``subscriber``."""
         timeout = self.settings.rebalance_flush_timeout_sec
         await asyncio.gather(
@@ -179,7 +179,7 @@ class KafkaConcurrentRebalanceListener(ConsumerRebalanceListener):  # type: igno
         revoked = set(revoked)
         handler = self._resolve()
         if handler is not None and self.subscriber is not None:
-            await handler.release_revoked(self.subscriber, revoked)
+            await handler.release_partitions(self.subscriber, revoked)
         if self.inner is not None:
             await _maybe_await(self.inner.on_partitions_revoked(revoked))
 

@@ -64,7 +64,9 @@ class InlineAttempts(Attempts):
         message = self.message
         message.committed = None  # an earlier attempt's nack must not read as this one's
         try:
-            self.result = await call_handler(self.options.task_timeout_sec, self.call_next, message)
+            self.result = await call_handler(
+                self.settings.task_timeout_sec, self.call_next, message
+            )
         except (Exception, SystemExit) as error:
             return error
         return None
@@ -85,7 +87,7 @@ class InlineAttempts(Attempts):
         raise error  # FastStream's test client handles an acknowledgement or a stop
 
     def log_final_failure(self, record: AttemptRecord) -> None:
-        if self.options.dead_letter_topic is None:
+        if self.settings.dead_letter_topic is None:
             raise record.error  # FastStream's test client raises it from publish (and logs it)
         super().log_final_failure(record)
 
@@ -96,7 +98,7 @@ class InlineAttempts(Attempts):
             self.message.raw_message,
             error=error,
             attempts=attempts,
-            exception_text=self.options.dead_letter_exception_text,
+            exception_text=self.settings.dead_letter_exception_text,
         )
 
     def dead_letter_failed(

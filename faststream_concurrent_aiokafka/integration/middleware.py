@@ -75,7 +75,7 @@ class KafkaConcurrentProcessingMiddleware(BaseMiddleware):
         admitted = RUNNING.get(id(self.msg))
         if admitted is not None:
             lane = admitted.lane
-            return call_handler(lane.options.task_timeout_sec, call_next, msg, lane.commit_guard)
+            return call_handler(lane.settings.task_timeout_sec, call_next, msg, lane.commit_guard)
         return self._first_contact(call_next, msg)
 
     async def _first_contact(self, call_next: Any, msg: StreamMessage[Any]) -> Any:

@@ -159,7 +159,7 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
             return
         if lane is None or not lane.ready:
             return
-        if len(lane.ready) >= lane.options.concurrency_limit:
+        if len(lane.ready) >= lane.settings.concurrency_limit:
             await engine.scheduler.wait_for_room(lane)
         else:
             # Let running messages take a step before fetching more: with fast handlers the
@@ -176,7 +176,7 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
             # flight finds its lane closed and is not admitted into a new one.
             await stop()
         finally:
-            engine.forget(lanes)
+            engine.retire(lanes)
 
     faststream_compat.take_over_consume_one(subscriber, admit)
     stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)

@@ -227,7 +227,7 @@ async def test_full_backlog_holds_the_poll_loop_without_pausing(
         await wait_until(lambda: len(done) == total, timeout=30)
         lane = single_lane(handler, sub)
         assert lane is not None
-        held_paused = lane.paused
+        held_paused = lane.fetching.paused
         # Before the stop, whose drain pauses the consumer.
         pauses = [m for m in lib_messages(caplog) if m.startswith("Paused")]
 
@@ -325,7 +325,7 @@ async def test_uncommitted_budget_pauses_behind_a_blocked_message() -> None:
     state: dict[str, ConcurrentProcessing] = {}
 
     def sample() -> int:
-        value = sum(lane.tracked for lane in state["handler"].lanes)
+        value = sum(lane.offsets.tracked for lane in state["handler"].lanes)
         samples.append(value)
         return value
 
@@ -357,7 +357,7 @@ async def test_uncommitted_budget_pauses_behind_a_blocked_message() -> None:
             lane = single_lane(handler, sub)
             return (
                 lane is not None
-                and lane.paused
+                and lane.fetching.paused
                 and handler.in_flight == 1
                 and handler.processed >= budget - 1
             )
@@ -498,7 +498,7 @@ async def test_rebalance_while_paused_loses_and_duplicates_nothing(
 
         def paused_with_backlog() -> bool:
             lane = single_lane(handler, sub)
-            return lane is not None and lane.paused and len(lane.ready) >= 2
+            return lane is not None and lane.fetching.paused and len(lane.ready) >= 2
 
         await wait_until(paused_with_backlog, timeout=30)
         lane = single_lane(handler, sub)

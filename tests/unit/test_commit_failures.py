@@ -425,7 +425,7 @@ async def test_fenced_flush_is_committed_after_the_rejoin_for_partitions_given_b
 
     await fenced_revocation(consumer, engine, lane)
     assert not lane.trackers
-    assert set(lane.awaiting_rejoin) == {tp(0), tp(1)}
+    assert set(lane.offsets.awaiting_rejoin) == {tp(0), tp(1)}
 
     consumer.assign([0])  # the rejoin gives partition 0 back; 1 goes to another member
     await engine.partitions_assigned(lane, {tp(0)})
@@ -433,7 +433,7 @@ async def test_fenced_flush_is_committed_after_the_rejoin_for_partitions_given_b
     assert points(consumer.requests[-1]) == {0: 10}
     assert consumer.seeks == {tp(0): 10}  # read on after the finished work, not again
     assert consumer.committed[tp(1)].offset == 2  # never committed for another member
-    assert not lane.awaiting_rejoin
+    assert not lane.offsets.awaiting_rejoin
     assert tp(0) not in consumer.paused()
     await engine.close()
 
@@ -445,7 +445,7 @@ async def test_a_backpressure_pause_during_the_rejoin_commit_resumes_what_it_gav
     await fenced_revocation(consumer, engine, lane)
 
     async def paused_meanwhile(_offsets: dict[Any, OffsetAndMetadata]) -> None:
-        lane.pause()  # the backlog filled up while the rejoin's commit was on its way
+        lane.fetching.pause()  # the backlog filled up while the rejoin's commit was on its way
 
     consumer.steps.append(paused_meanwhile)
     await engine.partitions_assigned(lane, {tp(0)})
@@ -500,7 +500,7 @@ async def test_kept_work_of_partitions_never_given_back_is_logged_at_stop(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         await engine.drain([lane], timeout=0.1)
 
-    assert not lane.awaiting_rejoin
+    assert not lane.offsets.awaiting_rejoin
     assert any(
         "revoked while its commit was refused" in r.getMessage()
         and "offsets below 6" in r.getMessage()

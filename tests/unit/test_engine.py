@@ -99,7 +99,7 @@ class Rig:
 
 def holding(lane: ConsumerLane) -> bool:
     """A poll loop waits for room in this lane's backlog (a function: read anew each time)."""
-    return lane.room is not None
+    return lane.fetching.room is not None
 
 
 def healthy(engine: Engine) -> bool:
@@ -376,7 +376,7 @@ async def test_a_held_poll_loop_pauses_the_consumer_after_the_hold_budget(
     await asyncio.wait_for(rig.engine.scheduler.wait_for_room(rig.lane), 1)
     assert loop_time() - started >= 0.025
     assert consumer.paused() == {P0, P1}
-    assert rig.lane.paused
+    assert rig.lane.fetching.paused
 
 
 async def test_a_paused_lane_resumes_once_its_backlog_halved(make_rig: MakeRig) -> None:
@@ -392,7 +392,7 @@ async def test_a_paused_lane_resumes_once_its_backlog_halved(make_rig: MakeRig) 
     await rig.pipeline.release(0, 1)
     await wait_until(lambda: len(rig.lane.ready) == 2)
     assert consumer.paused() == set()
-    assert not rig.lane.paused
+    assert not rig.lane.fetching.paused
 
 
 async def test_the_uncommitted_budget_pauses_and_its_room_resumes(make_rig: MakeRig) -> None:
@@ -862,16 +862,16 @@ async def test_a_record_delivered_again_while_on_its_way_runs_once_and_counts_on
     rig = await make_rig()
     rig.admit(0, 0, 1)
     await wait_until(lambda: len(rig.pipeline.running()) == 2)
-    tracked = rig.lane.tracked
+    tracked = rig.lane.offsets.tracked
 
     rig.admit(0, 0, 1)  # e.g. a seek back, or the partition back before it was retired
 
     await let_run()
     assert len(rig.pipeline.running()) == 2
-    assert rig.lane.tracked == tracked == 2
+    assert rig.lane.offsets.tracked == tracked == 2
     await rig.pipeline.release(0, 0)
     await rig.pipeline.release(0, 1)
     await wait_until(lambda: rig.engine.counters.processed == 2)
-    assert rig.lane.tracked == 0
+    assert rig.lane.offsets.tracked == 0
     await rig.flush()
     assert rig.committed() == 2

@@ -243,7 +243,7 @@ class EngineMachine(RuleBasedStateMachine):
         model.start = 0 if meta is None else meta.offset
         model.ended_before, model.ended = model.ended, set()
         model.known_done = frozenset()
-        if meta is not None and meta.metadata and self.lane.options.track_completed_offsets:
+        if meta is not None and meta.metadata and self.lane.settings.track_completed_offsets:
             model.known_done = decode_finished_offsets(meta.metadata, meta.offset)
         unfinished = model.known_done - model.ever_ended
         if unfinished:
@@ -272,7 +272,7 @@ class EngineMachine(RuleBasedStateMachine):
             self._end(admission)
         elif call.outcome == "failed":
             outcome = POLICY.classify(call.error)
-            options = self.lane.options
+            options = self.lane.settings
             if outcome is Outcome.RETRY and call.attempt <= options.max_retries:
                 return
             if outcome in (Outcome.RETRY, Outcome.DEAD_LETTER) and options.dead_letter_topic:
@@ -349,7 +349,7 @@ class EngineMachine(RuleBasedStateMachine):
                 partition, record.offset, self.partitions[partition].generation
             )
         self.engine.admit(self.lane, fetched.records)
-        if len(self.lane.ready) >= self.lane.options.concurrency_limit:
+        if len(self.lane.ready) >= self.lane.settings.concurrency_limit:
             await self.engine.scheduler.wait_for_room(self.lane)
         else:
             await asyncio.sleep(0)
@@ -509,7 +509,7 @@ class EngineMachine(RuleBasedStateMachine):
                 f"stalled: nothing runs, yet {len(lane.ready)} message(s) wait for a slot "
                 f"and {lane.gate.held_count} behind their key"
             )
-        if lane.paused:
+        if lane.fetching.paused:
             self.violations.append(
                 f"stalled: nothing runs, yet the consumer stays paused ({self.consumer.paused()})"
             )
@@ -672,7 +672,7 @@ async def test_a_lane_paused_for_the_budget_resumes_when_a_release_frees_it() ->
     await rebalance(1.0)  # the old 0 ends while the release waits; 0 and 1 are dropped
     try:
         assert engine.in_flight == 0
-        assert lane.tally.count == 0
+        assert lane.offsets.tally.count == 0
         assert consumer.paused() == set()
     finally:
         await _close(engine, pipeline)

@@ -16,7 +16,7 @@ from faststream_concurrent_aiokafka.core.transactions import (
     Verdict,
     admissible_below,
     exact_metadata,
-    may_resume,
+    span_has_room,
     to_commit,
     transactional_id,
 )
@@ -60,10 +60,10 @@ def test_admission_stops_max_span_above_the_commit_point() -> None:
 
 def test_a_partition_held_at_the_span_end_resumes_once_half_the_span_is_free() -> None:
     cut = 100 + MAX_SPAN
-    assert not may_resume(100, cut)
-    assert not may_resume(cut - MAX_SPAN // 2, cut)
-    assert may_resume(cut - MAX_SPAN // 2 + 1, cut)
-    assert may_resume(None, cut)
+    assert not span_has_room(100, cut)
+    assert not span_has_room(cut - MAX_SPAN // 2, cut)
+    assert span_has_room(cut - MAX_SPAN // 2 + 1, cut)
+    assert span_has_room(None, cut)
 
 
 @pytest.mark.parametrize(
