@@ -5,8 +5,9 @@ Installed only inside a worker process, by wrapping two methods at class level:
 * ``aiokafka.consumer.fetcher.Fetcher._proc_fetch_request``: one call per fetch request sent.
 * ``aiokafka.consumer.fetcher.PartitionRecords.__init__``: one per partition in a fetch
   response that carried records; adds up the record bytes received.
-* ``ConsumerLane.pause``: counted when a consumer goes from running to paused (backpressure);
-  only in this library's runs (the other package's internals are never looked at).
+* ``Fetching.pause`` (``ConsumerLane.pause`` in older checkouts): counted when a consumer goes
+  from running to paused (backpressure); only in this library's runs (the other package's
+  internals are never looked at).
 
 Besides, a ``gc.callbacks`` hook counts CPython's collections by generation and the time they
 took. The wrappers cost one Python call per fetch or pause, the hook two per collection,
@@ -37,14 +38,14 @@ COUNTERS = Counters()
 _installed = False
 
 
-def _consumer_lane() -> Any:
-    """This library's ConsumerLane class, also from a checkout from before the layers
-    (bench.paired against an older commit)."""
+def _pausing_class() -> Any:
+    """This library's class whose ``pause()`` pauses a consumer: a lane's ``Fetching``, or
+    ``ConsumerLane`` in a checkout from before it (bench.paired against an older commit)."""
     try:
         module = importlib.import_module("faststream_concurrent_aiokafka.engine.state")
     except ImportError:
         module = importlib.import_module("faststream_concurrent_aiokafka.lane")
-    return module.ConsumerLane
+    return getattr(module, "Fetching", None) or module.ConsumerLane
 
 
 def install(*, pauses: bool = True) -> Counters:
@@ -73,7 +74,7 @@ def install(*, pauses: bool = True) -> Counters:
     gc.callbacks.append(_count_collection)
     if not pauses:
         return COUNTERS
-    lane = _consumer_lane()
+    lane = _pausing_class()
     pause = lane.pause
 
     def counted_pause(self: Any) -> None:

@@ -60,12 +60,12 @@ async def fetch_committed_offsets(
 
 
 def max_poll_interval_ms(consumer: AIOKafkaConsumer) -> int | None:
-    """The consumer's ``max_poll_interval_ms``: a poll loop held longer gets the consumer evicted.
+    """The consumer's ``max_poll_interval_ms``: a poll loop waiting longer gets it evicted.
 
     Why private: aiokafka keeps its settings only as private attributes. Fallback: None (a
     hold then lasts at most ``MAX_WAIT_SEC``).
     """
-    return _private_int(consumer, "_max_poll_interval_ms", "hold budget capped at 10 s")
+    return _private_int(consumer, "_max_poll_interval_ms", "wait budget capped at 10 s")
 
 
 def rebalance_timeout_ms(consumer: AIOKafkaConsumer) -> int | None:

@@ -1,4 +1,4 @@
-"""Backpressure decisions: how much to fetch, when to hold the poll loop, pause or resume.
+"""Backpressure decisions: how much to fetch, when the poll loop waits, pause or resume.
 
 Pure: no I/O. The engine applies them (``engine.scheduler``); the numbers behind them come
 from aiokafka's timeouts, passed in as plain values.
@@ -6,12 +6,12 @@ from aiokafka's timeouts, passed in as plain values.
 
 from typing import Final
 
-# A loop held this long without a free slot gets its consumer paused: with work this slow
+# A loop waiting this long without a free slot gets its consumer paused: with work this slow
 # the re-fetch after the resume costs little.
 MAX_WAIT_SEC: Final = 10.0
 
-# Share of max_poll_interval_ms a held poll loop may use: aiokafka counts the time outside its
-# fetch calls against that limit and leaves the group past it.
+# Share of max_poll_interval_ms a waiting poll loop may use: aiokafka counts the time outside
+# its fetch calls against that limit and leaves the group past it.
 _WAIT_SHARE: Final = 0.5
 
 # Share of the rebalance timeout a revocation flush may use: past the timeout Kafka finishes
@@ -36,7 +36,7 @@ def fetch_size(
 
 
 def backlog_full(backlog: int, limit: int) -> bool:
-    """As many messages wait for a slot as the lane may run: hold its poll loop."""
+    """As many messages wait for a slot as the lane may run: its poll loop waits."""
     return backlog >= limit
 
 
@@ -51,7 +51,7 @@ def over_budget(uncommitted: int, max_uncommitted: int) -> bool:
 
 
 def wait_budget_sec(max_poll_interval_ms: int | None) -> float:
-    """How long a full backlog may hold the poll loop before pausing instead."""
+    """How long a full backlog may keep the poll loop waiting before pausing instead."""
     if max_poll_interval_ms is None:
         return MAX_WAIT_SEC
     return min(max_poll_interval_ms / 1000 * _WAIT_SHARE, MAX_WAIT_SEC)

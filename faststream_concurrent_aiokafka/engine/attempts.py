@@ -93,7 +93,7 @@ class Attempts:
         del error
 
     def held_by_brake(self, record: AttemptRecord) -> bool:
-        """Count the final failure with the dead-letter brake; True when the brake holds it."""
+        """Count the final failure with the dead-letter brake; True when the brake stops it."""
         del record
         return False
 
@@ -309,7 +309,7 @@ class LaneAttempts(Attempts):
         return True
 
     def held_by_brake(self, record: AttemptRecord) -> bool:
-        return brake_holds(self.message, record.error, record.attempts)
+        return brake_stops(self.message, record.error, record.attempts)
 
     def stuck(self, stuck: bool) -> None:
         message = self.message
@@ -328,8 +328,8 @@ def is_final_failure(message: AdmittedMessage, error: BaseException) -> bool:
     return outcome is Outcome.RETRY and message.attempt > message.lane.settings.max_retries
 
 
-def brake_holds(message: AdmittedMessage, error: BaseException, attempts: int) -> bool:
-    """Count a final failure with the dead-letter brake; True when the brake holds the
+def brake_stops(message: AdmittedMessage, error: BaseException, attempts: int) -> bool:
+    """Count a final failure with the dead-letter brake; True when the brake stops the
     message (tripped now or before): neither dead-lettered nor committed."""
     brake = message.lane.brake
     was_tripped = brake.tripped

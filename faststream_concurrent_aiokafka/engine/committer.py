@@ -332,15 +332,15 @@ class KafkaBatchCommitter:
                 log_redelivery(lane, tp, tracker, "it went to another member")
         if not back:
             return
-        # Nothing of these may be fetched from the old committed offset meanwhile: held paused
-        # before the first await, so the poll loop cannot get any of their records. Held, not
+        # Nothing of these may be fetched from the old committed offset meanwhile: pinned paused
+        # before the first await, so the poll loop cannot get any of their records. Pinned, not
         # paused directly: a backpressure pause meanwhile then resumes them with the lane.
-        held = set(back) - set(lane.consumer.paused())
-        lane.fetching.pin(*held)
+        pinned = set(back) - set(lane.consumer.paused())
+        lane.fetching.pin(*pinned)
         try:
             await self._restore(lane, back, timeout)
         finally:
-            lane.fetching.unpin(*held)
+            lane.fetching.unpin(*pinned)
 
     async def _restore(
         self, lane: ConsumerLane, back: dict[TopicPartition, PartitionOffsets], timeout: float

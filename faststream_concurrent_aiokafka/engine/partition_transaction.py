@@ -143,7 +143,7 @@ class PartitionTransaction:
         return future
 
     async def _enter(self, ticket: Ticket) -> AIOKafkaProducer:
-        """Wait while a commit holds the gate, then join the open transaction."""
+        """Wait while a commit keeps the gate closed, then join the open transaction."""
         message = ticket.message
         ledger = self.ledger
         while True:
@@ -183,7 +183,8 @@ class PartitionTransaction:
         return self.state in RUNNING and message.tracker is self.lane.trackers.get(self.tp)
 
     def settled(self, message: AdmittedMessage, *, finished: bool) -> None:
-        """``message`` settled; a held partition resumes once its commit point moved on."""
+        """``message`` settled; a partition cut at the span's end fetches again once its commit
+        point moved on."""
         if self.ledger.leave(message) and not finished:
             self.ledger.spoil(f"{message.describe()} ended without finishing after it published")
         self._changed.set()

@@ -251,9 +251,9 @@ class Scheduler:
         )
 
     async def wait_for_room(self, lane: ConsumerLane) -> None:
-        """Hold the consumer's poll loop while its backlog fills its limit: the cheapest
+        """Make the consumer's poll loop wait while its backlog fills its limit: the cheapest
         backpressure, since a pause makes aiokafka drop and re-fetch the records it buffered.
-        Past the hold budget pause instead, so the loop polls again in time."""
+        Past the wait budget pause instead, so the loop polls again in time."""
         limit = lane.settings.concurrency_limit
         if not backpressure.backlog_full(len(lane.ready), limit) or lane.closing:
             return
@@ -269,7 +269,7 @@ class Scheduler:
             lane.fetching.room = None
 
     def refresh_pause(self, lane: ConsumerLane) -> None:
-        """Wake a held poll loop once its backlog has room; pause when the uncommitted budget
+        """Wake a waiting poll loop once its backlog has room; pause when the uncommitted budget
         is spent; resume once the backlog halved and the budget has room again."""
         backlog = len(lane.ready)
         limit = lane.settings.concurrency_limit

@@ -7,23 +7,23 @@ aiokafka has no group-metadata fencing (KIP-447), so a member that takes a parti
 fences the previous owner's producer of it by starting its own. Per partition:
 
 - **Set-up**, after each assignment, outside the rebalance callback (aiokafka heartbeats
-  only once it returned): the partition is held paused, its producer starts (fencing the old
+  only once it returned): the partition is pinned paused, its producer starts (fencing the old
   owner and waiting out its last transaction), the committed offset and metadata are read,
   the consumer is moved there and the first transaction begins. Records fetched before are
   dropped and read again.
 - **Publishing**: a message's first publish waits while a commit is under way, then *enters*
   the open transaction (``TransactionalSender``, found through ``CURRENT``).
 - **Commit**, on the commit interval: the gate closes, the messages in the transaction finish
-  (until the hold deadline), their records are flushed, then the offsets and the commit go
+  (until its max open time), their records are flushed, then the offsets and the commit go
   out, and the next transaction begins.
-- **Abort** (a message failed after publishing or ran past the hold deadline, a publish
+- **Abort** (a message failed after publishing or ran past its max open time, a publish
   failed): the partition's waiting messages are dropped and its running ones can no longer
   publish, the transaction is aborted, and the partition read again from its last commit.
 - **Lost** (fenced, or the producer broke or got no answer): its work is dropped and the
   member asks the group for a new assignment, the only moment a producer may start again
   without fencing a rightful new owner.
 
-Every step is bounded: commits and aborts by ``commit_timeout_sec``, a transaction held open
+Every step is bounded: commits and aborts by ``commit_timeout_sec``, a transaction kept open
 by its running messages by ``transaction_timeout_sec * OPEN_SHARE``, releases and stops by
 their own budgets.
 """
@@ -74,8 +74,8 @@ class LaneTransactions:
     ) -> "list[ConsumerRecord[Any, Any]]":
         """The fetched records that may be admitted now: those of partitions whose transaction
         is ready, and within ``MAX_SPAN`` above their commit point. The rest are dropped and
-        read again: a partition that reached the span's end is moved back and held until its
-        commit point moved on."""
+        read again: a partition that reached the span's end is moved back and paused until
+        its commit point moved on."""
         lane = self.lane
         taken: list[ConsumerRecord[Any, Any]] = []
         tp = TopicPartition("", -1)
@@ -114,7 +114,7 @@ class LaneTransactions:
     # ---- rebalance ----------------------------------------------------------------------
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
-        """Partitions were assigned: hold them and set them up in the background (the
+        """Partitions were assigned: pin them paused and set them up in the background (the
         rebalance callback returns at once, so aiokafka heartbeats meanwhile)."""
         lane = self.lane
         fresh = {tp for tp in assigned if tp not in self.partitions}
@@ -133,7 +133,7 @@ class LaneTransactions:
     ) -> None:
         try:
             await self._set_up_partitions(fresh, previous)
-        except Exception as exc:  # a bug must not leave the partitions held for good
+        except Exception as exc:  # a bug must not leave the partitions pinned for good
             self.lane.log.exception("Setting up %s failed unexpectedly", self.lane.name)
             for tp in fresh:
                 partition = self.partitions.get(tp)

@@ -198,7 +198,7 @@ async def test_slow_handlers_pause_partitions_and_are_never_evicted(
 async def test_full_backlog_holds_the_poll_loop_without_pausing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Handlers quicker than the hold budget: the loop waits for a slot each time the backlog
+    # Handlers quicker than the wait budget: the loop waits for a slot each time the backlog
     # is full, so the consumer is never paused and aiokafka never re-fetches.
     caplog.set_level(logging.DEBUG, logger=LIB_LOGGER)
     topic, group = unique("bp-hold"), unique("bp-hold-g")

@@ -368,7 +368,7 @@ async def test_the_poll_loop_is_not_held_while_the_backlog_has_room(make_rig: Ma
 async def test_a_held_poll_loop_pauses_the_consumer_after_the_hold_budget(
     make_rig: MakeRig,
 ) -> None:
-    # The hold budget is half of max_poll_interval_ms: 30 ms here.
+    # The wait budget is half of max_poll_interval_ms: 30 ms here.
     consumer = FakeConsumer(assignment=[P0, P1], max_poll_interval_ms=60)
     rig = await make_rig(consumer=consumer, concurrency_limit=2)
     rig.admit(0, *range(4))
