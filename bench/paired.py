@@ -1,6 +1,6 @@
 """Paired runs of this checkout's library against another checkout's, same harness and topics.
 
-    python -m bench.paired --against ../older-checkout [--repeat 5] [--cases noop,io1000]
+    python -m bench.paired --against ../older-checkout [--repeat 5] [--cases noop,io1000,eos]
     python -m bench.paired --toggle measure_processing_time [--repeat 5] [--cases noop]
 
 With ``--toggle`` (a boolean setting of the run, ``RunSpec``'s field of that name) both sides
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.kafka_io import fill, unique
+from bench.kafka_io import create_topic, fill, unique
 from bench.model import RunResult, RunSpec
 from bench.plan import abba
 from bench.run import REPO, delete_topics, run_worker
@@ -47,6 +47,16 @@ def case(label: str, **fields: Any) -> RunSpec:
 CASES = {
     "noop": case("paired/noop", concurrency_limit=100, commit_batch_size=10),
     "io1000": case("paired/io1000", handler="sleep", sleep_sec=0.01, concurrency_limit=1000),
+    # bench.exactly_once's no-op pipeline, exactly-once only: each run publishes its results
+    # into a topic of its own.
+    "eos": case(
+        "paired/eos",
+        results_topic="",
+        processing_guarantee="exactly_once",
+        concurrency_limit=100,
+        commit_batch_size=100,
+        commit_batch_timeout_sec=1.0,
+    ),
 }
 
 
@@ -136,6 +146,7 @@ def main(argv: list[str]) -> int:
             topic = unique(f"bench-paired-{name}")
             asyncio.run(fill(args.bootstrap, topic, base.partitions, base.messages))
             rates: dict[str, list[float]] = {a: [], b: []}
+            created = [topic]
             try:
                 for repeat in range(args.repeat):
                     for who, library, fields in abba([first, second], repeat):
@@ -146,6 +157,11 @@ def main(argv: list[str]) -> int:
                             group=unique("bench-g"),
                             **fields,
                         )
+                        if base.results_topic is not None:
+                            out = unique(f"bench-paired-out-{name}")
+                            asyncio.run(create_topic(args.bootstrap, out, base.partitions))
+                            created.append(out)
+                            spec = replace(spec, results_topic=out)
                         index += 1
                         result = measure(spec, library, scratch, index)
                         if result.error or result.partial:
@@ -154,7 +170,7 @@ def main(argv: list[str]) -> int:
                         rates[who].append(result.throughput)
                         print(f"{name} #{repeat + 1} {who}: {result.throughput:,.0f} msg/s")
             finally:
-                asyncio.run(delete_topics(args.bootstrap, [topic]))
+                asyncio.run(delete_topics(args.bootstrap, created))
             ratios = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
             lines.append(
                 f"| {name} | {statistics.median(rates[a]):,.0f} "
