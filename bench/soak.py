@@ -82,8 +82,8 @@ def state_of(handler: ConcurrentProcessing) -> dict[str, int]:
     for lane in handler.lanes:
         holds = lane.consumer.assignment()
         assigned += len(holds)
-        trackers += len(lane.trackers)
-        stale += len(set(lane.trackers) - holds)
+        trackers += len(lane.offsets.trackers)
+        stale += len(set(lane.offsets.trackers) - holds)
         kept += len(lane.offsets.awaiting_rejoin)
         held += lane.gate.held_count + len(lane.ready)
     return {

@@ -40,6 +40,12 @@ RUNNING: Final = frozenset({_S.OPEN, _S.COMMITTING, _S.RELEASING})
 """States with a transaction its messages run in (and, past the gate, publish into)."""
 
 
+def has_transaction(state: TransactionState) -> bool:
+    """``state in RUNNING``, by identity: an enum's hash is a Python call, and this is read
+    for every message and every publish."""
+    return state is _S.OPEN or state is _S.COMMITTING or state is _S.RELEASING
+
+
 class InvalidTransitionError(RuntimeError):
     """A move ``ALLOWED`` does not list: a bug in the caller, never a broker's doing."""
 

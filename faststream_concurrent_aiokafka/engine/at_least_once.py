@@ -56,7 +56,7 @@ class AtLeastOnce:
             await load_finished_offsets(lane, assigned)
 
     def owned(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
-        trackers = self.lane.trackers
+        trackers = self.lane.offsets.trackers
         return {tp for tp in partitions if tp in trackers}
 
     async def release(self, partitions: set[TopicPartition], timeout: float) -> None:

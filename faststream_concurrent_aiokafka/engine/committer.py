@@ -152,7 +152,7 @@ def collect_commit(
     assignment = lane.consumer.assignment()
     track = lane.settings.track_completed_offsets
     batch = CommitBatch()
-    for tp, tracker in list(lane.trackers.items()):
+    for tp, tracker in list(lane.offsets.trackers.items()):
         if partitions is not None and tp not in partitions:
             continue
         if tp not in assignment:
@@ -431,7 +431,7 @@ def uncommitted(
     """The lane's partitions whose commit point moved past what Kafka acknowledged."""
     return [
         (tp, tracker)
-        for tp, tracker in lane.trackers.items()
+        for tp, tracker in lane.offsets.trackers.items()
         if (partitions is None or tp in partitions) and tracker.needs_commit
     ]
 

@@ -104,7 +104,7 @@ async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
         lane.counters.claims_ignored += len(claim.ignored)
         if claim.kept and not _busy(lane, tp):
             lane.offsets.retire(tp)
-            lane.trackers[tp] = PartitionOffsets(claim.kept)
+            lane.offsets.trackers[tp] = PartitionOffsets(claim.kept)
             skipping[tp] = len(claim.kept)
     total = sum(skipping.values())
     if total:
@@ -114,7 +114,7 @@ async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
 
 
 def _busy(lane: ConsumerLane, tp: TopicPartition) -> bool:
-    current = lane.trackers.get(tp)
+    current = lane.offsets.trackers.get(tp)
     return current is not None and current.pending_count > 0
 
 

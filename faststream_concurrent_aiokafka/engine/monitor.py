@@ -208,7 +208,7 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
     assigned = set(consumer.assignment())
     paused = set(consumer.paused())
     found: dict[TopicPartition, _Partition] = {tp: _Partition() for tp in assigned}
-    for tp in lane.trackers:
+    for tp in lane.offsets.trackers:
         found.setdefault(tp, _Partition())
     watchdog = engine.watchdog
     for message in list(lane.running):
@@ -227,7 +227,7 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
     group = lane.pipeline.group
     ages = oldest_record_ages([*lane.running, *lane.ready, *lane.gate.held()], time.time())
     for tp, part in found.items():
-        tracker = lane.trackers.get(tp)
+        tracker = lane.offsets.trackers.get(tp)
         lag = engine.lag.read(consumer, tp, tracker)
         yield PartitionSnapshot(
             group=group,

@@ -25,6 +25,7 @@ from faststream_concurrent_aiokafka.core.transaction_state import (
     after_abort,
     after_loss,
     check_transition,
+    has_transaction,
     released,
 )
 from faststream_concurrent_aiokafka.core.transactions import (
@@ -99,7 +100,7 @@ class PartitionTransaction:
     @property
     def running(self) -> bool:
         """A transaction is there for its messages to run (and publish) in."""
-        return self.state in RUNNING
+        return has_transaction(self.state)
 
     def __repr__(self) -> str:
         return f"{self.tp.topic}[{self.tp.partition}]"
@@ -147,7 +148,8 @@ class PartitionTransaction:
         message = ticket.message
         ledger = self.ledger
         while True:
-            if ticket.epoch != self.epoch or self.state not in RUNNING or self.producer is None:
+            gone = not has_transaction(self.state) or self.producer is None
+            if ticket.epoch != self.epoch or gone:
                 raise TransactionalPublishError(self.unavailable())
             if message not in message.lane.running:
                 msg = (
@@ -180,7 +182,9 @@ class PartitionTransaction:
 
     def runs(self, message: AdmittedMessage) -> bool:
         """``message`` belongs to this partition's current transaction epoch."""
-        return self.state in RUNNING and message.tracker is self.lane.trackers.get(self.tp)
+        return has_transaction(self.state) and message.tracker is self.lane.offsets.trackers.get(
+            self.tp
+        )
 
     def settled(self, message: AdmittedMessage, *, finished: bool) -> None:
         """``message`` settled; a partition cut at the span's end fetches again once its commit
@@ -188,8 +192,8 @@ class PartitionTransaction:
         if self.ledger.leave(message) and not finished:
             self.ledger.spoil(f"{message.describe()} ended without finishing after it published")
         self._changed.set()
-        if self.cut_at is not None and self.state in RUNNING:
-            tracker = self.lane.trackers.get(self.tp)
+        if self.cut_at is not None and has_transaction(self.state):
+            tracker = self.lane.offsets.trackers.get(self.tp)
             if tracker is not None and span_has_room(tracker.commit_point, self.cut_at):
                 self.cut_at = None
                 self.lane.fetching.unpin(self.tp)
@@ -206,7 +210,7 @@ class PartitionTransaction:
         """Whether the background commit should run now."""
         if self.ledger.taint is not None:
             return True
-        tracker = self.lane.trackers.get(self.tp)
+        tracker = self.lane.offsets.trackers.get(self.tp)
         finished = 0 if tracker is None else tracker.version - tracker.committed_version
         if interval_elapsed:
             return finished > 0 or self.ledger.opened_at is not None
@@ -269,7 +273,7 @@ class PartitionTransaction:
 
     async def _commit(self, timeout: float) -> bool:
         lane = self.lane
-        tracker = lane.trackers.get(self.tp)
+        tracker = lane.offsets.trackers.get(self.tp)
         point = None if tracker is None else tracker.commit_point
         finished: frozenset[int] = frozenset()
         if tracker is None or point is None:
@@ -419,7 +423,7 @@ class PartitionTransaction:
         await self.producer.begin_transaction()
         lane = self.lane
         lane.offsets.retire(self.tp)
-        lane.trackers[self.tp] = PartitionOffsets(self.committed_finished)
+        lane.offsets.trackers[self.tp] = PartitionOffsets(self.committed_finished)
         position = self.committed_point if self.committed_point is not None else self.start_offset
         if position is not None and self.tp in lane.consumer.assignment():
             lane.consumer.seek(self.tp, position)
@@ -513,7 +517,7 @@ class PartitionTransaction:
         self.committed_finished = finished
         self.start_offset = start_offset
         lane.offsets.retire(tp)
-        lane.trackers[tp] = PartitionOffsets(finished)
+        lane.offsets.trackers[tp] = PartitionOffsets(finished)
         position = self.committed_point if self.committed_point is not None else start_offset
         if position is not None:
             lane.consumer.seek(tp, position)

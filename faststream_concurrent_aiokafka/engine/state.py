@@ -503,10 +503,6 @@ class ConsumerLane:
     def name(self) -> str:
         return self.pipeline.name
 
-    @property
-    def trackers(self) -> dict[TopicPartition, PartitionOffsets]:
-        return self.offsets.trackers
-
     def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> int:
         """Discard admitted work that has not started; it stays uncommitted and is redelivered."""
 

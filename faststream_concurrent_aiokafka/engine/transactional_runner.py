@@ -49,7 +49,22 @@ async def run_transactional_slot(
             token = CURRENT.set(ticket)
             try:
                 earlier = partition.earlier.pop(current.offset, None)
-                finished = await TransactionalAttempts(current, partition, ticket).resume(earlier)
+                if earlier is not None:
+                    attempts = TransactionalAttempts(current, partition, ticket)
+                    finished = await attempts.resume(earlier)
+                else:
+                    # The first attempt right here (as in ``run_slot``): no object and no
+                    # frame more for a message that succeeds.
+                    try:
+                        await current.lane.process(current.record)
+                        error = current.attempt_error
+                    except (Exception, SystemExit) as exc:  # every failure: the policy's
+                        error = exc
+                    finished = error is None
+                    if error is not None:
+                        current.attempt_error = None
+                        attempts = TransactionalAttempts(current, partition, ticket)
+                        finished = await attempts.after_attempt(1, error)
             except BaseException:
                 partition.settled(current, finished=False)
                 raise

@@ -88,7 +88,7 @@ class LaneTransactions:
                 partition = self.partitions.get(tp)
                 cut = False
                 if partition is not None and partition.running and partition.cut_at is None:
-                    tracker = lane.trackers.get(tp)
+                    tracker = lane.offsets.trackers.get(tp)
                     point = None if tracker is None else tracker.commit_point
                     limit = admissible_below(point, record.offset)
                 else:
@@ -190,7 +190,7 @@ class LaneTransactions:
             )
 
     def owned(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
-        trackers, mine = self.lane.trackers, self.partitions
+        trackers, mine = self.lane.offsets.trackers, self.partitions
         return {tp for tp in partitions if tp in trackers or tp in mine}
 
     async def release(self, partitions: set[TopicPartition], timeout: float) -> None:

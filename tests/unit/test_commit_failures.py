@@ -256,7 +256,7 @@ async def admit_and_finish(
     expected = {p: offsets.stop for p, offsets in per_partition.items()}
 
     await until(
-        lambda: all(lane.trackers[tp(p)].commit_point == end for p, end in expected.items())
+        lambda: all(lane.offsets.trackers[tp(p)].commit_point == end for p, end in expected.items())
     )
 
 
@@ -288,7 +288,9 @@ async def test_a_commit_without_answer_times_out_and_keeps_its_points() -> None:
 
     assert attempt.failure is CommitFailure.TIMED_OUT
     assert consumer.committed == {}
-    assert lane.trackers[tp(0)].needs_commit  # nothing marked committed without Kafka's word
+    assert lane.offsets.trackers[
+        tp(0)
+    ].needs_commit  # nothing marked committed without Kafka's word
     assert await engine.committer.commit_lane(lane)  # the broker answers again
     assert points(consumer.committed) == {0: 5, 1: 3}
     await engine.close()
@@ -356,7 +358,7 @@ async def test_rebalancing_refusal_keeps_the_points_for_the_next_commit() -> Non
     consumer.steps.append(fail_with(_commit_failed(kafka_errors.RebalanceInProgressError())))
 
     assert not await engine.committer.commit_lane(lane)
-    assert lane.trackers[tp(0)].committed is None
+    assert lane.offsets.trackers[tp(0)].committed is None
     assert await engine.committer.commit_lane(lane)
     assert points(consumer.committed) == {0: 6}
     await engine.close()
@@ -382,7 +384,7 @@ async def test_a_partition_unassigned_meanwhile_is_dropped_and_the_rest_sent_aga
 
     assert attempt.ok
     assert points(consumer.committed) == {1: 7}
-    assert tp(0) not in lane.trackers
+    assert tp(0) not in lane.offsets.trackers
     await engine.close()
 
 
@@ -391,7 +393,7 @@ async def test_metadata_too_large_is_sent_again_without_it() -> None:
     engine, lane, pipeline = await started_engine(consumer)
     pipeline.gates[(0, 0)] = asyncio.Event()  # the first offset holds: the rest finish above it
     engine.admit(lane, [record(0, o) for o in range(5)])
-    await until(lambda: len(lane.trackers[tp(0)].finished_above()) == 4)
+    await until(lambda: len(lane.offsets.trackers[tp(0)].finished_above()) == 4)
     consumer.steps.append(fail_with(kafka_errors.OffsetMetadataTooLargeError()))
 
     assert await engine.committer.commit_lane(lane)
@@ -419,12 +421,12 @@ async def test_fenced_flush_is_committed_after_the_rejoin_for_partitions_given_b
     engine, lane, pipeline = await started_engine(consumer)
     pipeline.gates[(0, 8)] = asyncio.Event()
     engine.admit(lane, [record(0, o) for o in range(10)] + [record(1, o) for o in range(5)])
-    await until(lambda: lane.trackers[tp(1)].commit_point == 5 and len(lane.running) == 1)
+    await until(lambda: lane.offsets.trackers[tp(1)].commit_point == 5 and len(lane.running) == 1)
     pipeline.gates[(0, 8)].set()  # finishes within the flush
     consumer.committed[tp(1)] = OffsetAndMetadata(2, "")  # an older commit of partition 1
 
     await fenced_revocation(consumer, engine, lane)
-    assert not lane.trackers
+    assert not lane.offsets.trackers
     assert set(lane.offsets.awaiting_rejoin) == {tp(0), tp(1)}
 
     consumer.assign([0])  # the rejoin gives partition 0 back; 1 goes to another member
@@ -477,7 +479,7 @@ async def test_rejoin_commit_carries_the_finished_offsets_above_the_point() -> N
     engine, lane, pipeline = await started_engine(consumer, rebalance_flush_timeout_sec=0.2)
     pipeline.gates[(0, 3)] = asyncio.Event()  # still running after the flush: not finished
     engine.admit(lane, [record(0, o) for o in range(8)])
-    await until(lambda: len(lane.trackers[tp(0)].finished_above()) == 4)
+    await until(lambda: len(lane.offsets.trackers[tp(0)].finished_above()) == 4)
     await fenced_revocation(consumer, engine, lane)
 
     await engine.partitions_assigned(lane, {tp(0)})

@@ -445,7 +445,7 @@ async def test_release_drops_queued_waits_for_running_and_commits_them(
     assert loop_time() - started < 1  # did not wait out the 5 s
     assert rig.pipeline.started() == [(0, 0), (0, 1)]
     assert rig.consumer.committed_offsets() == [{0: 2}]
-    assert P0 not in rig.lane.trackers
+    assert P0 not in rig.lane.offsets.trackers
 
 
 async def test_release_commits_the_finished_prefix_at_its_timeout_and_never_later(

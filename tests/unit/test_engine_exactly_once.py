@@ -665,7 +665,7 @@ async def test_publishers_waiting_at_the_gate_are_let_go_when_the_transaction_en
 async def test_a_released_partition_refuses_to_open_again(make_rig: MakeRig) -> None:
     rig = await make_rig(produce=1)
     partition = rig.partition()
-    assert partition.state is TransactionState.OPEN
+    assert partition.running
     await rig.engine.release_partitions(rig.lane, {P0}, timeout=1)
     assert partition.state is TransactionState.CLOSED
     with pytest.raises(InvalidTransitionError, match="cannot move from closed to open"):
