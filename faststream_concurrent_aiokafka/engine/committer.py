@@ -11,6 +11,7 @@ decides for its cause.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 
 from aiokafka import TopicPartition
@@ -219,14 +220,20 @@ class KafkaBatchCommitter:
             self._wake.set()
 
     async def _run(self) -> None:
+        # The interval runs on its own clock: a full batch wakes the loop in between without
+        # pushing the next interval tick back (with several partitions, a global batch fills
+        # before any partition's own, and an exactly-once partition commits on the tick).
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self._timeout
         while True:
-            elapsed = False
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            try:
-                async with asyncio.timeout(self._timeout):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(next_tick):
                     await self._wake.wait()
-            except TimeoutError:
-                elapsed = True
+            now = loop.time()
+            elapsed = now >= next_tick
+            if elapsed:
+                next_tick = now + self._timeout
             self._wake.clear()
             self._finished_since_commit = 0
             # Every lane's strategy is asked first, and what commits in the background starts

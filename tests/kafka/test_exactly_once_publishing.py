@@ -22,6 +22,7 @@ from faststream_concurrent_aiokafka import (
 )
 from tests.kafka_helpers import (
     BOOTSTRAP,
+    committed_offsets,
     concurrent_broker,
     create_topic,
     end_offsets,
@@ -265,3 +266,59 @@ async def test_exactly_once_without_isolation_level_skips_records_of_aborted_tra
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
         ["result-kept-1", "result-kept-2"]
     )
+
+
+async def test_transactions_commit_on_the_interval_while_batches_fill_elsewhere() -> None:
+    """Issue 26: at a steady rate that fills a commit batch over all partitions more often
+    than the interval, but no partition's own, each partition's transaction still commits
+    within ``commit_batch_timeout_sec`` + 1 s (before, every full batch pushed the interval
+    back, and a partition committed only once it finished a whole batch by itself)."""
+    partitions, rate, seconds, interval = 6, 150, 6.0, 1.0
+    topic, group = unique("eos-tick-in"), unique("eos-tick-group")
+    await create_topic(topic, partitions)
+    broker = concurrent_broker()
+
+    @broker.subscriber(
+        topic,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    async def handle(body: bytes) -> None:
+        del body
+
+    await initialize_concurrent_processing(
+        broker.context,
+        processing_guarantee="exactly_once",
+        commit_batch_size=100,
+        commit_batch_timeout_sec=interval,
+        broker=broker,
+    )
+    await broker.start()
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    stale = 0.0  # the longest a partition's committed offset stayed put while fed
+    try:
+        # One message per partition first: every transaction is set up and committed once.
+        for partition in range(partitions):
+            await producer.send(topic, b"x", partition=partition)
+        await wait_committed(group, topic, dict.fromkeys(range(partitions), 1), 30)
+        produced = 0
+        started = loop.time()
+        last = dict.fromkeys(range(partitions), 1)
+        moved_at = dict.fromkeys(range(partitions), started)
+        while (now := loop.time()) - started < seconds:
+            while produced < (now - started) * rate:
+                await producer.send(topic, b"x", partition=produced % partitions)
+                produced += 1
+            for partition, offset in (await committed_offsets(group, topic)).items():
+                if last.get(partition) != offset:
+                    last[partition], moved_at[partition] = offset, now
+            stale = max([stale, *(now - at for at in moved_at.values())])
+            await asyncio.sleep(0.2)
+    finally:
+        await producer.stop()
+        await shut_down(broker)
+    assert stale <= interval + 1.0 + 0.5  # 0.5 s: the sampling and a commit's own time
