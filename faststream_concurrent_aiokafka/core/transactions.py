@@ -34,6 +34,11 @@ OPEN_SHARE: Final = 0.5
 published into it still runs; past it the transaction is aborted, before Kafka does it."""
 
 
+ABORTS_DEGRADED: Final = 5
+"""Transactions of one partition aborted in a row, without a commit between them, from which
+on health reports the partition degraded."""
+
+
 def transactional_id(prefix: str, group: str, topic: str, partition: int) -> str:
     """The transactional id of one input partition: ``{prefix}{group}:{topic}:{partition}``.
 
@@ -54,6 +59,15 @@ def admissible_below(commit_point: int | None, first_offset: int) -> int:
 def span_has_room(commit_point: int | None, next_offset: int) -> bool:
     """A partition paused at the span's end fetches again once half the span is free."""
     return commit_point is None or next_offset < commit_point + MAX_SPAN // 2
+
+
+def carried(commit_point: int, finished: frozenset[int]) -> frozenset[int]:
+    """Of the finished offsets a commit's metadata claims above ``commit_point``, those a
+    transaction can carry: within ``MAX_SPAN`` above it. Claims further up (written by another
+    client, or by the at-least-once mode, which keeps offsets further up) would make every
+    transaction's metadata overflow and abort; left out, those messages just run again."""
+    limit = commit_point + MAX_SPAN
+    return frozenset(offset for offset in finished if commit_point < offset < limit)
 
 
 def to_commit(

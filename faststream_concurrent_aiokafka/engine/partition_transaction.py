@@ -15,7 +15,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, final_commit_timeout
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
-from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
+from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, backoff_delay
 from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
@@ -29,10 +29,13 @@ from faststream_concurrent_aiokafka.core.transaction_state import (
     released,
 )
 from faststream_concurrent_aiokafka.core.transactions import (
+    ABORTS_DEGRADED,
+    MAX_SPAN,
     OPEN_SHARE,
     MetadataOverflowError,
     TransactionLedger,
     Verdict,
+    carried,
     exact_metadata,
     span_has_room,
     to_commit,
@@ -74,6 +77,10 @@ class PartitionTransaction:
         self.state = _S.STARTING
         self.epoch = 0  # moves on when a transaction's messages lose it (abort, loss, release)
         self.fault: Fault | None = None  # why it was lost (for health)
+        # Transactions aborted since the last commit, and why the last one was: each read
+        # again backs off longer, and health reports a partition that keeps aborting.
+        self.aborts_in_a_row = 0
+        self.last_abort: str | None = None
         self.committed_point: int | None = None
         self.committed_finished: frozenset[int] = frozenset()
         self.start_offset: int | None = None  # where reading starts without a committed offset
@@ -321,6 +328,7 @@ class PartitionTransaction:
             return False
         lane.offsets.commits.succeeded()
         lane.counters.transactions_committed += 1
+        self.aborts_in_a_row = 0
         if tracker is not None and point is not None:
             tracker.committed = point
             tracker.committed_version = version
@@ -384,6 +392,8 @@ class PartitionTransaction:
             await self._after_failed_request("abort", exc, timeout)
             return
         lane.counters.transactions_aborted += 1
+        self.aborts_in_a_row += 1
+        self.last_abort = reason
         # A release that came during the abort moved it on: the partition is not read again.
         redeliver = self.state is _S.ABORTING
         start = self.committed_point if self.committed_point is not None else self.start_offset
@@ -430,7 +440,30 @@ class PartitionTransaction:
         self.cut_at = None
         self.ledger.begin()
         self._move(_S.OPEN)
-        lane.fetching.unpin(self.tp)
+        # Aborts in a row: the messages run again after a growing backoff, not at once.
+        again = self.aborts_in_a_row - 1
+        if again < 1:
+            lane.fetching.unpin(self.tp)
+            return
+        settings = lane.settings
+        delay = backoff_delay(again, settings.retry_backoff_sec, settings.retry_backoff_max_sec)
+        asyncio.get_running_loop().call_later(delay, self._read_again, self.epoch)
+
+    def _read_again(self, epoch: int) -> None:
+        """The backoff after an abort is over: fetch again, unless the transaction moved on."""
+        if epoch == self.epoch and self.state in {_S.OPEN, _S.COMMITTING}:
+            self.lane.fetching.unpin(self.tp)
+
+    def abort_fault(self) -> Fault | None:
+        """Health's view of a partition whose transactions keep aborting."""
+        if self.aborts_in_a_row < ABORTS_DEGRADED:
+            return None
+        return Fault(
+            DEGRADED,
+            f"exactly-once partition {self.name}: {self.aborts_in_a_row} transactions in a row "
+            f"aborted without a commit (last: {self.last_abort}); its messages run again after "
+            "each",
+        )
 
     # ---- lost -------------------------------------------------------------------------
 
@@ -513,6 +546,18 @@ class PartitionTransaction:
         lane = self.lane
         tp = self.tp
         finished = frozenset() if committed is None else decode_metadata(lane, tp, committed)
+        if committed is not None and len(kept := carried(committed.offset, finished)) < len(
+            finished
+        ):
+            lane.log.warning(
+                "%s: its commit metadata claims %d finished offset(s) %d or more above the "
+                "committed offset %d, more than a transaction can carry; they run again",
+                self.name,
+                len(finished) - len(kept),
+                MAX_SPAN,
+                committed.offset,
+            )
+            finished = kept
         self.committed_point = None if committed is None else committed.offset
         self.committed_finished = finished
         self.start_offset = start_offset

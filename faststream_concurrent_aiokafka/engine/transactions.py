@@ -244,5 +244,6 @@ class LaneTransactions:
 
     def faults(self) -> Iterator[Fault]:
         for partition in list(self.partitions.values()):
-            if partition.fault is not None:
-                yield partition.fault
+            fault = partition.fault or partition.abort_fault()
+            if fault is not None:
+                yield fault

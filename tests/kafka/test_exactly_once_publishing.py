@@ -9,7 +9,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from faststream.exceptions import RejectMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
@@ -20,6 +21,8 @@ from faststream_concurrent_aiokafka import (
     initialize_concurrent_processing,
     processing_snapshot,
 )
+from faststream_concurrent_aiokafka.core.offset_codec import encode_finished_offsets
+from faststream_concurrent_aiokafka.core.transactions import MAX_SPAN
 from tests.kafka_helpers import (
     BOOTSTRAP,
     committed_offsets,
@@ -322,3 +325,50 @@ async def test_transactions_commit_on_the_interval_while_batches_fill_elsewhere(
         await producer.stop()
         await shut_down(broker)
     assert stale <= interval + 1.0 + 0.5  # 0.5 s: the sampling and a commit's own time
+
+
+async def test_commit_metadata_claiming_more_than_a_transaction_carries_does_not_spin() -> None:
+    """Issue 26: a group whose committed metadata claims an offset further above the commit
+    point than a transaction's metadata can carry (another client's, or the at-least-once
+    mode's) made every transaction abort, its messages ran again at once, forever. The claim
+    is trimmed at set-up (a WARNING says so): every message runs once and is committed."""
+    topic, group = unique("eos-claim-in"), unique("eos-claim-group")
+    await create_topic(topic, 1)
+    claim = encode_finished_offsets(0, {4 * MAX_SPAN})  # as the at-least-once mode may keep
+    writer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
+    await writer.start()
+    try:
+        writer.assign([TopicPartition(topic, 0)])
+        await writer.commit({TopicPartition(topic, 0): OffsetAndMetadata(0, claim)})
+    finally:
+        await writer.stop()
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+    await producer.start()
+    try:
+        for value in range(MESSAGES):
+            await producer.send(topic, str(value).encode(), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    broker = concurrent_broker()
+    runs: Counter[int] = Counter()
+
+    @broker.subscriber(
+        topic,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    async def handle(body: int) -> None:
+        runs[body] += 1
+
+    await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
+    await broker.start()
+    try:
+        await wait_committed(group, topic, {0: MESSAGES}, 30)
+        totals = processing_snapshot(broker.context).totals
+    finally:
+        await shut_down(broker)
+    assert runs == Counter(range(MESSAGES))
+    assert totals.transactions_aborted == 0

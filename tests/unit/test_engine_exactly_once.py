@@ -670,3 +670,32 @@ async def test_a_released_partition_refuses_to_open_again(make_rig: MakeRig) -> 
     assert partition.state is TransactionState.CLOSED
     with pytest.raises(InvalidTransitionError, match="cannot move from closed to open"):
         partition._move(TransactionState.OPEN)
+
+
+async def test_aborts_in_a_row_back_off_and_degrade_health_until_a_commit(
+    make_rig: MakeRig,
+) -> None:
+    """Issue 26: a partition whose transactions keep aborting reads its messages again after
+    a growing backoff (from the second abort in a row), and health reports it degraded from
+    ``ABORTS_DEGRADED`` on; a commit ends both."""
+    rig = await make_rig(produce=2, retry_backoff_sec=1.0, retry_backoff_max_sec=2.0)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 2)
+    partition = rig.partition()
+
+    def aborted(times: int) -> Callable[[], bool]:
+        return lambda: rig.engine.counters.transactions_aborted == times
+
+    for count in range(1, core_transactions.ABORTS_DEGRADED + 1):
+        partition.request_abort(f"abort {count}")
+        await wait_until(aborted(count))
+        assert (P0 in rig.lane.fetching.pinned) == (count >= 2)  # backing off
+        await wait_until(lambda: P0 not in rig.lane.fetching.pinned)
+    report = assess(monitor.current_faults(rig.engine))
+    assert report.status == "degraded"
+    assert any(
+        "5 transactions in a row aborted without a commit (last: abort 5)" in reason
+        for reason in report.reasons
+    )
+    await wait_until(lambda: rig.lane.offsets.trackers[P0].commit_point == 2)
+    assert await rig.flush()
+    assert assess(monitor.current_faults(rig.engine)).status == "ok"
