@@ -55,6 +55,7 @@ async def run_transactional_slot(
                 else:
                     # The first attempt right here (as in ``run_slot``): no object and no
                     # frame more for a message that succeeds.
+                    current.attempt = 1
                     try:
                         await current.lane.process(current.record)
                         error = current.attempt_error

@@ -18,7 +18,7 @@ from faststream_concurrent_aiokafka.core.decode_errors import (
     describe_exception,
     quotes_input,
 )
-from faststream_concurrent_aiokafka.engine.runner import log_traceback, summary
+from faststream_concurrent_aiokafka.engine.attempts import log_traceback, summary
 
 SECRET = "4111111111111111"
 
