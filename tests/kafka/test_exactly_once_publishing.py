@@ -147,7 +147,9 @@ async def test_every_publish_of_a_message_joins_its_transaction() -> None:
     assert uncommitted["side-13"] >= 1
     assert attempts[7] >= 2  # and again if an abort for 13 caught its retry
     assert attempts[13] == 1  # dead-lettered after the abort without running again
-    assert totals.transactions_aborted >= 2
+    # One abort or two: when 13 is rejected inside the transaction that 7's failure aborts,
+    # that one abort drops both side records; the counts above show each was dropped.
+    assert totals.transactions_aborted >= 1
     assert totals.dead_lettered == 1
 
 
