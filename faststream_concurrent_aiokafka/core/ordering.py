@@ -1,15 +1,16 @@
 """Ordering gate: holds back a message while an earlier one with the same key runs.
 
-Pure: no I/O. The key is chosen by the ordering mode (see ``ordering_key``); a message with
-no key is never held back. Held messages wait here, outside the concurrency limit, so a hot
-key cannot take slots from other keys.
+Pure: no I/O. The key is chosen by the ordering mode (see ``ordering_key``) or computed by the
+user's key function (see ``key_of_records``); a message with no key is never held back. Held
+messages wait here, outside the concurrency limit, so a hot key cannot take slots from other
+keys. Keys are any hashable values.
 """
 
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
-from faststream_concurrent_aiokafka.core.settings import Ordering
+from faststream_concurrent_aiokafka.core.settings import KeyFunction, Ordering, OrderingSetting
 
 T = TypeVar("T")
 
@@ -23,6 +24,32 @@ def ordering_key(mode: Ordering, topic: str, partition: int, key: Any) -> Hashab
     if key is None:
         return None
     return (topic, partition, key)
+
+
+RecordKey = Callable[[Any], Hashable | None]
+
+
+def key_of_records(ordering: OrderingSetting) -> RecordKey:
+    """The function admission calls once per record (aiokafka's ``ConsumerRecord``, read by
+    attribute) for its key. A key function's key is scoped to the record's partition, as the
+    record key is in ``"key"`` mode; whatever the function raises, or an unhashable key,
+    propagates: the engine fails that record through the failure policy."""
+    if isinstance(ordering, str):
+        mode = ordering
+        return lambda record: ordering_key(mode, record.topic, record.partition, record.key)
+    return _scoped(ordering)
+
+
+def _scoped(function: KeyFunction) -> RecordKey:
+    def key_of(record: Any) -> Hashable | None:
+        key = function(record)
+        if key is None:
+            return None
+        scoped = (record.topic, record.partition, key)
+        hash(scoped)  # an unhashable key fails its record now, not inside the gate
+        return scoped
+
+    return key_of
 
 
 class OrderingGate(Generic[T]):

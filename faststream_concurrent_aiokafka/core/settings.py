@@ -11,7 +11,7 @@ unit test keeps them equal to the dataclasses.
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict, get_args
 
@@ -19,6 +19,10 @@ from faststream_concurrent_aiokafka.core.decode_errors import DECODE_ERRORS, des
 
 Ordering = Literal["unordered", "key", "partition"]
 ORDERINGS: Final = get_args(Ordering)
+# Ordering by any key: a function of the raw record (aiokafka's ConsumerRecord), its key
+# hashable; None puts no constraint on that record.
+KeyFunction = Callable[[Any], Hashable | None]
+OrderingSetting = Ordering | KeyFunction
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 GUARANTEES: Final = get_args(ProcessingGuarantee)
@@ -30,6 +34,9 @@ _MAX_PREFIX_LENGTH: Final = 200
 Check = Callable[[str, Any], None]
 ExceptionTypes = tuple[type[Exception], ...]
 ExceptionText = Callable[[BaseException], str]
+
+# adaptive_concurrency moves the limit between 1 and concurrency_limit: 1 leaves no room.
+_MIN_ADAPTIVE_CEILING: Final = 2
 
 _CHECK: Final = "check"
 _OPTIONAL: Final = "optional"
@@ -110,8 +117,25 @@ def _bool(name: str, value: Any) -> None:
 
 
 def _ordering(name: str, value: Any) -> None:
-    if value not in ORDERINGS:
-        msg = f"{name} must be one of {', '.join(map(repr, ORDERINGS))}, got {value!r}"
+    if callable(value):
+        return
+    if not isinstance(value, str) or value not in ORDERINGS:
+        msg = (
+            f"{name} must be one of {', '.join(map(repr, ORDERINGS))} or a function of the "
+            f"record returning its ordering key, got {value!r}"
+        )
+        raise ValueError(msg)
+
+
+def _rate(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be a number of messages per second (or None: no limit), got {value!r}"
+        raise ValueError(msg)
+    if not math.isfinite(value) or value <= 0:
+        msg = (
+            f"{name} must be a finite number of messages per second > 0 (None: no limit), "
+            f"got {value!r}"
+        )
         raise ValueError(msg)
 
 
@@ -189,12 +213,23 @@ def _check_backoff(base: float, cap: float) -> None:
         raise ValueError(msg)
 
 
+def _check_adaptive(*, adaptive: bool, limit: int) -> None:
+    if adaptive and limit < _MIN_ADAPTIVE_CEILING:
+        msg = (
+            f"adaptive_concurrency=True needs a concurrency_limit of at least 2 (its ceiling), "
+            f"got {limit}: raise concurrency_limit or set adaptive_concurrency=False"
+        )
+        raise ValueError(msg)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubscriberSettings:
     """What one subscriber runs with. Each may be overridden per subscriber."""
 
     concurrency_limit: int = _setting(10, _int_between(1, 100_000))
-    ordering: Ordering = _setting("unordered", _ordering)
+    ordering: OrderingSetting = _setting("unordered", _ordering)
+    max_messages_per_sec: float | None = _setting(None, _rate, optional=True)
+    adaptive_concurrency: bool = _setting(False, _bool)
     task_timeout_sec: float | None = _setting(None, _seconds_up_to_a_day, optional=True)
     max_retries: int = _setting(0, _int_between(0, 1_000))
     retry_backoff_sec: float = _setting(0.1, _seconds_up_to_an_hour)
@@ -218,6 +253,7 @@ class SubscriberSettings:
         for field in dataclasses.fields(self):
             check_setting(field, getattr(self, field.name))
         _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
+        _check_adaptive(adaptive=self.adaptive_concurrency, limit=self.concurrency_limit)
 
     @property
     def exactly_once(self) -> bool:
@@ -288,6 +324,8 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         _SUBSCRIBER_FIELDS_BY_NAME[name].metadata[_CHECK](name, value)
     if "retry_backoff_sec" in given and "retry_backoff_max_sec" in given:
         _check_backoff(given["retry_backoff_sec"], given["retry_backoff_max_sec"])
+    if "adaptive_concurrency" in given and "concurrency_limit" in given:
+        _check_adaptive(adaptive=given["adaptive_concurrency"], limit=given["concurrency_limit"])
     return given
 
 
@@ -297,7 +335,9 @@ DEFAULTS: Final = ConcurrencySettings()
 class KeywordSettings(TypedDict, total=False):
     """The settings ``initialize_concurrent_processing`` takes only by keyword (typing view)."""
 
-    ordering: Ordering
+    ordering: OrderingSetting
+    max_messages_per_sec: float | None
+    adaptive_concurrency: bool
     task_timeout_sec: float | None
     max_retries: int
     retry_backoff_sec: float
@@ -332,7 +372,9 @@ class SubscriberOverrides(TypedDict, total=False):
     """What ``configure_subscriber`` accepts: ``SubscriberSettings``' fields, None = global."""
 
     concurrency_limit: int | None
-    ordering: Ordering | None
+    ordering: OrderingSetting | None
+    max_messages_per_sec: float | None
+    adaptive_concurrency: bool | None
     task_timeout_sec: float | None
     max_retries: int | None
     retry_backoff_sec: float | None

@@ -66,7 +66,7 @@ SECONDS_MAXIMUMS = {
     "task_timeout_sec": 86_400,
     "stall_warning_sec": 86_400,
 }
-BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time")
+BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time", "adaptive_concurrency")
 POLICY_PARAMS = (
     "no_retry_on",
     "dead_letter_exception_text",
@@ -80,6 +80,7 @@ ALL_PARAMS = (
     *BOOL_PARAMS,
     *POLICY_PARAMS,
     "ordering",
+    "max_messages_per_sec",
     "dead_letter_topic",
     "processing_guarantee",
     "transactional_id_prefix",
@@ -87,6 +88,8 @@ ALL_PARAMS = (
 SUBSCRIBER_PARAMS = (
     "concurrency_limit",
     "ordering",
+    "max_messages_per_sec",
+    "adaptive_concurrency",
     "task_timeout_sec",
     "max_retries",
     "retry_backoff_sec",
@@ -984,6 +987,78 @@ def test_exactly_once_of_one_subscriber_is_checked_against_the_global_settings()
             current, _options(processing_guarantee="exactly_once", transaction_timeout_sec=90)
         ),
     )
+
+
+# ---- rate limit, adaptive concurrency, ordering by a key function ----------------------
+
+BAD_RATES: tuple[object, ...] = (0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, True, "300")
+
+
+def test_new_flow_control_settings_default_to_off() -> None:
+    defaults = ConcurrencySettings()
+
+    assert defaults.max_messages_per_sec is None
+    assert defaults.adaptive_concurrency is False
+
+
+@pytest.mark.parametrize("value", BAD_RATES, ids=repr)
+def test_settings_reject_a_rate_not_finite_and_positive(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(max_messages_per_sec=value)
+
+    _assert_names_only(error, "max_messages_per_sec")
+
+
+@pytest.mark.parametrize("value", BAD_RATES, ids=repr)
+def test_subscriber_options_reject_a_rate_not_finite_and_positive(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _options(max_messages_per_sec=value)
+
+    _assert_names_only(error, "max_messages_per_sec")
+
+
+@pytest.mark.parametrize("rate", [0.5, 1, 300, 1e6])
+def test_settings_accept_a_positive_rate(rate: float) -> None:
+    assert _settings(max_messages_per_sec=rate).max_messages_per_sec == rate
+    assert _options(max_messages_per_sec=rate) == {"max_messages_per_sec": rate}
+
+
+def test_adaptive_concurrency_with_a_limit_of_one_is_refused_naming_both() -> None:
+    with pytest.raises(ValueError, match="adaptive_concurrency") as error:
+        _settings(adaptive_concurrency=True, concurrency_limit=1)
+    assert "concurrency_limit" in str(error.value)
+
+    with pytest.raises(ValueError, match="adaptive_concurrency"):
+        _options(adaptive_concurrency=True, concurrency_limit=1)
+    with pytest.raises(ValueError, match="adaptive_concurrency"):
+        _settings(concurrency_limit=1).for_subscriber({"adaptive_concurrency": True})
+    with pytest.raises(ValueError, match="adaptive_concurrency"):
+        _settings(concurrency_limit=10, adaptive_concurrency=True).for_subscriber(
+            {"concurrency_limit": 1}
+        )
+
+
+def test_adaptive_concurrency_is_accepted_with_room_to_move() -> None:
+    assert _settings(adaptive_concurrency=True, concurrency_limit=2).adaptive_concurrency
+
+
+def _account(record: Any) -> object:
+    return dict(record.headers).get("account")
+
+
+def test_ordering_accepts_a_key_function_globally_and_per_subscriber() -> None:
+    assert _settings(ordering=_account).ordering is _account
+    assert _options(ordering=_account) == {"ordering": _account}
+    assert _settings().for_subscriber({"ordering": _account}).ordering is _account
+
+
+@pytest.mark.parametrize("value", [("key",), ["partition"], {"key"}, 0.5], ids=repr)
+def test_ordering_that_is_neither_a_mode_nor_callable_is_refused(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(ordering=value)
+
+    _assert_names_only(error, "ordering")
+    assert "function" in str(error.value)
 
 
 # ---- the context ---------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """OrderingGate and ordering_key: per key one item at a time, in arrival order, none lost."""
 
 from collections.abc import Hashable
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -11,7 +13,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from faststream_concurrent_aiokafka.core.ordering import OrderingGate, ordering_key
+from faststream_concurrent_aiokafka.core.ordering import OrderingGate, key_of_records, ordering_key
 
 HYPOTHESIS = settings(max_examples=80, deadline=None)
 
@@ -289,3 +291,81 @@ def test_key_mode_separates_the_same_key_on_other_partitions_and_topics() -> Non
 def test_empty_record_key_is_a_key() -> None:
     assert ordering_key("key", "orders", 0, b"") is not None
     assert ordering_key("key", "orders", 0, b"") != ordering_key("key", "orders", 0, None)
+
+
+# ---- ordering by a key function --------------------------------------------------------
+
+
+class _Record:
+    """The attributes of aiokafka's ConsumerRecord that ordering reads."""
+
+    def __init__(self, key: object, headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        self.topic, self.partition, self.key, self.headers = "payments", 3, key, headers
+
+
+def _account(record: Any) -> Hashable | None:
+    return dict(record.headers).get("account")
+
+
+def test_record_keys_of_the_modes_are_those_of_ordering_key() -> None:
+    record = _Record(b"k")
+    for mode in ("unordered", "key", "partition"):
+        assert key_of_records(mode)(record) == ordering_key(mode, "payments", 3, b"k")
+
+
+def test_a_key_function_key_is_scoped_to_the_records_partition() -> None:
+    key_of = key_of_records(_account)
+
+    assert key_of(_Record(b"random", (("account", b"a-17"),))) == ("payments", 3, b"a-17")
+    assert key_of(_Record(b"random")) is None  # no key: no ordering constraint
+
+
+def test_a_key_function_that_raises_or_returns_an_unhashable_key_raises() -> None:
+    def broken(record: Any) -> Hashable:
+        raise KeyError("account")
+
+    with pytest.raises(KeyError):
+        key_of_records(broken)(_Record(None))
+    with pytest.raises(TypeError):
+        key_of_records(lambda record: [1, 2])(_Record(None))  # type: ignore[arg-type,return-value]
+
+
+hashables = st.recursive(
+    st.none() | st.integers() | st.text(max_size=3) | st.binary(max_size=3),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=4,
+)
+
+
+@HYPOTHESIS
+@given(st.lists(st.tuples(hashables, st.booleans()), max_size=60))
+def test_any_hashable_keys_run_one_at_a_time_in_arrival_order(
+    steps: list[tuple[Hashable, bool]],
+) -> None:
+    """Submit items under arbitrary hashable keys, releasing the oldest running one now and
+    then: per key, items start in submission order and never two at once."""
+    gate: OrderingGate[int] = OrderingGate()
+    running: list[tuple[Hashable, int]] = []
+    started: dict[Hashable, list[int]] = {}
+    submitted: dict[Hashable, list[int]] = {}
+    for item, (key, release) in enumerate(steps):
+        submitted.setdefault(key, []).append(item)
+        if gate.submit(item, key):
+            running.append((key, item))
+            started.setdefault(key, []).append(item)
+        if release and running:
+            done_key, _ = running.pop(0)
+            successor = gate.release(done_key)
+            if successor is not None:
+                running.append((done_key, successor))
+                started.setdefault(done_key, []).append(successor)
+        keyed = [k for k, _ in running if k is not None]
+        assert len(keyed) == len(set(keyed))
+    while running:
+        done_key, _ = running.pop(0)
+        successor = gate.release(done_key)
+        if successor is not None:
+            running.append((done_key, successor))
+            started.setdefault(done_key, []).append(successor)
+    assert started == submitted
+    assert gate.held_count == 0

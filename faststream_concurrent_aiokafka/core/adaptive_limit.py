@@ -1,0 +1,145 @@
+"""The adaptive concurrency limit behind ``adaptive_concurrency=True``: how many handler calls
+may run at once, following the handler's measured latency and failures.
+
+Pure: latencies and times are passed in, nothing is measured here.
+
+The algorithm (after Netflix's concurrency-limits: Vegas's queue estimate, Gradient2's
+smoothing, AIMD's cut on drops, BBR's baseline probe). Finished calls are averaged over
+windows of about one round of the limit (``limit`` samples, at least ``MIN_WINDOW``). The
+baseline is the average latency of an unloaded window: the lowest window average seen, taken
+afresh every ``PROBE_EVERY_SEC`` from a window run at half the limit, so a downstream that
+became slower for good is relearned instead of starving the consumer. By Little's law a
+window whose average is ``avg`` holds ``queue = limit * (1 - baseline / avg)`` calls waiting
+inside the downstream rather than being served. Little or no queue: the limit grows (by
+``beta`` when nothing queues, by ``step`` below ``alpha``), but only if the window used at
+least half of it; a queue above ``beta``: the limit moves half way towards what the
+downstream serves without queueing, ``limit * baseline / avg + alpha``; more than
+``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the limit is cut by
+``FAILURE_CUT``, whatever the latency says. The limit stays between the floor and the
+ceiling (``concurrency_limit``). ``alpha``, ``beta`` and ``step`` grow with the logarithm of
+the limit as in Vegas, so a large limit tolerates a proportionally smaller queue. Each sample
+costs a few additions; the arithmetic runs once per window.
+"""
+
+import math
+from typing import Final
+
+MIN_WINDOW: Final = 10  # samples: fewer say little about a latency average
+PROBE_EVERY_SEC: Final = 10.0  # how often the baseline is measured again at half the limit
+FAILURE_SHARE: Final = 0.1  # more failed calls than this in a window read as overload
+FAILURE_CUT: Final = 0.9  # ... and cut the limit by 10 %
+GROWTH: Final = 1.1  # nothing queues: grow by 10 % a window
+FLOOR: Final = 1
+INITIAL: Final = 10  # the library's default concurrency_limit: where a limit starts
+
+
+def _alpha(limit: float) -> float:
+    return max(1.0, 3 * math.log10(limit))
+
+
+def _beta(limit: float) -> float:
+    return max(2.0, 6 * math.log10(limit))
+
+
+def _step(limit: float) -> float:
+    return max(1.0, math.log10(limit))
+
+
+class AdaptiveLimit:
+    """The current limit between ``floor`` and ``ceiling``; fed one sample per finished call."""
+
+    __slots__ = (
+        "_baseline",
+        "_count",
+        "_failures",
+        "_limit",
+        "_max_in_flight",
+        "_next_probe",
+        "_probe_start",
+        "_samples",
+        "_since",
+        "_sum",
+        "ceiling",
+        "floor",
+        "limit",
+        "windows",
+    )
+
+    def __init__(self, ceiling: int, now: float, *, floor: int = FLOOR) -> None:
+        if not 1 <= floor < ceiling:
+            msg = f"an adaptive limit needs 1 <= floor < ceiling, got {floor} and {ceiling}"
+            raise ValueError(msg)
+        self.floor, self.ceiling = floor, ceiling
+        self._limit = float(min(ceiling, max(floor, INITIAL)))
+        self.limit = int(self._limit)  # what admission reads: the whole calls allowed now
+        self._baseline = math.inf
+        self._next_probe = now + PROBE_EVERY_SEC
+        self._probe_start: float | None = None  # while measuring the baseline at half
+        self._since = now  # the limit changed last: calls started before tell of the old one
+        self.windows = 0  # windows closed: how often the limit was reconsidered
+        self._reset_window()
+
+    @property
+    def baseline_sec(self) -> float | None:
+        """The unloaded latency the queue is estimated against (None until measured)."""
+        return None if math.isinf(self._baseline) else self._baseline
+
+    def _reset_window(self) -> None:
+        self._samples = 0
+        self._sum = 0.0  # latencies of the calls that succeeded: a fast failure is no baseline
+        self._count = 0
+        self._failures = 0
+        self._max_in_flight = 0
+
+    def sample(self, latency_sec: float, *, failed: bool, in_flight: int, now: float) -> None:
+        """A call that started ``latency_sec`` ago ended at ``now`` while ``in_flight`` calls
+        ran (itself included)."""
+        if now - latency_sec < self._since:
+            return  # started under an older limit: says nothing of this one
+        self._samples += 1
+        if failed:
+            self._failures += 1
+        else:
+            self._sum += latency_sec
+            self._count += 1
+        self._max_in_flight = max(self._max_in_flight, in_flight)
+        if self._samples >= max(MIN_WINDOW, self.limit):
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        self.windows += 1
+        samples, failures, used = self._samples, self._failures, self._max_in_flight
+        average = self._sum / self._count if self._count else None
+        self._reset_window()
+        if self._probe_start is not None and average is not None:
+            self._probe_start = None
+            self._baseline = average
+            self._set(self._limit, now)
+            return
+        if failures > FAILURE_SHARE * samples:
+            self._set(self._limit * FAILURE_CUT, now)
+        elif average is not None:
+            self._baseline = min(self._baseline, average)
+            self._adjust(average, used, now)
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_EVERY_SEC
+            self._probe_start = self._since = now
+            self.limit = max(self.floor, self.limit // 2)
+
+    def _adjust(self, average: float, used: int, now: float) -> None:
+        limit = self._limit
+        queue = limit * (1 - self._baseline / average) if average > 0 else 0.0
+        if queue > _beta(limit):
+            self._set((limit + limit * self._baseline / average + _alpha(limit)) / 2, now)
+        elif 2 * used < limit:
+            return  # the window did not use the limit: it says nothing about a higher one
+        elif queue <= _step(limit):
+            self._set(max(limit * GROWTH, limit + _step(limit)), now)
+        elif queue < _alpha(limit):
+            self._set(limit + _step(limit), now)
+
+    def _set(self, limit: float, now: float) -> None:
+        self._limit = min(float(self.ceiling), max(float(self.floor), limit))
+        if int(self._limit) != self.limit:
+            self.limit = int(self._limit)
+            self._since = now

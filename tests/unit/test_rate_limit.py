@@ -1,0 +1,129 @@
+"""The token bucket of max_messages_per_sec: its burst, its wait, and the rate it never
+exceeds whatever the callers take."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from faststream_concurrent_aiokafka.core.rate_limit import TokenBucket
+
+HYPOTHESIS = settings(max_examples=150, deadline=None)
+
+
+def test_a_new_bucket_holds_one_seconds_worth() -> None:
+    bucket = TokenBucket(300, now=0.0)
+
+    assert bucket.burst == 300
+    assert bucket.available(0.0) == 300
+    assert bucket.wait_sec(0.0) == 0
+
+
+def test_a_rate_below_one_still_lets_one_message_through() -> None:
+    bucket = TokenBucket(0.5, now=0.0)
+
+    assert bucket.available(0.0) == 1
+    bucket.take(1, 0.0)
+    assert bucket.wait_sec(0.0) == pytest.approx(2.0)
+    assert bucket.available(1.9) == 0
+    assert bucket.available(2.0) == 1
+
+
+def test_an_empty_bucket_says_how_long_until_the_next_token() -> None:
+    bucket = TokenBucket(100, now=10.0)
+    bucket.take(100, 10.0)
+
+    assert bucket.available(10.0) == 0
+    assert bucket.wait_sec(10.0) == pytest.approx(0.01)
+    assert bucket.available(10.0105) == 1
+
+
+def test_an_idle_bucket_banks_no_more_than_its_burst() -> None:
+    bucket = TokenBucket(50, now=0.0)
+    bucket.take(50, 0.0)
+
+    assert bucket.available(3600.0) == 50
+
+
+def test_taking_more_than_there_is_leaves_a_debt_paid_first() -> None:
+    bucket = TokenBucket(10, now=0.0)
+    bucket.take(30, 0.0)  # 20 more than the burst
+
+    assert bucket.wait_sec(0.0) == pytest.approx(2.1)
+    assert bucket.available(1.9) == 0
+    assert bucket.available(2.1) == 1
+
+
+def test_time_going_backwards_changes_nothing() -> None:
+    bucket = TokenBucket(10, now=5.0)
+    bucket.take(10, 5.0)
+
+    assert bucket.available(4.0) == 0
+    assert bucket.available(5.1) == 1
+
+
+@pytest.mark.parametrize("rate", [0, -1, math.nan, math.inf])
+def test_a_rate_that_is_not_finite_and_positive_is_refused(rate: float) -> None:
+    with pytest.raises(ValueError, match="finite rate > 0"):
+        TokenBucket(rate, now=0.0)
+
+
+rates = st.floats(min_value=0.1, max_value=10_000, allow_nan=False)
+steps = st.lists(
+    st.tuples(st.floats(min_value=0, max_value=0.5), st.integers(min_value=0, max_value=50)),
+    min_size=1,
+    max_size=200,
+)
+
+
+@HYPOTHESIS
+@given(rate=rates, steps=steps)
+def test_no_window_admits_more_than_the_burst_plus_the_rate(
+    rate: float, steps: list[tuple[float, int]]
+) -> None:
+    """Callers taking at most what ``available`` offers: any interval [a, b] of the run
+    admits at most burst + rate * (b - a) messages (the bucket's promise)."""
+    bucket = TokenBucket(rate, now=0.0)
+    now, taken = 0.0, []
+    for advance, wanted in steps:
+        now += advance
+        count = min(wanted, bucket.available(now))
+        bucket.take(count, now)
+        taken.append((now, count))
+    for i, (start, _) in enumerate(taken):
+        total = 0
+        for end, count in taken[i:]:
+            total += count
+            assert total <= bucket.burst + rate * (end - start) + 1e-6
+
+
+@HYPOTHESIS
+@given(rate=rates, steps=steps)
+def test_waiting_as_told_always_finds_a_token(rate: float, steps: list[tuple[float, int]]) -> None:
+    """The engine sleeps ``wait_sec`` and expects a token then: the promise holds even after
+    debts (taking more than there was)."""
+    bucket = TokenBucket(rate, now=0.0)
+    now = 0.0
+    for advance, wanted in steps:
+        now += advance
+        bucket.take(wanted, now)
+        wait = bucket.wait_sec(now)
+        assert wait >= 0
+        now += wait * (1 + 1e-9) + 1e-12
+        assert bucket.available(now) >= 1
+
+
+@HYPOTHESIS
+@given(rate=st.floats(min_value=1, max_value=5_000, allow_nan=False))
+def test_a_greedy_caller_gets_the_rate_over_time(rate: float) -> None:
+    """Taking everything offered, in steps of 10 ms for 10 s: burst + 10 s of the rate,
+    within a token."""
+    bucket = TokenBucket(rate, now=0.0)
+    total = 0
+    for step in range(1001):
+        now = step * 0.01
+        count = bucket.available(now)
+        bucket.take(count, now)
+        total += count
+    assert abs(total - (bucket.burst + rate * 10)) <= 1 + 1e-6 * rate
