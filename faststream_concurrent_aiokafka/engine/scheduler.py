@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
-from faststream_concurrent_aiokafka.core.ordering import ordering_key
+from faststream_concurrent_aiokafka.core.ordering import key_of_records
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
@@ -62,7 +62,7 @@ class Scheduler:
     def admit(self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]") -> None:
         """Take fetched records: each runs now, waits for a slot, or is held behind its key.
         Slots are filled and the pause state refreshed once for all of them."""
-        ordering = lane.settings.ordering
+        key_of = key_of_records(lane.settings.ordering)
         gate, ready = lane.gate, lane.ready
         # A fetch brings runs of records of one partition: its TopicPartition and tracker are
         # looked up once per run, not made again for every record.
@@ -79,7 +79,7 @@ class Scheduler:
             if not tracker.track(offset):
                 continue  # delivered again while its first delivery is still on its way
             lane.offsets.add_tracked(1)
-            key = ordering_key(ordering, record.topic, record.partition, record.key)
+            key = key_of(record)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
             if gate.submit(message, key):
                 ready.append(message)
