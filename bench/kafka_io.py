@@ -15,7 +15,23 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.downstream import zipf_keys
 from bench.shapes import PAYLOADS
+
+ACCOUNTS = 50  # the accounts of the "accounts" keying
+
+
+def keyed(keying: str, count: int) -> list[tuple[bytes | None, list[tuple[str, bytes]]]]:
+    """Each message's Kafka key and headers: ``none``; ``zipf`` (record keys drawn Zipf, s=1.1
+    over 10,000 keys); ``accounts`` (random record keys, an ``account`` header of 50 values)."""
+    if keying == "none":
+        return [(None, [])] * count
+    if keying == "zipf":
+        return [(b"k%d" % key, []) for key in zipf_keys(count)]
+    if keying == "accounts":
+        return [(uuid.uuid4().bytes, [("account", b"a%d" % (i % ACCOUNTS))]) for i in range(count)]
+    msg = f"unknown keying {keying!r}"
+    raise ValueError(msg)
 
 
 def unique(prefix: str) -> str:
@@ -31,19 +47,29 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
-async def fill(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+async def fill(
+    bootstrap: str, topic: str, partitions: int, count: int, keying: str = "none"
+) -> None:
     """A new topic holding ``count`` pre-produced messages (the paired benchmarks' input)."""
     await create_topic(bootstrap, topic, partitions)
-    await produce(bootstrap, topic, count, partitions)
+    await produce(bootstrap, topic, count, partitions, keying=keying)
 
 
 async def produce(
-    bootstrap: str, topic: str, count: int, partitions: int, payload: str = "int"
+    bootstrap: str,
+    topic: str,
+    count: int,
+    partitions: int,
+    *,
+    payload: str = "int",
+    keying: str = "none",
 ) -> float:
     """Send ``count`` small messages round-robin over the partitions; returns the seconds.
 
-    ``payload`` names a function of ``bench.shapes.PAYLOADS`` (message index -> bytes)."""
+    ``payload`` names a function of ``bench.shapes.PAYLOADS`` (message index -> bytes);
+    ``keying`` the record keys and headers (see ``keyed``)."""
     make = PAYLOADS[payload]
+    keys = keyed(keying, count)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
@@ -56,7 +82,13 @@ async def produce(
         pending: list[Any] = []
         for i in range(count):
             # send() only enqueues (it waits only while the accumulator is full).
-            pending.append(await producer.send(topic, make(i), partition=i % partitions))
+            key, headers = keys[i]
+            # Zipf keys go where Kafka's partitioner puts them (by the key's hash), as keyed
+            # data does; the rest round-robin.
+            partition = None if keying == "zipf" else i % partitions
+            pending.append(
+                await producer.send(topic, make(i), key=key, headers=headers, partition=partition)
+            )
         await producer.flush()
         await asyncio.gather(*pending)
     finally:

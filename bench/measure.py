@@ -32,6 +32,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from bench import instrument
+from bench.downstream import Downstream
 from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec, result_for
 from bench.shapes import Order, Receipt, receipt
 
@@ -253,6 +254,13 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
     def blocking(body: Order) -> None:  # a plain def: FastStream runs it in a worker thread
         probe.count_from_thread()
 
+    service = Downstream(spec.downstream)
+
+    async def calling(body: int) -> None:
+        probe.enter()
+        await service.call()
+        probe.leave()
+
     handlers: dict[str, Callable[..., Any]] = {
         "noop": noop,
         "sleep": sleeper,
@@ -263,6 +271,7 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
         "model_msg": with_model_and_message,
         "publish": publishing,
         "sync": blocking,
+        "downstream": calling,
     }
     handler = handlers[spec.handler]
     if spec.handler == "publish":
@@ -291,6 +300,7 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
             newer["processing_guarantee"] = spec.processing_guarantee
         if spec.measure_processing_time:
             newer["measure_processing_time"] = True
+        newer.update(_flow_control(spec))
         handler = await initialize_concurrent_processing(
             app.context,
             concurrency_limit=spec.concurrency_limit,
@@ -328,6 +338,26 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
             await stop_concurrent_processing(app.context)
         elif spec.system == "other":
             await stop_concurrent_processing(broker.context)
+
+
+def _account(record: Any) -> Any:
+    """The key function of ``ordering="account"``: the record's ``account`` header."""
+    for name, value in record.headers:
+        if name == "account":
+            return value
+    return None
+
+
+def _flow_control(spec: RunSpec) -> dict[str, Any]:
+    """The flow-control settings a run changes (none by default: older libraries lack them)."""
+    settings: dict[str, Any] = {}
+    if spec.ordering != RunSpec.ordering:
+        settings["ordering"] = _account if spec.ordering == "account" else spec.ordering
+    if spec.max_messages_per_sec is not None:
+        settings["max_messages_per_sec"] = spec.max_messages_per_sec
+    if spec.adaptive_concurrency:
+        settings["adaptive_concurrency"] = True
+    return settings
 
 
 def _new_result(spec: RunSpec) -> RunResult:

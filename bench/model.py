@@ -20,8 +20,18 @@ System = Literal["middleware", "faststream", "other"]
 # reading the message with `broker.context.get_local("message")`; "model_msg": a pydantic
 # model body and the KafkaMessage; "publish": a model body, its result returned to a
 # `@publisher`; "sync": a plain `def` taking the model.
+# "downstream": call bench.downstream's model named by `downstream`.
 HandlerMode = Literal[
-    "noop", "sleep", "block", "dict", "dict_msg", "dict_local", "model_msg", "publish", "sync"
+    "noop",
+    "sleep",
+    "block",
+    "dict",
+    "dict_msg",
+    "dict_local",
+    "model_msg",
+    "publish",
+    "sync",
+    "downstream",
 ]
 # What the pre-produced messages hold: a JSON int, or a small JSON order (bench.shapes).
 Payload = Literal["int", "order"]
@@ -74,6 +84,14 @@ class RunSpec:
     processing_guarantee: str = "at_least_once"
     commit_batch_timeout_sec: float = 10.0
     measure_processing_time: bool = False  # the opt-in processing-time histogram
+    # Flow control (bench.flow): the downstream model of handler="downstream"; the record
+    # keys and headers produced (bench.kafka_io.keyed); the middleware's ordering, where
+    # "account" is a key function reading the `account` header; its rate and adaptive limit.
+    downstream: str = "quadratic"
+    keying: str = "none"
+    ordering: str = "unordered"
+    max_messages_per_sec: float | None = None
+    adaptive_concurrency: bool = False
 
 
 @dataclass(kw_only=True)

@@ -17,6 +17,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,7 +84,7 @@ def library_dir(checkout: Path, scratch: Path) -> Path:
     return folder
 
 
-def pick_cases(names: str, known: dict[str, RunSpec]) -> list[str] | None:
+def pick_cases(names: str, known: Mapping[str, object]) -> list[str] | None:
     """The comma-separated case names, or None (after saying which) if one is unknown."""
     cases = [name.strip() for name in names.split(",") if name.strip()]
     unknown = [name for name in cases if name not in known]

@@ -158,7 +158,7 @@ async def prepare(params: Params, bootstrap: str, specs: list[RunSpec]) -> list[
     for name, (count, partitions, payload) in wanted.items():
         await create_topic(bootstrap, name, partitions)
         if count:
-            seconds = await produce(bootstrap, name, count, partitions, payload)
+            seconds = await produce(bootstrap, name, count, partitions, payload=payload)
             print(f"produced {count:,} messages to {name} in {seconds:.1f} s", flush=True)
     return list(wanted)
 
