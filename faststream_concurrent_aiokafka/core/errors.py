@@ -17,3 +17,15 @@ class TransactionalPublishError(RuntimeError):
     """A publish of an exactly-once message cannot join its partition's transaction: the
     transaction was aborted (the message runs again), or the message had ended already (a
     task it spawned published after the handler returned)."""
+
+
+class OrderingKeyError(Exception):
+    """The ``ordering`` key function raised for a record, or returned an unhashable key: the
+    record fails without its handler running, as an error not worth retrying (the function
+    would raise again), so it goes to the dead-letter topic and never stops the consumer."""
+
+    @classmethod
+    def of(cls, cause: Exception) -> "OrderingKeyError":
+        error = cls(f"the ordering key function failed: {type(cause).__name__}: {cause}")
+        error.__cause__ = cause
+        return error

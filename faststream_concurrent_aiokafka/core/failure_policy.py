@@ -9,6 +9,8 @@ import enum
 import random
 from dataclasses import dataclass
 
+from faststream_concurrent_aiokafka.core.errors import OrderingKeyError
+
 ExceptionTypes = tuple[type[BaseException], ...]
 
 
@@ -40,6 +42,8 @@ class FailurePolicy:
         if isinstance(error, self.done):
             return Outcome.DONE
         if isinstance(error, (self.dead_letter, self.no_retry)):  # nested: no copy
+            return Outcome.DEAD_LETTER
+        if isinstance(error, OrderingKeyError):  # the key function would fail again
             return Outcome.DEAD_LETTER
         return Outcome.RETRY
 

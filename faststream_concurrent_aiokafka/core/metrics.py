@@ -118,8 +118,15 @@ ASSIGNED: Final = Metric(
 LIMIT: Final = Metric(
     "faststream_concurrent_concurrency_limit",
     "gauge",
-    "The subscriber's concurrency_limit.",
+    "The subscriber's concurrency_limit (with adaptive_concurrency: the limit in force now).",
     "{message}",
+    SUBSCRIBER_LABELS,
+)
+RATE: Final = Metric(
+    "faststream_concurrent_max_messages_per_sec",
+    "gauge",
+    "The subscriber's max_messages_per_sec (absent without a rate limit).",
+    "{message}/s",
     SUBSCRIBER_LABELS,
 )
 TASKS: Final = Metric(
@@ -190,6 +197,14 @@ TRANSACTIONS: Final = _counter(
     "{transaction}",
     ("result",),
 )
+RATE_LIMITED: Final = _counter(
+    "rate_limited_messages",
+    "Messages admitted after the poll loop waited for max_messages_per_sec.",
+    "{message}",
+)
+RATE_WAIT: Final = _counter(
+    "rate_wait_seconds", "Time the poll loop waited for max_messages_per_sec.", "s"
+)
 FENCED: Final = _counter(
     "fenced_producers",
     "Exactly-once partition producers fenced: another member took the partition over (this "
@@ -228,8 +243,10 @@ _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | 
 _PER_SUBSCRIBER: Final[tuple[tuple[Metric, Callable[[SubscriberSnapshot], float]], ...]] = (
     (PAUSED, lambda s: s.paused_partitions),
     (ASSIGNED, lambda s: sum(p.assigned for p in s.partitions)),
-    (LIMIT, lambda s: s.settings.concurrency_limit),
+    (LIMIT, lambda s: s.running_limit),
     (BRAKE_TRIPPED, lambda s: float(s.brake_tripped)),
+    (RATE_LIMITED, lambda s: s.flow.rate_limited),
+    (RATE_WAIT, lambda s: s.flow.rate_wait_sec),
 )
 _TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
     (RETRIES, lambda t: t.retries),
@@ -244,6 +261,7 @@ _TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
 METRICS: Final = (
     *(metric for metric, _ in _PER_PARTITION),
     *(metric for metric, _ in _PER_SUBSCRIBER),
+    RATE,
     TASKS,
     GLOBAL_LIMIT,
     ALL_UNCOMMITTED,
@@ -271,6 +289,8 @@ def measure(snapshot: ProcessingSnapshot, health: HealthReport) -> dict[Metric, 
                     samples[metric].append((where, value))
         for metric, read_subscriber in _PER_SUBSCRIBER:
             samples[metric].append((labels, read_subscriber(subscriber)))
+        if subscriber.flow.max_messages_per_sec is not None:
+            samples[RATE].append((labels, subscriber.flow.max_messages_per_sec))
         samples[PROCESSED] += _processed(labels, subscriber.totals)
         for metric, read_totals in _TOTALS:
             samples[metric].append((labels, read_totals(subscriber.totals)))

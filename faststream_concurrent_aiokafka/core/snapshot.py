@@ -84,6 +84,21 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FlowSnapshot:
+    """A subscriber's rate limit and adaptive limit now, over its consumers; the counts are
+    since its consumers started."""
+
+    max_messages_per_sec: float | None = None  # the rate configured (None: no limit)
+    waiting_for_rate: int = 0  # consumers whose poll loop waits for the rate now
+    rate_waits: int = 0  # times a poll loop waited for the rate
+    rate_wait_sec: float = 0.0  # how long, in all
+    rate_limited: int = 0  # messages admitted after such a wait
+    adaptive_limit: int | None = None  # the adaptive limit in force (the highest of its
+    # consumers'); None: adaptive_concurrency is off
+    adaptive_baseline_sec: float | None = None  # the unloaded latency it compares against
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SubscriberSnapshot:
     """One concurrent subscriber: its limits in force, its partitions over all its consumers
     (several with ``max_workers``) and its totals."""
@@ -98,6 +113,13 @@ class SubscriberSnapshot:
     brake_tripped: bool = False  # its dead-letter brake stopped it (until a restart)
     # Seconds per attempt of its pipeline; None unless measure_processing_time=True.
     processing_time: HistogramSnapshot | None = None
+    flow: FlowSnapshot = FlowSnapshot()
+
+    @property
+    def running_limit(self) -> int:
+        """The concurrency limit in force: the adaptive one, else ``concurrency_limit``."""
+        adaptive = self.flow.adaptive_limit
+        return self.settings.concurrency_limit if adaptive is None else adaptive
 
     @property
     def in_flight(self) -> int:

@@ -22,6 +22,7 @@ from faststream_concurrent_aiokafka.core.health import (
 )
 from faststream_concurrent_aiokafka.core.histogram import Histogram, HistogramSnapshot
 from faststream_concurrent_aiokafka.core.snapshot import (
+    FlowSnapshot,
     PartitionSnapshot,
     ProcessingSnapshot,
     SubscriberSnapshot,
@@ -141,6 +142,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
                 totals=totals_of(counters),
                 brake_tripped=any(lane.brake.tripped for lane in lanes),
                 processing_time=_histogram_snapshot(engine.processing_time(pipeline)),
+                flow=flow_of(lanes),
             )
         )
     settings = engine.settings
@@ -158,6 +160,24 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
 
 def _histogram_snapshot(histogram: Histogram | None) -> HistogramSnapshot | None:
     return None if histogram is None else histogram.snapshot()
+
+
+def flow_of(lanes: list[ConsumerLane]) -> FlowSnapshot:
+    """The subscriber's rate limit and adaptive limit, over its consumers' lanes."""
+    if not lanes:
+        return FlowSnapshot()
+    flows = [lane.flow for lane in lanes]
+    adaptive = [flow.adaptive for flow in flows if flow.adaptive is not None]
+    baselines = [a.baseline_sec for a in adaptive if a.baseline_sec is not None]
+    return FlowSnapshot(
+        max_messages_per_sec=lanes[0].settings.max_messages_per_sec,
+        waiting_for_rate=sum(flow.waiting_for_rate for flow in flows),
+        rate_waits=sum(flow.rate_waits for flow in flows),
+        rate_wait_sec=sum(flow.rate_wait_sec for flow in flows),
+        rate_limited=sum(flow.rate_limited for flow in flows),
+        adaptive_limit=max((a.limit for a in adaptive), default=None),
+        adaptive_baseline_sec=min(baselines, default=None),
+    )
 
 
 def totals_of(counters: Counters) -> Totals:

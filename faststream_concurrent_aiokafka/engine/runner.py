@@ -7,6 +7,7 @@ every message in flight. The message's offset is committed only after all of it.
 """
 
 from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts
+from faststream_concurrent_aiokafka.engine.flow_control import raise_key_error
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 
 RUNNING: dict[int, AdmittedMessage] = {}
@@ -31,6 +32,8 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
         current.attempt = 1
         try:
             try:
+                if current.lane.flow.key_errors:
+                    raise_key_error(current)
                 await current.lane.process(current.record)
                 error = current.attempt_error
             except (Exception, SystemExit) as exc:  # every failure goes through the policy

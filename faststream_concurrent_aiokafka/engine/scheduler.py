@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
-from faststream_concurrent_aiokafka.core.ordering import key_of_records
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
 from faststream_concurrent_aiokafka.engine.state import (
@@ -62,12 +61,13 @@ class Scheduler:
     def admit(self, lane: ConsumerLane, records: "Iterable[ConsumerRecord[Any, Any]]") -> None:
         """Take fetched records: each runs now, waits for a slot, or is held behind its key.
         Slots are filled and the pause state refreshed once for all of them."""
-        key_of = key_of_records(lane.settings.ordering)
+        flow = lane.flow
         gate, ready = lane.gate, lane.ready
         # A fetch brings runs of records of one partition: its TopicPartition and tracker are
         # looked up once per run, not made again for every record.
         tp = TopicPartition("", -1)
         tracker: PartitionOffsets | None = None
+        admitted = 0
         for record in records:
             if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
                 tp = TopicPartition(record.topic, record.partition)
@@ -79,10 +79,14 @@ class Scheduler:
             if not tracker.track(offset):
                 continue  # delivered again while its first delivery is still on its way
             lane.offsets.add_tracked(1)
-            key = key_of(record)
+            admitted += 1
+            key, key_error = flow.key(record)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
+            if key_error is not None:
+                flow.key_errors[message] = key_error
             if gate.submit(message, key):
                 ready.append(message)
+        flow.took(admitted)
         self._start_ready(lane)
         self.refresh_pause(lane)
 
@@ -99,6 +103,7 @@ class Scheduler:
         if not positions:
             return  # every record delivered again while its first delivery is on its way
         lane.offsets.add_tracked(len(positions))
+        lane.flow.took(len(positions))
         first_tp, first_tracker, first_offset = positions[0]
         message = AdmittedMessage(
             records, first_tp, first_offset, lane=lane, tracker=first_tracker, key=None
@@ -118,7 +123,7 @@ class Scheduler:
 
     def _start_ready(self, lane: ConsumerLane) -> None:
         limit = self._global_limit
-        lane_limit = lane.settings.concurrency_limit
+        lane_limit = lane.flow.running_limit(lane.settings.concurrency_limit)
         ready = lane.ready
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
@@ -140,6 +145,8 @@ class Scheduler:
         self.running += 1
         message.task = task
         self._task_messages[task] = message
+        if lane.flow.adaptive is not None:
+            lane.flow.started_running(message)
 
     def _serve_hungry(self) -> None:
         """Hand freed global slots to lanes that waited for one, in turn."""
@@ -166,7 +173,7 @@ class Scheduler:
         if (
             lane.ready
             and not self._hungry
-            and len(lane.running) < lane.settings.concurrency_limit
+            and len(lane.running) < lane.flow.running_limit(lane.settings.concurrency_limit)
             and self.running < self._global_limit
             and contextvars.copy_context() == lane.context
         ):
@@ -192,6 +199,9 @@ class Scheduler:
         """Free the message's slot and move its offsets: finished, or blocked if cancelled or
         to run again (then not counted: a failed attempt would count as a success)."""
         lane = message.lane
+        if lane.flow.adaptive is not None:
+            failed = cancelled or message.runs_again or message.error is not None
+            lane.flow.stopped_running(message, failed=failed, in_flight=len(lane.running))
         lane.running.discard(message)
         message.task = None
         self.running -= 1
@@ -240,8 +250,8 @@ class Scheduler:
     # ---- backpressure ----------------------------------------------------------------
 
     def fetch_size(self, lane: ConsumerLane) -> int:
-        """How many records the lane's next fetch may bring."""
-        return backpressure.fetch_size(
+        """How many records the lane's next fetch may bring (no more than the rate allows)."""
+        size = backpressure.fetch_size(
             lane_limit=lane.settings.concurrency_limit,
             lane_running=len(lane.running),
             lane_backlog=len(lane.ready),
@@ -249,6 +259,22 @@ class Scheduler:
             global_running=self.running,
             uncommitted_room=self._max_uncommitted - self._tally.count,
         )
+        tokens = lane.flow.tokens()
+        return size if tokens is None else max(1, min(size, tokens))
+
+    async def wait_for_rate(self, lane: ConsumerLane) -> None:
+        """Make the poll loop wait until ``max_messages_per_sec`` lets a message in: no pause,
+        so nothing aiokafka fetched ahead is dropped. A wait past the wait budget (a rate under
+        one message per budget) pauses instead, so the loop polls in time; a later token
+        resumes it."""
+        flow = lane.flow
+        if flow.bucket is None or lane.closing:
+            return
+        budget = backpressure.wait_budget_sec(aiokafka_compat.max_poll_interval_ms(lane.consumer))
+        if not await flow.wait_for_token(budget):
+            lane.fetching.pause()
+        elif lane.fetching.paused:
+            self.refresh_pause(lane)
 
     async def wait_for_room(self, lane: ConsumerLane) -> None:
         """Make the consumer's poll loop wait while its backlog fills its limit: the cheapest

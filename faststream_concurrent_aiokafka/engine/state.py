@@ -20,6 +20,7 @@ from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
 from faststream_concurrent_aiokafka.core.settings import ExceptionText, SubscriberSettings
+from faststream_concurrent_aiokafka.engine.flow_control import LaneFlow
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 """Where a lane's lines go; message lines carry ``topic``, ``partition`` and ``offset`` extras."""
@@ -488,6 +489,8 @@ class ConsumerLane:
         self.context = contextvars.copy_context()
         # Its messages: behind their key, ready for a slot, running; and its admission.
         self.gate: OrderingGate[AdmittedMessage] = OrderingGate()
+        # The ordering key function, the rate limit and the adaptive limit.
+        self.flow = LaneFlow(settings)
         self.ready: deque[AdmittedMessage] = deque()
         self.running: set[AdmittedMessage] = set()
         self.dead_letter_stuck: set[AdmittedMessage] = set()
@@ -516,6 +519,9 @@ class ConsumerLane:
         self.ready = deque(kept)
         gate = self.gate
         dropped = len(dropped_ready) + len(gate.drop(matches))
+        if self.flow.key_errors:  # a message whose key function failed has no key: ready
+            for message in dropped_ready:
+                self.flow.key_errors.pop(message, None)
         # A ready message passed the ordering gate: it holds its key until it ends, and
         # dropped it never will, so its key is handed on here (to a message that stays).
         for message in dropped_ready:

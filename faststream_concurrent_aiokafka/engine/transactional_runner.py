@@ -20,6 +20,7 @@ from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
 from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts, summary
+from faststream_concurrent_aiokafka.engine.flow_control import raise_key_error
 from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
 from faststream_concurrent_aiokafka.engine.runner import RUNNING
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
@@ -57,6 +58,8 @@ async def run_transactional_slot(
                     # frame more for a message that succeeds.
                     current.attempt = 1
                     try:
+                        if current.lane.flow.key_errors:
+                            raise_key_error(current)
                         await current.lane.process(current.record)
                         error = current.attempt_error
                     except (Exception, SystemExit) as exc:  # every failure: the policy's

@@ -157,7 +157,11 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
                 "Records left uncommitted: the committer is dead"
             )
             return
-        if lane is None or not lane.ready:
+        if lane is None:
+            return
+        if not fetching_taken_over:
+            await engine.scheduler.wait_for_rate(lane)  # FastStream fetches the next itself
+        if not lane.ready:
             return
         if len(lane.ready) >= lane.settings.concurrency_limit:
             await engine.scheduler.wait_for_room(lane)
@@ -178,12 +182,14 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
         finally:
             engine.retire(lanes)
 
+    fetching_taken_over = faststream_compat.fetches_one_at_a_time(subscriber)
     faststream_compat.take_over_consume_one(subscriber, admit)
     stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)
-    if faststream_compat.fetches_one_at_a_time(subscriber):
+    if fetching_taken_over:
 
         async def fetch(consumer: AIOKafkaConsumer) -> FetchedRecords | None:
             lane = handler.lane_for(subscriber, consumer)
+            await engine.scheduler.wait_for_rate(lane)
             return await fetch_for(lane, engine.scheduler.fetch_size(lane))
 
         faststream_compat.take_over_get_msg(subscriber, fetch)
