@@ -1,5 +1,5 @@
-"""The token bucket of max_messages_per_sec: its burst, its wait, and the rate it never
-exceeds whatever the callers take."""
+"""The token bucket of max_messages_per_sec: its starting burst, what it banks after, its
+wait, and the rate it never exceeds whatever the callers take."""
 
 import math
 
@@ -15,9 +15,25 @@ HYPOTHESIS = settings(max_examples=150, deadline=None)
 def test_a_new_bucket_holds_one_seconds_worth() -> None:
     bucket = TokenBucket(300, now=0.0)
 
-    assert bucket.burst == 300
     assert bucket.available(0.0) == 300
+    assert bucket.available(0.9) == 300  # nothing added on top of the starting burst
     assert bucket.wait_sec(0.0) == 0
+
+
+def test_the_starting_burst_not_used_in_the_first_second_is_dropped() -> None:
+    bucket = TokenBucket(300, now=0.0)
+    bucket.take(100, 0.5)
+
+    assert bucket.available(0.99) == 200
+    assert bucket.available(1.0) == 30  # a tenth of a second's worth banked from now on
+
+
+def test_after_the_first_second_a_tenth_of_a_seconds_worth_is_banked() -> None:
+    bucket = TokenBucket(300, now=0.0)
+    bucket.take(300, 0.0)
+
+    assert bucket.available(0.05) == 15
+    assert bucket.available(60.0) == 30
 
 
 def test_a_rate_below_one_still_lets_one_message_through() -> None:
@@ -39,16 +55,16 @@ def test_an_empty_bucket_says_how_long_until_the_next_token() -> None:
     assert bucket.available(10.0105) == 1
 
 
-def test_an_idle_bucket_banks_no_more_than_its_burst() -> None:
-    bucket = TokenBucket(50, now=0.0)
-    bucket.take(50, 0.0)
+def test_a_slow_rate_banks_one_token() -> None:
+    bucket = TokenBucket(5, now=0.0)
+    bucket.take(5, 0.0)
 
-    assert bucket.available(3600.0) == 50
+    assert bucket.available(3600.0) == 1
 
 
 def test_taking_more_than_there_is_leaves_a_debt_paid_first() -> None:
     bucket = TokenBucket(10, now=0.0)
-    bucket.take(30, 0.0)  # 20 more than the burst
+    bucket.take(30, 0.0)  # 20 more than the starting burst
 
     assert bucket.wait_sec(0.0) == pytest.approx(2.1)
     assert bucket.available(1.9) == 0
@@ -79,11 +95,13 @@ steps = st.lists(
 
 @HYPOTHESIS
 @given(rate=rates, steps=steps)
-def test_no_window_admits_more_than_the_burst_plus_the_rate(
+def test_no_window_admits_more_than_the_rate_and_its_burst(
     rate: float, steps: list[tuple[float, int]]
 ) -> None:
     """Callers taking at most what ``available`` offers: any interval [a, b] of the run
-    admits at most burst + rate * (b - a) messages (the bucket's promise)."""
+    admits at most a second's worth + rate * (b - a) messages, and one starting a second
+    or more after the bucket was made at most a tenth of a second's worth + rate * (b - a)
+    (the bucket's promise: no one-second window after the first passes 1.1 x rate)."""
     bucket = TokenBucket(rate, now=0.0)
     now, taken = 0.0, []
     for advance, wanted in steps:
@@ -92,10 +110,11 @@ def test_no_window_admits_more_than_the_burst_plus_the_rate(
         bucket.take(count, now)
         taken.append((now, count))
     for i, (start, _) in enumerate(taken):
+        burst = max(1.0, rate * (0.1 if start >= 1.0 else 1.0))
         total = 0
         for end, count in taken[i:]:
             total += count
-            assert total <= bucket.burst + rate * (end - start) + 1e-6
+            assert total <= burst + rate * (end - start) + 1e-6
 
 
 @HYPOTHESIS
@@ -117,8 +136,8 @@ def test_waiting_as_told_always_finds_a_token(rate: float, steps: list[tuple[flo
 @HYPOTHESIS
 @given(rate=st.floats(min_value=1, max_value=5_000, allow_nan=False))
 def test_a_greedy_caller_gets_the_rate_over_time(rate: float) -> None:
-    """Taking everything offered, in steps of 10 ms for 10 s: burst + 10 s of the rate,
-    within a token."""
+    """Taking everything offered, in steps of 10 ms for 10 s: the starting burst and 10 s
+    of the rate, within two tokens (whole ones are taken)."""
     bucket = TokenBucket(rate, now=0.0)
     total = 0
     for step in range(1001):
@@ -126,4 +145,4 @@ def test_a_greedy_caller_gets_the_rate_over_time(rate: float) -> None:
         count = bucket.available(now)
         bucket.take(count, now)
         total += count
-    assert abs(total - (bucket.burst + rate * 10)) <= 1 + 1e-6 * rate
+    assert abs(total - (max(1.0, rate) + rate * 10)) <= 2 + 1e-6 * rate
