@@ -14,7 +14,7 @@ from faststream_concurrent_aiokafka.core.adaptive_limit import AdaptiveLimit
 from faststream_concurrent_aiokafka.core.errors import OrderingKeyError
 from faststream_concurrent_aiokafka.core.ordering import RecordKey, key_of_records
 from faststream_concurrent_aiokafka.core.rate_limit import TokenBucket
-from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
+from faststream_concurrent_aiokafka.core.settings import KeyFunction, SubscriberSettings
 
 
 class LaneFlow:
@@ -56,10 +56,13 @@ class LaneFlow:
     def key(self, record: Any) -> tuple[Any, OrderingKeyError | None]:
         """The record's ordering key; a key function that raises (or returns an unhashable
         key) gives no key and the error its message fails with, through the failure policy."""
-        try:
-            return self.key_of(record), None
-        except Exception as exc:  # the user's function: whatever it raises fails the record
-            return None, OrderingKeyError.of(exc)
+        return _key_or_error(self.key_of, record)
+
+    @staticmethod
+    def key_error_of(ordering: KeyFunction, record: Any) -> OrderingKeyError | None:
+        """What a key function's record fails with, if anything (for records run outside
+        the engine: under TestKafkaBroker)."""
+        return _key_or_error(key_of_records(ordering), record)[1]
 
     # ---- rate ----------------------------------------------------------------------------
 
@@ -111,6 +114,13 @@ class LaneFlow:
         if adaptive is not None and started is not None:
             now = time.monotonic()
             adaptive.sample(now - started, failed=failed, in_flight=in_flight, now=now)
+
+
+def _key_or_error(key_of: RecordKey, record: Any) -> tuple[Any, OrderingKeyError | None]:
+    try:
+        return key_of(record), None
+    except Exception as exc:  # the user's function: whatever it raises fails the record
+        return None, OrderingKeyError.of(exc)
 
 
 def raise_key_error(message: Any) -> None:

@@ -18,6 +18,7 @@ from faststream.message import StreamMessage
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, Outcome
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.attempts import Attempts
+from faststream_concurrent_aiokafka.engine.flow_control import LaneFlow
 from faststream_concurrent_aiokafka.engine.state import Counters
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
 from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
@@ -64,6 +65,9 @@ class InlineAttempts(Attempts):
         message = self.message
         message.committed = None  # an earlier attempt's nack must not read as this one's
         try:
+            key_error = _key_error(self.settings, message)
+            if key_error is not None:
+                raise key_error  # as the engine fails it: before the handler, not retried
             self.result = await call_handler(
                 self.settings.task_timeout_sec, self.call_next, message
             )
@@ -108,3 +112,11 @@ class InlineAttempts(Attempts):
 
     def dead_lettered(self, record: AttemptRecord, topic: str) -> bool:
         raise DeadLettered from record.error
+
+
+def _key_error(settings: SubscriberSettings, message: StreamMessage[Any]) -> Exception | None:
+    """The error of an ``ordering`` key function that fails on this message's record (the
+    ordering itself means nothing inline: one message runs at a time)."""
+    if isinstance(settings.ordering, str) or isinstance(message.raw_message, tuple):
+        return None
+    return LaneFlow.key_error_of(settings.ordering, message.raw_message)

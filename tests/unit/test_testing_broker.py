@@ -266,3 +266,33 @@ async def test_without_a_policy_a_handler_error_is_raised_once_as_before() -> No
             await test.publish(1, "orders")
 
     assert calls == [1]
+
+
+async def test_an_ordering_key_function_that_raises_dead_letters_without_running() -> None:
+    """As in production: the record fails before its handler, once, with OrderingKeyError;
+    a record the function reads fine runs."""
+    br = broker()
+    calls: list[int] = []
+    letters: list[KafkaMessage] = []
+
+    def account(record: Any) -> Any:
+        return dict(record.headers)["account"]  # KeyError without the header
+
+    @manual(br, max_retries=3, dead_letter_topic="dlq", ordering=account, **FAST)
+    async def handle(body: int) -> None:
+        calls.append(body)
+
+    @br.subscriber("dlq")
+    async def dead(msg: KafkaMessage) -> None:
+        letters.append(msg)
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish(1, "orders", headers={"account": "a-1"})
+        await test.publish(2, "orders")
+
+    assert calls == [1]
+    [letter] = letters
+    assert letter.body == b"2"
+    assert letter.headers["x-dead-letter-exception-type"] == "OrderingKeyError"
+    assert "KeyError" in letter.headers["x-dead-letter-exception-message"]
+    assert letter.headers["x-dead-letter-attempts"] == "1"
