@@ -398,12 +398,52 @@ def _fill_handler_stats(result: RunResult, handler: ConcurrentProcessing) -> Non
         result.transactions_committed, result.transactions_aborted = committed, aborted
 
 
+class LimitSampler:
+    """Reads the adaptive limit of every lane every 50 ms: how it moved during the run."""
+
+    def __init__(self, handler: KafkaConcurrentHandler) -> None:
+        self.handler = handler
+        self.limits: list[int] = []
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            for lane in self.handler.lanes:
+                if lane.flow.adaptive is not None:
+                    self.limits.append(lane.flow.adaptive.limit)
+
+    async def stop(self) -> str:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not self.limits:
+            return "adaptive limit: no sample"
+        ordered = sorted(self.limits)
+        baselines = [
+            lane.flow.adaptive.baseline_sec
+            for lane in self.handler.lanes
+            if lane.flow.adaptive is not None and lane.flow.adaptive.baseline_sec is not None
+        ]
+        tenth = len(ordered) // 10
+        baseline = f", baseline {1000 * min(baselines):.1f} ms" if baselines else ""
+        return (
+            f"adaptive limit p10/p50/p90 {ordered[tenth]}/{ordered[len(ordered) // 2]}/"
+            f"{ordered[-1 - tenth]}, last {self.limits[-1]}{baseline}"
+        )
+
+
 async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None) -> RunResult:
     result = _new_result(spec)
     probe = Probe(spec.messages)
     async with running(spec, probe) as run:
         if profiler is not None:
             profiler.enable()
+        sampler = (
+            LimitSampler(run.handler)
+            if spec.adaptive_concurrency and run.handler is not None
+            else None
+        )
         try:
             await asyncio.wait_for(probe.finished.wait(), spec.timeout_sec)
         except TimeoutError:
@@ -411,6 +451,8 @@ async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None
         finally:
             if profiler is not None:
                 profiler.disable()
+            if sampler is not None:
+                result.notes.append(await sampler.stop())
         _fill_window(result, probe, run)
         if run.scraper is not None:
             result.scrapes = run.scraper.count

@@ -3,22 +3,22 @@ may run at once, following the handler's measured latency and failures.
 
 Pure: latencies and times are passed in, nothing is measured here.
 
-The algorithm (after Netflix's concurrency-limits: Vegas's queue estimate, Gradient2's
-smoothing, AIMD's cut on drops, BBR's baseline probe). Finished calls are averaged over
-windows of about one round of the limit (``limit`` samples, at least ``MIN_WINDOW``). The
-baseline is the average latency of an unloaded window: the lowest window average seen, taken
-afresh every ``PROBE_EVERY_SEC`` from a window run at half the limit, so a downstream that
-became slower for good is relearned instead of starving the consumer. By Little's law a
-window whose average is ``avg`` holds ``queue = limit * (1 - baseline / avg)`` calls waiting
-inside the downstream rather than being served. Little or no queue: the limit grows (by
-``beta`` when nothing queues, by ``step`` below ``alpha``), but only if the window used at
-least half of it; a queue above ``beta``: the limit moves half way towards what the
-downstream serves without queueing, ``limit * baseline / avg + alpha``; more than
+The algorithm (after Netflix's concurrency-limits: Gradient2's latency ratio, Vegas's bands,
+AIMD's cut on drops, BBR's baseline probe). Finished calls are averaged over windows of about
+one round of the limit (``limit`` samples, at least ``MIN_WINDOW``, only calls started under
+the limit in force). The baseline is the average latency of an unloaded window: the lowest
+window average seen, taken afresh every ``PROBE_EVERY_SEC`` from a window run at half the limit,
+so a downstream that became slower for good is relearned instead of starving the consumer.
+Each window's ``ratio = average / baseline`` says how much the calls waited beyond their own
+work (by Little's law, past the downstream's knee the latency grows in proportion to the calls
+in flight): below ``NO_QUEUE`` the limit grows by ``GROWTH`` (10 %), below ``GROW_BELOW`` by
+``log10(limit)`` (at least 1), but only if the window used at least half of it; above
+``SHRINK_ABOVE`` it moves half way towards the limit that would bring the ratio back to
+``GROW_BELOW``, ``limit * GROW_BELOW / ratio``; in between it holds. More than
 ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the limit is cut by
-``FAILURE_CUT``, whatever the latency says. The limit stays between the floor and the
-ceiling (``concurrency_limit``). ``alpha``, ``beta`` and ``step`` grow with the logarithm of
-the limit as in Vegas, so a large limit tolerates a proportionally smaller queue. Each sample
-costs a few additions; the arithmetic runs once per window.
+``FAILURE_CUT``, whatever the latency says; failed calls' latencies are left out of the
+average (a fast failure is no baseline). The limit stays between the floor and the ceiling
+(``concurrency_limit``). Each sample costs a few additions; the arithmetic runs once per window.
 """
 
 import math
@@ -29,16 +29,11 @@ PROBE_EVERY_SEC: Final = 10.0  # how often the baseline is measured again at hal
 FAILURE_SHARE: Final = 0.1  # more failed calls than this in a window read as overload
 FAILURE_CUT: Final = 0.9  # ... and cut the limit by 10 %
 GROWTH: Final = 1.1  # nothing queues: grow by 10 % a window
+NO_QUEUE: Final = 1.1  # latency ratios below this: nothing queues
+GROW_BELOW: Final = 1.2  # ... below this: a little queues, the limit still grows
+SHRINK_ABOVE: Final = 1.4  # ... above this: the downstream queues calls, the limit shrinks
 FLOOR: Final = 1
 INITIAL: Final = 10  # the library's default concurrency_limit: where a limit starts
-
-
-def _alpha(limit: float) -> float:
-    return max(1.0, 3 * math.log10(limit))
-
-
-def _beta(limit: float) -> float:
-    return max(2.0, 6 * math.log10(limit))
 
 
 def _step(limit: float) -> float:
@@ -128,14 +123,14 @@ class AdaptiveLimit:
 
     def _adjust(self, average: float, used: int, now: float) -> None:
         limit = self._limit
-        queue = limit * (1 - self._baseline / average) if average > 0 else 0.0
-        if queue > _beta(limit):
-            self._set((limit + limit * self._baseline / average + _alpha(limit)) / 2, now)
+        ratio = average / self._baseline if self._baseline > 0 else 1.0
+        if ratio > SHRINK_ABOVE:
+            self._set((limit + limit * GROW_BELOW / ratio) / 2, now)
         elif 2 * used < limit:
             return  # the window did not use the limit: it says nothing about a higher one
-        elif queue <= _step(limit):
+        elif ratio < NO_QUEUE:
             self._set(max(limit * GROWTH, limit + _step(limit)), now)
-        elif queue < _alpha(limit):
+        elif ratio < GROW_BELOW:
             self._set(limit + _step(limit), now)
 
     def _set(self, limit: float, now: float) -> None:
