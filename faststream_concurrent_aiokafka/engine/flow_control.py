@@ -36,7 +36,7 @@ class LaneFlow:
     def __init__(self, settings: SubscriberSettings) -> None:
         now = time.monotonic()
         self.key_of: RecordKey = key_of_records(settings.ordering)
-        # Messages whose key function failed, until their slot fails them (rarely any).
+        # Messages whose key function failed, until they settle or are dropped (rarely any).
         self.key_errors: dict[Any, OrderingKeyError] = {}
         rate = settings.max_messages_per_sec
         self.bucket = TokenBucket(rate, now) if rate is not None else None
@@ -125,7 +125,8 @@ def _key_or_error(key_of: RecordKey, record: Any) -> tuple[Any, OrderingKeyError
 
 def raise_key_error(message: Any) -> None:
     """Fail a message whose key function failed, in its slot, before its handler runs: the
-    error takes the failure policy's path (a dead letter saying why)."""
-    error = message.lane.flow.key_errors.pop(message, None)
+    error takes the failure policy's path (a dead letter saying why). Kept until the message
+    settles: an exactly-once message runs again after an abort, and fails again."""
+    error = message.lane.flow.key_errors.get(message)
     if error is not None:
         raise error

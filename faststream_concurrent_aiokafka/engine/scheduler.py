@@ -221,6 +221,8 @@ class Scheduler:
                 for _, tracker, offset in message.batch:
                     _finish(lane, tracker, offset)
             self._committer.notify_finished()
+        if lane.flow.key_errors and not message.runs_again:
+            lane.flow.key_errors.pop(message, None)
         if message.key is not None:
             # The next message of the key runs; one whose partition went away meanwhile is
             # discarded, and the key passes on past it.
