@@ -8,6 +8,7 @@ neither a rate nor an adaptive limit, beyond one attribute read per admission an
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from faststream_concurrent_aiokafka.core.adaptive_limit import AdaptiveLimit
@@ -21,6 +22,7 @@ class LaneFlow:
     """The key function, token bucket and adaptive limit of one lane, and their counts."""
 
     __slots__ = (
+        "_clock",
         "adaptive",
         "bucket",
         "key_errors",
@@ -34,7 +36,8 @@ class LaneFlow:
     )
 
     def __init__(self, settings: SubscriberSettings) -> None:
-        now = time.monotonic()
+        self._clock = _clock()
+        now = self._clock()
         self.key_of: RecordKey = key_of_records(settings.ordering)
         # Messages whose key function failed, until they settle or are dropped (rarely any).
         self.key_errors: dict[Any, OrderingKeyError] = {}
@@ -70,12 +73,12 @@ class LaneFlow:
         """Messages the next fetch may bring for the rate (None: no rate limit)."""
         if self.bucket is None:
             return None
-        return self.bucket.available(time.monotonic())
+        return self.bucket.available(self._clock())
 
     def took(self, count: int) -> None:
         """``count`` messages were admitted: they take their tokens."""
         if self.bucket is not None:
-            self.bucket.take(count, time.monotonic())
+            self.bucket.take(count, self._clock())
             if self.waited:
                 self.waited = False
                 self.rate_limited += count
@@ -85,17 +88,17 @@ class LaneFlow:
         was cut short by the budget (the caller pauses fetching then)."""
         if self.bucket is None:
             return True
-        wait = self.bucket.wait_sec(time.monotonic())
+        wait = self.bucket.wait_sec(self._clock())
         if wait <= 0:
             return True
         self.rate_waits += 1
         self.waiting_for_rate = self.waited = True
-        started = time.monotonic()
+        started = self._clock()
         try:
             await asyncio.sleep(min(wait, budget_sec))
         finally:
             self.waiting_for_rate = False
-            self.rate_wait_sec += time.monotonic() - started
+            self.rate_wait_sec += self._clock() - started
         return wait <= budget_sec
 
     # ---- adaptive limit --------------------------------------------------------------------
@@ -105,15 +108,24 @@ class LaneFlow:
         return configured if adaptive is None else adaptive.limit
 
     def started_running(self, message: Any) -> None:
-        self.started[message] = time.monotonic()
+        self.started[message] = self._clock()
 
     def stopped_running(self, message: Any, *, failed: bool, in_flight: int) -> None:
         """A message of an adaptive lane settled: its latency is a sample."""
         adaptive = self.adaptive
         started = self.started.pop(message, None)
         if adaptive is not None and started is not None:
-            now = time.monotonic()
+            now = self._clock()
             adaptive.sample(now - started, failed=failed, in_flight=in_flight, now=now)
+
+
+def _clock() -> Callable[[], float]:
+    """The event loop's clock (the engine's timers run on it), or a monotonic one before
+    there is a loop."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        return time.monotonic
 
 
 def _key_or_error(key_of: RecordKey, record: Any) -> tuple[Any, OrderingKeyError | None]:

@@ -875,3 +875,58 @@ async def test_a_record_delivered_again_while_on_its_way_runs_once_and_counts_on
     assert rig.lane.offsets.tracked == 0
     await rig.flush()
     assert rig.committed() == 2
+
+
+# ---- flow control: rate, adaptive limit, key functions --------------------------------
+
+
+async def test_the_rate_caps_each_fetch_and_makes_the_poll_loop_wait(make_rig: MakeRig) -> None:
+    """max_messages_per_sec=5: the first fetch may bring the starting burst (5), then the
+    poll loop waits a token's time (0.2 s) and the next fetch brings what the tokens allow;
+    nothing is paused."""
+    rig = await make_rig(concurrency_limit=100, max_messages_per_sec=5)
+    rig.pipeline.hold = False
+    scheduler = rig.engine.scheduler
+    assert scheduler.fetch_size(rig.lane) == 5
+    rig.admit(0, *range(5))
+    assert scheduler.fetch_size(rig.lane) == 1  # at least one: aiokafka takes no zero
+
+    started = loop_time()
+    await scheduler.wait_for_rate(rig.lane)
+
+    assert loop_time() - started == pytest.approx(0.2, abs=0.01)
+    assert rig.lane.flow.rate_waits == 1
+    assert not rig.lane.paused
+    rig.admit(0, 5)
+    assert rig.lane.flow.rate_limited == 1
+
+
+async def test_the_adaptive_limit_caps_a_lane_below_its_ceiling(make_rig: MakeRig) -> None:
+    rig = await make_rig(concurrency_limit=100, adaptive_concurrency=True)
+    rig.admit(0, *range(40))
+    await let_run()
+
+    assert rig.lane.flow.adaptive is not None
+    assert len(rig.pipeline.running()) == rig.lane.flow.adaptive.limit == 10
+
+
+async def test_a_key_function_that_raises_dead_letters_that_message_only(
+    make_rig: MakeRig,
+) -> None:
+    def even_only(record: Any) -> Any:
+        if record.offset % 2:
+            raise KeyError("account")
+        return record.offset
+
+    rig = await make_rig(ordering=even_only, dead_letter_topic="dlq", max_retries=3)
+    rig.admit(0, 0, 1, 2)
+    await let_run()
+    rig.pipeline.release_all()
+    await wait_until(lambda: rig.lane.counters.processed == 3)
+
+    assert sorted(call.key for call in rig.pipeline.calls) == [(0, 0), (0, 2)]
+    [letter] = rig.pipeline.dead_letters
+    assert letter.record.offset == 1
+    assert type(letter.error).__name__ == "OrderingKeyError"
+    assert letter.attempts == 1
+    assert not rig.lane.flow.key_errors
