@@ -27,12 +27,16 @@ def feed(
     failed: bool = False,
     in_flight: int | None = None,
 ) -> float:
-    """``windows`` windows of calls all ``latency`` long, run side by side (each window's
-    calls end together, started when the last one closed); returns the time reached."""
+    """``windows`` windows of calls all ``latency`` long, run side by side: each window's
+    calls start when the last one closed and end spread over one latency (as many calls a
+    second as the limit allows); returns the time reached."""
     for _ in range(windows):
         closed = limit.windows
-        now += latency * 1.001  # a little after: no rounding may put a start before a change
+        start, size, i = now, max(10, limit.limit), 0
         while limit.windows == closed:
+            # A little after ``latency``: no rounding may put a start before a change.
+            now = start + latency * (1.001 + i / size)
+            i += 1
             limit.sample(
                 latency,
                 failed=failed,
@@ -199,3 +203,31 @@ def test_in_the_quadratic_model_it_reaches_most_of_the_best_fixed_limit() -> Non
 
 def test_in_the_flat_model_it_reaches_most_of_the_ceiling() -> None:
     assert simulate(flat, AdaptiveLimit(1000, 0.0), 10) >= 0.9 * simulate(flat, 1000, 10)
+
+
+def test_latency_that_buys_throughput_does_not_shrink_the_limit() -> None:
+    """A handler bound by the event loop: past 50 calls in flight each call waits longer but
+    as many end per second (latency grows with the limit, the rate holds), so there is no
+    reason to give the concurrency up; the limit climbs to the ceiling."""
+    limit = AdaptiveLimit(1000, 0.0)
+    now = 0.0
+    for _ in range(600):
+        now = feed(limit, 0.01 * max(1.0, limit.limit / 50), windows=1, now=now)
+
+    assert limit.limit == 1000
+
+
+def test_latency_that_costs_throughput_shrinks_the_limit() -> None:
+    """The same, but the downstream slows with the square of the calls past 20: the rate
+    falls as the limit grows, and the limit stays near 20 (above it by the time the
+    smoothed rate takes to show the fall)."""
+    limit = AdaptiveLimit(1000, 0.0)
+    now = 0.0
+    seen = []
+    for _ in range(300):
+        now = feed(limit, 0.02 * max(1.0, (limit.limit / 20) ** 2), windows=1, now=now)
+        seen.append(limit.limit)
+
+    settled = sorted(seen[100:])
+    assert 18 <= settled[len(settled) // 2] <= 32
+    assert settled[-1] <= 45
