@@ -60,7 +60,7 @@ CASES = {
     ),
     "adaptive-flat": Case(
         "flat downstream (10 ms at any concurrency)",
-        20_000,
+        40_000,
         "none",
         {
             "fixed 1000": {**_FLAT, "concurrency_limit": 1000},

@@ -11,8 +11,9 @@ latency of an unloaded window: the lowest window average seen, taken afresh ever
 ``PROBE_EVERY_SEC`` from a window run at half the limit, so a downstream that became slower for
 good is relearned instead of starving the consumer. Each window's ``ratio = average /
 baseline`` says how much the calls waited beyond their own work, and its rate (calls ended per
-second, smoothed over windows) whether that wait bought throughput. Below ``NO_QUEUE`` the limit
-grows by ``GROWTH`` (10 %); below ``GROW_BELOW``, or higher while the rate holds (a handler
+second, smoothed over windows) whether that wait bought throughput. Below ``NO_QUEUE``, or
+while the rate is at its best (``RATE_AT_BEST``: the last growth paid), the limit grows by
+``GROWTH`` (10 %); below ``GROW_BELOW``, or higher while the rate holds (a handler
 bound by the event loop itself: more calls wait longer, as many end), it grows by
 ``log10(limit)`` (at least 1); both only if the window used at least half of it. Above
 ``SHRINK_ABOVE`` with the rate fallen under ``RATE_FELL`` of the best since the probe (a
@@ -37,6 +38,7 @@ NO_QUEUE: Final = 1.1  # latency ratios below this: nothing queues
 GROW_BELOW: Final = 1.2  # ... below this: a little queues, the limit still grows
 SHRINK_ABOVE: Final = 1.4  # ... above this: the downstream queues calls, the limit shrinks
 RATE_FELL: Final = 0.85  # ... if the rate fell under this share of the best since the probe
+RATE_AT_BEST: Final = 0.97  # ... at this share of the best or above, growth still pays
 RATE_SMOOTHING: Final = 0.25  # weight of a window's rate in the smoothed one
 FLOOR: Final = 1
 INITIAL: Final = 10  # the library's default concurrency_limit: where a limit starts
@@ -150,6 +152,11 @@ class AdaptiveLimit:
         queued by the limit now cost throughput, not only latency."""
         return self._rate is not None and self._rate < RATE_FELL * self._best_rate
 
+    @property
+    def _rate_rising(self) -> bool:
+        """The smoothed rate is at the best seen since the probe: the last growth paid."""
+        return self._rate is not None and self._rate >= RATE_AT_BEST * self._best_rate
+
     def _adjust(self, average: float, used: int, now: float) -> None:
         limit = self._limit
         ratio = average / self._baseline if self._baseline > 0 else 1.0
@@ -157,7 +164,7 @@ class AdaptiveLimit:
             self._set((limit + limit * GROW_BELOW / ratio) / 2, now)
         elif 2 * used < limit:
             return  # the window did not use the limit: it says nothing about a higher one
-        elif ratio < NO_QUEUE:
+        elif ratio < NO_QUEUE or self._rate_rising:
             self._set(max(limit * GROWTH, limit + _step(limit)), now)
         elif ratio < GROW_BELOW or not self._rate_fell:
             self._set(limit + _step(limit), now)
