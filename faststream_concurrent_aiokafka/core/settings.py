@@ -35,6 +35,9 @@ Check = Callable[[str, Any], None]
 ExceptionTypes = tuple[type[Exception], ...]
 ExceptionText = Callable[[BaseException], str]
 
+# max_messages_per_sec above this means no limit: say None.
+_MAX_RATE: Final = 10_000_000
+
 # adaptive_concurrency moves the limit between 1 and concurrency_limit: 1 leaves no room.
 _MIN_ADAPTIVE_CEILING: Final = 2
 
@@ -128,13 +131,14 @@ def _ordering(name: str, value: Any) -> None:
 
 
 def _rate(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{name} must be a number of messages per second (or None: no limit), got {value!r}"
-        raise ValueError(msg)
-    if not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and 0 < value <= _MAX_RATE)
+    ):
         msg = (
-            f"{name} must be a finite number of messages per second > 0 (None: no limit), "
-            f"got {value!r}"
+            f"{name} must be a number of messages per second, > 0 and at most {_MAX_RATE:,} "
+            f"(None: no limit), got {value!r}"
         )
         raise ValueError(msg)
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from faststream import FastStream
-from faststream.kafka import KafkaMessage
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
     configure_subscriber,
     initialize_concurrent_processing,
     processing_snapshot,
-    stop_concurrent_processing,
 )
 from faststream_concurrent_aiokafka.core.dead_letters import EXCEPTION_MESSAGE, EXCEPTION_TYPE
 from tests.kafka_helpers import (
@@ -33,6 +33,7 @@ from tests.kafka_helpers import (
     end_offsets,
     numbered_topic,
     read_all,
+    shut_down,
     unique,
     wait_until,
 )
@@ -40,23 +41,18 @@ from tests.kafka_helpers import (
 pytestmark = pytest.mark.kafka
 
 
-def subscribe(broker: Any, topic: str, group: str) -> Any:
+def subscribe(broker: KafkaBroker, topic: str, group: str) -> DefaultSubscriber:
     return broker.subscriber(
         topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
     )
 
 
-async def start(broker: Any, **settings: Any) -> Any:
+async def start(broker: KafkaBroker, **settings: Any) -> Any:
     """Initialise (eagerly: an app is in the context) and start the broker."""
     FastStream(broker)
     handler = await initialize_concurrent_processing(broker.context, **settings)
     await broker.start()
     return handler
-
-
-async def stop(broker: Any) -> None:
-    await broker.stop()
-    await stop_concurrent_processing(broker.context)
 
 
 # ---- the rate ----------------------------------------------------------------------------
@@ -98,7 +94,7 @@ async def test_max_messages_per_sec_holds_the_rate_after_a_one_second_burst() ->
         await wait_until(lambda: len(ends) >= RATE_MESSAGES, timeout=30)
         flow = processing_snapshot(broker.context).subscribers[0].flow
     finally:
-        await stop(broker)
+        await shut_down(broker)
 
     seconds = max(ends) - min(starts)
     busiest = busiest_window(starts, after=min(starts) + 1.0)
@@ -185,7 +181,7 @@ async def test_ordering_by_a_key_function_keeps_each_accounts_order() -> None:
     try:
         await wait_until(lambda: finished >= KEYFN_MESSAGES, timeout=60)
     finally:
-        await stop(broker)
+        await shut_down(broker)
 
     assert violations == []
     assert peak > 10  # accounts ran side by side
@@ -205,7 +201,7 @@ async def test_a_key_function_that_raises_dead_letters_its_record_and_goes_on() 
         if int(record.value) % 10 == 3:
             msg = f"no account in record {record.offset}"
             raise LookupError(msg)
-        return record.partition
+        return int(record.partition)
 
     @subscribe(broker, topic, group)
     async def handle(body: int) -> None:
@@ -215,7 +211,7 @@ async def test_a_key_function_that_raises_dead_letters_its_record_and_goes_on() 
     try:
         await wait_until(lambda: handler.processed >= 40, timeout=30)
     finally:
-        await stop(broker)
+        await shut_down(broker)
 
     failing = {i for i in range(40) if i % 10 == 3}
     assert sorted(handled) == sorted(set(range(40)) - failing)
@@ -256,7 +252,7 @@ async def test_adaptive_concurrency_caps_running_messages_when_latency_grows_wit
         await wait_until(lambda: finished >= total, timeout=60)
         subscriber = processing_snapshot(broker.context).subscribers[0]
     finally:
-        await stop(broker)
+        await shut_down(broker)
 
     assert subscriber.flow.adaptive_limit is not None
     assert subscriber.flow.adaptive_limit < 100

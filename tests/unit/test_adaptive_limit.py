@@ -181,7 +181,8 @@ def flat(_in_flight: int) -> float:
 def simulate(model: Callable[[int], float], limit: AdaptiveLimit | int, seconds: float) -> float:
     """Calls per second with a backlog that never runs dry: each call's latency is fixed by
     the calls in flight when it starts."""
-    now, done, running = 0.0, 0, []
+    now, done = 0.0, 0
+    running: list[tuple[float, float]] = []
     while now < seconds:
         allowed = limit if isinstance(limit, int) else limit.limit
         while len(running) < allowed:

@@ -991,7 +991,18 @@ def test_exactly_once_of_one_subscriber_is_checked_against_the_global_settings()
 
 # ---- rate limit, adaptive concurrency, ordering by a key function ----------------------
 
-BAD_RATES: tuple[object, ...] = (0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, True, "300")
+BAD_RATES: tuple[object, ...] = (
+    0,
+    0.0,
+    -1,
+    -0.5,
+    math.nan,
+    math.inf,
+    -math.inf,
+    1e8,
+    True,
+    "300",
+)
 
 
 def test_new_flow_control_settings_default_to_off() -> None:
