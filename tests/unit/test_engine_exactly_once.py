@@ -699,3 +699,25 @@ async def test_aborts_in_a_row_back_off_and_degrade_health_until_a_commit(
     await wait_until(lambda: rig.lane.offsets.trackers[P0].commit_point == 2)
     assert await rig.flush()
     assert assess(monitor.current_faults(rig.engine)).status == "ok"
+async def test_a_key_function_that_raises_dead_letters_in_the_transaction(
+    make_rig: MakeRig,
+) -> None:
+    """ordering=function under exactly-once: the record whose function raised publishes
+    nothing of its own, its dead letter is committed with the others' output, and the
+    records keyed by the function run and commit as in "key" mode."""
+
+    def odd_fails(record: Any) -> Any:
+        if record.offset == 1:
+            raise KeyError("account")
+        return record.offset % 2
+
+    rig = await make_rig(produce=4, dead_letter_topic=DLQ, ordering=odd_fails)
+    rig.consumer.produce(0, 0)
+    await wait_until(lambda: rig.engine.counters.dead_lettered == 1)
+    await wait_until(lambda: rig.engine.in_flight == 0)
+    assert await rig.flush()
+
+    assert rig.pipeline.attempts(0, 1) == 0
+    assert rig.output() == Counter({b"0:0": 1, b"0:2": 1, b"0:3": 1})
+    assert rig.output(DLQ) == Counter({b"v1": 1})
+    assert rig.done() == {0, 1, 2, 3}
