@@ -18,8 +18,9 @@ bound by the event loop itself: more calls wait longer, as many end), it grows b
 ``log10(limit)`` (at least 1); both only if the window used at least half of it. Above
 ``SHRINK_ABOVE`` with the rate fallen under ``RATE_FELL`` of the best since the probe (a
 downstream that serves less the more it is given) the limit moves half way towards the one
-that would bring the ratio back to ``GROW_BELOW``, ``limit * GROW_BELOW / ratio``; otherwise it
-holds. More than ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the
+that would bring the ratio back to ``GROW_BELOW``, ``limit * GROW_BELOW / ratio``, by a quarter
+at the most (``SHRINK_AT_MOST``); otherwise it holds. Latencies under ``LATENCY_FLOOR_SEC`` are
+the event loop's scheduling, not a downstream's: a faster handler's ratio is taken against it. More than ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the
 limit is cut by ``FAILURE_CUT``, whatever the latency says; failed calls' latencies are left
 out of the average (a fast failure is no baseline). The limit stays between the floor and the
 ceiling (``concurrency_limit``). Each sample costs a few additions; the arithmetic runs once
@@ -38,6 +39,10 @@ NO_QUEUE: Final = 1.1  # latency ratios below this: nothing queues
 GROW_BELOW: Final = 1.2  # ... below this: a little queues, the limit still grows
 SHRINK_ABOVE: Final = 1.4  # ... above this: the downstream queues calls, the limit shrinks
 RATE_FELL: Final = 0.85  # ... if the rate fell under this share of the best since the probe
+SHRINK_AT_MOST: Final = 0.75  # ... by a quarter a window at the most
+# Latencies below this are the event loop's own scheduling, not a downstream's: the ratio of
+# a handler this fast is taken against it.
+LATENCY_FLOOR_SEC: Final = 0.001
 RATE_AT_BEST: Final = 0.97  # ... at this share of the best or above, growth still pays
 RATE_SMOOTHING: Final = 0.25  # weight of a window's rate in the smoothed one
 FLOOR: Final = 1
@@ -159,9 +164,10 @@ class AdaptiveLimit:
 
     def _adjust(self, average: float, used: int, now: float) -> None:
         limit = self._limit
-        ratio = average / self._baseline if self._baseline > 0 else 1.0
+        ratio = average / max(self._baseline, LATENCY_FLOOR_SEC)
         if ratio > SHRINK_ABOVE and self._rate_fell:
-            self._set((limit + limit * GROW_BELOW / ratio) / 2, now)
+            target = (limit + limit * GROW_BELOW / ratio) / 2
+            self._set(max(target, limit * SHRINK_AT_MOST), now)
         elif 2 * used < limit:
             return  # the window did not use the limit: it says nothing about a higher one
         elif ratio < NO_QUEUE or self._rate_rising:
