@@ -20,7 +20,8 @@ bound by the event loop itself: more calls wait longer, as many end), it grows b
 downstream that serves less the more it is given) the limit moves half way towards the one
 that would bring the ratio back to ``GROW_BELOW``, ``limit * GROW_BELOW / ratio``, by a quarter
 at the most (``SHRINK_AT_MOST``); otherwise it holds. Latencies under ``LATENCY_FLOOR_SEC`` are
-the event loop's scheduling, not a downstream's: a faster handler's ratio is taken against it. More than ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the
+the event loop's scheduling, not a downstream's: a faster handler's ratio is taken against it.
+More than ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the
 limit is cut by ``FAILURE_CUT``, whatever the latency says; failed calls' latencies are left
 out of the average (a fast failure is no baseline). The limit stays between the floor and the
 ceiling (``concurrency_limit``). Each sample costs a few additions; the arithmetic runs once
