@@ -13,13 +13,13 @@ good is relearned instead of starving the consumer. Each window's ``ratio = aver
 baseline`` says how much the calls waited beyond their own work, and its rate (calls ended per
 second, smoothed over windows) whether that wait bought throughput. Below ``NO_QUEUE``, or
 while the rate is at its best (``RATE_AT_BEST``: the last growth paid), the limit grows by
-``GROWTH`` (10 %); below ``GROW_BELOW``, or higher while the rate holds (a handler
+``GROWTH`` (10 %); below ``GROW_BELOW``, or higher while the rate keeps up (a handler
 bound by the event loop itself: more calls wait longer, as many end), it grows by
 ``log10(limit)`` (at least 1); both only if the window used at least half of it. Above
 ``SHRINK_ABOVE`` with the rate fallen under ``RATE_FELL`` of the best since the probe (a
 downstream that serves less the more it is given) the limit moves half way towards the one
 that would bring the ratio back to ``GROW_BELOW``, ``limit * GROW_BELOW / ratio``, by a quarter
-at the most (``SHRINK_AT_MOST``); otherwise it holds. Latencies under ``LATENCY_FLOOR_SEC`` are
+at the most (``SHRINK_AT_MOST``); otherwise it stays. Latencies under ``LATENCY_FLOOR_SEC`` are
 the event loop's scheduling, not a downstream's: a faster handler's ratio is taken against it.
 More than ``FAILURE_SHARE`` of the window's calls failed (an error or a timeout): the
 limit is cut by ``FAILURE_CUT``, whatever the latency says; failed calls' latencies are left
