@@ -401,7 +401,7 @@ def _fill_handler_stats(result: RunResult, handler: ConcurrentProcessing) -> Non
 class LimitSampler:
     """Reads the adaptive limit of every lane every 50 ms: how it moved during the run."""
 
-    def __init__(self, handler: KafkaConcurrentHandler) -> None:
+    def __init__(self, handler: ConcurrentProcessing) -> None:
         self.handler = handler
         self.limits: list[int] = []
         self._task = asyncio.create_task(self._run())
