@@ -896,7 +896,7 @@ async def test_the_rate_caps_each_fetch_and_makes_the_poll_loop_wait(make_rig: M
 
     assert loop_time() - started == pytest.approx(0.2, abs=0.01)
     assert rig.lane.flow.rate_waits == 1
-    assert not rig.lane.paused
+    assert not rig.lane.fetching.paused
     rig.admit(0, 5)
     assert rig.lane.flow.rate_limited == 1
 

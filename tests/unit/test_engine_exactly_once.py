@@ -699,6 +699,8 @@ async def test_aborts_in_a_row_back_off_and_degrade_health_until_a_commit(
     await wait_until(lambda: rig.lane.offsets.trackers[P0].commit_point == 2)
     assert await rig.flush()
     assert assess(monitor.current_faults(rig.engine)).status == "ok"
+
+
 async def test_a_key_function_that_raises_dead_letters_in_the_transaction(
     make_rig: MakeRig,
 ) -> None:
