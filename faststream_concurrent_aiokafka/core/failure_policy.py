@@ -65,8 +65,8 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """How far a message's attempts went, enough to go on from there in a later run: after
-    its transaction was aborted (exactly-once), or, later, after a wait for its next attempt
-    spent outside its slot."""
+    its transaction was aborted (exactly-once), or after a wait for its next attempt spent
+    outside its slot (at-least-once)."""
 
     attempts: int  # attempts made
     error: BaseException  # the last one's error
@@ -74,3 +74,4 @@ class AttemptRecord:
     retried: bool  # the error was one worth retrying (for the log line)
     counted: bool = False  # its final failure was counted by the dead-letter brake already
     dead_letter_attempts: int = 0  # failed dead-letter publishes (backoff before the next)
+    wait_sec: float = 0.0  # the wait before its next attempt, spent outside its slot

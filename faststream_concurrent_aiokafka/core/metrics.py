@@ -51,6 +51,10 @@ QUEUED: Final = _partition_gauge("queued_messages", "Messages waiting for a free
 HELD: Final = _partition_gauge(
     "held_messages", "Messages waiting behind a running message with the same key."
 )
+WAITING_RETRY: Final = _partition_gauge(
+    "waiting_retry_messages",
+    "Messages that failed and wait for their next attempt without holding a slot.",
+)
 UNCOMMITTED: Final = _partition_gauge(
     "uncommitted_messages", "Messages admitted and not yet passed by the commit point."
 )
@@ -229,6 +233,7 @@ _PER_PARTITION: Final[tuple[tuple[Metric, Callable[[PartitionSnapshot], float | 
     (IN_FLIGHT, lambda p: p.in_flight),
     (QUEUED, lambda p: p.queued),
     (HELD, lambda p: p.held),
+    (WAITING_RETRY, lambda p: p.waiting_retry),
     (UNCOMMITTED, lambda p: p.uncommitted),
     (NOT_COMMITTED, lambda p: p.not_committed),
     (FINISHED_ABOVE, lambda p: p.finished_above),

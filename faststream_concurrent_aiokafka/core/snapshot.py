@@ -41,7 +41,8 @@ class PartitionSnapshot:
     lag: int | None = None  # end_offset minus the group's committed offset
     unprocessed: int | None = None  # end_offset minus the commit point, less finished_above
     oldest_record_age_sec: float | None = None  # now minus the Kafka timestamp of the oldest
-    # admitted record not settled yet (running, queued or held); None without any
+    # admitted record not settled yet (running, queued, held or waiting); None without any
+    waiting_retry: int = 0  # failed, waiting for its next attempt without a slot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +133,10 @@ class SubscriberSnapshot:
     @property
     def held(self) -> int:
         return sum(p.held for p in self.partitions)
+
+    @property
+    def waiting_retry(self) -> int:
+        return sum(p.waiting_retry for p in self.partitions)
 
     @property
     def uncommitted(self) -> int:

@@ -134,9 +134,14 @@ class Attempts:
         """Its dead letter is failing (health reports it), or no longer."""
         del stuck
 
+    def park(self, record: AttemptRecord, delay: float) -> bool:
+        """Wait for the next attempt outside the slot: True when the message was handed back
+        to wait ``delay`` seconds and go on from ``record`` later (``resume_parked``)."""
+        del record, delay
+        return False
+
     async def wait(self, delay: float) -> None:
-        """Wait before the next attempt or dead-letter publish. Spent in the message's task
-        today; a slot given back meanwhile would stop here (``defer``) and ``resume`` later."""
+        """Wait before the next attempt or dead-letter publish, in the message's task."""
         await asyncio.sleep(delay)
 
     # ---- the path -----------------------------------------------------------------------
@@ -156,6 +161,12 @@ class Attempts:
             await self.wait(self.backoff(attempt))
         return await self.after_attempt(attempt + 1, await self.attempt(attempt + 1))
 
+    async def resume_parked(self, record: AttemptRecord) -> bool:
+        """Go on with a message that waited for its next attempt outside its slot (``park``):
+        the wait is over, the attempt runs now."""
+        attempt = record.attempts + 1
+        return await self.after_attempt(attempt, await self.attempt(attempt))
+
     async def after_attempt(self, attempt: int, error: BaseException | None) -> bool:
         """Attempt number ``attempt`` ended with ``error``: retry until one succeeds or none is
         left, then the final failure. True when the message finished (its offsets may be
@@ -173,6 +184,8 @@ class Attempts:
                 return False
             if failure.retry_in is None:
                 return await self.final(record)
+            if self.park(record, failure.retry_in):
+                return False
             await self.wait(failure.retry_in)
             attempt += 1
             error = await self.attempt(attempt)
@@ -310,6 +323,16 @@ class LaneAttempts(Attempts):
 
     def held_by_brake(self, record: AttemptRecord) -> bool:
         return brake_stops(self.message, record.error, record.attempts)
+
+    def park(self, record: AttemptRecord, delay: float) -> bool:
+        """Its slot goes to other messages meanwhile: the scheduler settles it as waiting (it
+        keeps its key, its place below the commit point and its uncommitted count) and hands
+        it back to a slot, ahead of new records, once ``delay`` is over."""
+        message = self.message
+        if message.lane.closing:
+            return False  # a stop or a tripped brake: wait here, as drains expect
+        message.retry = dataclasses.replace(record, wait_sec=delay)
+        return True
 
     def stuck(self, stuck: bool) -> None:
         message = self.message

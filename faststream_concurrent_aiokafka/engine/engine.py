@@ -75,6 +75,7 @@ class Engine:
         """Drain every lane (up to ``shutdown_timeout_sec``), commit, stop the committer."""
         lanes = self.lanes
         await self.drain(lanes, self.settings.shutdown_timeout_sec)
+        self.scheduler.cancel_retry_timer()
         self.retire(lanes)
         self.is_running = False
         await self.watchdog.close()
@@ -213,6 +214,8 @@ class Engine:
         wait = min(timeout, budget)
         running = {message for message in lane.running if message.touches(revoked)}
         await self.scheduler.wait_settled(running, wait)
+        # Those that failed meanwhile and wait for a retry are left uncommitted too.
+        dropped += lane.drop_waiting(revoked)
         left = wait - (loop.time() - started)
         await lane.strategy.release(revoked, final_commit_timeout(left))
         self._retire_partitions(lane, revoked, dropped)

@@ -212,6 +212,7 @@ class _Partition:
     in_flight: int = 0
     queued: int = 0
     held: int = 0
+    waiting_retry: int = 0
     stalled: int = 0
     oldest_offset: int | None = None  # the longest running; the lowest offset among equals
     oldest_sec: float = 0.0
@@ -244,8 +245,13 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
     for message in list(lane.gate.held()):
         for tp, _, _ in message.positions():
             found.setdefault(tp, _Partition()).held += 1
+    for message in list(lane.waiting_retry):
+        for tp, _, _ in message.positions():
+            found.setdefault(tp, _Partition()).waiting_retry += 1
     group = lane.pipeline.group
-    ages = oldest_record_ages([*lane.running, *lane.ready, *lane.gate.held()], time.time())
+    ages = oldest_record_ages(
+        [*lane.running, *lane.ready, *lane.gate.held(), *lane.waiting_retry], time.time()
+    )
     for tp, part in found.items():
         tracker = lane.offsets.trackers.get(tp)
         lag = engine.lag.read(consumer, tp, tracker)
@@ -258,6 +264,7 @@ def _partitions(engine: Engine, lane: ConsumerLane, now: float) -> Iterator[Part
             in_flight=part.in_flight,
             queued=part.queued,
             held=part.held,
+            waiting_retry=part.waiting_retry,
             commit_point=tracker.commit_point if tracker else None,
             committed=tracker.committed if tracker else None,
             finished_above=tracker.finished_count if tracker else 0,

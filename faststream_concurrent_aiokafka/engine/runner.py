@@ -23,24 +23,30 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
     """Task body of a slot: runs its message, then each one ``take_next`` hands it after that.
 
     The first attempt runs here; one that failed goes on in ``LaneAttempts`` (retries,
-    dead letter). Never raises.
+    dead letter). A message back from waiting for its retry outside a slot (``retry``) goes
+    on from there. Never raises.
     """
     current: AdmittedMessage | None = message
     while current is not None:
         key = id(current.record)
         RUNNING[key] = current
-        current.attempt = 1
+        parked = current.retry
         try:
-            try:
-                if current.lane.flow.key_errors:
-                    raise_key_error(current)
-                await current.lane.process(current.record)
-                error = current.attempt_error
-            except (Exception, SystemExit) as exc:  # every failure goes through the policy
-                error = exc
-            if error is not None:
-                current.attempt_error = None
-                await LaneAttempts(current).after_attempt(1, error)
+            if parked is not None:
+                current.retry = None
+                await LaneAttempts(current).resume_parked(parked)
+            else:
+                current.attempt = 1
+                try:
+                    if current.lane.flow.key_errors:
+                        raise_key_error(current)
+                    await current.lane.process(current.record)
+                    error = current.attempt_error
+                except (Exception, SystemExit) as exc:  # every failure: the policy's
+                    error = exc
+                if error is not None:
+                    current.attempt_error = None
+                    await LaneAttempts(current).after_attempt(1, error)
         finally:
             del RUNNING[key]
         current = take_next(current)

@@ -11,6 +11,8 @@ Backpressure decisions come from ``core.backpressure``.
 
 import asyncio
 import contextvars
+import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +57,11 @@ class Scheduler:
         # Waits for given messages to settle (rebalance, shutdown): a slot's task outlives them.
         self._settle_waiters: list[tuple[set[AdmittedMessage], asyncio.Future[None]]] = []
         self._over_budget = False
+        # Messages waiting for their next attempt without a slot: (due, order, message) on a
+        # heap, one timer for the earliest.
+        self._due: list[tuple[float, int, AdmittedMessage]] = []
+        self._due_order = itertools.count()
+        self._due_timer: asyncio.TimerHandle | None = None
 
     # ---- admission -------------------------------------------------------------------
 
@@ -197,14 +204,25 @@ class Scheduler:
 
     def _settle(self, message: AdmittedMessage, *, cancelled: bool) -> None:
         """Free the message's slot and move its offsets: finished, or blocked if cancelled or
-        to run again (then not counted: a failed attempt would count as a success)."""
+        to run again (then not counted: a failed attempt would count as a success), or left
+        as they are while it waits for its next attempt (``_wait_for_retry``)."""
         lane = message.lane
         if lane.flow.adaptive is not None:
-            failed = cancelled or message.runs_again or message.error is not None
+            failed = (
+                cancelled
+                or message.runs_again
+                or message.error is not None
+                or message.retry is not None
+            )
             lane.flow.stopped_running(message, failed=failed, in_flight=len(lane.running))
         lane.running.discard(message)
         message.task = None
         self.running -= 1
+        if message.retry is not None and not cancelled:
+            self._wait_for_retry(message, message.retry.wait_sec)
+            if self._settle_waiters:
+                self._wake_settle_waiters(message)
+            return
         if cancelled or message.runs_again:
             for _, tracker, offset in message.positions():
                 tracker.block(offset)
@@ -223,14 +241,67 @@ class Scheduler:
             self._committer.notify_finished()
         if lane.flow.key_errors and not message.runs_again:
             lane.flow.key_errors.pop(message, None)
+        self._release_key(lane, message)
+        if self._settle_waiters:
+            self._wake_settle_waiters(message)
+
+    @staticmethod
+    def _release_key(lane: ConsumerLane, message: AdmittedMessage) -> None:
+        """The next message of the key runs; one whose partition went away meanwhile is
+        discarded, and the key passes on past it."""
         if message.key is not None:
-            # The next message of the key runs; one whose partition went away meanwhile is
-            # discarded, and the key passes on past it.
             successor = lane.gate.release_past(message.key, _retired)
             if successor is not None:
                 lane.ready.append(successor)
-        if self._settle_waiters:
-            self._wake_settle_waiters(message)
+
+    # ---- retries waiting without a slot ------------------------------------------------
+
+    def _wait_for_retry(self, message: AdmittedMessage, delay: float) -> None:
+        """The message keeps its key (nothing behind it runs), its offsets (unfinished: the
+        commit point stays below it, its uncommitted count stays) but not its slot."""
+        message.lane.waiting_retry.add(message)
+        due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._due, (due, next(self._due_order), message))
+        if self._due[0][2] is message:
+            self._arm_due_timer()
+
+    def _arm_due_timer(self) -> None:
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
+        if self._due:
+            loop = asyncio.get_running_loop()
+            self._due_timer = loop.call_at(self._due[0][0], self._retries_due)
+
+    def _retries_due(self) -> None:
+        """Hand each message whose wait is over back to its lane, ahead of new records; one
+        dropped meanwhile (revoked, stopped) is no longer waiting and is skipped."""
+        self._due_timer = None
+        due = self._due
+        now = asyncio.get_running_loop().time()
+        lanes: dict[ConsumerLane, None] = {}
+        while due and due[0][0] <= now:
+            message = heapq.heappop(due)[2]
+            lane = message.lane
+            if message in lane.waiting_retry:
+                lane.waiting_retry.discard(message)
+                if message.tracker.retired:
+                    # Its partition went away: it is not run; the key passes on past it.
+                    self._release_key(lane, message)
+                    continue
+                lane.ready.appendleft(message)
+                lanes[lane] = None
+        self._arm_due_timer()
+        for lane in lanes:
+            self._start_ready(lane)
+            self.refresh_pause(lane)
+
+    def cancel_retry_timer(self) -> None:
+        """The engine stops: no waiting retry is handed back any more (they are read again)."""
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
+        self._due.clear()
 
     def _wake_settle_waiters(self, message: AdmittedMessage) -> None:
         for messages, waiter in self._settle_waiters:

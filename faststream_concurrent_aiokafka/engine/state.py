@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from faststream_concurrent_aiokafka.core.dead_letter_brake import DeadLetterBrake
-from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
+from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, FailurePolicy
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
@@ -131,7 +131,8 @@ class AdmittedMessage:
 
     ``error`` is set when its processing failed; ``task`` while a slot runs it;
     ``attempt_error`` by a pipeline that reports a failed attempt instead of raising it;
-    ``attempt`` is the number (from 1) of the attempt running now.
+    ``attempt`` is the number (from 1) of the attempt running now; ``retry`` how far its
+    attempts went while it waits for the next one outside a slot (``attempts.LaneAttempts``).
     """
 
     __slots__ = (
@@ -143,6 +144,7 @@ class AdmittedMessage:
         "lane",
         "offset",
         "record",
+        "retry",
         "runs_again",
         "task",
         "topic_partition",
@@ -173,6 +175,7 @@ class AdmittedMessage:
         # Exactly-once: its attempt ended with its transaction's abort (or its partition's
         # loss); it runs again, so this run is neither finished nor counted.
         self.runs_again = False
+        self.retry: AttemptRecord | None = None
         # For a batch, every record's place; None for a single message (the common case).
         self.batch: tuple[Position, ...] | None = None
 
@@ -494,6 +497,8 @@ class ConsumerLane:
         self.ready: deque[AdmittedMessage] = deque()
         self.running: set[AdmittedMessage] = set()
         self.dead_letter_stuck: set[AdmittedMessage] = set()
+        # Failed, waiting for their next attempt without a slot (the scheduler's timers).
+        self.waiting_retry: set[AdmittedMessage] = set()
         self.hungry = False  # waits for a global slot (``Scheduler``)
         self.closing = False  # admission closed: takes no new messages
         self.offsets = Offsets(tally or Tally(), self.counters)
@@ -517,6 +522,10 @@ class ConsumerLane:
         kept = [message for message in self.ready if not matches(message)]
         dropped_ready = [message for message in self.ready if matches(message)]
         self.ready = deque(kept)
+        # A message waiting for a retry holds its key as a ready one does; it is read again.
+        retrying = [message for message in self.waiting_retry if matches(message)]
+        self.waiting_retry.difference_update(retrying)
+        dropped_ready += retrying
         gate = self.gate
         dropped = len(dropped_ready) + len(gate.drop(matches))
         if self.flow.key_errors:  # a message whose key function failed has no key: ready

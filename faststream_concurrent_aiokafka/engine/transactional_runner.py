@@ -126,6 +126,12 @@ class TransactionalAttempts(LaneAttempts):
     def published(self) -> bool:
         return self.partition.ledger.holds(self.message)
 
+    def park(self, record: AttemptRecord, delay: float) -> bool:
+        """The wait for a retry stays in the slot: the message is part of its partition's open
+        transaction until it settles (``PartitionTransaction.settled``)."""
+        del record, delay
+        return False
+
     def defer(self, record: AttemptRecord) -> None:
         """It failed after it published: its transaction is aborted, and it goes on from
         ``record`` in the next one."""

@@ -356,8 +356,10 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _quiet(self) -> bool:
         """Every running message waits for the test: none sleeps before a retry or a
-        dead-letter attempt."""
-        return self.engine.in_flight == len(self.pipeline.waiting())
+        dead-letter attempt, in its slot or without one."""
+        return self.engine.in_flight == len(self.pipeline.waiting()) and not (
+            self.lane.waiting_retry
+        )
 
     async def _idle(self) -> None:
         for _ in range(500):
@@ -530,7 +532,7 @@ class EngineMachine(RuleBasedStateMachine):
         for _ in range(200):
             self.pipeline.release_all()
             await self._idle()
-            if not self.engine.in_flight and not self.lane.ready:
+            if not self.engine.in_flight and not self.lane.ready and not self.lane.waiting_retry:
                 break
         assert not self.engine.in_flight, "messages still running at the end"
         assert not self.lane.ready, "messages still waiting for a slot at the end"
