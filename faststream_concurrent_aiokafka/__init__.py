@@ -21,6 +21,7 @@ from faststream_concurrent_aiokafka.core.errors import (
 )
 from faststream_concurrent_aiokafka.core.health import HealthReport
 from faststream_concurrent_aiokafka.core.snapshot import ProcessingSnapshot
+from faststream_concurrent_aiokafka.engine.attempts import current_attempt
 from faststream_concurrent_aiokafka.integration.handler import ConcurrentProcessing
 from faststream_concurrent_aiokafka.integration.lifecycle import (
     initialize_concurrent_processing,
@@ -99,6 +100,7 @@ __all__ = [
     "ProcessingSnapshot",
     "TransactionalPublishError",
     "configure_subscriber",
+    "current_attempt",
     "health_report",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",

@@ -34,6 +34,8 @@ _MAX_PREFIX_LENGTH: Final = 200
 Check = Callable[[str, Any], None]
 ExceptionTypes = tuple[type[Exception], ...]
 ExceptionText = Callable[[BaseException], str]
+RetryPolicy = Callable[[BaseException, int], float | None]
+"""``(error, attempt) -> seconds before the next attempt``, or None for no more attempts."""
 
 # max_messages_per_sec above this means no limit: say None.
 _MAX_RATE: Final = 10_000_000
@@ -171,6 +173,15 @@ def _function(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+def _retry_policy(name: str, value: Any) -> None:
+    if not callable(value):
+        msg = (
+            f"{name} must be a function (error, attempt) -> seconds before the next attempt "
+            f"or None, got {value!r}"
+        )
+        raise ValueError(msg)
+
+
 def _guarantee(name: str, value: Any) -> None:
     if value not in GUARANTEES:
         msg = f"{name} must be one of {', '.join(map(repr, GUARANTEES))}, got {value!r}"
@@ -240,6 +251,7 @@ class SubscriberSettings:
     retry_backoff_max_sec: float = _setting(10.0, _seconds_up_to_an_hour)
     dead_letter_topic: str | None = _setting(None, _topic, optional=True)
     no_retry_on: ExceptionTypes = _setting(DECODE_ERRORS, _exception_types)
+    retry_policy: RetryPolicy | None = _setting(None, _retry_policy, optional=True)
     dead_letter_exception_text: ExceptionText | None = _setting(
         describe_exception, _function, optional=True
     )
@@ -348,6 +360,7 @@ class KeywordSettings(TypedDict, total=False):
     retry_backoff_max_sec: float
     dead_letter_topic: str | None
     no_retry_on: ExceptionTypes
+    retry_policy: RetryPolicy | None
     dead_letter_exception_text: ExceptionText | None
     max_consecutive_failures: int | None
     max_failure_ratio: float | None
@@ -385,6 +398,7 @@ class SubscriberOverrides(TypedDict, total=False):
     retry_backoff_max_sec: float | None
     dead_letter_topic: str | None
     no_retry_on: ExceptionTypes | None
+    retry_policy: RetryPolicy | None
     dead_letter_exception_text: ExceptionText | None
     max_consecutive_failures: int | None
     max_failure_ratio: float | None

@@ -10,8 +10,10 @@ stop at a wait and be taken up again later, in another task.
 """
 
 import asyncio
+import contextvars
 import dataclasses
-from typing import Any, NamedTuple
+import math
+from typing import Any, Final, NamedTuple
 
 from faststream_concurrent_aiokafka.core.dead_letters import PublishFailure, classify_publish_error
 from faststream_concurrent_aiokafka.core.decode_errors import describe_exception, quotes_input
@@ -25,6 +27,15 @@ from faststream_concurrent_aiokafka.core.failure_policy import (
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.lost_dead_letters import give_up_dead_letter
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, Counters, Log
+
+ATTEMPT: Final[contextvars.ContextVar[int]] = contextvars.ContextVar("attempt")
+"""The number of the attempt running in this task, set for attempts after the first only (a
+first attempt costs nothing; ``current_attempt`` reads 1 without it) and reset after it."""
+
+
+def current_attempt() -> int:
+    """Which attempt of its message the calling handler runs: 1 for the first."""
+    return ATTEMPT.get(1)
 
 
 class Failure(NamedTuple):
@@ -159,13 +170,23 @@ class Attempts:
             if record.final:
                 return await self.final(record)
             await self.wait(self.backoff(attempt))
-        return await self.after_attempt(attempt + 1, await self.attempt(attempt + 1))
+        return await self.after_attempt(attempt + 1, await self.numbered(attempt + 1))
+
+    async def numbered(self, number: int) -> BaseException | None:
+        """Run attempt ``number`` with ``current_attempt()`` reading it in the handler."""
+        if number == 1:
+            return await self.attempt(1)
+        token = ATTEMPT.set(number)
+        try:
+            return await self.attempt(number)
+        finally:
+            ATTEMPT.reset(token)
 
     async def resume_parked(self, record: AttemptRecord) -> bool:
         """Go on with a message that waited for its next attempt outside its slot (``park``):
         the wait is over, the attempt runs now."""
         attempt = record.attempts + 1
-        return await self.after_attempt(attempt, await self.attempt(attempt))
+        return await self.after_attempt(attempt, await self.numbered(attempt))
 
     async def after_attempt(self, attempt: int, error: BaseException | None) -> bool:
         """Attempt number ``attempt`` ended with ``error``: retry until one succeeds or none is
@@ -188,7 +209,7 @@ class Attempts:
                 return False
             await self.wait(failure.retry_in)
             attempt += 1
-            error = await self.attempt(attempt)
+            error = await self.numbered(attempt)
         return True
 
     def assess(self, error: BaseException, attempt: int, *, log_retry: bool = True) -> Failure:
@@ -199,8 +220,8 @@ class Attempts:
         outcome = self.policy.classify(error)
         if outcome is Outcome.DONE or outcome is Outcome.STOP:
             return Failure(None, final=False, retried=False, outcome=outcome)
-        if outcome is Outcome.RETRY and attempt <= self.settings.max_retries:
-            delay = self.backoff(attempt)
+        delay = self.next_delay(error, attempt, outcome)
+        if delay is not None:
             self.counters.retries += 1
             if log_retry:
                 self.log.info(
@@ -212,7 +233,49 @@ class Attempts:
                     extra=self.log_extra(),
                 )
             return Failure(delay, final=False, retried=True, outcome=outcome)
-        return Failure(None, final=True, retried=outcome is Outcome.RETRY, outcome=outcome)
+        retried = attempt > 1 if self.settings.retry_policy else outcome is Outcome.RETRY
+        return Failure(None, final=True, retried=retried, outcome=outcome)
+
+    def next_delay(self, error: BaseException, attempt: int, outcome: Outcome) -> float | None:
+        """Seconds before the next attempt, None for none. A ``retry_policy`` alone decides
+        for every error but a rejection (``max_retries``, the backoff and ``no_retry_on`` do not
+        apply); one that raises or answers something else than seconds ends the attempts."""
+        settings = self.settings
+        policy = settings.retry_policy
+        if policy is None:
+            if outcome is Outcome.RETRY and attempt <= settings.max_retries:
+                return self.backoff(attempt)
+            return None
+        if isinstance(error, self.policy.dead_letter):
+            return None
+        try:
+            delay = policy(error, attempt)
+        except Exception as exc:
+            self.log.error(
+                "retry_policy raised %s for attempt %d of %s; no more attempts",
+                summary(exc),
+                attempt,
+                self.describe(),
+                extra=self.log_extra(),
+            )
+            return None
+        if delay is None:
+            return None
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (math.isfinite(delay) and delay >= 0)
+        ):
+            self.log.error(
+                "retry_policy returned %r for attempt %d of %s, not seconds >= 0 or None; no "
+                "more attempts",
+                delay,
+                attempt,
+                self.describe(),
+                extra=self.log_extra(),
+            )
+            return None
+        return float(delay)
 
     async def final(self, record: AttemptRecord) -> bool:
         """No attempt is left: counted with the brake (once), logged once at ERROR with its
@@ -345,7 +408,11 @@ class LaneAttempts(Attempts):
 def is_final_failure(message: AdmittedMessage, error: BaseException) -> bool:
     """Whether ``error`` ends the message's running attempt for good (it will not be retried):
     what a pipeline reports to the middlewares around it as FastStream alone would."""
-    outcome = message.lane.policy.classify(error)
+    lane = message.lane
+    outcome = lane.policy.classify(error)
+    if lane.settings.retry_policy is not None:
+        # The policy is asked once per failed attempt, after this: only a rejection is known.
+        return isinstance(error, lane.policy.dead_letter)
     if outcome is Outcome.DEAD_LETTER:
         return True
     return outcome is Outcome.RETRY and message.attempt > message.lane.settings.max_retries

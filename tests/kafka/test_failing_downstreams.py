@@ -13,6 +13,7 @@ from faststream.kafka import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
+    current_attempt,
     initialize_concurrent_processing,
     processing_snapshot,
     stop_concurrent_processing,
@@ -127,3 +128,54 @@ async def test_retry_storm_of_twenty_thousand_messages() -> None:
     calm, stormy = await _storm_side_by_side(20_000)
     print(f"retry storm: calm {calm:.0f} msg/s, storm {stormy:.0f} msg/s")
     assert stormy >= 0.7 * calm, f"healthy rate {stormy:.0f}/s vs {calm:.0f}/s without failures"
+
+
+# ---- retry_policy and current_attempt ------------------------------------------------------
+
+
+def _expected_attempts(value: int) -> int:
+    """0: TimeoutError twice, then success; 1: KeyError (not retried: fails for good);
+    2: ValueError three times, then success."""
+    return (3, 1, 4)[value % 3]
+
+
+async def test_a_retry_policy_is_followed_exactly_and_the_handler_reads_its_attempt() -> None:
+    count = 30
+    topic, group = await numbered_topic("policy", count, PARTITIONS)
+    broker = concurrent_broker()
+    seen: dict[int, list[int]] = {}
+    asked: list[tuple[str, int]] = []
+
+    def policy(error: BaseException, attempt: int) -> float | None:
+        asked.append((type(error).__name__, attempt))
+        if isinstance(error, TimeoutError):
+            return 0.05
+        if isinstance(error, KeyError):
+            return None
+        return 0.01
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(value: int) -> None:
+        attempt = current_attempt()
+        seen.setdefault(value, []).append(attempt)
+        if attempt < _expected_attempts(value) or value % 3 == 1:
+            raise (TimeoutError, KeyError, ValueError)[value % 3](value)
+
+    await initialize_concurrent_processing(
+        broker.context, concurrency_limit=LIMIT, max_retries=0, retry_policy=policy
+    )
+    try:
+        await broker.start()
+        await wait_committed(group, topic, await end_offsets(topic, PARTITIONS), timeout=60)
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
+    assert seen == {v: list(range(1, _expected_attempts(v) + 1)) for v in range(count)}
+    expected_asks = sorted(
+        (("TimeoutError", "KeyError", "ValueError")[v % 3], a)
+        for v in range(count)
+        for a in range(1, _expected_attempts(v) + (v % 3 == 1))
+    )
+    assert sorted(asked) == expected_asks

@@ -69,6 +69,7 @@ SECONDS_MAXIMUMS = {
 BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time", "adaptive_concurrency")
 POLICY_PARAMS = (
     "no_retry_on",
+    "retry_policy",
     "dead_letter_exception_text",
     "max_consecutive_failures",
     "max_failure_ratio",
@@ -408,6 +409,14 @@ def test_settings_reject_an_exception_text_that_is_no_function(value: object) ->
         _settings(dead_letter_exception_text=value)
 
     _assert_names_only(error, "dead_letter_exception_text")
+
+
+@pytest.mark.parametrize("value", ["fast", 1.5, (1, 2)], ids=repr)
+def test_settings_reject_a_retry_policy_that_is_no_function(value: object) -> None:
+    with pytest.raises(ValueError) as error:
+        _settings(retry_policy=value)
+
+    _assert_names_only(error, "retry_policy")
 
 
 def test_settings_accept_an_exception_text_function_or_none() -> None:

@@ -14,6 +14,7 @@ from faststream.middlewares import AckPolicy
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
     configure_subscriber,
+    current_attempt,
     initialize_concurrent_processing,
     stop_concurrent_processing,
 )
@@ -53,6 +54,26 @@ async def test_a_failing_message_is_tried_max_retries_plus_one_times() -> None:
             await test.publish(7, "orders")
 
     assert calls == [7, 7, 7, 7]
+
+
+async def test_a_retry_policy_decides_alone_and_the_handler_reads_its_attempt() -> None:
+    br = broker()
+    attempts: list[int] = []
+
+    def policy(error: BaseException, attempt: int) -> float | None:
+        return 0.001 if isinstance(error, PoisonError) and attempt < 3 else None
+
+    # max_retries=0 does not cap a retry_policy: it alone decides.
+    @manual(br, max_retries=0, retry_policy=policy)
+    async def handle(body: int) -> None:
+        attempts.append(current_attempt())
+        raise PoisonError(body)
+
+    async with TestKafkaBroker(br) as test:
+        with pytest.raises(PoisonError):
+            await test.publish(7, "orders")
+
+    assert attempts == [1, 2, 3]
 
 
 async def test_a_retried_message_that_then_succeeds_publishes_its_result_once() -> None:
