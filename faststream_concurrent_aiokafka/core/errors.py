@@ -29,3 +29,8 @@ class OrderingKeyError(Exception):
         error = cls(f"the ordering key function failed: {type(cause).__name__}: {cause}")
         error.__cause__ = cause
         return error
+
+
+class MessageExpiredError(Exception):
+    """A record older than ``max_message_age_sec`` when its turn came: not run. The type a
+    dead letter of an expired record names in its exception-type header."""

@@ -167,7 +167,8 @@ HEALTH: Final = Metric(
 PROCESSED: Final = _counter(
     "processed_messages",
     "Messages whose processing ended, by outcome: ok, failed (logged, committed), "
-    "dead_lettered, skipped (finished by an earlier owner).",
+    "dead_lettered, skipped (finished by an earlier owner), expired (older than "
+    "max_message_age_sec, not run).",
     "{message}",
     ("outcome",),
 )
@@ -334,3 +335,4 @@ def _processed(labels: Labels, totals: Totals) -> Iterator[Sample]:
     yield (*labels, "failed"), totals.failed
     yield (*labels, "dead_lettered"), totals.dead_lettered
     yield (*labels, "skipped"), totals.skipped
+    yield (*labels, "expired"), totals.expired

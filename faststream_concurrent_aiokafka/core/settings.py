@@ -252,6 +252,7 @@ class SubscriberSettings:
     dead_letter_topic: str | None = _setting(None, _topic, optional=True)
     no_retry_on: ExceptionTypes = _setting(DECODE_ERRORS, _exception_types)
     retry_policy: RetryPolicy | None = _setting(None, _retry_policy, optional=True)
+    max_message_age_sec: float | None = _setting(None, _seconds_up_to_a_day, optional=True)
     dead_letter_exception_text: ExceptionText | None = _setting(
         describe_exception, _function, optional=True
     )
@@ -361,6 +362,7 @@ class KeywordSettings(TypedDict, total=False):
     dead_letter_topic: str | None
     no_retry_on: ExceptionTypes
     retry_policy: RetryPolicy | None
+    max_message_age_sec: float | None
     dead_letter_exception_text: ExceptionText | None
     max_consecutive_failures: int | None
     max_failure_ratio: float | None
@@ -399,6 +401,7 @@ class SubscriberOverrides(TypedDict, total=False):
     dead_letter_topic: str | None
     no_retry_on: ExceptionTypes | None
     retry_policy: RetryPolicy | None
+    max_message_age_sec: float | None
     dead_letter_exception_text: ExceptionText | None
     max_consecutive_failures: int | None
     max_failure_ratio: float | None

@@ -56,6 +56,7 @@ class Totals:
     skipped: int = 0  # finished by an earlier owner (commit metadata), not run again
     claims_accepted: int = 0  # offsets commit metadata claimed finished, to be skipped
     claims_ignored: int = 0  # claimed at or beyond the partition's end at assignment: ignored
+    expired: int = 0  # older than max_message_age_sec, not run, no dead-letter topic
     retries: int = 0  # failed attempts that were tried again
     task_timeouts: int = 0  # attempts cancelled by task_timeout_sec
     stalls: int = 0  # messages that ran longer than stall_warning_sec

@@ -185,12 +185,13 @@ def totals_of(counters: Counters) -> Totals:
     dead-lettered (a dead letter is bumped just before its message settles)."""
     dead_lettered = min(counters.dead_lettered, counters.failed)
     return Totals(
-        ok=counters.processed - counters.failed,
+        ok=counters.processed - counters.failed - counters.expired,
         failed=counters.failed - dead_lettered,
         dead_lettered=dead_lettered,
         skipped=counters.skipped,
         claims_accepted=counters.claims_accepted,
         claims_ignored=counters.claims_ignored,
+        expired=counters.expired,
         retries=counters.retries,
         task_timeouts=counters.task_timeouts,
         stalls=counters.stalls,

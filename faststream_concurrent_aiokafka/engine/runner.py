@@ -7,6 +7,7 @@ every message in flight. The message's offset is committed only after all of it.
 """
 
 from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts
+from faststream_concurrent_aiokafka.engine.expiry import age_sec, expire
 from faststream_concurrent_aiokafka.engine.flow_control import raise_key_error
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, TakeNext
 
@@ -32,9 +33,12 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
         RUNNING[key] = current
         parked = current.retry
         try:
+            limit = current.lane.settings.max_message_age_sec
             if parked is not None:
                 current.retry = None
                 await LaneAttempts(current).resume_parked(parked)
+            elif limit is not None and (age := age_sec(current, limit)) is not None:
+                await expire(current, age, limit)
             else:
                 current.attempt = 1
                 try:

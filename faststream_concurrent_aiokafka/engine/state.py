@@ -244,6 +244,7 @@ class Counters:
         "claims_ignored",
         "commit_requests",
         "dead_lettered",
+        "expired",
         "failed",
         "failed_commits",
         "pauses",
@@ -267,6 +268,7 @@ class Counters:
         self.skipped = 0  # finished by an earlier owner, per the commit metadata
         self.claims_accepted = 0  # offsets commit metadata claimed finished, below the end
         self.claims_ignored = 0  # ... at or beyond the partition's end: ignored
+        self.expired = 0  # not run, older than max_message_age_sec, without a dead-letter topic
         self.retries = 0  # failed attempts that were tried again
         self.task_timeouts = 0  # attempts cancelled by task_timeout_sec
         self.stalls = 0  # messages seen running longer than stall_warning_sec

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaMessage
 from faststream.middlewares import AckPolicy
 
@@ -19,10 +20,14 @@ from faststream_concurrent_aiokafka import (
     stop_concurrent_processing,
 )
 from tests.kafka_helpers import (
+    BOOTSTRAP,
     committed_offsets,
     concurrent_broker,
+    create_topic,
     end_offsets,
     numbered_topic,
+    read_all,
+    unique,
     wait_committed,
     wait_until,
 )
@@ -179,3 +184,53 @@ async def test_a_retry_policy_is_followed_exactly_and_the_handler_reads_its_atte
         for a in range(1, _expected_attempts(v) + (v % 3 == 1))
     )
     assert sorted(asked) == expected_asks
+
+
+# ---- expiry ------------------------------------------------------------------------------
+
+
+async def test_records_older_than_max_message_age_are_dead_lettered_not_run() -> None:
+    topic, dead_letters, group = unique("expiry"), unique("expiry-dlt"), unique("g-expiry")
+    await create_topic(topic, PARTITIONS)
+    await create_topic(dead_letters, 1)
+    hour_ago_ms = int((time.time() - 3600) * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5)
+    await producer.start()
+    try:
+        for i in range(1000):
+            old = i % 2 == 0
+            await producer.send(topic, str(i).encode(), timestamp_ms=hour_ago_ms if old else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    broker = concurrent_broker()
+    ran: list[int] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(value: int) -> None:
+        ran.append(value)
+
+    await initialize_concurrent_processing(
+        broker.context,
+        concurrency_limit=LIMIT,
+        max_message_age_sec=60,
+        dead_letter_topic=dead_letters,
+    )
+    try:
+        await broker.start()
+        await wait_committed(group, topic, await end_offsets(topic, PARTITIONS), timeout=60)
+        totals = processing_snapshot(broker.context).totals
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
+    assert sorted(ran) == list(range(1, 1000, 2))
+    letters = await read_all(dead_letters, 500)
+    assert len(letters) == 500
+    assert sorted(int(value) for _, value, _ in letters) == list(range(0, 1000, 2))
+    assert all(
+        dict(headers)["x-dead-letter-exception-type"] == b"MessageExpiredError"
+        for _, _, headers in letters
+    )
+    assert (totals.ok, totals.dead_lettered, totals.expired) == (500, 500, 0)

@@ -53,7 +53,12 @@ REQUIRED_SECONDS_PARAMS = (
     "commit_timeout_sec",
     "transaction_timeout_sec",
 )
-SECONDS_PARAMS = (*REQUIRED_SECONDS_PARAMS, "task_timeout_sec", "stall_warning_sec")
+SECONDS_PARAMS = (
+    *REQUIRED_SECONDS_PARAMS,
+    "task_timeout_sec",
+    "stall_warning_sec",
+    "max_message_age_sec",
+)
 # The longest duration each accepts (the shortest is 1 ms for all of them).
 SECONDS_MAXIMUMS = {
     "commit_batch_timeout_sec": 3600,
@@ -65,6 +70,7 @@ SECONDS_MAXIMUMS = {
     "transaction_timeout_sec": 2_147_483,
     "task_timeout_sec": 86_400,
     "stall_warning_sec": 86_400,
+    "max_message_age_sec": 86_400,
 }
 BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time", "adaptive_concurrency")
 POLICY_PARAMS = (
@@ -99,6 +105,7 @@ SUBSCRIBER_PARAMS = (
     *POLICY_PARAMS,
     "track_completed_offsets",
     "stall_warning_sec",
+    "max_message_age_sec",
     "processing_guarantee",
     "transactional_id_prefix",
     "transaction_timeout_sec",
@@ -110,6 +117,7 @@ SUBSCRIBER_SECONDS_PARAMS = (
     "retry_backoff_sec",
     "retry_backoff_max_sec",
     "stall_warning_sec",
+    "max_message_age_sec",
     "transaction_timeout_sec",
 )
 

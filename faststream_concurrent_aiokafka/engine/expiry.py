@@ -1,0 +1,70 @@
+"""Expiry (``max_message_age_sec``): a record older than that when its turn comes is not run.
+
+It is dead-lettered (its exception type ``MessageExpiredError`` says why) or, without a
+dead-letter topic, counted ``expired`` and committed; logged at WARNING once per partition per
+``LOG_INTERVAL_SEC`` with how many expired since the last line, never silently.
+"""
+
+import time
+from typing import Final
+
+from aiokafka import TopicPartition
+
+from faststream_concurrent_aiokafka.core.errors import MessageExpiredError
+from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
+from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts
+from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
+
+LOG_INTERVAL_SEC: Final = 10.0
+
+# Per partition: when its last line was logged and how many expired since.
+_logged: dict[TopicPartition, tuple[float, int]] = {}
+
+
+def age_sec(message: AdmittedMessage, limit: float) -> float | None:
+    """The record's age when older than ``limit`` seconds, else None (batches never expire)."""
+    record = message.record
+    if isinstance(record, tuple) or record.timestamp is None or record.timestamp < 0:
+        return None
+    age = time.time() - record.timestamp / 1000.0
+    return age if age > limit else None
+
+
+async def expire(message: AdmittedMessage, age: float, limit: float) -> None:
+    """The record is not run: dead-lettered (with retries, holding the commit point while its
+    publish fails) or counted ``expired``; either way it settles as finished."""
+    lane = message.lane
+    error = MessageExpiredError(f"record {age:.1f} s old, max_message_age_sec={limit:g}")
+    _log(message, error)
+    if lane.settings.dead_letter_topic is None:
+        lane.counters.expired += 1
+        return
+    record = AttemptRecord(0, error, final=True, retried=False, counted=True)
+    await LaneAttempts(message).final(record)
+
+
+def _log(message: AdmittedMessage, error: MessageExpiredError) -> None:
+    tp = message.topic_partition
+    now = time.monotonic()
+    last, count = _logged.get(tp, (0.0, 0))
+    count += 1
+    if now - last < LOG_INTERVAL_SEC and last:
+        _logged[tp] = (last, count)
+        return
+    _logged[tp] = (now, 0)
+    lane = message.lane
+    then = (
+        "counted expired"
+        if lane.settings.dead_letter_topic is None
+        else f"dead-lettered to {lane.settings.dead_letter_topic!r}"
+    )
+    lane.log.warning(
+        "%d message(s) of %s[%d] not run since the last line, the latest %s (%s): %s",
+        count,
+        tp.topic,
+        tp.partition,
+        message.describe(),
+        error,
+        then,
+        extra=message.log_extra(),
+    )
