@@ -36,6 +36,7 @@ from faststream_concurrent_aiokafka.integration.monitoring import (
     health_report,
     processing_snapshot,
 )
+from faststream_concurrent_aiokafka.integration.pausing import pause_processing, resume_processing
 from faststream_concurrent_aiokafka.integration.subscriber_options import configure_subscriber
 
 if TYPE_CHECKING:
@@ -104,7 +105,9 @@ __all__ = [
     "health_report",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",
+    "pause_processing",
     "processing_snapshot",
+    "resume_processing",
     "setup_concurrent_processing",
     "stop_concurrent_processing",
 ]

@@ -98,6 +98,13 @@ RECORD_AGE: Final = _partition_gauge(
     "queued or held): how old the data being worked on is.",
     "s",
 )
+PAUSED_BY_APPLICATION: Final = Metric(
+    "faststream_concurrent_paused_by_application",
+    "gauge",
+    "1 while the application paused the subscriber (pause_processing), else 0.",
+    "1",
+    SUBSCRIBER_LABELS,
+)
 BRAKE_TRIPPED: Final = Metric(
     "faststream_concurrent_dead_letter_brake_tripped",
     "gauge",
@@ -253,6 +260,7 @@ _PER_SUBSCRIBER: Final[tuple[tuple[Metric, Callable[[SubscriberSnapshot], float]
     (BRAKE_TRIPPED, lambda s: float(s.brake_tripped)),
     (RATE_LIMITED, lambda s: s.flow.rate_limited),
     (RATE_WAIT, lambda s: s.flow.rate_wait_sec),
+    (PAUSED_BY_APPLICATION, lambda s: float(s.paused_by_application)),
 )
 _TOTALS: Final[tuple[tuple[Metric, Callable[[Totals], float]], ...]] = (
     (RETRIES, lambda t: t.retries),

@@ -113,6 +113,7 @@ class SubscriberSnapshot:
     partitions: tuple[PartitionSnapshot, ...]
     totals: Totals
     brake_tripped: bool = False  # its dead-letter brake stopped it (until a restart)
+    paused_by_application: bool = False  # pause_processing, until resume_processing
     # Seconds per attempt of its pipeline; None unless measure_processing_time=True.
     processing_time: HistogramSnapshot | None = None
     flow: FlowSnapshot = FlowSnapshot()

@@ -99,6 +99,8 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
             f"consuming of {lane.name} stopped by an error: its fetch fails with "
             f"{lane.fetching.error!r} (FastStream retries it)",
         )
+    if lane.paused_by_app:
+        yield Fault(DEGRADED, f"{lane.name} is paused by the application (pause_processing)")
     topic = lane.settings.dead_letter_topic
     for message in list(lane.dead_letter_stuck):
         yield Fault(
@@ -141,6 +143,7 @@ def snapshot(engine: Engine) -> ProcessingSnapshot:
                 partitions=tuple(partitions),
                 totals=totals_of(counters),
                 brake_tripped=any(lane.brake.tripped for lane in lanes),
+                paused_by_application=any(lane.paused_by_app for lane in lanes),
                 processing_time=_histogram_snapshot(engine.processing_time(pipeline)),
                 flow=flow_of(lanes),
             )

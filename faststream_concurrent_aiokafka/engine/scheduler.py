@@ -129,6 +129,8 @@ class Scheduler:
     # ---- slots -----------------------------------------------------------------------
 
     def _start_ready(self, lane: ConsumerLane) -> None:
+        if lane.paused_by_app:
+            return
         limit = self._global_limit
         lane_limit = lane.flow.running_limit(lane.settings.concurrency_limit)
         ready = lane.ready
@@ -179,6 +181,7 @@ class Scheduler:
         following = None
         if (
             lane.ready
+            and not lane.paused_by_app
             and not self._hungry
             and len(lane.running) < lane.flow.running_limit(lane.settings.concurrency_limit)
             and self.running < self._global_limit
@@ -319,6 +322,19 @@ class Scheduler:
             await asyncio.wait((entry[1],), timeout=timeout)
         finally:
             self._settle_waiters.remove(entry)
+
+    # ---- paused by the application ----------------------------------------------------
+
+    def pause_by_app(self, lane: ConsumerLane) -> None:
+        """Start no new message and fetch nothing; running ones finish and are committed, the
+        partitions stay assigned (the poll loop goes on polling)."""
+        lane.paused_by_app = True
+        lane.fetching.pause()
+
+    def resume_by_app(self, lane: ConsumerLane) -> None:
+        lane.paused_by_app = False
+        self._start_ready(lane)
+        self.refresh_pause(lane)
 
     # ---- backpressure ----------------------------------------------------------------
 

@@ -503,6 +503,8 @@ class ConsumerLane:
         self.waiting_retry: set[AdmittedMessage] = set()
         self.hungry = False  # waits for a global slot (``Scheduler``)
         self.closing = False  # admission closed: takes no new messages
+        # Paused by the application (pause_processing): starts and fetches nothing new.
+        self.paused_by_app = False
         self.offsets = Offsets(tally or Tally(), self.counters)
         self.fetching = Fetching(consumer, self.counters, self.log, pipeline.name)
         # How the lane commits, and what runs its messages (bound once: read per message).
@@ -552,6 +554,7 @@ class ConsumerLane:
         return self.drop_waiting()
 
     def resume(self) -> None:
-        """Fetch again what backpressure paused, unless admission closed."""
-        if not self.closing:
+        """Fetch again what backpressure paused, unless admission closed or the application
+        paused the lane."""
+        if not self.closing and not self.paused_by_app:
             self.fetching.resume()

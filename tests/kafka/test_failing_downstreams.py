@@ -9,14 +9,17 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 from faststream.kafka import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
     current_attempt,
+    health_report,
     initialize_concurrent_processing,
+    pause_processing,
     processing_snapshot,
+    resume_processing,
     stop_concurrent_processing,
 )
 from tests.kafka_helpers import (
@@ -26,6 +29,8 @@ from tests.kafka_helpers import (
     create_topic,
     end_offsets,
     numbered_topic,
+    numbers,
+    produce,
     read_all,
     unique,
     wait_committed,
@@ -234,3 +239,62 @@ async def test_records_older_than_max_message_age_are_dead_lettered_not_run() ->
         for _, _, headers in letters
     )
     assert (totals.ok, totals.dead_lettered, totals.expired) == (500, 500, 0)
+
+
+# ---- pause and resume by hand ----------------------------------------------------------------
+
+
+class CountingListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The user's own listener: counts the rebalance callbacks."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        del revoked
+        self.calls += 1
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        del assigned
+        self.calls += 1
+
+
+async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resumes() -> None:
+    first, later = 200, 300
+    topic, group = await numbered_topic("pause", first, PARTITIONS)
+    broker = concurrent_broker()
+    listener = CountingListener()
+    ran: list[int] = []
+
+    @broker.subscriber(
+        topic,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        listener=listener,
+    )
+    async def handle(value: int) -> None:
+        ran.append(value)
+
+    await initialize_concurrent_processing(broker.context, concurrency_limit=LIMIT)
+    try:
+        await broker.start()
+        await wait_committed(group, topic, await end_offsets(topic, PARTITIONS))
+        calls_before = listener.calls
+        assert pause_processing(broker.context) == 1
+        report = health_report(broker.context)
+        assert any("paused by the application" in reason for reason in report.reasons)
+        assert processing_snapshot(broker.context).subscribers[0].paused_by_application
+        await produce(topic, numbers(later, start=first), partitions=PARTITIONS)
+        ran_before = len(ran)
+        await asyncio.sleep(3.0)  # an observation window: nothing may start in it
+        assert len(ran) == ran_before == first, "no handler call starts while paused"
+        assert listener.calls == calls_before, "no rebalance while paused"
+        assert resume_processing(broker.context) == 1
+        await wait_committed(group, topic, await end_offsets(topic, PARTITIONS))
+        assert not processing_snapshot(broker.context).subscribers[0].paused_by_application
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
+    assert sorted(ran) == list(range(first + later))
+    assert listener.calls == calls_before

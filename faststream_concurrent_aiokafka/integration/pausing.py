@@ -1,0 +1,45 @@
+"""Pause and resume by hand: ``pause_processing`` / ``resume_processing``.
+
+A paused subscriber starts no new message and fetches nothing; messages already running
+finish and are committed; its consumer keeps polling, so it keeps its partitions (no
+rebalance). Health and metrics say "paused by the application" until it is resumed.
+"""
+
+from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.engine.state import ConsumerLane
+from faststream_concurrent_aiokafka.integration.handler import KafkaConcurrentHandler, find_handler
+from faststream_concurrent_aiokafka.integration.monitoring import ContextSource, current_context
+
+
+def pause_processing(context: ContextSource, topic: str | None = None) -> int:
+    """Pause every concurrent subscriber (or those reading ``topic``); returns how many
+    consumers were paused. Call it on the broker's event loop (a handler, an endpoint)."""
+    handler = _handler(context, "pause_processing")
+    lanes = _lanes(handler, topic)
+    for lane in lanes:
+        handler.engine.scheduler.pause_by_app(lane)
+        lane.log.warning("%s paused by the application (pause_processing)", lane.name)
+    return len(lanes)
+
+
+def resume_processing(context: ContextSource, topic: str | None = None) -> int:
+    """Resume what ``pause_processing`` paused (every subscriber, or those reading
+    ``topic``); returns how many consumers were resumed."""
+    handler = _handler(context, "resume_processing")
+    lanes = [lane for lane in _lanes(handler, topic) if lane.paused_by_app]
+    for lane in lanes:
+        handler.engine.scheduler.resume_by_app(lane)
+        lane.log.warning("%s resumed by the application (resume_processing)", lane.name)
+    return len(lanes)
+
+
+def _handler(context: ContextSource, name: str) -> KafkaConcurrentHandler:
+    handler = find_handler(current_context(context))
+    if handler is None:
+        msg = f"{name}: concurrent processing is not running in this context"
+        raise ConcurrentProcessingSetupError(msg)
+    return handler
+
+
+def _lanes(handler: KafkaConcurrentHandler, topic: str | None) -> list[ConsumerLane]:
+    return [lane for lane in handler.engine.lanes if topic is None or topic in lane.pipeline.topics]
