@@ -930,3 +930,31 @@ async def test_a_key_function_that_raises_dead_letters_that_message_only(
     assert type(letter.error).__name__ == "OrderingKeyError"
     assert letter.attempts == 1
     assert not rig.lane.flow.key_errors
+
+
+async def test_a_waiting_retry_frees_its_slot_and_keeps_its_key(make_rig: MakeRig) -> None:
+    """Lane limit 1: while 0 (key a) waits for its retry, 2 (key b) runs in its slot; 1 (key
+    a) waits behind 0 until its retry succeeded; the commit point stays below 0 meanwhile."""
+    rig = await make_rig(
+        ordering="key",
+        concurrency_limit=1,
+        max_retries=1,
+        retry_backoff_sec=0.2,
+        retry_backoff_max_sec=0.2,
+    )
+    rig.pipeline.hold = False
+    rig.pipeline.fail(0, 0, Boom())
+    for key in (b"a", b"a", b"b"):
+        rig.consumer.produce(0, key=key)
+    rig.engine.admit(rig.lane, rig.consumer.deliver(P0, 0, 1, 2))
+    await wait_until(lambda: (0, 2) in rig.pipeline.finished())
+    assert [m.offset for m in rig.lane.waiting_retry] == [0]
+    assert (0, 1) not in rig.pipeline.started()
+    await rig.flush()
+    assert rig.committed() in (None, 0)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 3)
+    assert rig.pipeline.started() == [(0, 0), (0, 2), (0, 1)]
+    assert rig.pipeline.attempts(0, 0) == 2
+    assert not rig.lane.waiting_retry
+    await rig.flush()
+    assert rig.committed() == 3
