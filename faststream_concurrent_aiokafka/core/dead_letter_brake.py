@@ -24,9 +24,11 @@ class DeadLetterBrake:
         "_recent",
         "_succeeded_at_last_failure",
         "cause",
+        "cooldown_sec",
         "failure_ratio_window",
         "max_consecutive_failures",
         "max_failure_ratio",
+        "reopen_at",
         "succeeded",
         "tripped_at",
     )
@@ -37,7 +39,12 @@ class DeadLetterBrake:
         max_consecutive_failures: int | None = None,
         max_failure_ratio: float | None = None,
         failure_ratio_window: int = 100,
+        cooldown_sec: float | None = None,
     ) -> None:
+        # brake_cooldown_sec: None stays tripped until a restart; else one message is tried
+        # once ``reopen_at`` (a monotonic time the engine sets when it trips) has passed.
+        self.cooldown_sec = cooldown_sec
+        self.reopen_at = 0.0
         self.max_consecutive_failures = max_consecutive_failures
         self.max_failure_ratio = max_failure_ratio
         self.failure_ratio_window = failure_ratio_window
@@ -57,6 +64,17 @@ class DeadLetterBrake:
     @property
     def tripped(self) -> bool:
         return self.cause is not None
+
+    @property
+    def recovers(self) -> bool:
+        return self.cooldown_sec is not None
+
+    def reset(self) -> None:
+        """A message tried after the cooldown succeeded: counting starts afresh."""
+        self.cause = None
+        self.tripped_at = None
+        self._consecutive = 0
+        self._recent.clear()
 
     def record_failure(self) -> str | None:
         """A message failed for good. None: let it through (dead-letter it, or give it up);

@@ -259,6 +259,7 @@ class SubscriberSettings:
     max_consecutive_failures: int | None = _setting(None, _int_between(1, 1_000_000), optional=True)
     max_failure_ratio: float | None = _setting(None, _ratio, optional=True)
     failure_ratio_window: int = _setting(100, _int_between(1, 100_000))
+    brake_cooldown_sec: float | None = _setting(None, _seconds_up_to_an_hour, optional=True)
     track_completed_offsets: bool = _setting(True, _bool)
     stall_warning_sec: float | None = _setting(60.0, _seconds_up_to_a_day, optional=True)
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
@@ -309,6 +310,13 @@ def check_exactly_once(settings: ConcurrencySettings, subscriber: SubscriberSett
         msg = (
             "processing_guarantee='exactly_once' needs track_completed_offsets=True: a message "
             "finished above the commit point and not recorded would run, and publish, again"
+        )
+        raise ValueError(msg)
+    if subscriber.brake_cooldown_sec is not None:
+        msg = (
+            "brake_cooldown_sec is not supported with processing_guarantee='exactly_once' (a "
+            "held message would keep its partition's transaction open through the cooldown); "
+            "leave it None there"
         )
         raise ValueError(msg)
     half = subscriber.transaction_timeout_sec / 2
@@ -367,6 +375,7 @@ class KeywordSettings(TypedDict, total=False):
     max_consecutive_failures: int | None
     max_failure_ratio: float | None
     failure_ratio_window: int
+    brake_cooldown_sec: float | None
     track_completed_offsets: bool
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee
@@ -406,6 +415,7 @@ class SubscriberOverrides(TypedDict, total=False):
     max_consecutive_failures: int | None
     max_failure_ratio: float | None
     failure_ratio_window: int | None
+    brake_cooldown_sec: float | None
     track_completed_offsets: bool | None
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee | None

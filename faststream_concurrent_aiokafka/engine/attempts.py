@@ -437,6 +437,9 @@ def _brake_message(
     (its offsets block the commit point), and its subscriber takes no new messages. The trip
     is logged once at ERROR; every message braked after it once at WARNING."""
     lane = message.lane
+    if lane.brake.recovers:
+        _brake_for_a_cooldown(message, error, attempts, cause)
+        return
     for _, tracker, offset in message.positions():
         tracker.block(offset)
     if first:
@@ -462,6 +465,37 @@ def _brake_message(
         )
     if not lane.closing:
         lane.close_admission()
+
+
+def _brake_for_a_cooldown(
+    message: AdmittedMessage, error: BaseException, attempts: int, cause: str
+) -> None:
+    """``brake_cooldown_sec``: the message waits out the cooldown as a waiting retry (its key,
+    its place below the commit point kept); the subscriber starts nothing and fetches nothing
+    until then, then tries one message (half-open). A trip, or a failed try, restarts the
+    cooldown, logged once at ERROR."""
+    lane = message.lane
+    brake = lane.brake
+    cooldown = brake.cooldown_sec
+    assert cooldown is not None
+    now = asyncio.get_running_loop().time()
+    if now >= brake.reopen_at:
+        brake.reopen_at = now + cooldown
+        if brake.tripped_at is None:
+            brake.tripped_at = message.describe()
+        lane.fetching.pause()
+        lane.log.error(
+            "Dead-letter brake of %s tripped at %s: %s. Nothing is dead-lettered, committed "
+            "past it or started for %g s (brake_cooldown_sec), then one message is tried",
+            lane.name,
+            message.describe(),
+            cause,
+            cooldown,
+            exc_info=log_traceback(error),
+            extra=message.log_extra(),
+        )
+    record = AttemptRecord(attempts, error, final=False, retried=True, counted=True)
+    message.retry = dataclasses.replace(record, wait_sec=max(brake.reopen_at - now, 0.0))
 
 
 def summary(error: BaseException | None) -> str:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.commit_policy import final_commit_timeout
+from faststream_concurrent_aiokafka.core.dead_letter_brake import DeadLetterBrake
 from faststream_concurrent_aiokafka.core.histogram import Histogram
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
@@ -88,7 +89,9 @@ class Engine:
         reasons: dict[int, str] = {}
         for lane in self._lanes.values():
             brake = lane.brake
-            if brake.tripped and id(brake) not in reasons:
+            if brake.tripped and brake.recovers and id(brake) not in reasons:
+                reasons[id(brake)] = _cooling_down(lane.name, brake, self.loop)
+            elif brake.tripped and id(brake) not in reasons:
                 reasons[id(brake)] = (
                     f"{lane.name}: dead-letter brake tripped at {brake.tripped_at}: {brake.cause}; "
                     "nothing from there on is committed, restart after the fix"
@@ -169,7 +172,7 @@ class Engine:
         the next owner reads it again."""
         if lane.closing or not self.is_running:
             return
-        if lane.brake.tripped:  # tripped by another consumer of the same subscriber
+        if lane.brake.tripped and not lane.brake.recovers:  # by another consumer of it
             lane.close_admission()
             return
         self.committer.check_alive()
@@ -284,3 +287,17 @@ class Engine:
                     not_started,
                     lane.name,
                 )
+
+
+def _cooling_down(name: str, brake: DeadLetterBrake, loop: asyncio.AbstractEventLoop | None) -> str:
+    """A recovering brake's state (``brake_cooldown_sec``): cooling down, or half-open."""
+    left = brake.reopen_at - (loop.time() if loop is not None else 0.0)
+    state = (
+        f"cooling down, one message is tried in {left:.1f} s"
+        if left > 0
+        else "half-open: one message is tried, its success resumes the subscriber"
+    )
+    return (
+        f"{name}: dead-letter brake tripped at {brake.tripped_at}: {brake.cause}; {state} "
+        f"(brake_cooldown_sec={brake.cooldown_sec:g})"
+    )

@@ -36,6 +36,7 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
             limit = current.lane.settings.max_message_age_sec
             if parked is not None:
                 current.retry = None
+                current.error = None  # a braked message failed for good, then was kept
                 await LaneAttempts(current).resume_parked(parked)
             elif limit is not None and (age := age_sec(current, limit)) is not None:
                 await expire(current, age, limit)

@@ -133,6 +133,12 @@ class Scheduler:
             return
         limit = self._global_limit
         lane_limit = lane.flow.running_limit(lane.settings.concurrency_limit)
+        brake = lane.brake
+        if brake.tripped and brake.recovers:
+            # Cooling down: nothing starts; then half-open: one message at a time is tried.
+            if asyncio.get_running_loop().time() < brake.reopen_at:
+                return
+            lane_limit = 1
         ready = lane.ready
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
@@ -182,6 +188,7 @@ class Scheduler:
         if (
             lane.ready
             and not lane.paused_by_app
+            and not lane.brake.tripped
             and not self._hungry
             and len(lane.running) < lane.flow.running_limit(lane.settings.concurrency_limit)
             and self.running < self._global_limit
@@ -234,7 +241,7 @@ class Scheduler:
             if message.error is not None:
                 counters.failed += 1
             else:
-                lane.brake.succeeded += 1
+                self._succeeded(lane)
             counters.processed += 1
             if message.batch is None:
                 _finish(lane, message.tracker, message.offset)
@@ -247,6 +254,24 @@ class Scheduler:
         self._release_key(lane, message)
         if self._settle_waiters:
             self._wake_settle_waiters(message)
+
+    @staticmethod
+    def _succeeded(lane: ConsumerLane) -> None:
+        """A success; one tried after the brake's cooldown resumes the subscriber."""
+        brake = lane.brake
+        brake.succeeded += 1
+        if (
+            brake.tripped
+            and brake.recovers
+            and asyncio.get_running_loop().time() >= brake.reopen_at
+        ):
+            lane.log.warning(
+                "Dead-letter brake of %s recovered: a message tried after the cooldown "
+                "succeeded; processing resumes",
+                lane.name,
+            )
+            brake.reset()
+            lane.resume()
 
     @staticmethod
     def _release_key(lane: ConsumerLane, message: AdmittedMessage) -> None:

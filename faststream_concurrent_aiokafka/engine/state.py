@@ -485,6 +485,7 @@ class ConsumerLane:
             max_consecutive_failures=settings.max_consecutive_failures,
             max_failure_ratio=settings.max_failure_ratio,
             failure_ratio_window=settings.failure_ratio_window,
+            cooldown_sec=settings.brake_cooldown_sec,
         )
         self.counters = counters or Counters()
         self.faults = faults or Faults()
@@ -556,5 +557,5 @@ class ConsumerLane:
     def resume(self) -> None:
         """Fetch again what backpressure paused, unless admission closed or the application
         paused the lane."""
-        if not self.closing and not self.paused_by_app:
+        if not self.closing and not self.paused_by_app and not self.brake.tripped:
             self.fetching.resume()

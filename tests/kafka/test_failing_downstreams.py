@@ -298,3 +298,52 @@ async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resum
         await stop_concurrent_processing(broker.context)
     assert sorted(ran) == list(range(first + later))
     assert listener.calls == calls_before
+
+
+# ---- a brake that recovers -------------------------------------------------------------------
+
+
+async def test_a_tripped_brake_recovers_by_itself_after_its_cooldown() -> None:
+    count, limit, brake_at, failing_sec = 2_000, 10, 20, 5.0
+    topic, dead_letters, group = unique("brake"), unique("brake-dlt"), unique("g-brake")
+    await create_topic(topic, PARTITIONS)
+    await create_topic(dead_letters, 1)
+    await produce(topic, numbers(count), partitions=PARTITIONS)
+    broker = concurrent_broker()
+    done: list[int] = []
+    failing_until: list[float] = []
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(value: int) -> None:
+        if not failing_until:
+            failing_until.append(time.monotonic() + failing_sec)
+        if time.monotonic() < failing_until[0]:
+            raise DownstreamError(value)
+        await asyncio.sleep(0.001)
+        done.append(value)
+
+    await initialize_concurrent_processing(
+        broker.context,
+        concurrency_limit=limit,
+        max_consecutive_failures=brake_at,
+        brake_cooldown_sec=2.0,
+        dead_letter_topic=dead_letters,
+    )
+    try:
+        await broker.start()
+        await wait_until(
+            lambda: any("brake_cooldown_sec" in r for r in health_report(broker.context).reasons),
+            timeout=30,
+        )
+        await wait_committed(group, topic, await end_offsets(topic, PARTITIONS), timeout=90)
+        assert health_report(broker.context).status == "ok"
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
+    lettered = [
+        int(value) for _, value, _ in await read_all(dead_letters, brake_at + limit + 1, timeout=5)
+    ]
+    assert brake_at <= len(lettered) <= brake_at + limit
+    assert sorted(done + lettered) == list(range(count)), "each processed once or dead-lettered"

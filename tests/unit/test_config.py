@@ -58,6 +58,7 @@ SECONDS_PARAMS = (
     "task_timeout_sec",
     "stall_warning_sec",
     "max_message_age_sec",
+    "brake_cooldown_sec",
 )
 # The longest duration each accepts (the shortest is 1 ms for all of them).
 SECONDS_MAXIMUMS = {
@@ -71,6 +72,7 @@ SECONDS_MAXIMUMS = {
     "task_timeout_sec": 86_400,
     "stall_warning_sec": 86_400,
     "max_message_age_sec": 86_400,
+    "brake_cooldown_sec": 3600,
 }
 BOOL_PARAMS = ("track_completed_offsets", "measure_processing_time", "adaptive_concurrency")
 POLICY_PARAMS = (
@@ -106,6 +108,7 @@ SUBSCRIBER_PARAMS = (
     "track_completed_offsets",
     "stall_warning_sec",
     "max_message_age_sec",
+    "brake_cooldown_sec",
     "processing_guarantee",
     "transactional_id_prefix",
     "transaction_timeout_sec",
@@ -118,6 +121,7 @@ SUBSCRIBER_SECONDS_PARAMS = (
     "retry_backoff_max_sec",
     "stall_warning_sec",
     "max_message_age_sec",
+    "brake_cooldown_sec",
     "transaction_timeout_sec",
 )
 
@@ -1098,3 +1102,13 @@ async def test_initialisation_without_a_context_repo_says_what_to_pass(context: 
 
     with pytest.raises(TypeError, match=r"needs FastStream's ContextRepo .*app\.context"):
         await initialize_concurrent_processing(context)
+
+
+def test_a_recovering_brake_is_refused_with_exactly_once() -> None:
+    with pytest.raises(ValueError, match="brake_cooldown_sec"):
+        _settings(
+            processing_guarantee="exactly_once",
+            brake_cooldown_sec=2.0,
+            commit_batch_timeout_sec=1.0,
+            commit_timeout_sec=1.0,
+        )
