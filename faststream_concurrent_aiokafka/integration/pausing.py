@@ -7,7 +7,7 @@ rebalance). Health and metrics say "paused by the application" until it is resum
 
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-from faststream_concurrent_aiokafka.integration.handler import KafkaConcurrentHandler, find_handler
+from faststream_concurrent_aiokafka.integration.handler import ConcurrentProcessing, find_handler
 from faststream_concurrent_aiokafka.integration.monitoring import ContextSource, current_context
 
 
@@ -33,7 +33,7 @@ def resume_processing(context: ContextSource, topic: str | None = None) -> int:
     return len(lanes)
 
 
-def _handler(context: ContextSource, name: str) -> KafkaConcurrentHandler:
+def _handler(context: ContextSource, name: str) -> ConcurrentProcessing:
     handler = find_handler(current_context(context))
     if handler is None:
         msg = f"{name}: concurrent processing is not running in this context"
@@ -41,5 +41,5 @@ def _handler(context: ContextSource, name: str) -> KafkaConcurrentHandler:
     return handler
 
 
-def _lanes(handler: KafkaConcurrentHandler, topic: str | None) -> list[ConsumerLane]:
+def _lanes(handler: ConcurrentProcessing, topic: str | None) -> list[ConsumerLane]:
     return [lane for lane in handler.engine.lanes if topic is None or topic in lane.pipeline.topics]

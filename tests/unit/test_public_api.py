@@ -21,10 +21,13 @@ PUBLIC = {
     "ProcessingSnapshot",
     "TransactionalPublishError",
     "configure_subscriber",
+    "current_attempt",
     "health_report",
     "initialize_concurrent_processing",
     "is_kafka_handler_healthy",
+    "pause_processing",
     "processing_snapshot",
+    "resume_processing",
     "setup_concurrent_processing",
     "stop_concurrent_processing",
 }
