@@ -15,6 +15,7 @@ from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.commit_policy import final_commit_timeout
 from faststream_concurrent_aiokafka.core.dead_letter_brake import DeadLetterBrake
+from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
 from faststream_concurrent_aiokafka.core.histogram import Histogram
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
@@ -84,19 +85,28 @@ class Engine:
         await self.committer.close()
 
     @property
-    def brake_reasons(self) -> list[str]:
-        """One line per subscriber whose dead-letter brake tripped: which, where, why."""
-        reasons: dict[int, str] = {}
+    def brake_faults(self) -> list[Fault]:
+        """One fault per subscriber whose dead-letter brake tripped: which, where, why;
+        degraded while a brake that recovers cools down, failed for one that never does."""
+        faults: dict[int, Fault] = {}
         for lane in self._lanes.values():
             brake = lane.brake
-            if brake.tripped and brake.recovers and id(brake) not in reasons:
-                reasons[id(brake)] = _cooling_down(lane.name, brake, self.loop)
-            elif brake.tripped and id(brake) not in reasons:
-                reasons[id(brake)] = (
+            if not brake.tripped or id(brake) in faults:
+                continue
+            if brake.recovers:
+                faults[id(brake)] = Fault(DEGRADED, _cooling_down(lane.name, brake, self.loop))
+            else:
+                faults[id(brake)] = Fault(
+                    FAILED,
                     f"{lane.name}: dead-letter brake tripped at {brake.tripped_at}: {brake.cause}; "
-                    "nothing from there on is committed, restart after the fix"
+                    "nothing from there on is committed, restart after the fix",
                 )
-        return list(reasons.values())
+        return list(faults.values())
+
+    @property
+    def brake_reasons(self) -> list[str]:
+        """The brake faults' lines."""
+        return [fault.reason for fault in self.brake_faults]
 
     @property
     def in_flight(self) -> int:

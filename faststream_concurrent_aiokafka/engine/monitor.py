@@ -79,10 +79,7 @@ def current_faults(engine: Engine) -> list[Fault]:
     for lane in engine.lanes:
         faults += _lane_faults(lane)
     # One line per subscriber, whichever of its consumers tripped its shared brake.
-    faults += [
-        Fault(DEGRADED if "brake_cooldown_sec" in reason else FAILED, reason)
-        for reason in engine.brake_reasons
-    ]
+    faults += engine.brake_faults
     for message, lane in list(engine.watchdog.stalled.items()):
         faults.append(
             Fault(
