@@ -315,6 +315,8 @@ class Scheduler:
                 lane.waiting_retry.discard(message)
                 if message.tracker.retired:
                     # Its partition went away: it is not run; the key passes on past it.
+                    if lane.flow.key_errors:
+                        lane.flow.key_errors.pop(message, None)
                     self._release_key(lane, message)
                     continue
                 lane.ready.appendleft(message)

@@ -958,3 +958,28 @@ async def test_a_waiting_retry_frees_its_slot_and_keeps_its_key(make_rig: MakeRi
     assert not rig.lane.waiting_retry
     await rig.flush()
     assert rig.committed() == 3
+
+
+async def test_a_waiting_retry_of_a_lost_partition_is_dropped_with_its_key_error(
+    make_rig: MakeRig,
+) -> None:
+    """Offset 1's key function fails and its retry waits without a slot; its partition is lost
+    (retired by the commit, no revocation ran): when the wait ends it is not run, and the key
+    error kept for it is forgotten with it."""
+
+    def even_only(record: Any) -> Any:
+        if record.offset % 2:
+            raise KeyError("account")
+        return record.offset
+
+    rig = await make_rig(ordering=even_only, retry_policy=lambda error, attempt: 5.0)
+    rig.pipeline.hold = False
+    rig.admit(0, 0, 1)
+    await wait_until(lambda: len(rig.lane.waiting_retry) == 1)
+    assert list(rig.lane.flow.key_errors) == list(rig.lane.waiting_retry)
+    rig.consumer.revoke(P0)
+    await rig.flush()  # the partition is no longer assigned: retired
+    await wait_until(lambda: not rig.lane.waiting_retry, timeout=10.0)
+
+    assert rig.pipeline.started() == [(0, 0)]
+    assert not rig.lane.flow.key_errors
