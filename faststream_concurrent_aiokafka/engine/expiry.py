@@ -2,13 +2,13 @@
 
 It is dead-lettered (its exception type ``MessageExpiredError`` says why) or, without a
 dead-letter topic, counted ``expired`` and committed; logged at WARNING once per partition per
-``LOG_INTERVAL_SEC`` with how many expired since the last line, never silently.
+``LOG_INTERVAL_SEC`` with how many expired since the last line, never silently. The throttle
+is the lane's (``ConsumerLane.expiry_lines``): two subscribers never share it, and it goes
+with the lane.
 """
 
 import time
 from typing import Final
-
-from aiokafka import TopicPartition
 
 from faststream_concurrent_aiokafka.core.errors import MessageExpiredError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
@@ -16,9 +16,6 @@ from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
 
 LOG_INTERVAL_SEC: Final = 10.0
-
-# Per partition: when its last line was logged and how many expired since.
-_logged: dict[TopicPartition, tuple[float, int]] = {}
 
 
 def age_sec(message: AdmittedMessage, limit: float) -> float | None:
@@ -44,15 +41,16 @@ async def expire(message: AdmittedMessage, age: float, limit: float) -> None:
 
 
 def _log(message: AdmittedMessage, error: MessageExpiredError) -> None:
+    lane = message.lane
+    lines = lane.expiry_lines
     tp = message.topic_partition
     now = time.monotonic()
-    last, count = _logged.get(tp, (0.0, 0))
+    last, count = lines.get(tp, (0.0, 0))
     count += 1
     if now - last < LOG_INTERVAL_SEC and last:
-        _logged[tp] = (last, count)
+        lines[tp] = (last, count)
         return
-    _logged[tp] = (now, 0)
-    lane = message.lane
+    lines[tp] = (now, 0)
     then = (
         "counted expired"
         if lane.settings.dead_letter_topic is None

@@ -500,6 +500,8 @@ class ConsumerLane:
         self.ready: deque[AdmittedMessage] = deque()
         self.running: set[AdmittedMessage] = set()
         self.dead_letter_stuck: set[AdmittedMessage] = set()
+        # Expiry's log throttle (``expiry``): per partition, its last line and expired since.
+        self.expiry_lines: dict[TopicPartition, tuple[float, int]] = {}
         # Failed, waiting for their next attempt without a slot (the scheduler's timers).
         self.waiting_retry: set[AdmittedMessage] = set()
         self.hungry = False  # waits for a global slot (``Scheduler``)

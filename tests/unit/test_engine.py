@@ -983,3 +983,25 @@ async def test_a_waiting_retry_of_a_lost_partition_is_dropped_with_its_key_error
 
     assert rig.pipeline.started() == [(0, 0)]
     assert not rig.lane.flow.key_errors
+
+
+async def test_each_lane_logs_its_expired_records_once_per_partition_per_interval(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two subscribers expire records of the same partition at once: each says so in its own
+    line (the throttle is the lane's), and a lane's second record within the interval is
+    counted in its next line, not logged."""
+    first = await make_rig(max_message_age_sec=60)  # the fake's records are from 1970
+    second = await make_rig(engine=first.engine, max_message_age_sec=60)
+    with caplog.at_level(logging.WARNING):
+        for rig in (first, second):
+            rig.admit(0, 0, 1)
+            await wait_until(lambda rig=rig: rig.lane.counters.expired == 2)  # type: ignore[misc]
+    lines = [
+        r.getMessage() for r in caplog.records if "not run since the last line" in r.getMessage()
+    ]
+
+    assert len(lines) == 2
+    assert all(line.startswith("1 message(s) of ") for line in lines)
+    assert first.pipeline.calls == second.pipeline.calls == []
+    assert first.lane.expiry_lines.keys() == second.lane.expiry_lines.keys() == {P0}
