@@ -27,17 +27,20 @@ def age_sec(message: AdmittedMessage, limit: float) -> float | None:
     return age if age > limit else None
 
 
-async def expire(message: AdmittedMessage, age: float, limit: float) -> None:
-    """The record is not run: dead-lettered (with retries, holding the commit point while its
-    publish fails) or counted ``expired``; either way it settles as finished."""
+async def expire(
+    message: AdmittedMessage, age: float, limit: float, attempts: LaneAttempts | None = None
+) -> bool:
+    """The record is not run: dead-lettered down ``attempts``' failure path (with retries,
+    holding the commit point while its publish fails; exactly-once: inside its transaction)
+    or counted ``expired``. True when it finished (its offset may be committed)."""
     lane = message.lane
     error = MessageExpiredError(f"record {age:.1f} s old, max_message_age_sec={limit:g}")
     _log(message, error)
     if lane.settings.dead_letter_topic is None:
         lane.counters.expired += 1
-        return
+        return True
     record = AttemptRecord(0, error, final=True, retried=False, counted=True)
-    await LaneAttempts(message).final(record)
+    return await (attempts or LaneAttempts(message)).final(record)
 
 
 def _log(message: AdmittedMessage, error: MessageExpiredError) -> None:

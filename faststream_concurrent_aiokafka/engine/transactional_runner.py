@@ -9,6 +9,8 @@ fails before publishing anything is retried in place as in an at-least-once lane
 fails after publishing cannot be, its records are in the transaction. The transaction is
 aborted instead, the message runs again in the next one, and it goes on from the attempts it
 made (an ``AttemptRecord``): retried, or dead-lettered, or given up without running again.
+A record too old when its turn comes (``max_message_age_sec``) is not run: its dead letter
+joins the transaction, or it is counted ``expired``; the commit passes it either way.
 """
 
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
 from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts, summary
+from faststream_concurrent_aiokafka.engine.expiry import age_sec, expire
 from faststream_concurrent_aiokafka.engine.flow_control import raise_key_error
 from faststream_concurrent_aiokafka.engine.partition_transaction import PartitionTransaction
 from faststream_concurrent_aiokafka.engine.runner import RUNNING
@@ -50,9 +53,13 @@ async def run_transactional_slot(
             token = CURRENT.set(ticket)
             try:
                 earlier = partition.earlier.pop(current.offset, None)
+                limit = current.lane.settings.max_message_age_sec
                 if earlier is not None:
                     attempts = TransactionalAttempts(current, partition, ticket)
                     finished = await attempts.resume(earlier)
+                elif limit is not None and (age := age_sec(current, limit)) is not None:
+                    attempts = TransactionalAttempts(current, partition, ticket)
+                    finished = await expire(current, age, limit, attempts)
                 else:
                     # The first attempt right here (as in ``run_slot``): no object and no
                     # frame more for a message that succeeds.

@@ -5,6 +5,7 @@ aborted transaction, and the transactional producers connect as the broker does 
 
 import asyncio
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -374,3 +375,75 @@ async def test_commit_metadata_claiming_more_than_a_transaction_carries_does_not
         await shut_down(broker)
     assert runs == Counter(range(MESSAGES))
     assert totals.transactions_aborted == 0
+
+
+@pytest.mark.parametrize("dead_letters", [True, False], ids=["dead-lettered", "counted"])
+async def test_exactly_once_expires_records_too_old_inside_their_transaction(
+    dead_letters: bool,
+) -> None:
+    """``max_message_age_sec`` under exactly-once: the even records are an hour old and never
+    run; each is dead-lettered inside its transaction (committed exactly once, with the
+    expiry header) or counted ``expired``; the fresh ones publish their result; the commit
+    passes them all."""
+    topics = Topics()
+    await topics.create()
+    hour_ago_ms = int((time.time() - 3600) * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+    await producer.start()
+    try:
+        for i in range(MESSAGES):
+            stamp = hour_ago_ms if i % 2 == 0 else None
+            await producer.send(topics.input, str(i).encode(), partition=i % 2, timestamp_ms=stamp)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    broker = concurrent_broker()
+    ran: list[int] = []
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    @broker.publisher(topics.results)
+    async def handle(body: int) -> str:
+        ran.append(body)
+        return f"result-{body}"
+
+    await initialize_concurrent_processing(
+        broker.context,
+        concurrency_limit=8,
+        max_message_age_sec=60,
+        dead_letter_topic=topics.dlq if dead_letters else None,
+        broker=broker,
+        **EXACTLY_ONCE,
+    )
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        totals = processing_snapshot(broker.context).totals
+    finally:
+        await shut_down(broker)
+
+    fresh = set(range(1, MESSAGES, 2))
+    assert set(ran) == fresh
+    assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
+        f"result-{i}" for i in fresh
+    )
+    old = MESSAGES // 2
+    if dead_letters:
+        dead = await read_committed(topics.dlq, PARTITIONS)
+        assert sorted(int(value) for value in dead) == list(range(0, MESSAGES, 2))
+        letters = await read_all(topics.dlq, old)
+        assert all(
+            dict(headers)["x-dead-letter-exception-type"] == b"MessageExpiredError"
+            for _, _, headers in letters
+        )
+        assert (totals.dead_lettered, totals.expired) == (old, 0)
+    else:
+        assert await read_committed(topics.dlq, PARTITIONS) == []
+        assert (totals.dead_lettered, totals.expired) == (0, old)
