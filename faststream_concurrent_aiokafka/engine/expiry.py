@@ -8,7 +8,7 @@ with the lane.
 """
 
 import time
-from typing import Final
+from typing import Any, Final
 
 from faststream_concurrent_aiokafka.core.errors import MessageExpiredError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
@@ -19,12 +19,22 @@ LOG_INTERVAL_SEC: Final = 10.0
 
 
 def age_sec(message: AdmittedMessage, limit: float) -> float | None:
-    """The record's age when older than ``limit`` seconds, else None (batches never expire)."""
-    record = message.record
+    """The message's record's age when older than ``limit`` seconds, else None."""
+    return record_age_sec(message.record, limit)
+
+
+def record_age_sec(record: Any, limit: float) -> float | None:
+    """A record's age when older than ``limit`` seconds, else None (batches never expire:
+    ``subscribers.validate`` refuses the setting for them)."""
     if isinstance(record, tuple) or record.timestamp is None or record.timestamp < 0:
         return None
     age = time.time() - record.timestamp / 1000.0
     return age if age > limit else None
+
+
+def expired_error(age: float, limit: float) -> MessageExpiredError:
+    """What an expired record fails with (its dead letter's exception type)."""
+    return MessageExpiredError(f"record {age:.1f} s old, max_message_age_sec={limit:g}")
 
 
 async def expire(
@@ -34,7 +44,7 @@ async def expire(
     holding the commit point while its publish fails; exactly-once: inside its transaction)
     or counted ``expired``. True when it finished (its offset may be committed)."""
     lane = message.lane
-    error = MessageExpiredError(f"record {age:.1f} s old, max_message_age_sec={limit:g}")
+    error = expired_error(age, limit)
     _log(message, error)
     if lane.settings.dead_letter_topic is None:
         lane.counters.expired += 1

@@ -6,8 +6,9 @@ The failure policy still runs as in production, down the engine's one failure pa
 ``task_timeout_sec``, ``no_retry_on``, ``msg.nack()``/``msg.reject()``, and dead letters
 published to the test broker (a test subscriber of the dead-letter topic receives them;
 ``publish`` then returns normally). Without a dead-letter topic the final failure is raised
-from ``publish``, as FastStream's test client does with any handler error. The dead-letter
-brake is about commits and does not apply here.
+from ``publish``, as FastStream's test client does with any handler error. A record older
+than ``max_message_age_sec`` (``publish(..., timestamp_ms=...)``) is not run, as in the
+engine. The dead-letter brake is about commits and does not apply here.
 """
 
 from typing import Any
@@ -18,6 +19,7 @@ from faststream.message import StreamMessage
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, Outcome
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.attempts import Attempts
+from faststream_concurrent_aiokafka.engine.expiry import expired_error, record_age_sec
 from faststream_concurrent_aiokafka.engine.flow_control import LaneFlow
 from faststream_concurrent_aiokafka.engine.state import Counters
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
@@ -36,7 +38,12 @@ async def run_inline(
 ) -> Any:
     """The handler call with retries, timeout and dead-lettering, for a test broker."""
     attempts = InlineAttempts(subscriber, settings, call_next, message)
-    await attempts.resume(None)
+    limit = settings.max_message_age_sec
+    age = None if limit is None else record_age_sec(message.raw_message, limit)
+    if limit is not None and age is not None:
+        await attempts.expire(age, limit)
+    else:
+        await attempts.resume(None)
     return attempts.result
 
 
@@ -74,6 +81,19 @@ class InlineAttempts(Attempts):
         except (Exception, SystemExit) as error:
             return error
         return None
+
+    async def expire(self, age: float, limit: float) -> None:
+        """Too old (``max_message_age_sec``): not run; dead-lettered (``publish`` returns
+        normally) or, without a dead-letter topic, logged and dropped (``publish`` returns
+        None). Logged every time: a test publishes few."""
+        error = expired_error(age, limit)
+        topic = self.settings.dead_letter_topic
+        then = "counted expired" if topic is None else f"dead-lettering to {topic!r}"
+        self.log.warning(
+            "Message %s not run (%s); %s", self.describe(), error, then, extra=self.log_extra()
+        )
+        if topic is not None:
+            await self.final(AttemptRecord(0, error, final=True, retried=False, counted=True))
 
     def _first(self) -> Any:
         raw = self.message.raw_message

@@ -68,6 +68,14 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
             "ordering='unordered') for it"
         )
         raise ConcurrentProcessingSetupError(msg)
+    if faststream_compat.is_batch_subscriber(subscriber) and options.max_message_age_sec:
+        msg = (
+            f"max_message_age_sec cannot apply to the batch=True subscriber of "
+            f"{_topics(subscriber)} (its records run, and finish, only together: none can be "
+            "left out of its batch); set max_message_age_sec per subscriber with "
+            "configure_subscriber on the single-message subscribers instead of globally"
+        )
+        raise ConcurrentProcessingSetupError(msg)
     if options.exactly_once:
         check_exactly_once(settings, options)
         _read_committed(subscriber)

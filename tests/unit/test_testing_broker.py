@@ -3,6 +3,7 @@ not worth retrying and dead letters, without Kafka (docs/testing.md)."""
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.middlewares import AckPolicy
 
 from faststream_concurrent_aiokafka import (
+    ConcurrentProcessingSetupError,
     KafkaConcurrentProcessingMiddleware,
     configure_subscriber,
     current_attempt,
@@ -317,3 +319,69 @@ async def test_an_ordering_key_function_that_raises_dead_letters_without_running
     assert letter.headers["x-dead-letter-exception-type"] == "OrderingKeyError"
     assert "KeyError" in letter.headers["x-dead-letter-exception-message"]
     assert letter.headers["x-dead-letter-attempts"] == "1"
+
+
+async def test_a_record_too_old_is_not_run_and_dead_lettered_with_the_expiry_header() -> None:
+    br = broker()
+    calls: list[int] = []
+    letters: list[KafkaMessage] = []
+
+    @manual(br, max_message_age_sec=60, dead_letter_topic="orders.dlq")
+    async def handle(body: int) -> None:
+        calls.append(body)
+
+    @br.subscriber("orders.dlq")
+    async def dead(msg: KafkaMessage) -> None:
+        letters.append(msg)
+
+    hour_ago_ms = int((time.time() - 3600) * 1000)
+    async with TestKafkaBroker(br) as test:
+        await test.publish(1, "orders", timestamp_ms=hour_ago_ms)
+        await test.publish(2, "orders")
+
+    assert calls == [2]
+    [letter] = letters
+    assert letter.body == b"1"
+    assert letter.headers["x-dead-letter-exception-type"] == "MessageExpiredError"
+    assert letter.headers["x-dead-letter-attempts"] == "0"
+
+
+async def test_a_record_too_old_without_a_dead_letter_topic_is_not_run_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    br = broker()
+    calls: list[int] = []
+
+    @manual(br, max_message_age_sec=60)
+    async def handle(body: int) -> None:
+        calls.append(body)
+
+    async with TestKafkaBroker(br) as test:
+        with caplog.at_level(logging.WARNING):
+            await test.publish(1, "orders", timestamp_ms=int((time.time() - 3600) * 1000))
+
+    assert calls == []
+    assert any("counted expired" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("per_subscriber", [True, False], ids=["per-subscriber", "global"])
+async def test_max_message_age_sec_is_refused_for_a_batch_subscriber_at_start_up(
+    per_subscriber: bool,
+) -> None:
+    """A batch's records run and finish together: none can be expired out of it."""
+    br = broker()
+    subscriber = br.subscriber(
+        "orders", group_id="billing", ack_policy=AckPolicy.MANUAL, batch=True
+    )
+    if per_subscriber:
+        configure_subscriber(subscriber, max_message_age_sec=60)
+
+    with pytest.raises(ConcurrentProcessingSetupError) as error:
+        await initialize_concurrent_processing(
+            br.context, broker=br, **({} if per_subscriber else {"max_message_age_sec": 60})
+        )
+    await stop_concurrent_processing(br.context)
+
+    assert "max_message_age_sec cannot apply to the batch=True subscriber of orders" in str(
+        error.value
+    )
