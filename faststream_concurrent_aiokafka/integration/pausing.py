@@ -3,9 +3,12 @@
 A paused subscriber starts no new message and fetches nothing; messages already running
 finish and are committed; its consumer keeps polling, so it keeps its partitions (no
 rebalance). Health and metrics say "paused by the application" until it is resumed.
+Both run on the engine's event loop: called from another thread (an operator endpoint served
+from a thread), they are handed over to it and the caller waits for the answer.
 """
 
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.engine.monitor import on_engine_loop
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 from faststream_concurrent_aiokafka.integration.handler import ConcurrentProcessing, find_handler
 from faststream_concurrent_aiokafka.integration.monitoring import ContextSource, current_context
@@ -13,24 +16,32 @@ from faststream_concurrent_aiokafka.integration.monitoring import ContextSource,
 
 def pause_processing(context: ContextSource, topic: str | None = None) -> int:
     """Pause every concurrent subscriber (or those reading ``topic``); returns how many
-    consumers were paused. Call it on the broker's event loop (a handler, an endpoint)."""
+    consumers were paused. From any thread: it runs on the broker's event loop."""
     handler = _handler(context, "pause_processing")
-    lanes = _lanes(handler, topic)
-    for lane in lanes:
-        handler.engine.scheduler.pause_by_app(lane)
-        lane.log.warning("%s paused by the application (pause_processing)", lane.name)
-    return len(lanes)
+
+    def pause() -> int:
+        lanes = _lanes(handler, topic)
+        for lane in lanes:
+            handler.engine.scheduler.pause_by_app(lane)
+            lane.log.warning("%s paused by the application (pause_processing)", lane.name)
+        return len(lanes)
+
+    return on_engine_loop(handler.engine, pause)
 
 
 def resume_processing(context: ContextSource, topic: str | None = None) -> int:
     """Resume what ``pause_processing`` paused (every subscriber, or those reading
-    ``topic``); returns how many consumers were resumed."""
+    ``topic``); returns how many consumers were resumed. From any thread, as pausing."""
     handler = _handler(context, "resume_processing")
-    lanes = [lane for lane in _lanes(handler, topic) if lane.paused_by_app]
-    for lane in lanes:
-        handler.engine.scheduler.resume_by_app(lane)
-        lane.log.warning("%s resumed by the application (resume_processing)", lane.name)
-    return len(lanes)
+
+    def resume() -> int:
+        lanes = [lane for lane in _lanes(handler, topic) if lane.paused_by_app]
+        for lane in lanes:
+            handler.engine.scheduler.resume_by_app(lane)
+            lane.log.warning("%s resumed by the application (resume_processing)", lane.name)
+        return len(lanes)
+
+    return on_engine_loop(handler.engine, resume)
 
 
 def _handler(context: ContextSource, name: str) -> ConcurrentProcessing:

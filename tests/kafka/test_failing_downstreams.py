@@ -6,7 +6,9 @@ Progress is read from the handler's own records and the broker's committed offse
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
@@ -259,7 +261,18 @@ class CountingListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.calls += 1
 
 
-async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resumes() -> None:
+@pytest.mark.parametrize("from_thread", [False, True], ids=["on-the-loop", "from-a-thread"])
+async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resumes(
+    from_thread: bool,
+) -> None:
+    """Called in the app (on the broker's loop) or from another thread (an operator endpoint
+    served from a thread): the same pause and resume."""
+
+    async def call(control: Callable[[Any], int], context: Any) -> int:
+        if from_thread:
+            return await asyncio.to_thread(control, context)
+        return control(context)
+
     first, later = 200, 300
     topic, group = await numbered_topic("pause", first, PARTITIONS)
     broker = concurrent_broker()
@@ -281,7 +294,7 @@ async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resum
         await broker.start()
         await wait_committed(group, topic, await end_offsets(topic, PARTITIONS))
         calls_before = listener.calls
-        assert pause_processing(broker.context) == 1
+        assert await call(pause_processing, broker.context) == 1
         report = health_report(broker.context)
         assert any("paused by the application" in reason for reason in report.reasons)
         assert processing_snapshot(broker.context).subscribers[0].paused_by_application
@@ -290,7 +303,7 @@ async def test_a_paused_subscriber_starts_nothing_keeps_its_partitions_and_resum
         await asyncio.sleep(3.0)  # an observation window: nothing may start in it
         assert len(ran) == ran_before == first, "no handler call starts while paused"
         assert listener.calls == calls_before, "no rebalance while paused"
-        assert resume_processing(broker.context) == 1
+        assert await call(resume_processing, broker.context) == 1
         await wait_committed(group, topic, await end_offsets(topic, PARTITIONS))
         assert not processing_snapshot(broker.context).subscribers[0].paused_by_application
     finally:
