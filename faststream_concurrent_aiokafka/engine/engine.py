@@ -25,6 +25,7 @@ from faststream_concurrent_aiokafka.engine.scheduler import Scheduler
 from faststream_concurrent_aiokafka.engine.state import (
     ConsumerLane,
     Counters,
+    Dropped,
     Faults,
     Pipeline,
     Tally,
@@ -228,13 +229,13 @@ class Engine:
         running = {message for message in lane.running if message.touches(revoked)}
         await self.scheduler.wait_settled(running, wait)
         # Those that failed meanwhile and wait for a retry are left uncommitted too.
-        dropped += lane.drop_waiting(revoked)
+        dropped = dropped.plus(lane.drop_waiting(revoked))
         left = wait - (loop.time() - started)
         await lane.strategy.release(revoked, final_commit_timeout(left))
         self._retire_partitions(lane, revoked, dropped)
 
     def _retire_partitions(
-        self, lane: ConsumerLane, revoked: set[TopicPartition], dropped: int
+        self, lane: ConsumerLane, revoked: set[TopicPartition], dropped: Dropped
     ) -> None:
         for tp in revoked:
             lane.offsets.retire(tp)
@@ -243,10 +244,12 @@ class Engine:
         self.scheduler.refresh_pause(lane)
         lane.counters.revocations += len(revoked)
         lane.log.info(
-            "Released %d partition(s) of %s (%d queued message(s) left for the next owner)",
+            "Released %d partition(s) of %s (%d queued message(s) and %d waiting retry(ies) "
+            "left uncommitted for the next owner)",
             len(revoked),
             lane.name,
-            dropped,
+            dropped.queued,
+            dropped.retries,
         )
 
     # ---- drain -----------------------------------------------------------------------
@@ -291,11 +294,13 @@ class Engine:
             )
         )
         for lane, not_started in zip(lanes, dropped, strict=True):
-            if not_started:
+            if not_started.queued or not_started.retries:
                 lane.log.info(
-                    "%d fetched message(s) of %s were not started; they stay for the next owner",
-                    not_started,
+                    "%d fetched message(s) of %s were not started and %d waiting retry(ies) "
+                    "were handed back; they stay uncommitted for the next owner",
+                    not_started.queued,
                     lane.name,
+                    not_started.retries,
                 )
 
 

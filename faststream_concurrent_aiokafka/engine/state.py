@@ -10,7 +10,7 @@ import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
@@ -454,6 +454,16 @@ class Offsets:
         self.tally.count = self.tracked
 
 
+class Dropped(NamedTuple):
+    """What a lane handed back uncommitted (read again by the partition's next owner)."""
+
+    queued: int  # admitted, not started
+    retries: int  # failed, waiting for their next attempt
+
+    def plus(self, other: "Dropped") -> "Dropped":
+        return Dropped(self.queued + other.queued, self.retries + other.retries)
+
+
 class ConsumerLane:
     """Everything kept for one consumer between admission and commit, in named parts: what
     its subscriber is (``pipeline``, ``settings``, ``policy``, ``brake``, ``counters``), its
@@ -518,8 +528,9 @@ class ConsumerLane:
     def name(self) -> str:
         return self.pipeline.name
 
-    def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> int:
-        """Discard admitted work that has not started; it stays uncommitted and is redelivered."""
+    def drop_waiting(self, partitions: set[TopicPartition] | None = None) -> "Dropped":
+        """Discard admitted work that has not started, and the waiting retries; it stays
+        uncommitted and is redelivered (a retry starts its attempts again from one)."""
 
         def matches(message: AdmittedMessage) -> bool:
             # A batch spanning a partition that stays is kept: dropping it would strand its
@@ -532,9 +543,9 @@ class ConsumerLane:
         # A message waiting for a retry holds its key as a ready one does; it is read again.
         retrying = [message for message in self.waiting_retry if matches(message)]
         self.waiting_retry.difference_update(retrying)
+        queued = len(dropped_ready) + len(self.gate.drop(matches))
         dropped_ready += retrying
         gate = self.gate
-        dropped = len(dropped_ready) + len(gate.drop(matches))
         if self.flow.key_errors:  # a message whose key function failed has no key: ready
             for message in dropped_ready:
                 self.flow.key_errors.pop(message, None)
@@ -546,12 +557,12 @@ class ConsumerLane:
                 if successor is not None:
                     self.ready.append(successor)
         self.fetching.wake()
-        return dropped
+        return Dropped(queued, len(retrying))
 
-    def close_admission(self) -> int:
+    def close_admission(self) -> "Dropped":
         """Take no new messages (shutdown, or a tripped brake): admission closes, fetching
-        pauses for good, and what waits for a slot is dropped, uncommitted, for a later read;
-        returns how many were dropped."""
+        pauses for good, and what waits for a slot or a retry is dropped, uncommitted, for a
+        later read; returns how many were dropped."""
         self.closing = True
         self.fetching.pause()
         return self.drop_waiting()

@@ -5,6 +5,8 @@ Progress is read from the handler's own records and the broker's committed offse
 """
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -360,3 +362,130 @@ async def test_a_tripped_brake_recovers_by_itself_after_its_cooldown() -> None:
     ]
     assert brake_at <= len(lettered) <= brake_at + limit
     assert sorted(done + lettered) == list(range(count)), "each processed once or dead-lettered"
+
+
+# ---- waiting retries through a stop or a rebalance ------------------------------------------
+
+
+class Member:
+    """One member of a group (its own broker and context): fails each offset 0 it is given the
+    first time (its retry waits ``retry_sec`` without a slot) and records every call."""
+
+    def __init__(self, topic: str, group: str, *, fail_first: bool, retry_sec: float) -> None:
+        self.calls: list[tuple[int, int]] = []  # (partition, offset)
+        self.failed_at: list[float] = []
+        self.revoked_at: list[float] = []
+        self.retry_sec = retry_sec
+        self.broker = concurrent_broker()
+        member = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: object) -> None:
+                if revoked:
+                    member.revoked_at.append(time.monotonic())
+
+            async def on_partitions_assigned(self, assigned: object) -> None:
+                del assigned
+
+        @self.broker.subscriber(
+            topic,
+            group_id=group,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            heartbeat_interval_ms=200,  # notices a rebalance quickly
+            listener=Listener(),
+        )
+        async def handle(value: int, msg: KafkaMessage) -> None:
+            del value
+            record = msg.raw_message
+            assert not isinstance(record, tuple)
+            where = (record.partition, record.offset)
+            self.calls.append(where)
+            if fail_first and record.offset == 0 and self.calls.count(where) == 1:
+                self.failed_at.append(time.monotonic())
+                raise DownstreamError(where)
+
+    async def start(self) -> None:
+        await initialize_concurrent_processing(
+            self.broker.context,
+            concurrency_limit=10,
+            retry_policy=lambda error, attempt: self.retry_sec,
+        )
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.broker.stop()
+        finally:
+            await stop_concurrent_processing(self.broker.context)
+
+    def waiting_retries(self) -> int:
+        return processing_snapshot(self.broker.context).subscribers[0].waiting_retry
+
+
+async def test_a_stop_hands_waiting_retries_back_uncommitted_and_a_restart_runs_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Offset 0 waits 3 s for its retry when the app stops: it is not run again after the
+    stop (its due time passes), the stop's log line counts it, its offset stays uncommitted,
+    and the next start runs it."""
+    count = 10
+    topic, group = await numbered_topic("retry-stop", count, 1)
+    first = Member(topic, group, fail_first=True, retry_sec=3.0)
+    await first.start()
+    try:
+        await wait_until(lambda: len(first.calls) == count and first.waiting_retries() == 1)
+    finally:
+        with caplog.at_level(logging.INFO):
+            await first.stop()
+    assert any(
+        "were not started and 1 waiting retry(ies) were handed back" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+    due = first.failed_at[0] + first.retry_sec
+    await wait_until(lambda: time.monotonic() > due + 0.5, timeout=10)  # past its due time
+    assert first.calls.count((0, 0)) == 1, "a waiting retry ran after the stop"
+    assert (await committed_offsets(group, topic)).get(0, 0) == 0
+
+    second = Member(topic, group, fail_first=False, retry_sec=3.0)
+    await second.start()
+    try:
+        await wait_committed(group, topic, {0: count})
+    finally:
+        await second.stop()
+    assert (0, 0) in second.calls
+
+
+async def test_a_revoked_partition_s_waiting_retry_never_runs_here_and_its_next_owner_runs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A's offsets 0 of both partitions wait 8 s for their retry when B joins: the partition B
+    takes is released with its waiting retry counted, A never runs that retry (its due time
+    passes), and B runs offset 0 there; everything is committed."""
+    count = 20
+    topic, group = await numbered_topic("retry-rebalance", count, 2)
+    a = Member(topic, group, fail_first=True, retry_sec=8.0)
+    b = Member(topic, group, fail_first=False, retry_sec=8.0)
+    await a.start()
+    try:
+        await wait_until(lambda: len(a.calls) == count and a.waiting_retries() == 2)
+        with caplog.at_level(logging.INFO):
+            await b.start()
+            try:
+                await wait_until(lambda: any(offset == 0 for _, offset in b.calls))
+                await wait_committed(group, topic, await end_offsets(topic, 2), timeout=30)
+                due = max(a.failed_at) + a.retry_sec
+                assert a.revoked_at and a.revoked_at[0] < due - 1, "the rebalance came too late"
+                await wait_until(lambda: time.monotonic() > due + 0.5, timeout=15)
+            finally:
+                await b.stop()
+    finally:
+        await a.stop()
+    moved = {partition for partition, offset in b.calls if offset == 0}
+    assert moved
+    for partition in moved:
+        assert a.calls.count((partition, 0)) == 1, "a waiting retry ran after its revocation"
+    assert any(
+        re.search(r"and [12] waiting retry\(ies\) left uncommitted", r.getMessage())
+        for r in caplog.records
+    ), caplog.text

@@ -1005,3 +1005,32 @@ async def test_each_lane_logs_its_expired_records_once_per_partition_per_interva
     assert all(line.startswith("1 message(s) of ") for line in lines)
     assert first.pipeline.calls == second.pipeline.calls == []
     assert first.lane.expiry_lines.keys() == second.lane.expiry_lines.keys() == {P0}
+
+
+@pytest.mark.parametrize("how", ["stop", "revocation"])
+async def test_a_stop_or_a_revocation_hands_a_waiting_retry_back_and_says_so(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Offset 0 waits for its retry: a stop or a revocation drops it uncommitted (read again),
+    it never runs again here, and the log line counts it."""
+    rig = await make_rig(retry_policy=lambda error, attempt: 5.0)
+    rig.pipeline.hold = False
+    rig.pipeline.fail(0, 0, Boom())
+    rig.admit(0, 0, 1)
+    await wait_until(lambda: len(rig.lane.waiting_retry) == 1 and rig.lane.counters.processed)
+    with caplog.at_level(logging.INFO):
+        if how == "stop":
+            await rig.engine.drain([rig.lane], 1.0)
+        else:
+            await rig.engine.release_partitions(rig.lane, {P0}, 1.0)
+    await asyncio.sleep(10.0)  # virtual time: past the retry's due time
+
+    assert rig.pipeline.attempts(0, 0) == 1
+    assert rig.committed() in (None, 0)
+    assert not rig.lane.waiting_retry
+    expected = (
+        "were not started and 1 waiting retry(ies) were handed back"
+        if how == "stop"
+        else "(0 queued message(s) and 1 waiting retry(ies) left uncommitted for the next owner)"
+    )
+    assert any(expected in r.getMessage() for r in caplog.records), caplog.text
