@@ -1,7 +1,8 @@
 """An ASGI service scraped by a real Prometheus in tests/kafka/test_prometheus_end_to_end.py:
 the library's collector on ``/metrics``, orders as in examples/service.py, and a way to
 stall: an order ``{"stall_sec": N}`` runs N seconds (``stall_warning_sec`` is 1 s); its
-processing time is measured (``measure_processing_time``).
+processing time is measured (``measure_processing_time``), and a rate limit far above the
+load is set (its panel has a limit to show).
 
     uvicorn tests.apps.monitored_app:app --port PORT
 
@@ -51,4 +52,5 @@ setup_concurrent_processing(
     dead_letter_topic=env["DEAD_LETTER_TOPIC"],
     stall_warning_sec=1.0,
     measure_processing_time=True,
+    max_messages_per_sec=1000,  # well above the load: its dashboard panel has a limit to show
 )

@@ -8,6 +8,7 @@ every panel's query against a real Prometheus.)
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from faststream_concurrent_aiokafka.core import metrics
 
@@ -23,9 +24,15 @@ def exported_names() -> set[str]:
     } | {f"{histogram}_bucket", f"{histogram}_sum", f"{histogram}_count"}
 
 
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = json.loads((CONTRIB / "grafana" / "dashboard.json").read_text())[
+        "panels"
+    ]
+    return panels
+
+
 def dashboard_queries() -> list[str]:
-    dashboard = json.loads((CONTRIB / "grafana" / "dashboard.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in dashboard_panels() for target in panel["targets"]]
 
 
 def test_every_metric_the_alert_rules_use_is_exported() -> None:
@@ -41,6 +48,40 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
     used = {name for query in queries for name in NAME.findall(query)}
     assert len(queries) >= 12
     assert used <= exported_names()
+
+
+def test_every_query_of_every_panel_names_an_exported_metric() -> None:
+    """Per panel and per query: a query naming no metric, or only unknown ones, would draw an
+    empty panel; two panels on one place would hide one."""
+    exported = exported_names()
+    places = set()
+    for panel in dashboard_panels():
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            names = set(NAME.findall(target["expr"]))
+            assert names, f"a query of {panel['title']!r} names no metric"
+            assert names <= exported, f"{panel['title']!r}: {sorted(names - exported)}"
+        place = (panel["gridPos"]["x"], panel["gridPos"]["y"])
+        assert place not in places, f"{panel['title']!r} sits on another panel"
+        places.add(place)
+    ids = [panel["id"] for panel in dashboard_panels()]
+    assert len(ids) == len(set(ids))
+
+
+def test_the_dashboard_shows_flow_control_and_failing_downstreams() -> None:
+    """Issue 28's flow control and issue 27's states have their panels."""
+    used = {name for query in dashboard_queries() for name in NAME.findall(query)}
+    for needed in (
+        metrics.RATE.name,
+        f"{metrics.RATE_LIMITED.name}_total",
+        f"{metrics.RATE_WAIT.name}_total",
+        metrics.LIMIT.name,
+        metrics.WAITING_RETRY.name,
+        metrics.PAUSED_BY_APPLICATION.name,
+        metrics.BRAKE_TRIPPED.name,
+    ):
+        assert needed in used, needed
+    assert any('outcome="expired"' in query for query in dashboard_queries())
 
 
 def test_the_dashboard_shows_what_operators_ask_for() -> None:
