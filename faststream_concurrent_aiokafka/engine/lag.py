@@ -10,7 +10,6 @@ Everything here is read when a snapshot is taken; nothing runs on the per-messag
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
+from faststream_concurrent_aiokafka.engine.background import cancel_and_wait
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, ConsumerLane
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
@@ -58,10 +58,7 @@ class LagReader:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._committed.clear()
         self._listed_end.clear()
         self._paused_since.clear()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from faststream_concurrent_aiokafka.engine.background import cancel_and_wait
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, ConsumerLane
 
 MAX_TICK_SEC: Final = 1.0
@@ -40,10 +41,7 @@ class Watchdog:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._first_seen.clear()
         self.stalled.clear()
 
