@@ -49,16 +49,20 @@ async def produce(
     *,
     partitions: int,
     key: Callable[[int], bytes | None] = lambda _i: None,
+    timestamp_ms: Callable[[int], int | None] = lambda _i: None,
     bootstrap: str = BOOTSTRAP,
 ) -> int:
-    """Send values round-robin over partitions; returns how many were sent."""
+    """Send values round-robin over partitions (``timestamp_ms(i)``: the i-th record's
+    timestamp, None for now); returns how many were sent."""
     # Idempotence keeps each partition in send order even when a batch is retried.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
     await producer.start()
     count = 0
     try:
         for i, value in enumerate(values):
-            await producer.send(topic, value, key=key(i), partition=i % partitions)
+            await producer.send(
+                topic, value, key=key(i), partition=i % partitions, timestamp_ms=timestamp_ms(i)
+            )
             count += 1
         await producer.flush()
     finally:
@@ -172,6 +176,12 @@ def concurrent_broker(logger: logging.Logger | None = None) -> KafkaBroker:
     broker = KafkaBroker(BOOTSTRAP, logger=logger)
     broker.add_middleware(KafkaConcurrentProcessingMiddleware)
     return broker
+
+
+def hour_old_evens(i: int) -> int | None:
+    """For ``produce``: the even records an hour old (``max_message_age_sec`` tests), the odd
+    ones stamped now."""
+    return int((time.time() - 3600) * 1000) if i % 2 == 0 else None
 
 
 def numbers(count: int, start: int = 0) -> list[bytes]:

@@ -17,31 +17,31 @@ from faststream_concurrent_aiokafka.integration.monitoring import ContextSource,
 def pause_processing(context: ContextSource, topic: str | None = None) -> int:
     """Pause every concurrent subscriber (or those reading ``topic``); returns how many
     consumers were paused. From any thread: it runs on the broker's event loop."""
-    handler = _handler(context, "pause_processing")
-
-    def pause() -> int:
-        lanes = _lanes(handler, topic)
-        for lane in lanes:
-            handler.engine.scheduler.pause_by_app(lane)
-            lane.log.warning("%s paused by the application (pause_processing)", lane.name)
-        return len(lanes)
-
-    return on_engine_loop(handler.engine, pause)
+    return _switch(context, topic, "pause_processing", pause=True)
 
 
 def resume_processing(context: ContextSource, topic: str | None = None) -> int:
     """Resume what ``pause_processing`` paused (every subscriber, or those reading
     ``topic``); returns how many consumers were resumed. From any thread, as pausing."""
-    handler = _handler(context, "resume_processing")
+    return _switch(context, topic, "resume_processing", pause=False)
 
-    def resume() -> int:
-        lanes = [lane for lane in _lanes(handler, topic) if lane.paused_by_app]
+
+def _switch(context: ContextSource, topic: str | None, name: str, *, pause: bool) -> int:
+    handler = _handler(context, name)
+    scheduler = handler.engine.scheduler
+
+    def switch() -> int:
+        lanes = [lane for lane in _lanes(handler, topic) if pause or lane.paused_by_app]
         for lane in lanes:
-            handler.engine.scheduler.resume_by_app(lane)
-            lane.log.warning("%s resumed by the application (resume_processing)", lane.name)
+            if pause:
+                scheduler.pause_by_app(lane)
+            else:
+                scheduler.resume_by_app(lane)
+            done = "paused" if pause else "resumed"
+            lane.log.warning("%s %s by the application (%s)", lane.name, done, name)
         return len(lanes)
 
-    return on_engine_loop(handler.engine, resume)
+    return on_engine_loop(handler.engine, switch)
 
 
 def _handler(context: ContextSource, name: str) -> ConcurrentProcessing:

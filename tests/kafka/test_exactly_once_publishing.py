@@ -5,8 +5,8 @@ aborted transaction, and the transactional producers connect as the broker does 
 
 import asyncio
 import os
-import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from faststream.security import SASLPlaintext
 
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
+    ProcessingSnapshot,
     initialize_concurrent_processing,
     processing_snapshot,
 )
@@ -30,6 +31,9 @@ from tests.kafka_helpers import (
     concurrent_broker,
     create_topic,
     end_offsets,
+    hour_old_evens,
+    numbers,
+    produce,
     read_all,
     read_committed,
     shut_down,
@@ -41,6 +45,7 @@ pytestmark = pytest.mark.kafka
 
 SASL_BOOTSTRAP = os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS")
 SASL_USER, SASL_PASSWORD = "fcak-test", "fcak-test-secret"  # scripts/kafka.sh's test user
+Handler = Callable[..., Any]
 MESSAGES = 40
 PARTITIONS = 2
 EXACTLY_ONCE: dict[str, Any] = {
@@ -79,6 +84,33 @@ class Topics:
             await producer.stop()
 
 
+def results_of_input(broker: KafkaBroker, topics: Topics) -> Callable[[Handler], Any]:
+    """The pipeline's subscriber: reads the input (committed records only), publishes its
+    handler's result to the results topic."""
+    subscriber = broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    publisher = broker.publisher(topics.results)
+    return lambda handler: subscriber(publisher(handler))
+
+
+async def run_until_committed(broker: KafkaBroker, topics: Topics) -> ProcessingSnapshot:
+    """Start ``broker``, wait until its group committed the whole input, stop it; the
+    snapshot taken before the stop."""
+    await broker.start()
+    try:
+        await wait_committed(
+            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
+        )
+        return processing_snapshot(broker.context)
+    finally:
+        await shut_down(broker)
+
+
 def counted(values: list[bytes]) -> Counter[str]:
     return Counter(value.decode().strip('"') for value in values)
 
@@ -94,14 +126,7 @@ async def test_every_publish_of_a_message_joins_its_transaction() -> None:
     broker = concurrent_broker()
     attempts: Counter[int] = Counter()
 
-    @broker.subscriber(
-        topics.input,
-        group_id=topics.group,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    @broker.publisher(topics.results)
+    @results_of_input(broker, topics)
     async def handle(body: int, message: KafkaMessage) -> str:
         attempts[body] += 1
         await broker.publish(f"side-{body}", topics.side)
@@ -120,14 +145,7 @@ async def test_every_publish_of_a_message_joins_its_transaction() -> None:
         broker=broker,
         **EXACTLY_ONCE,
     )
-    await broker.start()
-    try:
-        await wait_committed(
-            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
-        )
-        totals = processing_snapshot(broker.context).totals
-    finally:
-        await shut_down(broker)
+    totals = (await run_until_committed(broker, topics)).totals
 
     every = set(range(MESSAGES))
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
@@ -167,27 +185,13 @@ async def test_the_transactional_producers_connect_with_the_broker_s_sasl_settin
     )
     broker.add_middleware(KafkaConcurrentProcessingMiddleware)
 
-    @broker.subscriber(
-        topics.input,
-        group_id=topics.group,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    @broker.publisher(topics.results)
+    @results_of_input(broker, topics)
     async def handle(body: int) -> str:
         await asyncio.sleep(0)
         return f"result-{body}"
 
     await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
-    await broker.start()
-    try:
-        await wait_committed(
-            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
-        )
-        committed = processing_snapshot(broker.context).totals.transactions_committed
-    finally:
-        await shut_down(broker)
+    committed = (await run_until_committed(broker, topics)).totals.transactions_committed
     assert committed >= 1
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
         f"result-{i}" for i in range(MESSAGES)
@@ -216,14 +220,7 @@ async def test_a_subscriber_with_several_consumers_publishes_each_result_once() 
         return f"result-{body}"
 
     await initialize_concurrent_processing(broker.context, broker=broker, **EXACTLY_ONCE)
-    await broker.start()
-    try:
-        await wait_committed(
-            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
-        )
-        snapshot = processing_snapshot(broker.context)
-    finally:
-        await shut_down(broker)
+    snapshot = await run_until_committed(broker, topics)
     (subscriber,) = snapshot.subscribers
     assert subscriber.consumers == 2
     assert counted(await read_committed(topics.results, PARTITIONS)) == Counter(
@@ -387,27 +384,13 @@ async def test_exactly_once_expires_records_too_old_inside_their_transaction(
     passes them all."""
     topics = Topics()
     await topics.create()
-    hour_ago_ms = int((time.time() - 3600) * 1000)
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
-    await producer.start()
-    try:
-        for i in range(MESSAGES):
-            stamp = hour_ago_ms if i % 2 == 0 else None
-            await producer.send(topics.input, str(i).encode(), partition=i % 2, timestamp_ms=stamp)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(
+        topics.input, numbers(MESSAGES), partitions=PARTITIONS, timestamp_ms=hour_old_evens
+    )
     broker = concurrent_broker()
     ran: list[int] = []
 
-    @broker.subscriber(
-        topics.input,
-        group_id=topics.group,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    @broker.publisher(topics.results)
+    @results_of_input(broker, topics)
     async def handle(body: int) -> str:
         ran.append(body)
         return f"result-{body}"
@@ -420,14 +403,7 @@ async def test_exactly_once_expires_records_too_old_inside_their_transaction(
         broker=broker,
         **EXACTLY_ONCE,
     )
-    await broker.start()
-    try:
-        await wait_committed(
-            topics.group, topics.input, await end_offsets(topics.input, PARTITIONS), 60
-        )
-        totals = processing_snapshot(broker.context).totals
-    finally:
-        await shut_down(broker)
+    totals = (await run_until_committed(broker, topics)).totals
 
     fresh = set(range(1, MESSAGES, 2))
     assert set(ran) == fresh

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener
 from faststream.kafka import KafkaMessage
 from faststream.middlewares import AckPolicy
 
@@ -27,11 +27,11 @@ from faststream_concurrent_aiokafka import (
     stop_concurrent_processing,
 )
 from tests.kafka_helpers import (
-    BOOTSTRAP,
     committed_offsets,
     concurrent_broker,
     create_topic,
     end_offsets,
+    hour_old_evens,
     numbered_topic,
     numbers,
     produce,
@@ -202,16 +202,7 @@ async def test_records_older_than_max_message_age_are_dead_lettered_not_run() ->
     topic, dead_letters, group = unique("expiry"), unique("expiry-dlt"), unique("g-expiry")
     await create_topic(topic, PARTITIONS)
     await create_topic(dead_letters, 1)
-    hour_ago_ms = int((time.time() - 3600) * 1000)
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(1000):
-            old = i % 2 == 0
-            await producer.send(topic, str(i).encode(), timestamp_ms=hour_ago_ms if old else None)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(topic, numbers(1000), partitions=PARTITIONS, timestamp_ms=hour_old_evens)
     broker = concurrent_broker()
     ran: list[int] = []
 

@@ -1017,7 +1017,7 @@ async def test_a_stop_or_a_revocation_hands_a_waiting_retry_back_and_says_so(
     rig.pipeline.hold = False
     rig.pipeline.fail(0, 0, Boom())
     rig.admit(0, 0, 1)
-    await wait_until(lambda: len(rig.lane.waiting_retry) == 1 and rig.lane.counters.processed)
+    await wait_until(lambda: len(rig.lane.waiting_retry) == 1 and rig.lane.counters.processed == 1)
     with caplog.at_level(logging.INFO):
         if how == "stop":
             await rig.engine.drain([rig.lane], 1.0)

@@ -378,7 +378,7 @@ async def test_max_message_age_sec_is_refused_for_a_batch_subscriber_at_start_up
 
     with pytest.raises(ConcurrentProcessingSetupError) as error:
         await initialize_concurrent_processing(
-            br.context, broker=br, **({} if per_subscriber else {"max_message_age_sec": 60})
+            br.context, broker=br, max_message_age_sec=None if per_subscriber else 60
         )
     await stop_concurrent_processing(br.context)
 
