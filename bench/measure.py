@@ -13,6 +13,7 @@ import contextlib
 import cProfile
 import dataclasses
 import gc
+import json
 import os
 import pstats
 import resource
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +35,15 @@ from faststream.middlewares import AckPolicy
 
 from bench import instrument
 from bench.downstream import Downstream
-from bench.model import MemoryResult, ProfileResult, ProfileRow, RunResult, RunSpec, result_for
+from bench.model import (
+    LatencyResult,
+    MemoryResult,
+    ProfileResult,
+    ProfileRow,
+    RunResult,
+    RunSpec,
+    result_for,
+)
 from bench.shapes import Order, Receipt, receipt
 
 # Only the names the other package documents (its original API) are imported at the top: the
@@ -81,6 +91,23 @@ class Probe:
         self.finished = asyncio.Event()
         self.release = asyncio.Event()
         self.records: list[Any] = []
+        self.latency_skip = 0  # latency runs: message numbers below this are the warm-up
+        self.others_ms: list[float] = []
+        self.stragglers_ms: list[float] = []
+        self.starts_ms: list[float] = []
+        self.loop_lag_ms: list[float] = []
+
+    def note_start(self, number: int, create_time_ms: int) -> None:
+        """Milliseconds from the record's CreateTime to its handler's start."""
+        if number >= self.latency_skip:
+            self.starts_ms.append(time.time() * 1000.0 - create_time_ms)
+
+    def note_latency(self, number: int, create_time_ms: int, straggler: bool) -> None:
+        """Milliseconds from the record's CreateTime to now (the handler's end)."""
+        if number < self.latency_skip:
+            return
+        waited = time.time() * 1000.0 - create_time_ms
+        (self.stragglers_ms if straggler else self.others_ms).append(waited)
 
     def warming(self) -> bool:
         """True for the warm-up messages (handled before the measurement, not counted)."""
@@ -254,6 +281,16 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
     def blocking(body: Order) -> None:  # a plain def: FastStream runs it in a worker thread
         probe.count_from_thread()
 
+    every, straggling = spec.straggler_every, spec.straggler_sec
+
+    async def timed(body: int, msg: KafkaMessage) -> None:
+        probe.enter()
+        probe.note_start(body, msg.raw_message.timestamp)
+        straggler = every > 0 and zlib.crc32(b"%d" % body) % every == 0
+        await asyncio.sleep(straggling if straggler else delay)
+        probe.note_latency(body, msg.raw_message.timestamp, straggler)
+        probe.leave()
+
     service = Downstream(spec.downstream)
 
     async def calling(body: int) -> None:
@@ -272,6 +309,7 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
         "publish": publishing,
         "sync": blocking,
         "downstream": calling,
+        "latency": timed,
     }
     handler = handlers[spec.handler]
     if spec.handler == "publish":
@@ -459,6 +497,74 @@ async def run_throughput(spec: RunSpec, profiler: cProfile.Profile | None = None
             result.scrape_sec = run.scraper.seconds
     if run.handler is not None:
         _fill_handler_stats(result, run.handler)
+    result.loadavg_end = os.getloadavg()[0]
+    return result
+
+
+async def _produce_paced(spec: RunSpec) -> dict[str, float]:
+    """bench.paced in another process, so producing takes nothing from this event loop."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.paced",
+        spec.bootstrap,
+        spec.topic,
+        str(spec.rate),
+        str(spec.duration_sec),
+        str(spec.partitions),
+        spec.keying,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        msg = "the paced producer failed"
+        raise RuntimeError(msg)
+    produced: dict[str, float] = json.loads(out)
+    return produced
+
+
+async def _loop_lag(lags: list[float]) -> None:
+    """How late a 5 ms sleep wakes up, over and over: the event loop's stalls (CPU taken by
+    other processes, long callbacks, collections), which every latency includes."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lags.append(1000.0 * (time.perf_counter() - started - 0.005))
+
+
+async def run_latency(spec: RunSpec) -> RunResult:
+    """Offer ``spec.rate`` messages per second to a consumer that already holds its partitions
+    and note each one's latency from its CreateTime to its handler's end."""
+    result = _new_result(spec)
+    probe = Probe(spec.messages)
+    probe.latency_skip = int(spec.rate * spec.warmup_sec)
+    async with running(spec, probe) as run:
+        consumer = run.subscriber.consumer
+        await _wait_for(lambda: bool(consumer.assignment()), 60, "the partition assignment")
+        await asyncio.sleep(1.0)  # the first (empty) fetches are out; the consumer is idle
+        cpu = time.process_time()
+        lag = asyncio.create_task(_loop_lag(probe.loop_lag_ms))
+        produced = await _produce_paced(spec)
+        try:
+            await asyncio.wait_for(probe.finished.wait(), spec.timeout_sec)
+        except TimeoutError:
+            result.notes.append(f"{probe.done} of {spec.messages} handled in the time budget")
+        cpu = time.process_time() - cpu
+        lag.cancel()
+        _fill_window(result, probe, run)
+        result.notes.append(
+            f"consumer CPU {cpu:.1f} s ({1e6 * cpu / max(1, probe.done):.0f} us per message)"
+        )
+    if run.handler is not None:
+        _fill_handler_stats(result, run.handler)
+    result.latency = LatencyResult(
+        others_ms=sorted(probe.others_ms),
+        stragglers_ms=sorted(probe.stragglers_ms),
+        starts_ms=sorted(probe.starts_ms),
+        loop_lag_ms=sorted(probe.loop_lag_ms),
+        skipped=probe.latency_skip,
+        producer=produced,
+    )
     result.loadavg_end = os.getloadavg()[0]
     return result
 
@@ -769,6 +875,8 @@ async def run(spec: RunSpec) -> RunResult:
         result = await run_memory(spec)
     elif spec.kind == "profile":
         result = await run_profile(spec)
+    elif spec.kind == "latency":
+        result = await run_latency(spec)
     else:
         result = await run_throughput(spec)
     if spec.system == "other":

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["throughput", "memory", "profile", "fleet"]
+Kind = Literal["throughput", "memory", "profile", "fleet", "latency"]
 # "middleware": this library; "other": the package-index project of the same name, run in a
 # virtualenv of its own through its documented API only; "faststream": FastStream alone.
 System = Literal["middleware", "faststream", "other"]
@@ -21,7 +21,10 @@ System = Literal["middleware", "faststream", "other"]
 # model body and the KafkaMessage; "publish": a model body, its result returned to a
 # `@publisher`; "sync": a plain `def` taking the model.
 # "downstream": call bench.downstream's model named by `downstream`.
+# "latency": await `sleep_sec` (one in `straggler_every`: `straggler_sec`), then note the time
+# from the record's CreateTime.
 HandlerMode = Literal[
+    "latency",
     "noop",
     "sleep",
     "block",
@@ -92,6 +95,29 @@ class RunSpec:
     ordering: str = "unordered"
     max_messages_per_sec: float | None = None
     adaptive_concurrency: bool = False
+    # Latency runs (bench.latency): another process produces `rate` messages per second for
+    # `duration_sec` into the empty topic once the consumer holds its partitions
+    # (`messages` = rate x duration); the first `warmup_sec` of them are not counted.
+    rate: float = 0.0
+    duration_sec: float = 0.0
+    warmup_sec: float = 1.0
+    # 0: none; N: message i with crc32(str(i)) % N == 0 (one in N, on every partition, not in
+    # step with the round-robin) takes straggler_sec
+    straggler_every: int = 0
+    straggler_sec: float = 5.0
+
+
+@dataclass(kw_only=True)
+class LatencyResult:
+    """Milliseconds from each record's CreateTime to its handler's end (same clock: one
+    machine), the stragglers apart; sorted, so percentiles are read off directly."""
+
+    others_ms: list[float]
+    stragglers_ms: list[float]
+    starts_ms: list[float]  # ... to the handler's start, stragglers included
+    loop_lag_ms: list[float]  # how late a 5 ms sleep woke up, sampled through the run
+    skipped: int  # warm-up messages not counted
+    producer: dict[str, float]  # what bench.paced reported: sent, seconds, behind_max_ms
 
 
 @dataclass(kw_only=True)
@@ -185,6 +211,7 @@ class RunResult:
     transactions_aborted: int | None = None
     scrape_sec: float | None = None  # ... and the time they took, in all
     fleet: FleetResult | None = None
+    latency: LatencyResult | None = None
     repeat: int = 0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -270,7 +297,10 @@ def result_from_dict(data: dict[str, Any]) -> RunResult:
     memory = data.pop("memory", None)
     profile = data.pop("profile", None)
     fleet = data.pop("fleet", None)
+    latency = data.pop("latency", None)
     result = RunResult(**data)
+    if latency is not None:
+        result.latency = LatencyResult(**latency)
     if fleet is not None:
         result.fleet = FleetResult(**fleet)
     if memory is not None:
