@@ -79,17 +79,29 @@ class AtLeastOnce:
             )
 
     def request_commits(self, *, interval_elapsed: bool) -> Callable[[], Awaitable[bool]]:
-        del interval_elapsed  # the committer ticks when a batch is complete or on the interval
-        return self._flush_on_tick
+        # A complete batch sends a point that did not move only once its finished offsets grew
+        # enough; the interval sends every change (see committer.collect_commit).
+        return self._flush_on_interval if interval_elapsed else self._flush_on_batch
 
-    async def _flush_on_tick(self) -> bool:
+    async def _flush_on_interval(self) -> bool:
         return await self.flush(self.committer.commit_timeout_sec)
 
-    async def flush(self, timeout: float, partitions: set[TopicPartition] | None = None) -> bool:
+    async def _flush_on_batch(self) -> bool:
+        return await self.flush(self.committer.commit_timeout_sec, every_change=False)
+
+    async def flush(
+        self,
+        timeout: float,
+        partitions: set[TopicPartition] | None = None,
+        *,
+        every_change: bool = True,
+    ) -> bool:
         """One commit request, bounded by ``timeout``: aiokafka retries a commit for as long as
         no coordinator answers, so without a bound a lost broker would hold every commit (and
         the shutdown) forever. What a failure keeps and drops: ``core.commit_policy``."""
-        attempt = await self.committer.send(self.lane, partitions, timeout=timeout)
+        attempt = await self.committer.send(
+            self.lane, partitions, timeout=timeout, every_change=every_change
+        )
         if not attempt.ok:
             log_commit_failure(self.lane, attempt, timeout)
         return attempt.ok

@@ -146,10 +146,12 @@ def describe_error(error: BaseException) -> str:
 
 
 def collect_commit(
-    lane: ConsumerLane, partitions: set[TopicPartition] | None = None
+    lane: ConsumerLane, partitions: set[TopicPartition] | None = None, *, every_change: bool = True
 ) -> CommitBatch:
     """The commit points (with finished offsets above them) that changed since the last commit,
-    on partitions still assigned; partitions no longer assigned are retired instead."""
+    on partitions still assigned; partitions no longer assigned are retired instead. Without
+    ``every_change`` (a batch tick) a point that did not move is sent again only once its
+    finished offsets grew enough (``PartitionOffsets.metadata_grew``)."""
     assignment = lane.consumer.assignment()
     track = lane.settings.track_completed_offsets
     batch = CommitBatch()
@@ -160,7 +162,10 @@ def collect_commit(
             lane.offsets.retire(tp)
             continue
         point = tracker.commit_point
-        if point is not None and (tracker.needs_commit or (track and tracker.changed_since_commit)):
+        if point is None:
+            continue
+        changed = tracker.changed_since_commit if every_change else tracker.metadata_grew
+        if tracker.needs_commit or (track and changed):
             batch.add(tp, tracker, point, tracker.finished_above() if track else frozenset())
     return batch
 
@@ -255,15 +260,21 @@ class KafkaBatchCommitter:
         return await lane.strategy.flush(self._commit_timeout, partitions)
 
     async def send(
-        self, lane: ConsumerLane, partitions: set[TopicPartition] | None, *, timeout: float
+        self,
+        lane: ConsumerLane,
+        partitions: set[TopicPartition] | None,
+        *,
+        timeout: float,
+        every_change: bool = True,
     ) -> CommitAttempt:
         """Commit the lane's changed commit points (of ``partitions``, or all) within
         ``timeout`` seconds, the wait for a commit already in flight included. A failure is
         handled as its decision says (the caller logs what it means for its own deadline);
         nothing is ever marked committed that Kafka did not acknowledge. At-least-once only:
-        an exactly-once lane commits its offsets inside its transactions."""
+        an exactly-once lane commits its offsets inside its transactions. ``every_change``:
+        see ``collect_commit``."""
         deadline = asyncio.get_running_loop().time() + timeout
-        attempt = await self._attempt(lane, partitions, deadline)
+        attempt = await self._attempt(lane, partitions, deadline, every_change=every_change)
         if attempt.decision is CommitDecision.DROP_UNASSIGNED:
             # The next collection retires what is no longer assigned and keeps the rest.
             lane.log.info(
@@ -271,7 +282,7 @@ class KafkaBatchCommitter:
                 lane.name,
                 attempt.reason(),
             )
-            attempt = await self._attempt(lane, partitions, deadline)
+            attempt = await self._attempt(lane, partitions, deadline, every_change=every_change)
         elif attempt.decision is CommitDecision.WITHOUT_METADATA:
             lane.log.warning(
                 "Commit for %s: %s; sending the commit points without the finished offsets "
@@ -279,7 +290,9 @@ class KafkaBatchCommitter:
                 lane.name,
                 attempt.reason(),
             )
-            attempt = await self._attempt(lane, partitions, deadline, with_metadata=False)
+            attempt = await self._attempt(
+                lane, partitions, deadline, with_metadata=False, every_change=every_change
+            )
         return attempt
 
     async def _attempt(
@@ -289,9 +302,13 @@ class KafkaBatchCommitter:
         deadline: float,
         *,
         with_metadata: bool = True,
+        every_change: bool = True,
     ) -> CommitAttempt:
         return await self._request(
-            lane, lambda: collect_commit(lane, partitions), deadline, with_metadata=with_metadata
+            lane,
+            lambda: collect_commit(lane, partitions, every_change=every_change),
+            deadline,
+            with_metadata=with_metadata,
         )
 
     async def _request(

@@ -29,6 +29,7 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
     decode_finished_offsets,
     encode_finished_offsets,
 )
+from faststream_concurrent_aiokafka.core.offsets import METADATA_GROWTH
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings, SubscriberSettings
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.fetching import fetch_records
@@ -575,6 +576,60 @@ async def test_nothing_unchanged_is_committed_again(make_rig: MakeRig) -> None:
     await rig.flush()
     await rig.flush()
     assert rig.consumer.committed_offsets() == [{0: 1}]
+
+
+async def test_a_held_commit_point_is_sent_again_on_a_batch_only_once_its_metadata_grew(
+    make_rig: MakeRig,
+) -> None:
+    """A slow message holds the point while the others finish: re-encoding the whole finished
+    set on every batch made each commit cost O(set); a batch now re-sends the unmoved point
+    once the set grew by 1 / METADATA_GROWTH, and the interval (or a flush) any change."""
+    grown = 10 * METADATA_GROWTH  # up to here every batch of 10 is growth enough
+    rig = await make_rig(concurrency_limit=1000, commit_batch_size=10, commit_batch_timeout_sec=60)
+    rig.admit(0, *range(grown + 21))  # offset 0 is the slow one
+
+    async def finish(offsets: range) -> None:
+        """Ten at a time, each batch's commit (if any) sent before the next batch ends."""
+        for offset in offsets:
+            await rig.pipeline.release(0, offset)
+            if offset % 10 == 0:
+                await wait_until(lambda end=offset: len(rig.pipeline.finished()) == end)
+                await let_run()
+
+    def carried() -> list[int]:
+        return [
+            len(decode_finished_offsets(request.offsets[P0].metadata, 0))
+            for request in rig.consumer.commits
+        ]
+
+    await finish(range(1, grown + 1))
+    assert carried() == list(range(10, grown + 1, 10))
+    await finish(range(grown + 1, grown + 11))
+    assert carried()[-1] == grown  # 10 more on `grown`: too little, not re-sent
+    await finish(range(grown + 11, grown + 21))
+    assert carried()[-1] == grown + 20
+    await rig.pipeline.release(0, 0)  # the point moves
+    await wait_until(lambda: len(rig.pipeline.finished()) == grown + 21)
+    await rig.flush()
+    assert rig.committed() == grown + 21
+
+
+async def test_the_interval_sends_a_held_point_s_metadata_whatever_it_grew(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(concurrency_limit=100, commit_batch_size=10, commit_batch_timeout_sec=5)
+    rig.admit(0, *range(51))
+    for offset in range(1, 51):
+        await rig.pipeline.release(0, offset)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 50)
+    await wait_until(
+        lambda: (
+            decode_finished_offsets(rig.consumer.cluster.committed[P0].metadata, 0)
+            == set(range(1, 51))
+        ),
+        timeout=10,
+    )
+    assert rig.committed() == 0
 
 
 async def test_finished_offsets_in_commit_metadata_are_skipped_by_the_next_owner(
