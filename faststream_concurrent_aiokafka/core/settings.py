@@ -285,7 +285,7 @@ class ConcurrencySettings(SubscriberSettings):
     commit_batch_size: int = _setting(10, _int_between(1, 1_000_000))
     commit_batch_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
     shutdown_timeout_sec: float = _setting(20.0, _seconds_up_to_an_hour)
-    max_uncommitted_tasks: int = _setting(10_000, _int_between(1, 10_000_000))
+    max_uncommitted_tasks: int = _setting(50_000, _int_between(1, 10_000_000))
     rebalance_flush_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
     commit_timeout_sec: float = _setting(10.0, _seconds_up_to_an_hour)
 

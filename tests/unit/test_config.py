@@ -202,7 +202,7 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     assert defaults.commit_batch_size == 10
     assert defaults.commit_batch_timeout_sec == 10.0
     assert defaults.shutdown_timeout_sec == 20.0
-    assert defaults.max_uncommitted_tasks == 10_000
+    assert defaults.max_uncommitted_tasks == 50_000
     assert defaults.rebalance_flush_timeout_sec == 10.0
     assert defaults.ordering == "unordered"
     assert defaults.task_timeout_sec is None

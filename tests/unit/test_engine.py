@@ -412,6 +412,27 @@ async def test_the_uncommitted_budget_pauses_and_its_room_resumes(make_rig: Make
     assert rig.engine.scheduler.fetch_size(rig.lane) == 2
 
 
+async def test_by_default_one_slow_message_does_not_pause_a_busy_partition(
+    make_rig: MakeRig,
+) -> None:
+    """The default budget holds what finishes behind a slow message for seconds at a few
+    thousand messages per second (bench.latency's straggler): 10,000 paused fetching there."""
+    rig = await make_rig(
+        concurrency_limit=1000,
+        max_uncommitted_tasks=ConcurrencySettings().max_uncommitted_tasks,
+    )
+    rig.admit(0, 0)  # the slow one, held
+    await let_run()
+    rig.pipeline.hold = False  # the others end at once
+    behind = 12_000
+    for start in range(1, behind + 1, 2000):
+        rig.admit(0, *range(start, start + 2000))
+        await wait_until(lambda end=start + 1999: len(rig.pipeline.finished()) == end)
+    assert rig.engine.uncommitted == behind + 1
+    assert not rig.lane.fetching.paused
+    assert rig.consumer.paused() == set()
+
+
 async def test_fetching_serves_partitions_in_turn(make_rig: MakeRig) -> None:
     """Fetches capped by free slots take from each buffered partition in turn, so one busy
     partition cannot take every slot."""
