@@ -99,6 +99,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--loads", default="0.5,0.8", help="offered rates, as fractions of the capacity"
     )
     parser.add_argument("--no-straggler", action="store_true", help="skip the straggler runs")
+    parser.add_argument(
+        "--max-uncommitted",
+        type=int,
+        help="this library's max_uncommitted_tasks (default: the library's own default)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--data-out", type=Path, default=Path("bench/results"))
     parser.add_argument("--broker-label", default="")
@@ -117,6 +122,7 @@ def _base(contender: Contender, args: argparse.Namespace, label: str) -> RunSpec
         messages=0,
         sleep_sec=HANDLER_SEC,
         keying=contender.keying,
+        max_uncommitted_tasks=args.max_uncommitted,
         **contender.fields,
     )
 

@@ -285,10 +285,11 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
 
     async def timed(body: int, msg: KafkaMessage) -> None:
         probe.enter()
-        probe.note_start(body, msg.raw_message.timestamp)
+        created: int = getattr(msg.raw_message, "timestamp", 0)  # one record, not a batch
+        probe.note_start(body, created)
         straggler = every > 0 and zlib.crc32(b"%d" % body) % every == 0
         await asyncio.sleep(straggling if straggler else delay)
-        probe.note_latency(body, msg.raw_message.timestamp, straggler)
+        probe.note_latency(body, created, straggler)
         probe.leave()
 
     service = Downstream(spec.downstream)
@@ -339,12 +340,13 @@ async def running(spec: RunSpec, probe: Probe) -> AsyncIterator[Running]:
         if spec.measure_processing_time:
             newer["measure_processing_time"] = True
         newer.update(_flow_control(spec))
+        if spec.max_uncommitted_tasks is not None:
+            newer["max_uncommitted_tasks"] = spec.max_uncommitted_tasks
         handler = await initialize_concurrent_processing(
             app.context,
             concurrency_limit=spec.concurrency_limit,
             commit_batch_size=spec.commit_batch_size,
             commit_batch_timeout_sec=spec.commit_batch_timeout_sec,
-            max_uncommitted_tasks=spec.max_uncommitted_tasks,
             **newer,
         )
     elif spec.system == "other":

@@ -65,7 +65,7 @@ class RunSpec:
     concurrency_limit: int = 100
     commit_batch_size: int = 10
     subscriber_limit: int | None = None  # configure_subscriber(concurrency_limit=...)
-    max_uncommitted_tasks: int = 10_000
+    max_uncommitted_tasks: int | None = 10_000  # None: the library's default
     # Memory runs: messages handled (not held) before the baseline, so one-off allocations
     # (lazy imports, caches) stay out of the measurement.
     warmup: int = 0
