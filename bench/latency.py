@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.kafka_io import create_topic, fill, unique
-from bench.model import RunResult, RunSpec, result_from_dict
+from bench.model import RunResult, RunSpec, is_straggler, result_from_dict
 from bench.run import delete_topics, machine_info, run_worker
 
 HANDLER_SEC = 0.01
@@ -165,10 +165,11 @@ def measure_latency(
     rate: float,
     straggler: bool,
 ) -> RunResult:
-    # A straggler run lasts long enough for at least two stragglers, however slow the rate.
+    # A straggler run lasts long enough for two counted stragglers, however slow the rate.
     duration = args.duration
     if straggler:
-        duration = min(60.0, max(duration, 2.2 * STRAGGLER_EVERY / rate))
+        second = _second_straggler(int(rate * RunSpec.warmup_sec))
+        duration = min(90.0, max(duration, (second + 1) / rate + 1.0))
     topic = unique("bench-latency")
     asyncio.run(create_topic(args.bootstrap, topic, PARTITIONS))
     try:
@@ -186,6 +187,18 @@ def measure_latency(
         return _run(spec, scratch, index, args)
     finally:
         asyncio.run(delete_topics(args.bootstrap, [topic]))
+
+
+def _second_straggler(first_counted: int) -> int:
+    """The number of the second straggler past the warm-up."""
+    found = 0
+    number = first_counted
+    while True:
+        if is_straggler(number, STRAGGLER_EVERY):
+            found += 1
+            if found == 2:
+                return number
+        number += 1
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from bench.model import (
     ProfileRow,
     RunResult,
     RunSpec,
+    is_straggler,
     result_for,
 )
 from bench.shapes import Order, Receipt, receipt
@@ -287,7 +287,7 @@ def _handler(spec: RunSpec, broker: KafkaBroker, probe: Probe) -> Callable[..., 
         probe.enter()
         created: int = getattr(msg.raw_message, "timestamp", 0)  # one record, not a batch
         probe.note_start(body, created)
-        straggler = every > 0 and zlib.crc32(b"%d" % body) % every == 0
+        straggler = is_straggler(body, every)
         await asyncio.sleep(straggling if straggler else delay)
         probe.note_latency(body, created, straggler)
         probe.leave()

@@ -5,6 +5,7 @@ as JSON files, so every field is a plain JSON value.
 """
 
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +106,12 @@ class RunSpec:
     # step with the round-robin) takes straggler_sec
     straggler_every: int = 0
     straggler_sec: float = 5.0
+
+
+def is_straggler(number: int, every: int) -> bool:
+    """One message in ``every`` (0: none), by the crc32 of its number: on every partition, not
+    in step with the producer's round-robin."""
+    return every > 0 and zlib.crc32(b"%d" % number) % every == 0
 
 
 @dataclass(kw_only=True)
