@@ -98,6 +98,11 @@ class Rig:
         return self.consumer.cluster.committed_offset(tp(partition))
 
 
+def finished_count(rig: Rig, count: int) -> Callable[[], bool]:
+    """A condition: exactly ``count`` messages finished."""
+    return lambda: len(rig.pipeline.finished()) == count
+
+
 def holding(lane: ConsumerLane) -> bool:
     """A poll loop waits for room in this lane's backlog (a function: read anew each time)."""
     return lane.fetching.room is not None
@@ -427,7 +432,7 @@ async def test_by_default_one_slow_message_does_not_pause_a_busy_partition(
     behind = 12_000
     for start in range(1, behind + 1, 2000):
         rig.admit(0, *range(start, start + 2000))
-        await wait_until(lambda end=start + 1999: len(rig.pipeline.finished()) == end)
+        await wait_until(finished_count(rig, start + 1999))
     assert rig.engine.uncommitted == behind + 1
     assert not rig.lane.fetching.paused
     assert rig.consumer.paused() == set()
@@ -614,7 +619,7 @@ async def test_a_held_commit_point_is_sent_again_on_a_batch_only_once_its_metada
         for offset in offsets:
             await rig.pipeline.release(0, offset)
             if offset % 10 == 0:
-                await wait_until(lambda end=offset: len(rig.pipeline.finished()) == end)
+                await wait_until(finished_count(rig, offset))
                 await let_run()
 
     def carried() -> list[int]:
