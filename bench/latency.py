@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -224,7 +225,8 @@ def summary(result: RunResult) -> str:
     lat = result.latency.others_ms
     return (
         f"p50/p99/p99.9 {percentile(lat, 0.5):.1f}/{percentile(lat, 0.99):.1f}/"
-        f"{percentile(lat, 0.999):.1f} ms over {len(lat):,} at {offered(result):,.0f} msg/s "
+        f"{percentile(lat, 0.999):.1f} ms over {result.latency.counted:,} at "
+        f"{offered(result):,.0f} msg/s "
         f"(handled {result.throughput:,.0f}/s), start p99 "
         f"{percentile(result.latency.starts_ms, 0.99):.1f}, loop lag p99 "
         f"{percentile(result.latency.loop_lag_ms, 0.99):.1f}, pauses {result.pauses}, "
@@ -318,7 +320,7 @@ def table(results: list[RunResult]) -> list[str]:
             f"| {name} | {capacities} | {case}{note} | {offered(r):,.0f} "
             f"| {percentile(lat, 0.5):.1f} | {percentile(lat, 0.99):.1f} "
             f"| {percentile(lat, 0.999):.1f} | {lat[-1] if lat else float('nan'):,.1f} "
-            f"| {len(lat):,} | {stragglers} | {ratio} "
+            f"| {r.latency.counted:,} | {stragglers} | {ratio} "
             f"| {percentile(r.latency.starts_ms, 0.5):.1f} / "
             f"{percentile(r.latency.starts_ms, 0.99):.1f} "
             f"| {percentile(r.latency.loop_lag_ms, 0.99):.1f} / "
@@ -417,7 +419,7 @@ def main(argv: list[str]) -> int:
         write_report(args, [result_from_dict(r) for r in saved["results"]], saved["meta"])
         return 0
     meta: dict[str, Any] = {
-        "command": "python -m bench.latency " + " ".join(argv),
+        "command": shlex.join(["python", "-m", "bench.latency", *argv]),
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         "broker": f"{args.broker_label or 'Kafka'} at {args.bootstrap}",
         "load_start": f"{os.getloadavg()[0]:.1f}",

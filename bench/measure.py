@@ -42,6 +42,7 @@ from bench.model import (
     RunResult,
     RunSpec,
     is_straggler,
+    quantile_grid,
     result_for,
 )
 from bench.shapes import Order, Receipt, receipt
@@ -560,10 +561,11 @@ async def run_latency(spec: RunSpec) -> RunResult:
     if run.handler is not None:
         _fill_handler_stats(result, run.handler)
     result.latency = LatencyResult(
-        others_ms=sorted(probe.others_ms),
-        stragglers_ms=sorted(probe.stragglers_ms),
-        starts_ms=sorted(probe.starts_ms),
-        loop_lag_ms=sorted(probe.loop_lag_ms),
+        counted=len(probe.others_ms),
+        others_ms=quantile_grid(probe.others_ms),
+        stragglers_ms=quantile_grid(probe.stragglers_ms),
+        starts_ms=quantile_grid(probe.starts_ms),
+        loop_lag_ms=quantile_grid(probe.loop_lag_ms),
         skipped=probe.latency_skip,
         producer=produced,
     )

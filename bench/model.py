@@ -114,11 +114,25 @@ def is_straggler(number: int, every: int) -> bool:
     return every > 0 and zlib.crc32(b"%d" % number) % every == 0
 
 
+GRID_POINTS = 1001  # a latency distribution is kept as this many evenly spaced quantiles
+
+
+def quantile_grid(values: list[float]) -> list[float]:
+    """``values`` sorted, thinned to GRID_POINTS quantiles (minimum and maximum included) and
+    rounded to 0.01 ms, so a run's result stays small; percentiles are read off it."""
+    ordered = sorted(values)
+    if len(ordered) > GRID_POINTS:
+        last = len(ordered) - 1
+        ordered = [ordered[i * last // (GRID_POINTS - 1)] for i in range(GRID_POINTS)]
+    return [round(value, 2) for value in ordered]
+
+
 @dataclass(kw_only=True)
 class LatencyResult:
     """Milliseconds from each record's CreateTime to its handler's end (same clock: one
-    machine), the stragglers apart; sorted, so percentiles are read off directly."""
+    machine), the stragglers apart; each a ``quantile_grid``."""
 
+    counted: int  # the other records counted (their grid may hold fewer points)
     others_ms: list[float]
     stragglers_ms: list[float]
     starts_ms: list[float]  # ... to the handler's start, stragglers included
