@@ -81,6 +81,10 @@ class Probe:
         self.done = 0
         self.first: float | None = None
         self.last = 0.0
+        # CPU time of the process (every thread) at the first handled message and the last
+        # counted one: its cost per message, less sensitive to a shared machine than the rate.
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.handler: ConcurrentProcessing | None = None
         self.loop = asyncio.get_running_loop()
         self.lock = threading.Lock()  # sync handlers count from FastStream's worker threads
@@ -122,6 +126,7 @@ class Probe:
     def enter(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
             self.at_first = dataclasses.replace(instrument.COUNTERS)
         self.started += 1
         if self.started == self.target:
@@ -147,6 +152,7 @@ class Probe:
                     self.loop.call_soon_threadsafe(self.finished.set)
 
     def snapshot_counters(self) -> None:
+        self.cpu_last = time.process_time()
         self.at_last = dataclasses.replace(instrument.COUNTERS)
         if self.handler is not None:
             self.window_processed = self.handler.processed
@@ -410,6 +416,7 @@ def _fill_window(result: RunResult, probe: Probe, run: Running) -> None:
     if probe.first is not None:
         result.elapsed_sec = probe.last - probe.first
         result.startup_sec = probe.first - run.started_at
+        result.cpu_sec = probe.cpu_last - probe.cpu_first
     if not probe.finished.is_set():
         probe.snapshot_counters()
     result.fetch_requests = probe.at_last.fetch_requests

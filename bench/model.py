@@ -211,6 +211,7 @@ class RunResult:
     handled: int = 0
     elapsed_sec: float = 0.0  # first handled message -> last one counted
     startup_sec: float = 0.0  # broker.start() -> first message handled
+    cpu_sec: float = 0.0  # CPU time of the worker process over the same window
     processed: int | None = None  # middleware: messages it finished (may exceed `handled`)
     commit_requests: int | None = None  # ... and its commit requests, final flush included
     # The same two when the last counted message was handled (before the final flush).
@@ -244,6 +245,11 @@ class RunResult:
     @property
     def partial(self) -> bool:
         return self.handled < self.expected
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        """CPU time per handled message in the window (between the first and the last)."""
+        return self.cpu_sec / max(1, self.handled - 1) * 1e6
 
     @property
     def throughput(self) -> float:

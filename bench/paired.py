@@ -2,9 +2,12 @@
 
     python -m bench.paired --against ../older-checkout [--repeat 5] [--cases noop,io1000,eos]
     python -m bench.paired --toggle measure_processing_time [--repeat 5] [--cases noop]
+    python -m bench.paired --faststream [--repeat 9] [--cases noop]
 
 With ``--toggle`` (a boolean setting of the run, ``RunSpec``'s field of that name) both sides
-are this checkout: the setting on against off.
+are this checkout: the setting on against off. With ``--faststream`` the other side is
+FastStream alone on the same handler and topic, ACK_FIRST (auto-commit, at-most-once): the
+ceiling the no-op is measured against.
 
 Each repeat runs one case for both libraries back to back, in alternating order (ABBA), so a
 drift of the machine's speed hits both alike; the report gives, per case, both medians and the
@@ -26,7 +29,7 @@ from typing import Any
 from bench.kafka_io import create_topic, fill, unique
 from bench.model import RunResult, RunSpec
 from bench.plan import abba
-from bench.run import REPO, delete_topics, run_worker
+from bench.run import REPO, delete_topics, load_average, run_worker
 
 
 def case(label: str, **fields: Any) -> RunSpec:
@@ -66,6 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sides = parser.add_mutually_exclusive_group(required=True)
     sides.add_argument("--against", type=Path, help="the other checkout")
     sides.add_argument("--toggle", choices=TOGGLES, help="this checkout, the setting on vs off")
+    sides.add_argument(
+        "--faststream", action="store_true", help="this checkout vs FastStream alone, ACK_FIRST"
+    )
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cases", default="noop,io1000", help=f"of {', '.join(CASES)}")
@@ -116,6 +122,9 @@ Side = tuple[str, Path, dict[str, Any]]
 def sides_of(args: argparse.Namespace, scratch: Path) -> tuple[str, Side, Side]:
     """The report's first line and the two sides to pair."""
     mine = library_dir(REPO, scratch)
+    if args.faststream:
+        what = f"This checkout ({REPO}) against FastStream alone, ACK_FIRST"
+        return what, ("this", mine, {}), ("ACK_FIRST", mine, {"system": "faststream"})
     if args.toggle is not None:
         what = f"This checkout ({REPO}), {args.toggle} on against off"
         return what, ("on", mine, {args.toggle: True}), ("off", mine, {})
@@ -132,14 +141,17 @@ def main(argv: list[str]) -> int:
         scratch = Path(tmp)
         what, first, second = sides_of(args, scratch)
         a, b = first[0], second[0]
+        start_load = load_average()
         lines = [
             f"## Paired runs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             "",
             f"{what}; {args.repeat} repeats in ABBA order, broker {args.bootstrap}. msg/s, "
-            f"medians; ratio = median of the per-repeat ratios ({a} / {b}).",
+            f"medians; ratio = median of the per-repeat ratios ({a} / {b}); CPU = the worker "
+            "process's CPU time per message over the same window (us, medians), and the "
+            f"median of its per-repeat ratios ({b} / {a}, so that above 1 means {a} is cheaper).",
             "",
-            f"| case | {a} | {b} | ratio | ratios |",
-            "|---|---|---|---|---|",
+            f"| case | {a} | {b} | ratio | ratios | CPU {a} | CPU {b} | CPU ratio |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         index = 0
         for name in cases:
@@ -147,6 +159,7 @@ def main(argv: list[str]) -> int:
             topic = unique(f"bench-paired-{name}")
             asyncio.run(fill(args.bootstrap, topic, base.partitions, base.messages))
             rates: dict[str, list[float]] = {a: [], b: []}
+            cpu: dict[str, list[float]] = {a: [], b: []}
             created = [topic]
             try:
                 for repeat in range(args.repeat):
@@ -169,16 +182,24 @@ def main(argv: list[str]) -> int:
                             print(f"{name} {who}: {result.error or 'partial'}", file=sys.stderr)
                             return 1
                         rates[who].append(result.throughput)
-                        print(f"{name} #{repeat + 1} {who}: {result.throughput:,.0f} msg/s")
+                        cpu[who].append(result.cpu_us_per_message)
+                        print(
+                            f"{name} #{repeat + 1} {who}: {result.throughput:,.0f} msg/s, "
+                            f"{result.cpu_us_per_message:.1f} us CPU per message"
+                        )
             finally:
                 asyncio.run(delete_topics(args.bootstrap, created))
             ratios = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+            cpu_ratios = [y / x for x, y in zip(cpu[a], cpu[b], strict=True) if x > 0]
             lines.append(
                 f"| {name} | {statistics.median(rates[a]):,.0f} "
                 f"| {statistics.median(rates[b]):,.0f} "
                 f"| {statistics.median(ratios):.3f} "
-                f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
+                f"| {', '.join(f'{r:.2f}' for r in ratios)} "
+                f"| {statistics.median(cpu[a]):.1f} | {statistics.median(cpu[b]):.1f} "
+                f"| {statistics.median(cpu_ratios) if cpu_ratios else 0:.3f} |"
             )
+        lines += ["", f"Load average (1 min): start {start_load}, end {load_average()}."]
     emit(lines, args.out)
     return 0
 

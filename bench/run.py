@@ -141,7 +141,7 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _load() -> str:
+def load_average() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f} (5 min {five:.1f}) at {datetime.now(UTC):%H:%M:%S}"
 
@@ -303,7 +303,7 @@ def main(argv: list[str]) -> int:
     data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     date = f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
-    loads = [f"start {_load()}"]
+    loads = [f"start {load_average()}"]
 
     try:
         cluster = asyncio.run(cluster_info(args.bootstrap))
@@ -345,7 +345,7 @@ def main(argv: list[str]) -> int:
                 raw = Path(spec.profile_path + ".pstats")
                 if raw.exists():  # for snakeviz or pstats; named e.g. profile-mw.pstats
                     shutil.copyfile(raw, data / f"profile-{spec.label.split('/')[-1]}.pstats")
-    loads.append(f"end {_load()}")
+    loads.append(f"end {load_average()}")
 
     if not args.keep_topics:
         with contextlib.suppress(Exception):
