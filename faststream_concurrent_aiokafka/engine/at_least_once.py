@@ -37,6 +37,7 @@ class AtLeastOnce:
         self, lane: ConsumerLane, committer: KafkaBatchCommitter, rejoin_sec: float
     ) -> None:
         self.slot_body: SlotBody = run_slot
+        self.ramps_slots = True
         self.lane = lane
         self.committer = committer
         self._rejoin_sec = rejoin_sec

@@ -62,6 +62,8 @@ class Scheduler:
         self._due: list[tuple[float, int, AdmittedMessage]] = []
         self._due_order = itertools.count()
         self._due_timer: asyncio.TimerHandle | None = None
+        # Lanes whose next slot tasks start after the ones just started had a step.
+        self._ramps: dict[ConsumerLane, asyncio.Handle] = {}
 
     # ---- admission -------------------------------------------------------------------
 
@@ -128,8 +130,16 @@ class Scheduler:
 
     # ---- slots -----------------------------------------------------------------------
 
-    def _start_ready(self, lane: ConsumerLane) -> None:
-        if lane.paused_by_app:
+    def _start_ready(self, lane: ConsumerLane, burst: int = 1) -> None:
+        """Start up to ``burst`` slot tasks for the lane's ready messages; if some are left,
+        start twice as many once those tasks had their first step (``_ramp``).
+
+        A slot's task takes the lane's next ready message itself when its message ends, so
+        a task whose handlers never wait works through the whole backlog in one step: tasks
+        are only added while the ones started before are all waiting (doubling, so a limit
+        of 1,000 is reached in ten loop iterations), not one per ready message.
+        """
+        if lane.paused_by_app or lane in self._ramps:
             return
         limit = self._global_limit
         lane_limit = lane.flow.running_limit(lane.settings.concurrency_limit)
@@ -139,6 +149,8 @@ class Scheduler:
             if asyncio.get_running_loop().time() < brake.reopen_at:
                 return
             lane_limit = 1
+        if not lane.ramps_slots:
+            burst = lane_limit
         ready = lane.ready
         while ready and len(lane.running) < lane_limit:
             if self.running >= limit:
@@ -146,12 +158,22 @@ class Scheduler:
                     lane.hungry = True
                     self._hungry.append(lane)
                 return
+            if burst == 0:
+                self._ramps[lane] = asyncio.get_running_loop().call_soon(self._ramp, lane)
+                return
+            burst -= 1
             message = ready.popleft()
             task = asyncio.create_task(
                 lane.slot_body(message, self._take_next), context=lane.context.copy()
             )
             task.add_done_callback(self._task_done)
             self._occupy_slot(lane, message, task)
+
+    def _ramp(self, lane: ConsumerLane) -> None:
+        """The tasks started last have had their first step and messages are still ready:
+        they wait (or run out of the lane's limit); start twice as many as are running."""
+        del self._ramps[lane]
+        self._start_ready(lane, burst=max(1, len(lane.running)))
 
     def _occupy_slot(
         self, lane: ConsumerLane, message: AdmittedMessage, task: "asyncio.Task[None]"

@@ -89,6 +89,11 @@ class CommitStrategy(Protocol):
     def slot_body(self) -> "SlotBody":
         """What runs each of the lane's messages in a slot."""
 
+    @property
+    def ramps_slots(self) -> bool:
+        """Whether slot tasks start only as the ones started before wait (a task works
+        through the ready messages itself meanwhile), rather than one per ready message."""
+
     def admissible(
         self, records: "Iterable[ConsumerRecord[Any, Any]]"
     ) -> "Iterable[ConsumerRecord[Any, Any]]":
@@ -523,6 +528,7 @@ class ConsumerLane:
         # How the lane commits, and what runs its messages (bound once: read per message).
         self.strategy = strategy(self)
         self.slot_body: SlotBody = self.strategy.slot_body
+        self.ramps_slots = self.strategy.ramps_slots
 
     @property
     def name(self) -> str:

@@ -329,7 +329,8 @@ async def test_drain_with_a_dead_broker_is_bounded_and_names_what_is_read_again(
     assert await engine.committer.commit_lane(lane)  # 0:10, 1:4 committed
     pipeline.gates[(0, 12)] = asyncio.Event()  # never released: cancelled at the deadline
     engine.admit(lane, [record(0, o) for o in range(10, 15)])
-    await until(lambda: engine.in_flight == 1)  # 10, 11, 13 and 14 finished; 12 runs
+    # 10, 11, 13 and 14 finished; 12 runs
+    await until(lambda: engine.in_flight == 1 and not lane.ready)
     consumer.steps.append(hang)
     loop = asyncio.get_running_loop()
 
