@@ -27,6 +27,7 @@ class LaneFlow:
         "bucket",
         "key_errors",
         "key_of",
+        "ordered",
         "rate_limited",
         "rate_wait_sec",
         "rate_waits",
@@ -39,6 +40,8 @@ class LaneFlow:
         self._clock = _clock()
         now = self._clock()
         self.key_of: RecordKey = key_of_records(settings.ordering)
+        # Unordered: no record has a key, and admission asks no function for one.
+        self.ordered = settings.ordering != "unordered"
         # Messages whose key function failed, until they settle or are dropped (rarely any).
         self.key_errors: dict[Any, OrderingKeyError] = {}
         rate = settings.max_messages_per_sec

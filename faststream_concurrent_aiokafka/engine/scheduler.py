@@ -77,6 +77,8 @@ class Scheduler:
         tp = TopicPartition("", -1)
         tracker: PartitionOffsets | None = None
         admitted = 0
+        ordered = flow.ordered
+        key = key_error = None
         for record in records:
             if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
                 tp = TopicPartition(record.topic, record.partition)
@@ -89,11 +91,12 @@ class Scheduler:
                 continue  # delivered again while its first delivery is still on its way
             lane.offsets.add_tracked(1)
             admitted += 1
-            key, key_error = flow.key(record)
+            if ordered:
+                key, key_error = flow.key(record)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
             if key_error is not None:
                 flow.key_errors[message] = key_error
-            if gate.submit(message, key):
+            if key is None or gate.submit(message, key):
                 ready.append(message)
         flow.took(admitted)
         self._start_ready(lane)
