@@ -244,6 +244,30 @@ async def test_a_slot_s_task_runs_the_lane_s_next_ready_message(make_rig: MakeRi
     assert len({call.task for call in rig.pipeline.calls}) == 1
 
 
+async def test_messages_that_never_wait_run_in_one_task_not_one_each(make_rig: MakeRig) -> None:
+    """A fetch's records get one slot task; while it never waits it works through all of
+    them, so no task is made per message (the no-op's bookkeeping, issue 30)."""
+    rig = await make_rig(concurrency_limit=100)
+    rig.pipeline.hold = False
+    rig.admit(0, *range(200))
+    await wait_until(lambda: len(rig.pipeline.finished()) == 200)
+    assert len({call.task for call in rig.pipeline.calls}) == 1
+
+
+async def test_tasks_are_added_while_the_started_ones_wait_until_the_limit(
+    make_rig: MakeRig,
+) -> None:
+    """Handlers that wait: slot tasks are added, doubling each loop step, until every slot
+    of the limit runs a message of its own."""
+    rig = await make_rig(concurrency_limit=100)
+    rig.admit(0, *range(150))
+    await wait_until(lambda: rig.engine.in_flight == 100)
+    await let_run()
+    assert len(rig.pipeline.running_keys()) == 100
+    assert len({call.task for call in rig.pipeline.calls}) == 100
+    assert len(rig.lane.ready) == 50
+
+
 async def test_a_message_that_changed_context_variables_does_not_pass_them_on(
     make_rig: MakeRig,
 ) -> None:
