@@ -34,6 +34,21 @@ OPEN_SHARE: Final = 0.5
 published into it still runs; past it the transaction is aborted, before Kafka does it."""
 
 
+OPEN_PER_CLOSED: Final = 9
+"""A transaction commits on its count (``commit_batch_size``) only once its gate has been open
+this many times as long as it was closed for the last commit, so that commits keep it closed
+at most a tenth of the time. While the gate is closed, a message of the partition that
+publishes for the first time waits (one producer per partition, one transaction at a time);
+at a high rate ``commit_batch_size`` messages finish long before a commit's time has paid off.
+The commit interval still commits whatever finished."""
+
+
+def count_may_commit(open_sec: float, last_closed_sec: float) -> bool:
+    """May a transaction whose gate has been open ``open_sec`` commit on its count, after its
+    last commit kept the gate closed ``last_closed_sec`` (see ``OPEN_PER_CLOSED``)?"""
+    return open_sec >= OPEN_PER_CLOSED * last_closed_sec
+
+
 ABORTS_DEGRADED: Final = 5
 """Transactions of one partition aborted in a row, without a commit between them, from which
 on health reports the partition degraded."""

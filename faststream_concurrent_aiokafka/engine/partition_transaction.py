@@ -31,11 +31,13 @@ from faststream_concurrent_aiokafka.core.transaction_state import (
 from faststream_concurrent_aiokafka.core.transactions import (
     ABORTS_DEGRADED,
     MAX_SPAN,
+    OPEN_PER_CLOSED,
     OPEN_SHARE,
     MetadataOverflowError,
     TransactionLedger,
     Verdict,
     carried,
+    count_may_commit,
     exact_metadata,
     span_has_room,
     to_commit,
@@ -90,6 +92,12 @@ class PartitionTransaction:
         self.earlier: dict[int, AttemptRecord] = {}
         self.senders: Counter[asyncio.Task[Any]] = Counter()
         self.job: asyncio.Task[None] | None = None
+        # When the gate last opened and closed, and how long the last commit kept it closed:
+        # a transaction commits on its count only once that time has paid off.
+        self.gate_opened_at = 0.0
+        self.gate_closed_at = 0.0
+        self.last_closed_sec = 0.0
+        self._paid_off: asyncio.TimerHandle | None = None  # commits then, if still due
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._open = asyncio.Event()
@@ -98,11 +106,18 @@ class PartitionTransaction:
         """The one place the state changes: checked, and the gate's waiters woken when it
         opens or when the transaction is gone for them."""
         check_transition(self.state, target, self.name)
-        self.state = target
+        previous, self.state = self.state, target
         if target is _S.COMMITTING or target is _S.RELEASING:
             self._open.clear()
-        else:
-            self._open.set()
+            if previous is _S.OPEN:
+                self.gate_closed_at = asyncio.get_running_loop().time()
+            return
+        self._open.set()
+        if target is _S.OPEN:
+            now = asyncio.get_running_loop().time()
+            if previous is _S.COMMITTING:
+                self.last_closed_sec = now - self.gate_closed_at
+            self.gate_opened_at = now
 
     @property
     def running(self) -> bool:
@@ -214,14 +229,30 @@ class PartitionTransaction:
     # ---- commits ----------------------------------------------------------------------
 
     def due(self, *, interval_elapsed: bool) -> bool:
-        """Whether the background commit should run now."""
+        """Whether the background commit should run now: on the interval, or once
+        ``commit_batch_size`` messages finished and the gate has been open long enough
+        (``core.transactions.OPEN_PER_CLOSED``)."""
         if self.ledger.taint is not None:
             return True
         tracker = self.lane.offsets.trackers.get(self.tp)
         finished = 0 if tracker is None else tracker.version - tracker.committed_version
         if interval_elapsed:
             return finished > 0 or self.ledger.opened_at is not None
-        return finished >= self.settings.commit_batch_size
+        if finished < self.settings.commit_batch_size:
+            return False
+        loop = asyncio.get_running_loop()
+        if count_may_commit(loop.time() - self.gate_opened_at, self.last_closed_sec):
+            return True
+        if self._paid_off is None:
+            at = self.gate_opened_at + OPEN_PER_CLOSED * self.last_closed_sec
+            self._paid_off = loop.call_at(at, self._commit_paid_off)
+        return False
+
+    def _commit_paid_off(self) -> None:
+        """The gate has been open long enough since a count was reached: commit, if due."""
+        self._paid_off = None
+        if self.state is _S.OPEN and self.due(interval_elapsed=False):
+            self.start_job()
 
     def start_job(self) -> None:
         """Commit (or abort) in the background, unless a commit or abort runs already."""

@@ -310,6 +310,32 @@ async def test_commits_come_on_the_commit_interval_per_partition(make_rig: MakeR
     assert rig.output() == Counter(inputs(0, 5) | inputs(1, 2))
 
 
+async def test_a_transaction_commits_on_its_count_once_its_last_commit_paid_off(
+    make_rig: MakeRig,
+) -> None:
+    """A commit that kept the gate closed 1 s: the next transaction commits on its count only
+    after 9 s of open gate (``OPEN_PER_CLOSED``), still before the 20 s interval."""
+    rig = await make_rig(commit_batch_size=5)
+    loop = asyncio.get_running_loop()
+    (producer,) = rig.pipeline.producers
+    producer.commit_gate = asyncio.Event()
+    rig.consumer.produce(0, 5)
+    await wait_until(lambda: producer.state == "committing")
+    await asyncio.sleep(1.0)
+    producer.commit_gate.set()
+    producer.commit_gate = None
+    await wait_until(lambda: rig.committed() == 5)
+    reopened = loop.time()
+    rig.consumer.produce(0, 5)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 10)
+    await let_run()
+    assert rig.committed() == 5  # five more finished, but the 1 s commit has not paid off
+    await wait_until(lambda: rig.committed() == 10, timeout=15.0)
+    assert 9.0 <= loop.time() - reopened < 10.0  # the count's commit, not the interval's
+    assert rig.output() == Counter(inputs(0, 10))
+    assert rig.cluster.transactions == [("t.fake-group:t:0", "commit")] * 2
+
+
 # ---- aborts -----------------------------------------------------------------------------
 
 

@@ -11,10 +11,12 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
 )
 from faststream_concurrent_aiokafka.core.transactions import (
     MAX_SPAN,
+    OPEN_PER_CLOSED,
     MetadataOverflowError,
     TransactionLedger,
     Verdict,
     admissible_below,
+    count_may_commit,
     exact_metadata,
     span_has_room,
     to_commit,
@@ -190,3 +192,10 @@ def test_the_next_transaction_starts_empty_and_open() -> None:
     ledger.begin()
     assert ledger.members == 0
     assert (ledger.opened_at, ledger.taint) == (None, None)
+
+
+def test_a_count_commits_once_the_gate_was_open_nine_times_its_last_closing() -> None:
+    assert OPEN_PER_CLOSED == 9
+    assert count_may_commit(0.0, 0.0)  # no commit yet: the count decides
+    assert not count_may_commit(0.089, 0.01)
+    assert count_may_commit(0.09, 0.01)
