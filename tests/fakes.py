@@ -554,9 +554,17 @@ class FakeProducer:
     async def flush(self) -> None:
         await asyncio.sleep(0)
 
-    async def commit_transaction(self) -> None:
+    def _check_may_end(self, what: str) -> None:
+        """As aiokafka's transaction manager: only a begun transaction can be ended."""
         if self._txn_manager.fatal:
-            raise AssertionError("commit_transaction of a dead producer")
+            msg = f"{what} of a dead producer"
+            raise AssertionError(msg)
+        if self.state != "in":
+            msg = f"Invalid state transition: {what} in state {self.state}"
+            raise AssertionError(msg)
+
+    async def commit_transaction(self) -> None:
+        self._check_may_end("commit_transaction")
         self.state = "committing"
         if self.commit_gate is not None:
             await self.commit_gate.wait()
@@ -577,8 +585,7 @@ class FakeProducer:
         self._end()
 
     async def abort_transaction(self) -> None:
-        if self._txn_manager.fatal:
-            raise AssertionError("abort_transaction of a dead producer")
+        self._check_may_end("abort_transaction")
         await asyncio.sleep(0)
         self.cluster.transactions.append((self.transactional_id, "abort"))
         self.discard()

@@ -371,12 +371,16 @@ class PartitionTransaction:
         return True
 
     async def _reopen(self) -> None:
-        """Begin the next transaction and open the gate (not for a partition being released)."""
-        if self.state is not _S.COMMITTING or self.producer is None:
+        """Begin the next transaction and open the gate. A partition being released opens no
+        gate, but still begins one when its release came during this commit (from the
+        background): what finished since is committed in it, and there is always a transaction
+        to end while a partition is in ``RUNNING``."""
+        if self.producer is None or not has_transaction(self.state):
             return
         await self.producer.begin_transaction()
         self.ledger.begin()
-        self._move(_S.OPEN)
+        if self.state is _S.COMMITTING:
+            self._move(_S.OPEN)
 
     async def _after_failed_request(self, what: str, error: BaseException, timeout: float) -> None:
         """A commit or abort request failed: an abortable error aborts; a broken producer,

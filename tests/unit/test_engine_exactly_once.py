@@ -583,6 +583,27 @@ async def test_a_release_commits_finished_work_and_closes_the_producer(
     assert P0 not in rig.transactions.partitions
 
 
+async def test_a_release_during_a_background_commit_ends_cleanly(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release finds the transaction just committed (no new one began while releasing):
+    nothing more to commit, no abort of a transaction that is not there, no lost partition."""
+    rig = await make_rig(produce=5, commit_batch_size=5)
+    (producer,) = rig.pipeline.producers
+    producer.commit_gate = asyncio.Event()
+    await wait_until(lambda: producer.state == "committing")
+    releasing = asyncio.create_task(rig.engine.release_partitions(rig.lane, {P0}, 1.0))
+    await let_run()
+    producer.commit_gate.set()
+    await releasing
+    assert rig.output() == Counter(inputs(0, 5))
+    assert rig.committed() == 5
+    assert rig.cluster.transactions == [("t.fake-group:t:0", "commit")]
+    assert rig.engine.counters.transactions_aborted == 0
+    assert not [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
+    assert producer.state == "closed"
+
+
 async def test_a_release_aborts_when_a_message_that_published_still_runs(
     make_rig: MakeRig,
 ) -> None:
