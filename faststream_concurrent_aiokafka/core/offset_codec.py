@@ -35,6 +35,10 @@ from faststream_concurrent_aiokafka.core.offset_bitmap import OffsetBitmap
 
 CODEC_VERSION: Final = 1
 DEFAULT_MAX_METADATA_BYTES: Final = 4096
+ENCODE_INLINE_MAX: Final = 256
+"""Above this many finished offsets, encoding them (zlib, several tries) takes milliseconds
+(about 5 ms for 512 scattered offsets, 46 ms for 8,192): callers encode in a worker thread, so
+the event loop keeps serving messages and heartbeats."""
 
 _MAGIC: Final = "fcak"
 _PREFIX: Final = f"{_MAGIC}{CODEC_VERSION}:"

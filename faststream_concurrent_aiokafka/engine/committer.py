@@ -26,6 +26,7 @@ from faststream_concurrent_aiokafka.core.commit_policy import (
 )
 from faststream_concurrent_aiokafka.core.errors import CommitterIsDeadError
 from faststream_concurrent_aiokafka.core.offset_codec import (
+    ENCODE_INLINE_MAX,
     MetadataDecodeError,
     decode_finished_bitmap,
     decode_finished_offsets,
@@ -34,10 +35,6 @@ from faststream_concurrent_aiokafka.core.offset_codec import (
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.engine.commit_errors import classify_commit_error
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
-
-# Above this many finished offsets, encoding (zlib, several tries) can take milliseconds:
-# it runs in a worker thread so the event loop keeps serving messages and heartbeats.
-_ENCODE_INLINE_MAX = 256
 
 # Longest error text in a commit's log line.
 _ERROR_TEXT_MAX = 200
@@ -81,7 +78,7 @@ class CommitBatch:
         for tp, _, point, finished, _ in self._taken:
             if not with_metadata or not finished:
                 metadata, carried = "", 0
-            elif len(finished) > _ENCODE_INLINE_MAX:
+            elif len(finished) > ENCODE_INLINE_MAX:
                 metadata, carried = await asyncio.to_thread(_encode_counted, point, finished)
             else:
                 metadata, carried = _encode_counted(point, finished)

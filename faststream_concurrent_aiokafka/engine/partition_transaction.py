@@ -17,6 +17,7 @@ from faststream_concurrent_aiokafka.core.commit_policy import CANCEL_GRACE_SEC, 
 from faststream_concurrent_aiokafka.core.errors import TransactionalPublishError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, backoff_delay
 from faststream_concurrent_aiokafka.core.health import DEGRADED, FAILED, Fault
+from faststream_concurrent_aiokafka.core.offset_codec import ENCODE_INLINE_MAX
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.core.transaction_state import (
@@ -330,7 +331,7 @@ class PartitionTransaction:
                 self._move(_S.OPEN)
             return True
         try:
-            metadata = "" if point is None else exact_metadata(point, finished)
+            metadata = await _metadata(point, finished)
         except MetadataOverflowError as exc:
             await self._abort(str(exc), timeout)
             return False
@@ -644,6 +645,16 @@ class PartitionTransaction:
                 return committed
         await aiokafka_compat.abandon_producer(producer, _CLOSE_SEC / 4)
         return committed
+
+
+async def _metadata(point: int | None, finished: frozenset[int]) -> str:
+    """``exact_metadata`` of a commit; many offsets are encoded in a worker thread (see
+    ``ENCODE_INLINE_MAX``), while the gate is closed but the event loop serves the rest."""
+    if point is None or not finished:
+        return ""
+    if len(finished) > ENCODE_INLINE_MAX:
+        return await asyncio.to_thread(exact_metadata, point, finished)
+    return exact_metadata(point, finished)
 
 
 class _Spoiled(Exception):

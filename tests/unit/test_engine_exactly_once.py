@@ -389,6 +389,28 @@ async def test_a_commit_after_an_abort_keeps_the_offsets_finished_before_it(
     assert rig.output() == Counter(inputs(0, 3))
 
 
+async def test_many_finished_offsets_are_encoded_in_a_worker_thread(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 offsets finished above a running one: the commit's metadata is encoded off the
+    event loop (``ENCODE_INLINE_MAX``), and committed whole."""
+    encoded: list[int] = []
+
+    async def in_thread(func: Callable[..., Any], *args: Any) -> Any:
+        encoded.append(len(args[1]))
+        return func(*args)
+
+    monkeypatch.setattr(asyncio, "to_thread", in_thread)
+    rig = await make_rig(produce=301, hold=True, concurrency_limit=400)
+    await wait_until(lambda: len(rig.pipeline.waiting()) == 301)
+    for offset in range(1, 301):
+        rig.pipeline.release_now(0, offset)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 300)
+    assert await rig.flush()
+    assert encoded == [300]
+    assert (rig.committed(), rig.done()) == (0, set(range(1, 301)))
+
+
 async def test_a_failure_after_publishing_aborts_and_the_retry_publishes_once(
     make_rig: MakeRig,
 ) -> None:
