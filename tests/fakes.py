@@ -674,6 +674,9 @@ class FakePipeline:
     calls: list[Call] = field(default_factory=list)
     dead_letters: list[DeadLetterCall] = field(default_factory=list)
     dead_letter_failures: deque[BaseException] = field(default_factory=deque)
+    # Retry topic: what was sent (topic, record, headers) and failures scripted for it.
+    retries_sent: list[tuple[str, Any, list[tuple[str, bytes]]]] = field(default_factory=list)
+    retry_failures: deque[BaseException] = field(default_factory=deque)
     stops: list[BaseException] = field(default_factory=list)
     on_start: Callable[[Call], None] | None = None
     on_attempt_end: Callable[[Call], None] | None = None
@@ -774,6 +777,13 @@ class FakePipeline:
                 await (await sender.send(topic, record.value))
         if entry.failed is not None:
             raise entry.failed
+
+    async def publish_retry(
+        self, topic: str, record: Any, headers: list[tuple[str, bytes]]
+    ) -> None:
+        if self.retry_failures:
+            raise self.retry_failures.popleft()
+        self.retries_sent.append((topic, record, headers))
 
     def stop_requested(self, error: BaseException) -> None:
         self.stops.append(error)

@@ -22,6 +22,8 @@ from faststream.kafka.subscriber.usecase import (
 )
 from faststream.response.publish_type import PublishType
 
+from faststream_concurrent_aiokafka.compat import aiokafka as aiokafka_compat
+
 KafkaSubscriber = LogicSubscriber
 
 # Subscribers whose get_msg is FastStream's own getone(): only those are fetched in batches.
@@ -337,3 +339,42 @@ def reroute_producer(fast_producer: Any, wrap: Callable[[Any], Any], marker: typ
     state = getattr(fast_producer, "_producer", None)
     if state is not None and state and not isinstance(state, marker):
         fast_producer._producer = wrap(state)
+
+
+def subscribe_also(subscriber: Any, topic: str) -> None:
+    """Make the subscriber's consumers read ``topic`` too, in its group, through the same
+    rebalance listener: now for those started, at every ``start()`` for the others.
+
+    Why internal: FastStream subscribes its consumer inside ``start()`` to the topics given to
+    ``broker.subscriber(...)``, kept privately (as ``str`` in 0.7.0, as prefixed ``Topic``s
+    in later 0.7 releases), so the topic is added to aiokafka's subscription once the
+    consumer exists (aiokafka takes a new subscription at any time; the group's first join,
+    or a rejoin, then assigns its partitions too). ``start`` is replaced on the instance.
+    """
+    consumers = _consumers(subscriber)
+    if consumers:
+        for consumer in consumers:
+            _add_topic(consumer, topic)
+        return
+    original: Callable[[], Any] = type(subscriber).start.__get__(subscriber)
+
+    async def start() -> None:
+        await original()
+        for consumer in _consumers(subscriber):
+            _add_topic(consumer, topic)
+
+    subscriber.start = start
+
+
+def _consumers(subscriber: Any) -> list[AIOKafkaConsumer]:
+    """The subscriber's started consumers (several with ``max_workers``)."""
+    subgroup = getattr(subscriber, "consumer_subgroup", None) or [subscriber.consumer]
+    return [c for c in subgroup if isinstance(c, AIOKafkaConsumer)]
+
+
+def _add_topic(consumer: AIOKafkaConsumer, topic: str) -> None:
+    topics = consumer.subscription()
+    if topic not in topics:
+        consumer.subscribe(
+            topics=[*topics, topic], listener=aiokafka_compat.subscription_listener(consumer)
+        )

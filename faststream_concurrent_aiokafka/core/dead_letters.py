@@ -41,6 +41,11 @@ VALUE_DROPPED: Final = PREFIX + "value-dropped"
 whole record was over the dead-letter topic's limit. Its topic, partition and offset headers
 say where the value still is (until the topic's retention removes it)."""
 
+RETRY_HOPS: Final = PREFIX + "retry-hops"
+"""Set on a dead letter of a record read back from the retry topic: the trips it made through
+the retry topic (all of ``retry_topic_delays_sec`` when its last attempt failed). The topic,
+partition, offset and timestamp headers name the original record, not the retry record."""
+
 REPLAYED_FROM: Final = PREFIX + "replayed-from"
 REPLAYS: Final = PREFIX + "replays"
 HISTORY_PREFIX: Final = PREFIX + "history-"

@@ -34,3 +34,8 @@ class OrderingKeyError(Exception):
 class MessageExpiredError(Exception):
     """A record older than ``max_message_age_sec`` when its turn came: not run. The type a
     dead letter of an expired record names in its exception-type header."""
+
+
+class RetryTopicError(Exception):
+    """Stands for the failure that sent a message to the retry topic, in an earlier run: the
+    retry record carries no exception (no more of the message than needed)."""

@@ -75,3 +75,4 @@ class AttemptRecord:
     counted: bool = False  # its final failure was counted by the dead-letter brake already
     dead_letter_attempts: int = 0  # failed dead-letter publishes (backoff before the next)
     wait_sec: float = 0.0  # the wait before its next attempt, spent outside its slot
+    hop: int = 0  # read back from the retry topic on this hop (0: not from the retry topic)

@@ -175,7 +175,8 @@ PROCESSED: Final = _counter(
     "processed_messages",
     "Messages whose processing ended, by outcome: ok, failed (logged, committed), "
     "dead_lettered, skipped (finished by an earlier owner), expired (older than "
-    "max_message_age_sec, not run).",
+    "max_message_age_sec, not run), retry_topic (sent to the retry topic for a later "
+    "attempt).",
     "{message}",
     ("outcome",),
 )
@@ -344,3 +345,4 @@ def _processed(labels: Labels, totals: Totals) -> Iterator[Sample]:
     yield (*labels, "dead_lettered"), totals.dead_lettered
     yield (*labels, "skipped"), totals.skipped
     yield (*labels, "expired"), totals.expired
+    yield (*labels, "retry_topic"), totals.retry_topic

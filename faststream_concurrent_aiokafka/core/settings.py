@@ -215,6 +215,23 @@ def _topic(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+# A retry topic's delays: at most this many hops, each at most a day (a longer wait belongs in
+# a scheduler, not in a topic whose records the consumer keeps reading).
+MAX_RETRY_TOPIC_HOPS: Final = 20
+
+
+def _delays(name: str, value: Any) -> None:
+    """A non-empty tuple of waits, one per trip through the retry topic."""
+    if not isinstance(value, tuple) or not 1 <= len(value) <= MAX_RETRY_TOPIC_HOPS:
+        msg = (
+            f"{name} must be a tuple of 1 to {MAX_RETRY_TOPIC_HOPS} numbers of seconds, one "
+            f"wait per trip through the retry topic, such as (10, 60, 600); got {value!r}"
+        )
+        raise ValueError(msg)
+    for delay in value:
+        _seconds_up_to_a_day(name, delay)
+
+
 def check_setting(field: "dataclasses.Field[Any]", value: Any) -> None:
     """Run one row's check on ``value`` (None passes for optional settings)."""
     if value is None and field.metadata[_OPTIONAL]:
@@ -225,6 +242,35 @@ def check_setting(field: "dataclasses.Field[Any]", value: Any) -> None:
 def _check_backoff(base: float, cap: float) -> None:
     if cap < base:
         msg = f"retry_backoff_max_sec ({cap}) must be >= retry_backoff_sec ({base})"
+        raise ValueError(msg)
+
+
+def _check_retry_topic(settings: "SubscriberSettings") -> None:
+    """What ``retry_topic`` cannot go with: a record read back from it runs after records
+    that came later (no order to keep), in no transaction of its input partition, and not in
+    the topic its failures go to."""
+    topic = settings.retry_topic
+    if topic is None:
+        return
+    if settings.ordering != "unordered":
+        msg = (
+            f"retry_topic={topic!r} cannot keep ordering={settings.ordering!r}: a message sent "
+            "to the retry topic runs again after the messages behind it; use ordering="
+            "'unordered' for this subscriber, or in-memory retries (max_retries, retry_policy)"
+        )
+        raise ValueError(msg)
+    if settings.exactly_once:
+        msg = (
+            f"retry_topic={topic!r} is not supported with processing_guarantee='exactly_once': "
+            "its retry runs in another partition's transaction than its input, so the input's "
+            "offset and the retry's output would not commit together; leave retry_topic None"
+        )
+        raise ValueError(msg)
+    if topic == settings.dead_letter_topic:
+        msg = (
+            f"retry_topic and dead_letter_topic are both {topic!r}: dead letters would be read "
+            "back and run again; give them different topics"
+        )
         raise ValueError(msg)
 
 
@@ -260,6 +306,8 @@ class SubscriberSettings:
     max_failure_ratio: float | None = _setting(None, _ratio, optional=True)
     failure_ratio_window: int = _setting(100, _int_between(1, 100_000))
     brake_cooldown_sec: float | None = _setting(None, _seconds_up_to_an_hour, optional=True)
+    retry_topic: str | None = _setting(None, _topic, optional=True)
+    retry_topic_delays_sec: tuple[float, ...] = _setting((10.0, 60.0, 600.0), _delays)
     track_completed_offsets: bool = _setting(True, _bool)
     stall_warning_sec: float | None = _setting(60.0, _seconds_up_to_a_day, optional=True)
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
@@ -272,6 +320,7 @@ class SubscriberSettings:
             check_setting(field, getattr(self, field.name))
         _check_backoff(self.retry_backoff_sec, self.retry_backoff_max_sec)
         _check_adaptive(adaptive=self.adaptive_concurrency, limit=self.concurrency_limit)
+        _check_retry_topic(self)
 
     @property
     def exactly_once(self) -> bool:
@@ -376,6 +425,8 @@ class KeywordSettings(TypedDict, total=False):
     max_failure_ratio: float | None
     failure_ratio_window: int
     brake_cooldown_sec: float | None
+    retry_topic: str | None
+    retry_topic_delays_sec: tuple[float, ...]
     track_completed_offsets: bool
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee
@@ -416,6 +467,8 @@ class SubscriberOverrides(TypedDict, total=False):
     max_failure_ratio: float | None
     failure_ratio_window: int | None
     brake_cooldown_sec: float | None
+    retry_topic: str | None
+    retry_topic_delays_sec: tuple[float, ...] | None
     track_completed_offsets: bool | None
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee | None

@@ -57,6 +57,7 @@ class Totals:
     claims_accepted: int = 0  # offsets commit metadata claimed finished, to be skipped
     claims_ignored: int = 0  # claimed at or beyond the partition's end at assignment: ignored
     expired: int = 0  # older than max_message_age_sec, not run, no dead-letter topic
+    retry_topic: int = 0  # attempts used up for now: sent to the retry topic, acknowledged
     retries: int = 0  # failed attempts that were tried again
     task_timeouts: int = 0  # attempts cancelled by task_timeout_sec
     stalls: int = 0  # messages that ran longer than stall_warning_sec
@@ -73,8 +74,9 @@ class Totals:
 
     @property
     def processed(self) -> int:
-        """Messages whose processing ended, whatever the outcome (skipped ones not run)."""
-        return self.ok + self.failed + self.dead_lettered
+        """Messages whose processing ended, whatever the outcome (skipped ones not run); one
+        sent to the retry topic ends there, and its record read back ends once more."""
+        return self.ok + self.failed + self.dead_lettered + self.retry_topic
 
     @classmethod
     def sum(cls, items: Iterable["Totals"]) -> Self:
@@ -139,6 +141,12 @@ class SubscriberSnapshot:
     @property
     def waiting_retry(self) -> int:
         return sum(p.waiting_retry for p in self.partitions)
+
+    @property
+    def waiting_in_retry_topic(self) -> int:
+        """Records read back from its retry topic, waiting for their due time."""
+        topic = self.settings.retry_topic
+        return sum(p.waiting_retry for p in self.partitions if p.topic == topic)
 
     @property
     def uncommitted(self) -> int:

@@ -26,6 +26,7 @@ from faststream_concurrent_aiokafka.core.failure_policy import (
 )
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.lost_dead_letters import give_up_dead_letter
+from faststream_concurrent_aiokafka.engine.retry_topic import send_later
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, Counters, Log
 
 ATTEMPT: Final[contextvars.ContextVar[int]] = contextvars.ContextVar("attempt")
@@ -145,6 +146,12 @@ class Attempts:
         """Its dead letter is failing (health reports it), or no longer."""
         del stuck
 
+    async def later(self, record: AttemptRecord) -> bool:
+        """The in-memory attempts are used up: True once the message was handed to the retry
+        topic for a later attempt (``retry_topic``), finished here."""
+        del record
+        return False
+
     def park(self, record: AttemptRecord, delay: float) -> bool:
         """Wait for the next attempt outside the slot: True when the message was handed back
         to wait ``delay`` seconds and go on from ``record`` later (``resume_parked``)."""
@@ -204,7 +211,7 @@ class Attempts:
                 self.defer(record)
                 return False
             if failure.retry_in is None:
-                return await self.final(record)
+                return await self.later(record) or await self.final(record)
             if self.park(record, failure.retry_in):
                 return False
             await self.wait(failure.retry_in)
@@ -386,6 +393,11 @@ class LaneAttempts(Attempts):
 
     def held_by_brake(self, record: AttemptRecord) -> bool:
         return brake_stops(self.message, record.error, record.attempts)
+
+    async def later(self, record: AttemptRecord) -> bool:
+        if self.settings.retry_topic is None:
+            return False
+        return await send_later(self.message, record, self.wait, self.backoff)
 
     def park(self, record: AttemptRecord, delay: float) -> bool:
         """Its slot goes to other messages meanwhile: the scheduler settles it as waiting (it

@@ -13,22 +13,27 @@ from typing import Any, Final
 from faststream_concurrent_aiokafka.core.errors import MessageExpiredError
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord
 from faststream_concurrent_aiokafka.engine.attempts import LaneAttempts
+from faststream_concurrent_aiokafka.engine.retry_topic import original_timestamp
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage
 
 LOG_INTERVAL_SEC: Final = 10.0
 
 
 def age_sec(message: AdmittedMessage, limit: float) -> float | None:
-    """The message's record's age when older than ``limit`` seconds, else None."""
-    return record_age_sec(message.record, limit)
+    """The message's record's age when older than ``limit`` seconds, else None; a record
+    read back from the retry topic is as old as its original."""
+    return record_age_sec(message.record, limit, message.lane.settings.retry_topic)
 
 
-def record_age_sec(record: Any, limit: float) -> float | None:
+def record_age_sec(record: Any, limit: float, retry_topic: str | None = None) -> float | None:
     """A record's age when older than ``limit`` seconds, else None (batches never expire:
     ``subscribers.validate`` refuses the setting for them)."""
-    if isinstance(record, tuple) or record.timestamp is None or record.timestamp < 0:
+    if isinstance(record, tuple):
         return None
-    age = time.time() - record.timestamp / 1000.0
+    timestamp = original_timestamp(record, retry_topic)
+    if timestamp is None or timestamp < 0:
+        return None
+    age = time.time() - timestamp / 1000.0
     return age if age > limit else None
 
 

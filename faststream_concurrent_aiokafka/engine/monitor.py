@@ -188,13 +188,14 @@ def totals_of(counters: Counters) -> Totals:
     dead-lettered (a dead letter is bumped just before its message settles)."""
     dead_lettered = min(counters.dead_lettered, counters.failed)
     return Totals(
-        ok=counters.processed - counters.failed - counters.expired,
+        ok=counters.processed - counters.failed - counters.expired - counters.retry_topic_sent,
         failed=counters.failed - dead_lettered,
         dead_lettered=dead_lettered,
         skipped=counters.skipped,
         claims_accepted=counters.claims_accepted,
         claims_ignored=counters.claims_ignored,
         expired=counters.expired,
+        retry_topic=counters.retry_topic_sent,
         retries=counters.retries,
         task_timeouts=counters.task_timeouts,
         stalls=counters.stalls,

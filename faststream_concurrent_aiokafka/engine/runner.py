@@ -37,7 +37,12 @@ async def run_slot(message: AdmittedMessage, take_next: TakeNext) -> None:
             if parked is not None:
                 current.retry = None
                 current.error = None  # a braked message failed for good, then was kept
-                await LaneAttempts(current).resume_parked(parked)
+                # Read back from the retry topic: its turn came now, aged from its original.
+                age = age_sec(current, limit) if parked.hop and limit is not None else None
+                if age is not None and limit is not None:
+                    await expire(current, age, limit)
+                else:
+                    await LaneAttempts(current).resume_parked(parked)
             elif limit is not None and (age := age_sec(current, limit)) is not None:
                 await expire(current, age, limit)
             else:

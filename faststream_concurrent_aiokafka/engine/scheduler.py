@@ -24,6 +24,7 @@ from faststream_concurrent_aiokafka.core import backpressure
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.settings import ConcurrencySettings
 from faststream_concurrent_aiokafka.engine.committer import KafkaBatchCommitter
+from faststream_concurrent_aiokafka.engine.retry_topic import read_back
 from faststream_concurrent_aiokafka.engine.state import (
     AdmittedMessage,
     ConsumerLane,
@@ -79,10 +80,13 @@ class Scheduler:
         admitted = 0
         ordered = flow.ordered
         key = key_error = None
+        retry_topic = lane.settings.retry_topic
+        reading_back = False
         for record in records:
             if tracker is None or record.partition != tp.partition or record.topic != tp.topic:
                 tp = TopicPartition(record.topic, record.partition)
                 tracker = lane.offsets.tracker_for(tp)
+                reading_back = tp.topic == retry_topic
             offset = record.offset
             if offset in tracker.already_done:
                 self._skip_done(lane, tracker, offset)
@@ -91,6 +95,10 @@ class Scheduler:
                 continue  # delivered again while its first delivery is still on its way
             lane.offsets.add_tracked(1)
             admitted += 1
+            if reading_back:
+                message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=None)
+                self._read_back(lane, message)
+                continue
             if ordered:
                 key, key_error = flow.key(record)
             message = AdmittedMessage(record, tp, offset, lane=lane, tracker=tracker, key=key)
@@ -124,6 +132,19 @@ class Scheduler:
         lane.ready.append(message)
         self._start_ready(lane)
         self.refresh_pause(lane)
+
+    def _read_back(self, lane: ConsumerLane, message: AdmittedMessage) -> None:
+        """A record of the lane's retry topic (unordered: no key): it waits for its due time
+        without a slot, runs now, or is finished unrun when another group sent it."""
+        wait = read_back(message)
+        if wait is None:
+            lane.counters.skipped += 1
+            _finish(lane, message.tracker, message.offset)
+            self._committer.notify_finished()
+        elif wait > 0:
+            self._wait_for_retry(message, wait)
+        else:
+            lane.ready.append(message)
 
     def _skip_done(self, lane: ConsumerLane, tracker: PartitionOffsets, offset: int) -> None:
         """An earlier owner finished this message (commit metadata said so): count it done."""

@@ -72,6 +72,12 @@ class Pipeline(Protocol):
         """Publish the message to ``topic`` and wait for the broker's acknowledgement;
         ``exception_text`` writes the error's text into the dead letter."""
 
+    async def publish_retry(
+        self, topic: str, record: Any, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Publish the record's key and value with ``headers`` to the retry topic and wait for
+        the broker's acknowledgement."""
+
     def stop_requested(self, error: BaseException) -> None:
         """The handler asked to stop consuming (``Outcome.STOP``)."""
 
@@ -258,6 +264,7 @@ class Counters:
         "rebalances",
         "resumes",
         "retries",
+        "retry_topic_sent",
         "revocations",
         "skipped",
         "stalls",
@@ -275,6 +282,7 @@ class Counters:
         self.claims_ignored = 0  # ... at or beyond the partition's end: ignored
         self.expired = 0  # not run, older than max_message_age_sec, without a dead-letter topic
         self.retries = 0  # failed attempts that were tried again
+        self.retry_topic_sent = 0  # handed to the retry topic (acknowledged), finished here
         self.task_timeouts = 0  # attempts cancelled by task_timeout_sec
         self.stalls = 0  # messages seen running longer than stall_warning_sec
         self.commit_requests = 0

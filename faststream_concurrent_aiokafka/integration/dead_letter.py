@@ -18,6 +18,7 @@ from aiokafka import ConsumerRecord
 
 from faststream_concurrent_aiokafka.compat import faststream as faststream_compat
 from faststream_concurrent_aiokafka.core.dead_letters import (
+    RETRY_HOPS,
     VALUE_DROPPED,
     Headers,
     Origin,
@@ -27,6 +28,7 @@ from faststream_concurrent_aiokafka.core.dead_letters import (
     without_value,
 )
 from faststream_concurrent_aiokafka.core.errors import ConcurrentProcessingSetupError
+from faststream_concurrent_aiokafka.core.retry_topic import read_retry, user_headers
 from faststream_concurrent_aiokafka.core.settings import ExceptionText
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.transactional_publish import dead_letter_sender
@@ -39,9 +41,32 @@ def record_headers(
     attempts: int,
     exception_text: ExceptionText | None,
 ) -> Headers:
-    """The headers of the dead letter of ``record``."""
-    origin = Origin(record.topic, record.partition, record.offset, record.timestamp, group)
-    return dead_letter_headers(record.headers, origin, error, attempts, exception_text)
+    """The headers of the dead letter of ``record``; one read back from a retry topic names
+    its original place, and how many trips through the retry topic it made."""
+    hop = read_retry(record.headers)
+    if hop is None:
+        origin = Origin(record.topic, record.partition, record.offset, record.timestamp, group)
+        return dead_letter_headers(record.headers, origin, error, attempts, exception_text)
+    headers = dead_letter_headers(
+        user_headers(record.headers), hop.origin, error, attempts, exception_text
+    )
+    return [*headers, (RETRY_HOPS, str(hop.hop).encode())]
+
+
+async def publish_record(
+    subscriber: Any, topic: str, *, key: bytes | None, value: bytes | None, headers: Headers
+) -> None:
+    """One record sent as a dead letter is (the same producer, the same middlewares), and
+    acknowledged: what the retry topic gets."""
+    exact = dead_letter_sender(subscriber)
+    producer = faststream_compat.configured_producer(subscriber)
+    if exact is None and not producer:
+        msg = (
+            f"retry_topic {topic!r} is set but the broker has no connected Kafka producer; "
+            "do not use consumer-only brokers with a retry topic"
+        )
+        raise ConcurrentProcessingSetupError(msg)
+    await _publish(subscriber, exact, producer, topic=topic, key=key, value=value, headers=headers)
 
 
 async def publish_dead_letter(

@@ -17,13 +17,18 @@ from faststream.exceptions import SkipMessage
 from faststream.message import StreamMessage
 
 from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, Outcome
+from faststream_concurrent_aiokafka.core.retry_topic import retry_headers
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.attempts import Attempts
 from faststream_concurrent_aiokafka.engine.expiry import expired_error, record_age_sec
 from faststream_concurrent_aiokafka.engine.flow_control import LaneFlow
+from faststream_concurrent_aiokafka.engine.retry_topic import next_hop
 from faststream_concurrent_aiokafka.engine.state import Counters
 from faststream_concurrent_aiokafka.integration.consume_scope import call_handler
-from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
+from faststream_concurrent_aiokafka.integration.dead_letter import (
+    publish_dead_letter,
+    publish_record,
+)
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.pipeline import FASTSTREAM_POLICY
 
@@ -125,6 +130,31 @@ class InlineAttempts(Attempts):
             exception_text=self.settings.dead_letter_exception_text,
         )
 
+    async def later(self, record: AttemptRecord) -> bool:
+        """With a retry topic the record is published there through the test broker, as in
+        production; nothing reads it back under the test broker, so the test ends here."""
+        raw = self.message.raw_message
+        topic = self.settings.retry_topic
+        if (
+            topic is None
+            or isinstance(raw, tuple)
+            or self.policy.classify(record.error) is not Outcome.RETRY
+        ):
+            return False
+        hop = next_hop(
+            raw, self.settings, getattr(self.subscriber, "group_id", None), record.attempts
+        )
+        if hop is None:
+            return False
+        await publish_record(
+            self.subscriber,
+            topic,
+            key=raw.key,
+            value=raw.value,
+            headers=retry_headers(raw.headers, hop),
+        )
+        raise SentToRetryTopic from record.error
+
     def dead_letter_failed(
         self, record: AttemptRecord, topic: str, error: Exception, delay: float
     ) -> bool:
@@ -132,6 +162,11 @@ class InlineAttempts(Attempts):
 
     def dead_lettered(self, record: AttemptRecord, topic: str) -> bool:
         raise DeadLettered from record.error
+
+
+class SentToRetryTopic(DeadLettered):
+    """Ends a message sent to the retry topic inline: ``publish`` returns normally (a test
+    subscriber of the retry topic receives the record; the handler does not run it again)."""
 
 
 def _key_error(settings: SubscriberSettings, message: StreamMessage[Any]) -> Exception | None:

@@ -84,6 +84,7 @@ async def start_concurrent_processing(
     ]
     for subscriber in concurrent:
         subscribers.validate(subscriber, settings)  # fail before anything runs
+    subscribers.check_retry_topics(concurrent, settings)
     handler = ConcurrentProcessing(settings)
     handler.brokers = [b for b in brokers if isinstance(b, KafkaBroker)]
     await handler.start()

@@ -16,7 +16,10 @@ from faststream_concurrent_aiokafka.core.settings import (
     ExceptionText,
     SubscriberSettings,
 )
-from faststream_concurrent_aiokafka.integration.dead_letter import publish_dead_letter
+from faststream_concurrent_aiokafka.integration.dead_letter import (
+    publish_dead_letter,
+    publish_record,
+)
 from faststream_concurrent_aiokafka.integration.logs import subscriber_logger
 from faststream_concurrent_aiokafka.integration.subscriber_options import options_of
 from faststream_concurrent_aiokafka.integration.transactional_publish import (
@@ -80,6 +83,11 @@ class SubscriberPipeline:
         await publish_dead_letter(
             self.owner, topic, record, error=error, attempts=attempts, exception_text=exception_text
         )
+
+    async def publish_retry(
+        self, topic: str, record: Any, headers: list[tuple[str, bytes]]
+    ) -> None:
+        await publish_record(self.owner, topic, key=record.key, value=record.value, headers=headers)
 
     def transactional_producer(self, transactional_id: str, timeout_ms: int) -> AIOKafkaProducer:
         """A producer for one input partition, connected as the broker's own; publishes of

@@ -9,6 +9,7 @@ such take-over goes through ``compat.faststream``.
 """
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -76,6 +77,14 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
             "configure_subscriber on the single-message subscribers instead of globally"
         )
         raise ConcurrentProcessingSetupError(msg)
+    if options.retry_topic is not None:
+        problem = retry_topic_problem(subscriber, options.retry_topic)
+        if problem is not None:
+            msg = (
+                f"the subscriber of {_topics(subscriber)} cannot use "
+                f"retry_topic={options.retry_topic!r}: {problem}"
+            )
+            raise ConcurrentProcessingSetupError(msg)
     if options.exactly_once:
         check_exactly_once(settings, options)
         _read_committed(subscriber)
@@ -85,6 +94,45 @@ def validate(subscriber: object, settings: ConcurrencySettings) -> None:
             msg = (
                 f"the subscriber of {topics} cannot run with "
                 f"processing_guarantee='exactly_once': {problem}"
+            )
+            raise ConcurrentProcessingSetupError(msg)
+
+
+def retry_topic_problem(subscriber: Any, topic: str) -> str | None:
+    """Why the subscriber cannot read its retry topic back itself, with the fix; None when
+    it can."""
+    if topic in (getattr(subscriber, "topic_names", None) or ()):
+        return "it is the subscriber's own topic; give the retries a topic of their own"
+    if faststream_compat.is_batch_subscriber(subscriber):
+        return "a batch=True subscriber's records fail together; subscribe without batch=True"
+    if getattr(subscriber, "pattern", None):
+        return (
+            "a pattern subscription cannot take one more topic; subscribe to topics, or leave "
+            "retry_topic None"
+        )
+    if faststream_compat.assigns_partitions(subscriber):
+        return (
+            "a subscriber given partitions=[...] reads no group subscription the retry topic "
+            "could join; subscribe to topics instead"
+        )
+    if faststream_compat.is_consumer_only(subscriber):
+        return "its broker was made with consumer_only=True and cannot publish retries"
+    return None
+
+
+def check_retry_topics(subscribers: Iterable[Any], settings: ConcurrencySettings) -> None:
+    """No two subscribers share a retry topic: each would run the other's retries."""
+    seen: dict[str, Any] = {}
+    for subscriber in subscribers:
+        topic = settings.for_subscriber(options_of(subscriber)).retry_topic
+        if topic is None:
+            continue
+        other = seen.setdefault(topic, subscriber)
+        if other is not subscriber:
+            msg = (
+                f"the subscribers of {_topics(other)} and of {_topics(subscriber)} both use "
+                f"retry_topic={topic!r}: each would read the other's retries; give each its "
+                "own with configure_subscriber(subscriber, retry_topic=...)"
             )
             raise ConcurrentProcessingSetupError(msg)
 
@@ -190,6 +238,9 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
         finally:
             engine.retire(lanes)
 
+    retry_topic = handler.settings.for_subscriber(options_of(subscriber)).retry_topic
+    if retry_topic is not None:
+        faststream_compat.subscribe_also(subscriber, retry_topic)
     fetching_taken_over = faststream_compat.fetches_one_at_a_time(subscriber)
     faststream_compat.take_over_consume_one(subscriber, admit)
     stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)

@@ -83,6 +83,8 @@ POLICY_PARAMS = (
     "max_failure_ratio",
     "failure_ratio_window",
 )
+# Validated in tests/unit/test_retry_topic.py.
+RETRY_TOPIC_PARAMS = ("retry_topic", "retry_topic_delays_sec")
 ALL_PARAMS = (
     *INT_PARAMS,
     *SECONDS_PARAMS,
@@ -93,6 +95,7 @@ ALL_PARAMS = (
     "dead_letter_topic",
     "processing_guarantee",
     "transactional_id_prefix",
+    *RETRY_TOPIC_PARAMS,
 )
 SUBSCRIBER_PARAMS = (
     "concurrency_limit",
@@ -109,6 +112,7 @@ SUBSCRIBER_PARAMS = (
     "stall_warning_sec",
     "max_message_age_sec",
     "brake_cooldown_sec",
+    *RETRY_TOPIC_PARAMS,
     "processing_guarantee",
     "transactional_id_prefix",
     "transaction_timeout_sec",

@@ -231,6 +231,7 @@ def test_totals_become_counters_by_outcome_and_result() -> None:
         ((*who, "dead_lettered"), 200),
         ((*who, "skipped"), 7),
         ((*who, "expired"), 0),
+        ((*who, "retry_topic"), 0),
     ]
     assert samples[metrics.COMMITS] == [((*who, "ok"), 21), ((*who, "failed"), 4)]
     assert samples[metrics.RETRIES] == [(who, 200)]
