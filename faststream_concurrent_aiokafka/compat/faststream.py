@@ -343,27 +343,39 @@ def reroute_producer(fast_producer: Any, wrap: Callable[[Any], Any], marker: typ
 
 def subscribe_also(subscriber: Any, topic: str) -> None:
     """Make the subscriber's consumers read ``topic`` too, in its group, through the same
-    rebalance listener: now for those started, at every ``start()`` for the others.
+    rebalance listener: from their first ``subscribe()`` for consumers it builds from now on
+    (no extra rebalance), at once for those already started (a rebalance follows).
 
-    Why internal: FastStream subscribes its consumer inside ``start()`` to the topics given to
-    ``broker.subscriber(...)``, kept privately (as ``str`` in 0.7.0, as prefixed ``Topic``s
-    in later 0.7 releases), so the topic is added to aiokafka's subscription once the
-    consumer exists (aiokafka takes a new subscription at any time; the group's first join,
-    or a rejoin, then assigns its partitions too). ``start`` is replaced on the instance.
+    Why internal: FastStream builds its consumers and subscribes them inside ``start()`` to
+    the topics given to ``broker.subscriber(...)``, kept privately (as ``str`` in 0.7.0, as
+    prefixed ``Topic``s in later 0.7 releases). The one per-subscriber step before that
+    ``subscribe()`` is the ``builder`` property (every 0.7 release, single and ``max_workers``
+    subscribers), so the instance gets a subclass whose builder makes consumers that add the
+    topic to what they are subscribed to.
     """
-    consumers = _consumers(subscriber)
-    if consumers:
-        for consumer in consumers:
-            _add_topic(consumer, topic)
-        return
-    original: Callable[[], Any] = type(subscriber).start.__get__(subscriber)
+    for consumer in _consumers(subscriber):
+        _add_topic(consumer, topic)
+    cls = type(subscriber)
+    build = cls.builder
 
-    async def start() -> None:
-        await original()
-        for consumer in _consumers(subscriber):
-            _add_topic(consumer, topic)
+    def builder(self: Any) -> Callable[..., AIOKafkaConsumer]:
+        make = build.__get__(self)
 
-    subscriber.start = start
+        def make_also_subscribing(*args: Any, **kwargs: Any) -> AIOKafkaConsumer:
+            consumer = make(*args, **kwargs)
+            subscribe = consumer.subscribe
+
+            def subscribe_also_to(*a: Any, topics: Any = (), **kw: Any) -> None:
+                topics = list(topics)
+                subscribe(*a, topics=topics if topic in topics else [*topics, topic], **kw)
+
+            consumer.subscribe = subscribe_also_to
+            return consumer
+
+        return make_also_subscribing
+
+    namespace = {"__slots__": (), "__module__": cls.__module__, "builder": property(builder)}
+    subscriber.__class__ = type(cls.__name__, (cls,), namespace)
 
 
 def _consumers(subscriber: Any) -> list[AIOKafkaConsumer]:
