@@ -6,6 +6,7 @@ falling back to something silently wrong.
 
 from typing import Any
 
+import pytest
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import ConsumerStoppedError
 from faststream import FastStream
@@ -323,3 +324,38 @@ def test_a_consumer_setting_is_set_before_the_consumer_is_built_and_not_after() 
     subscriber.running = True
     assert not compat.set_consumer_option(subscriber, "isolation_level", "read_uncommitted")
     assert compat.consumer_option(subscriber, "isolation_level") == "read_committed"
+
+
+@pytest.mark.parametrize("max_workers", [None, 2])
+async def test_subscribe_also_makes_the_consumers_it_builds_subscribe_to_one_more_topic(
+    max_workers: int | None,
+) -> None:
+    broker = KafkaBroker("h:1", logger=None)
+    extra: dict[str, Any] = {} if max_workers is None else {"max_workers": max_workers}
+    subscriber = broker.subscriber("t", group_id="g", **extra)
+    kind = type(subscriber)
+    compat.subscribe_also(subscriber, "t-retry")
+    compat.subscribe_also(subscriber, "t-retry")  # a second handler: still once
+
+    # What FastStream's start() does with the consumer it builds, in every 0.7 release.
+    consumer = subscriber.builder(group_id="g")
+    consumer.subscribe(topics=["t"])
+    assert consumer.subscription() == {"t", "t-retry"}
+    await consumer.stop()
+    # Still the subscriber it was: its kind, its fetch, its topics.
+    assert isinstance(subscriber, kind)
+    assert type(subscriber).get_msg is kind.get_msg
+    assert subscriber.topic_names == ["t"]
+
+
+async def test_subscribe_also_adds_the_topic_to_a_consumer_already_subscribed() -> None:
+    broker = KafkaBroker("h:1", logger=None)
+    subscriber = broker.subscriber("t", group_id="g")
+    consumer = subscriber.builder(group_id="g")
+    consumer.subscribe(topics=["t"])
+    subscriber.consumer = consumer
+
+    compat.subscribe_also(subscriber, "t-retry")
+
+    assert consumer.subscription() == {"t", "t-retry"}
+    await consumer.stop()

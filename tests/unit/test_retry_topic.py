@@ -5,7 +5,7 @@ broker's side is tests/kafka/test_retry_topic.py."""
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -199,7 +199,7 @@ class Rig:
             topic=RETRY,
             partition=0,
             offset=offset,
-            timestamp=0,
+            timestamp=int(time.time() * 1000),  # written now
             timestamp_type=0,
             key=None,
             value=b"v",
@@ -216,20 +216,35 @@ class Rig:
 
 
 @pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
-    engine = Engine(ConcurrencySettings(commit_batch_size=1000, shutdown_timeout_sec=0.5))
-    await engine.start()
-    consumer = FakeConsumer(assignment=[tp(0), tp(0, RETRY)])
-    lane_settings = SubscriberSettings(
-        retry_topic=RETRY,
-        retry_topic_delays_sec=(30.0, 60.0),
-        dead_letter_topic="dlq",
-        retry_backoff_sec=0.01,
-        retry_backoff_max_sec=0.02,
-    )
-    pipeline = FakePipeline(lane_settings, FailurePolicy(dead_letter=(Rejected,)), hold=False)
-    yield Rig(engine, consumer, pipeline)
-    await engine.close()
+async def make_rig() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
+    engines: list[Engine] = []
+
+    async def make(**lane_settings: Any) -> Rig:
+        engine = Engine(ConcurrencySettings(commit_batch_size=1000, shutdown_timeout_sec=0.5))
+        await engine.start()
+        engines.append(engine)
+        consumer = FakeConsumer(assignment=[tp(0), tp(0, RETRY)])
+        settings = SubscriberSettings(
+            **{
+                "retry_topic": RETRY,
+                "retry_topic_delays_sec": (30.0, 60.0),
+                "dead_letter_topic": "dlq",
+                "retry_backoff_sec": 0.01,
+                "retry_backoff_max_sec": 0.02,
+                **lane_settings,
+            }
+        )
+        policy = FailurePolicy(dead_letter=(Rejected,))
+        return Rig(engine, consumer, FakePipeline(settings, policy, hold=False))
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+@pytest.fixture
+async def rig(make_rig: Callable[..., Awaitable[Rig]]) -> Rig:
+    return await make_rig()
 
 
 def _hop(hop: int, attempts: int, due_in_sec: float, group: str = "fake-group") -> fmt.RetryHop:
@@ -347,3 +362,15 @@ async def test_a_record_without_our_headers_runs_as_a_new_message(rig: Rig) -> N
     rig.read_back(0, [("user", b"1")])
     await wait_until(lambda: rig.engine.counters.processed == 1)
     assert seen == [1]
+
+
+async def test_a_record_read_back_expires_by_its_original_timestamp(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(max_message_age_sec=60.0)
+    fresh = fmt.retry_headers([], _hop(1, 1, due_in_sec=0))  # first read in 1970: too old
+    rig.read_back(0, fresh)
+    await wait_until(lambda: rig.engine.counters.processed == 1)
+    assert rig.pipeline.calls == []
+    ((letter),) = rig.pipeline.dead_letters
+    assert type(letter.error).__name__ == "MessageExpiredError"

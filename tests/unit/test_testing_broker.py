@@ -385,3 +385,34 @@ async def test_max_message_age_sec_is_refused_for_a_batch_subscriber_at_start_up
     assert "max_message_age_sec cannot apply to the batch=True subscriber of orders" in str(
         error.value
     )
+
+
+async def test_a_message_out_of_attempts_reaches_a_test_subscriber_of_the_retry_topic() -> None:
+    """Under the test broker the record is published to the retry topic as in production
+    (nothing reads it back: the test's publish returns once it is sent)."""
+    br = broker()
+    calls: list[int] = []
+    retries: list[KafkaMessage] = []
+
+    @manual(br, max_retries=1, retry_topic="orders.retry", retry_topic_delays_sec=(60.0,), **FAST)
+    async def handle(body: int) -> None:
+        calls.append(current_attempt())
+        raise PoisonError(body)
+
+    @br.subscriber("orders.retry")
+    async def later(msg: KafkaMessage) -> None:
+        retries.append(msg)
+
+    async with TestKafkaBroker(br) as test:
+        await test.publish(42, "orders", key=b"k-42", headers={"origin": "test"})
+
+    assert calls == [1, 2]
+    [retry] = retries
+    assert retry.body == b"42"
+    assert retry.raw_message.key == b"k-42"  # type: ignore[union-attr]
+    headers = retry.headers
+    assert headers["origin"] == "test"
+    assert (headers["x-retry-hop"], headers["x-retry-attempts"]) == ("1", "2")
+    assert headers["x-retry-topic"] == "orders"
+    assert headers["x-retry-consumer-group"] == "billing"
+    assert int(headers["x-retry-due"]) > 0
