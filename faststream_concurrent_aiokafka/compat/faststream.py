@@ -341,10 +341,11 @@ def reroute_producer(fast_producer: Any, wrap: Callable[[Any], Any], marker: typ
         fast_producer._producer = wrap(state)
 
 
-def subscribe_also(subscriber: Any, topic: str) -> None:
+def subscribe_also(subscriber: Any, topic: str) -> int:
     """Make the subscriber's consumers read ``topic`` too, in its group, through the same
     rebalance listener: from their first ``subscribe()`` for consumers it builds from now on
-    (no extra rebalance), at once for those already started (a rebalance follows).
+    (no extra rebalance), at once for those already started (a rebalance follows); returns
+    how many of those there were.
 
     Why internal: FastStream builds its consumers and subscribes them inside ``start()`` to
     the topics given to ``broker.subscriber(...)``, kept privately (as ``str`` in 0.7.0, as
@@ -353,7 +354,8 @@ def subscribe_also(subscriber: Any, topic: str) -> None:
     subscribers), so the instance gets a subclass whose builder makes consumers that add the
     topic to what they are subscribed to.
     """
-    for consumer in _consumers(subscriber):
+    started = _consumers(subscriber)
+    for consumer in started:
         _add_topic(consumer, topic)
     cls = type(subscriber)
     build = cls.builder
@@ -376,6 +378,7 @@ def subscribe_also(subscriber: Any, topic: str) -> None:
 
     namespace = {"__slots__": (), "__module__": cls.__module__, "builder": property(builder)}
     subscriber.__class__ = type(cls.__name__, (cls,), namespace)
+    return len(started)
 
 
 def _consumers(subscriber: Any) -> list[AIOKafkaConsumer]:

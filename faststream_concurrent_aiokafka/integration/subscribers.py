@@ -239,8 +239,15 @@ def install(subscriber: Any, handler: ConcurrentProcessing) -> None:
             engine.retire(lanes)
 
     retry_topic = handler.settings.for_subscriber(options_of(subscriber)).retry_topic
-    if retry_topic is not None:
-        faststream_compat.subscribe_also(subscriber, retry_topic)
+    if retry_topic is not None and faststream_compat.subscribe_also(subscriber, retry_topic):
+        subscriber_logger(subscriber).warning(
+            "The subscriber of %s was set up after its consumer started: it subscribes to its "
+            "retry topic %r now, and its group rebalances once. Call "
+            "initialize_concurrent_processing before the broker starts (in the app's lifespan, "
+            "or pass it broker=) to read the retry topic from the first assignment",
+            _topics(subscriber),
+            retry_topic,
+        )
     fetching_taken_over = faststream_compat.fetches_one_at_a_time(subscriber)
     faststream_compat.take_over_consume_one(subscriber, admit)
     stop = faststream_compat.take_over_stop(subscriber, drain_then_stop)

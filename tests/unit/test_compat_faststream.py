@@ -334,7 +334,7 @@ async def test_subscribe_also_makes_the_consumers_it_builds_subscribe_to_one_mor
     extra: dict[str, Any] = {} if max_workers is None else {"max_workers": max_workers}
     subscriber = broker.subscriber("t", group_id="g", **extra)
     kind = type(subscriber)
-    compat.subscribe_also(subscriber, "t-retry")
+    assert compat.subscribe_also(subscriber, "t-retry") == 0  # none started yet
     compat.subscribe_also(subscriber, "t-retry")  # a second handler: still once
 
     # What FastStream's start() does with the consumer it builds, in every 0.7 release.
@@ -355,7 +355,7 @@ async def test_subscribe_also_adds_the_topic_to_a_consumer_already_subscribed() 
     consumer.subscribe(topics=["t"])
     subscriber.consumer = consumer
 
-    compat.subscribe_also(subscriber, "t-retry")
+    assert compat.subscribe_also(subscriber, "t-retry") == 1
 
     assert consumer.subscription() == {"t", "t-retry"}
     await consumer.stop()
