@@ -99,8 +99,9 @@ async def send_later(
     backoff: Callable[[int], float],
 ) -> bool:
     """Send the message to the retry topic for its next hop; True once the broker
-    acknowledged (the message is finished here), False when it has no hop left or cannot be
-    sent (it fails for good: dead letter or given up)."""
+    acknowledged (the message is finished here), False when it has no hop left, cannot be
+    sent, or the dead-letter brake is tripped (it fails for good: the brake, a dead letter or
+    given up)."""
     lane = message.lane
     settings = lane.settings
     topic = settings.retry_topic
@@ -108,6 +109,7 @@ async def send_later(
     if (
         topic is None
         or isinstance(raw, tuple)
+        or lane.brake.tripped  # the brake holds every failure, this one too
         or lane.policy.classify(record.error) is not Outcome.RETRY
     ):
         return False

@@ -374,3 +374,19 @@ async def test_a_record_read_back_expires_by_its_original_timestamp(
     assert rig.pipeline.calls == []
     ((letter),) = rig.pipeline.dead_letters
     assert type(letter.error).__name__ == "MessageExpiredError"
+
+
+async def test_a_tripped_brake_holds_a_failure_instead_of_sending_it(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(max_consecutive_failures=1, dead_letter_topic=None)
+    rig.pipeline.hold = True
+    rig.admit(5)  # runs until released
+    for offset in (0, 1):  # two records on their last hop fail for good: the brake trips
+        rig.pipeline.fail(0, offset, Boom())
+        rig.read_back(offset, fmt.retry_headers([], _hop(2, 2, due_in_sec=0)))
+    await wait_until(lambda: rig.lane.brake.tripped)
+    await rig.pipeline.release(0, 5, Boom())
+    await wait_until(lambda: not rig.lane.running)
+    assert rig.pipeline.retries_sent == []  # held by the brake, as every failure now
+    assert await rig.committed(tp(0)) == 5  # not past it
