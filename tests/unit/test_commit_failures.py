@@ -229,6 +229,9 @@ class Pipeline:
     ) -> None:
         raise AssertionError("no dead letters here")
 
+    async def publish_retry(self, topic: str, rec: Any, headers: list[tuple[str, bytes]]) -> None:
+        raise AssertionError("no retry topic here")
+
     def stop_requested(self, error: BaseException) -> None:
         raise AssertionError("no stop here")
 
