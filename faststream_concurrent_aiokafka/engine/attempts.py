@@ -26,7 +26,7 @@ from faststream_concurrent_aiokafka.core.failure_policy import (
 )
 from faststream_concurrent_aiokafka.core.settings import SubscriberSettings
 from faststream_concurrent_aiokafka.engine.lost_dead_letters import give_up_dead_letter
-from faststream_concurrent_aiokafka.engine.retry_topic import send_later
+from faststream_concurrent_aiokafka.engine.retry_topic import has_hop_left, send_later
 from faststream_concurrent_aiokafka.engine.state import AdmittedMessage, Counters, Log
 
 ATTEMPT: Final[contextvars.ContextVar[int]] = contextvars.ContextVar("attempt")
@@ -427,7 +427,11 @@ def is_final_failure(message: AdmittedMessage, error: BaseException) -> bool:
         return isinstance(error, lane.policy.dead_letter)
     if outcome is Outcome.DEAD_LETTER:
         return True
-    return outcome is Outcome.RETRY and message.attempt > message.lane.settings.max_retries
+    return (
+        outcome is Outcome.RETRY
+        and message.attempt > message.lane.settings.max_retries
+        and not has_hop_left(message)  # it goes on in the retry topic
+    )
 
 
 def brake_stops(message: AdmittedMessage, error: BaseException, attempts: int) -> bool:

@@ -92,6 +92,17 @@ def next_hop(
     return send_hop(current, origin, attempts, settings.retry_topic_delays_sec, _now_ms())
 
 
+def has_hop_left(message: AdmittedMessage) -> bool:
+    """Whether the message, once its in-memory attempts are used up, goes to the retry topic
+    (a trip is left, the brake is not tripped) rather than failing for good."""
+    lane = message.lane
+    record = message.record
+    if lane.settings.retry_topic is None or isinstance(record, tuple) or lane.brake.tripped:
+        return False
+    current = read_retry(record.headers) if record.topic == lane.settings.retry_topic else None
+    return current is None or current.hop < len(lane.settings.retry_topic_delays_sec)
+
+
 async def send_later(
     message: AdmittedMessage,
     record: AttemptRecord,

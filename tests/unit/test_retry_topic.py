@@ -23,7 +23,7 @@ from faststream_concurrent_aiokafka.core.settings import (
     SubscriberSettings,
     check_overrides,
 )
-from faststream_concurrent_aiokafka.engine.attempts import current_attempt
+from faststream_concurrent_aiokafka.engine.attempts import current_attempt, is_final_failure
 from faststream_concurrent_aiokafka.engine.engine import Engine
 from faststream_concurrent_aiokafka.engine.monitor import current_faults, snapshot
 from faststream_concurrent_aiokafka.engine.state import ConsumerLane
@@ -390,3 +390,17 @@ async def test_a_tripped_brake_holds_a_failure_instead_of_sending_it(
     await wait_until(lambda: not rig.lane.running)
     assert rig.pipeline.retries_sent == []  # held by the brake, as every failure now
     assert await rig.committed(tp(0)) == 5  # not past it
+
+
+async def test_an_attempt_that_goes_on_in_the_retry_topic_is_not_a_final_failure(
+    rig: Rig,
+) -> None:
+    """What the middlewares around the library are told: a message with a trip left did not
+    fail for good; one on its last trip did."""
+    rig.pipeline.hold = True
+    rig.admit(0)
+    rig.read_back(1, fmt.retry_headers([], _hop(1, 1, due_in_sec=0)))
+    rig.read_back(2, fmt.retry_headers([], _hop(2, 1, due_in_sec=0)))
+    await wait_until(lambda: len(rig.pipeline.waiting()) == 3)  # every attempt runs
+    final = {m.offset: is_final_failure(m, Boom()) for m in rig.lane.running}
+    assert final == {0: False, 1: False, 2: True}
