@@ -1,7 +1,7 @@
 """A FastStream app with a retry topic (``RETRY_TOPIC``): every 10th message fails its first
 two attempts (counted over every run: ``current_attempt()`` reads the attempts its retry
 records carry), the others succeed; each success is appended to the output file (flushed per
-line, so it survives SIGKILL). The first trip through the retry topic waits 5 s, long enough
+line, so it survives SIGKILL). The first trip through the retry topic waits 8 s, long enough
 for a test to kill the app while the failing messages wait there.
 """
 
@@ -56,7 +56,7 @@ def main() -> None:
             commit_batch_timeout_sec=0.2,
             shutdown_timeout_sec=settings.shutdown_timeout_sec,
             retry_topic=os.environ["RETRY_TOPIC"],
-            retry_topic_delays_sec=(5.0, 1.0),
+            retry_topic_delays_sec=(8.0, 1.0),
         )
         try:
             yield

@@ -84,6 +84,7 @@ async def test_the_input_commit_point_passes_messages_waiting_in_the_retry_topic
                 return False
             waiting = failing - set(succeeded)
             assert waiting, "every failing message succeeded before the input was committed"
+            print(f"input committed to its end while {len(waiting)} of {len(failing)} wait")
             return True
 
         await wait_until(input_committed_while_failing_wait, timeout=30, interval=0.05)
@@ -200,6 +201,7 @@ async def test_a_sigkill_while_messages_wait_in_the_retry_topic_loses_none(
 
         await wait_until(failing_ones_wait, timeout=60, interval=0.05)
         waiting = failing - set(read_ids(output))
+        print(f"killed while {len(waiting)} of {len(failing)} failing messages wait")
         assert len(waiting) >= len(failing) // 2, f"only {len(waiting)} still waited"
     finally:
         await app.kill()  # SIGKILL
