@@ -359,14 +359,15 @@ class Scheduler:
             lane = message.lane
             if message in lane.waiting_retry:
                 lane.waiting_retry.discard(message)
+                lanes[lane] = None
                 if message.tracker.retired:
-                    # Its partition went away: it is not run; the key passes on past it.
+                    # Its partition went away: it is not run; the key passes on past it (to a
+                    # message that then starts below).
                     if lane.flow.key_errors:
                         lane.flow.key_errors.pop(message, None)
                     self._release_key(lane, message)
                     continue
                 lane.ready.appendleft(message)
-                lanes[lane] = None
         self._arm_due_timer()
         for lane in lanes:
             self._start_ready(lane)
