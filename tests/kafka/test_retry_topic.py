@@ -47,6 +47,12 @@ class DownstreamError(Exception):
     """The failing service behind a handler."""
 
 
+def written(ends: dict[int, int]) -> dict[int, int]:
+    """The end offsets of the partitions that got records: a retry record without a key goes
+    to any partition, and nothing is committed for one that got none."""
+    return {partition: end for partition, end in ends.items() if end}
+
+
 async def test_the_input_commit_point_passes_messages_waiting_in_the_retry_topic() -> None:
     topic, group = await numbered_topic("retry-in", MESSAGES, PARTITIONS)
     retry_topic = unique("retry-wait")
@@ -101,7 +107,7 @@ async def test_the_input_commit_point_passes_messages_waiting_in_the_retry_topic
         assert twice == [], f"{len(twice)} ran again: {twice[:20]}"
         retry_end = await end_offsets(retry_topic, PARTITIONS)
         assert sum(retry_end.values()) == len(failing) * FAILED_ATTEMPTS
-        await wait_committed(group, retry_topic, retry_end, timeout=30)
+        await wait_committed(group, retry_topic, written(retry_end), timeout=30)
         await wait_committed(group, topic, input_end, timeout=30)
         totals = processing_snapshot(broker.context).subscribers[0].totals
         assert totals.retry_topic == len(failing) * FAILED_ATTEMPTS
@@ -149,7 +155,7 @@ async def test_after_the_last_delay_the_message_is_dead_lettered_naming_its_orig
         assert found[dead_letters.ATTEMPTS] == b"4"
         assert found[dead_letters.RETRY_HOPS] == b"2"
         assert not any(name.startswith("x-retry-") for name in found)
-        await wait_committed(group, retry_topic, await end_offsets(retry_topic, 2))
+        await wait_committed(group, retry_topic, written(await end_offsets(retry_topic, 2)))
     finally:
         await broker.stop()
         await stop_concurrent_processing(broker.context)
@@ -211,6 +217,8 @@ async def test_a_sigkill_while_messages_wait_in_the_retry_topic_loses_none(
     try:
         await wait_until(lambda: set(read_ids(output)) >= set(range(MESSAGES)), timeout=90)
         await wait_committed(group, topic, await end_offsets(topic, PARTITIONS), timeout=30)
-        await wait_committed(group, retry, await end_offsets(retry, PARTITIONS), timeout=30)
+        await wait_committed(
+            group, retry, written(await end_offsets(retry, PARTITIONS)), timeout=30
+        )
     finally:
         await app.stop(signal.SIGTERM)
