@@ -53,6 +53,7 @@ def written(ends: dict[int, int]) -> dict[int, int]:
     return {partition: end for partition, end in ends.items() if end}
 
 
+@pytest.mark.smoke  # also run with the lowest FastStream: the subscription seam differs there
 async def test_the_input_commit_point_passes_messages_waiting_in_the_retry_topic() -> None:
     topic, group = await numbered_topic("retry-in", MESSAGES, PARTITIONS)
     retry_topic = unique("retry-wait")
