@@ -20,10 +20,11 @@ PREFIX: Final = "x-retry-"
 DUE: Final = PREFIX + "due"  # epoch milliseconds
 HOP: Final = PREFIX + "hop"
 ATTEMPTS: Final = PREFIX + "attempts"
-TOPIC: Final = PREFIX + "topic"
-PARTITION: Final = PREFIX + "partition"
-OFFSET: Final = PREFIX + "offset"
-TIMESTAMP: Final = PREFIX + "timestamp"
+# Where the message was first read (its original record), not the retry record's own place.
+TOPIC: Final = PREFIX + "origin-topic"
+PARTITION: Final = PREFIX + "origin-partition"
+OFFSET: Final = PREFIX + "origin-offset"
+TIMESTAMP: Final = PREFIX + "origin-timestamp"
 CONSUMER_GROUP: Final = PREFIX + "consumer-group"
 HEADERS: Final = (DUE, HOP, ATTEMPTS, TOPIC, PARTITION, OFFSET, TIMESTAMP, CONSUMER_GROUP)
 """What every retry record carries after the user's headers, in this order."""

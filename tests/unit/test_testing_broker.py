@@ -413,6 +413,6 @@ async def test_a_message_out_of_attempts_reaches_a_test_subscriber_of_the_retry_
     headers = retry.headers
     assert headers["origin"] == "test"
     assert (headers["x-retry-hop"], headers["x-retry-attempts"]) == ("1", "2")
-    assert headers["x-retry-topic"] == "orders"
+    assert headers["x-retry-origin-topic"] == "orders"
     assert headers["x-retry-consumer-group"] == "billing"
     assert int(headers["x-retry-due"]) > 0
