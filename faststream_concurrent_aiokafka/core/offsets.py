@@ -6,7 +6,8 @@ are remembered until the gap below them closes.
 """
 
 from collections import deque
-from collections.abc import Set
+from collections.abc import Hashable, MutableMapping, Set
+from typing import Any
 
 # A batch commit whose point did not move is sent once the finished offsets above the point
 # grew by 1 / METADATA_GROWTH of their number (see ``PartitionOffsets.metadata_grew``): the
@@ -26,13 +27,16 @@ class PartitionOffsets:
 
     __slots__ = (
         "_blocked",
+        "_changes",
         "_finished",
+        "_key",
         "_passed_end",
         "_pending",
         "already_done",
         "committed",
         "committed_left_out",
         "committed_version",
+        "listed",
         "retired",
         "skipped",
         "version",
@@ -54,6 +58,26 @@ class PartitionOffsets:
         # Finished above that commit's point but left out of its metadata: they run again.
         self.committed_left_out = 0
         self.skipped = 0  # finished by an earlier owner (``skip``), not run here
+        # Where the tracker lists itself (under ``_key``) on its first change after the lane
+        # last took the list: a commit tick then looks at the partitions that changed only,
+        # not at every assigned one (see ``listen``).
+        self._changes: MutableMapping[Any, PartitionOffsets] | None = None
+        self._key: Hashable = None
+        self.listed = False
+
+    def listen(self, changes: "MutableMapping[Any, PartitionOffsets]", key: Hashable) -> None:
+        """List this tracker in ``changes`` under ``key`` whenever something finishes or is
+        blocked while it is not listed there (the taker sets ``listed`` back to False)."""
+        self._changes, self._key = changes, key
+        self.listed = False
+        self.mark_changed()
+
+    def mark_changed(self) -> None:
+        """List the tracker as changed (once until the taker unlists it). A retired tracker
+        lists nothing: its partition's key may name a newer tracker already."""
+        self.listed = True
+        if self._changes is not None and not self.retired:
+            self._changes[self._key] = self
 
     @property
     def pending_count(self) -> int:
@@ -110,6 +134,8 @@ class PartitionOffsets:
         if offset in self._blocked:
             return 0
         self.version += 1
+        if not self.listed:
+            self.mark_changed()
         pending = self._pending
         if not pending or pending[0] != offset:
             if pending and offset > pending[0]:
@@ -150,6 +176,8 @@ class PartitionOffsets:
             self._blocked.add(offset)
             self._finished.discard(offset)
             self.version += 1
+            if not self.listed:
+                self.mark_changed()
 
     def finished_above(self) -> frozenset[int]:
         """Offsets already done above the first unfinished one."""

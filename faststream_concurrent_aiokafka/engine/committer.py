@@ -13,6 +13,7 @@ decides for its cause.
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -38,6 +39,14 @@ from faststream_concurrent_aiokafka.engine.state import ConsumerLane
 
 # Longest error text in a commit's log line.
 _ERROR_TEXT_MAX = 200
+
+# The broker writes one OffsetCommit request as one record batch to __consumer_offsets, which
+# its message.max.bytes (1 MiB by default) bounds: 1,000 partitions of up to 4 KiB metadata
+# each would be refused (UNKNOWN_SERVER_ERROR on every partition). A request is split so that
+# its records stay under half of that; each record is about its metadata, the group, the topic
+# and this much more.
+COMMIT_REQUEST_MAX_BYTES = 512 * 1024
+_RECORD_OVERHEAD_BYTES = 96
 
 
 class CommitBatch:
@@ -86,11 +95,46 @@ class CommitBatch:
             offsets[tp] = OffsetAndMetadata(point, metadata)
         return offsets
 
-    def mark_committed(self) -> None:
+    def trackers(self) -> list[PartitionOffsets]:
+        return [tracker for _, tracker, *_ in self._taken]
+
+    def mark_committed(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """What Kafka acknowledged (``partitions`` of one request of a split commit, or all)."""
+        only = None if partitions is None else set(partitions)
         for tp, tracker, point, _, version in self._taken:
+            if only is not None and tp not in only:
+                continue
             tracker.committed = point
             tracker.committed_version = version
             tracker.committed_left_out = self._left_out[tp]
+
+
+def split_commit(
+    offsets: dict[TopicPartition, OffsetAndMetadata], group: str
+) -> list[dict[TopicPartition, OffsetAndMetadata]]:
+    """``offsets`` in requests the broker can write (``COMMIT_REQUEST_MAX_BYTES`` each): one
+    request unless the metadata of many partitions adds up to more."""
+    requests: list[dict[TopicPartition, OffsetAndMetadata]] = [{}]
+    size = 0
+    for tp, meta in offsets.items():
+        record = len(meta.metadata) + len(group) + len(tp.topic) + _RECORD_OVERHEAD_BYTES
+        if requests[-1] and size + record > COMMIT_REQUEST_MAX_BYTES:
+            requests.append({})
+            size = 0
+        requests[-1][tp] = meta
+        size += record
+    return requests
+
+
+async def commit_split(
+    consumer: Any, offsets: dict[TopicPartition, OffsetAndMetadata], group: str
+) -> list[dict[TopicPartition, OffsetAndMetadata]]:
+    """Commit ``offsets`` in as many requests as ``split_commit`` makes, one after the other;
+    returns the requests sent. A failure raises with the earlier requests committed."""
+    requests = split_commit(offsets, group)
+    for request in requests:
+        await consumer.commit(request)
+    return requests
 
 
 def _encode_counted(point: int, finished: frozenset[int]) -> tuple[str, int]:
@@ -148,15 +192,21 @@ def collect_commit(
     """The commit points (with finished offsets above them) that changed since the last commit,
     on partitions still assigned; partitions no longer assigned are retired instead. Without
     ``every_change`` (a batch tick) a point that did not move is sent again only once its
-    finished offsets grew enough (``PartitionOffsets.metadata_grew``)."""
+    finished offsets grew enough (``PartitionOffsets.metadata_grew``). Without ``partitions``
+    (a tick, the final commit) only the trackers listed as changed since the last such
+    collection are looked at: with 1,000 partitions assigned and a few busy, a tick costs the
+    few; one a tick passes over with unsent changes stays listed for the next."""
     assignment = lane.consumer.assignment()
     track = lane.settings.track_completed_offsets
+    offsets = lane.offsets
+    if partitions is None:
+        candidates = offsets.take_changed()
+    else:
+        candidates = [(tp, t) for tp in partitions if (t := offsets.trackers.get(tp)) is not None]
     batch = CommitBatch()
-    for tp, tracker in list(lane.offsets.trackers.items()):
-        if partitions is not None and tp not in partitions:
-            continue
+    for tp, tracker in candidates:
         if tp not in assignment:
-            lane.offsets.retire(tp)
+            offsets.retire(tp)
             continue
         point = tracker.commit_point
         if point is None:
@@ -164,6 +214,8 @@ def collect_commit(
         changed = tracker.changed_since_commit if every_change else tracker.metadata_grew
         if tracker.needs_commit or (track and changed):
             batch.add(tp, tracker, point, tracker.finished_above() if track else frozenset())
+        elif track and tracker.changed_since_commit:
+            tracker.mark_changed()  # not grown enough for this tick: the next looks again
     return batch
 
 
@@ -326,18 +378,23 @@ class KafkaBatchCommitter:
                 batch = collect()
                 if not batch:
                     return CommitAttempt(batch)
-                self.commit_requests += 1
-                lane.offsets.commits.requested()
-                await lane.consumer.commit(await batch.offsets(with_metadata=with_metadata))
+                offsets = await batch.offsets(with_metadata=with_metadata)
+                for request in split_commit(offsets, lane.pipeline.group):
+                    self.commit_requests += 1
+                    lane.offsets.commits.requested()
+                    await lane.consumer.commit(request)
+                    batch.mark_committed(request)
         except asyncio.CancelledError:
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
+            lane.offsets.relist(batch.trackers())
             raise
         except Exception as exc:  # TimeoutError included: each cause has its decision
             aiokafka_compat.collect_abandoned_commits(lane.consumer)
+            # Not acknowledged: the next tick must look at these partitions again.
+            lane.offsets.relist(batch.trackers())
             lane.offsets.commits.failed(exc)
             return CommitAttempt(batch, classify_commit_error(exc), exc)
         lane.offsets.commits.succeeded()
-        batch.mark_committed()
         return CommitAttempt(batch)
 
     async def recommit_after_rejoin(

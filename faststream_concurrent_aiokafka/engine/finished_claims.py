@@ -104,7 +104,7 @@ async def _load(lane: ConsumerLane, assigned: set[TopicPartition]) -> int:
         lane.counters.claims_ignored += len(claim.ignored)
         if claim.kept and not _busy(lane, tp):
             lane.offsets.retire(tp)
-            lane.offsets.trackers[tp] = PartitionOffsets(claim.kept)
+            lane.offsets.install(tp, PartitionOffsets(claim.kept))
             skipping[tp] = len(claim.kept)
     total = sum(skipping.values())
     if total:

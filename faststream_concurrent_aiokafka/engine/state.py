@@ -429,10 +429,21 @@ class Offsets:
     point passed yet (its own count and the engine's ``Tally``), what a refused commit keeps
     until the rejoin, and how its commit requests went."""
 
-    __slots__ = ("awaiting_rejoin", "commit_lock", "commits", "tally", "tracked", "trackers")
+    __slots__ = (
+        "awaiting_rejoin",
+        "changed",
+        "commit_lock",
+        "commits",
+        "tally",
+        "tracked",
+        "trackers",
+    )
 
     def __init__(self, tally: Tally, counters: Counters) -> None:
         self.trackers: dict[TopicPartition, PartitionOffsets] = {}
+        # The trackers that changed since the last commit tick took them (``take_changed``):
+        # one commit tick costs the partitions that changed, not all that are assigned.
+        self.changed: dict[TopicPartition, PartitionOffsets] = {}
         self.tracked = 0
         self.tally = tally
         # Revoked partitions whose last commit was refused: kept until the next assignment,
@@ -448,8 +459,33 @@ class Offsets:
     def tracker_for(self, topic_partition: TopicPartition) -> PartitionOffsets:
         tracker = self.trackers.get(topic_partition)
         if tracker is None:
-            tracker = self.trackers[topic_partition] = PartitionOffsets()
+            tracker = self.install(topic_partition, PartitionOffsets())
         return tracker
+
+    def install(
+        self, topic_partition: TopicPartition, tracker: PartitionOffsets
+    ) -> PartitionOffsets:
+        """Make ``tracker`` the partition's, listed as changed from now on (and at once)."""
+        self.trackers[topic_partition] = tracker
+        tracker.listen(self.changed, topic_partition)
+        return tracker
+
+    def take_changed(self) -> list[tuple[TopicPartition, PartitionOffsets]]:
+        """The current trackers that changed since the last call, unlisted until they change
+        again (``relist`` puts back those a failed commit carried)."""
+        taken = []
+        for tp, tracker in self.changed.items():
+            tracker.listed = False
+            if self.trackers.get(tp) is tracker:
+                taken.append((tp, tracker))
+        self.changed.clear()
+        return taken
+
+    def relist(self, trackers: Iterable[PartitionOffsets]) -> None:
+        """List again the trackers a commit took but Kafka did not acknowledge."""
+        for tracker in trackers:
+            if not tracker.listed:
+                tracker.mark_changed()
 
     def retire(self, topic_partition: TopicPartition) -> None:
         """Drop the tracker of a partition this consumer no longer owns; late results of its
