@@ -45,7 +45,7 @@ from faststream_concurrent_aiokafka import (
     stop_concurrent_processing,
 )
 from faststream_concurrent_aiokafka.core.offset_codec import encode_finished_offsets
-from faststream_concurrent_aiokafka.engine.committer import commit_split
+from faststream_concurrent_aiokafka.engine.committer import split_commit
 
 LAYOUTS = {"8 partitions": (1, 8), "10 topics x 100": (10, 100), "1 topic x 1000": (1, 1000)}
 SETTINGS = {"concurrency_limit": 100, "commit_batch_size": 100, "commit_batch_timeout_sec": 1.0}
@@ -262,7 +262,9 @@ async def prepare_claims(
         except Exception as exc:  # the broker's answer is the figure
             one = f"refused ({type(exc).__name__})"
         started = time.perf_counter()
-        requests = await commit_split(consumer, offsets, group)
+        requests = split_commit(offsets, group)
+        for request in requests:  # as the library's committer sends them
+            await consumer.commit(request)
         took = time.perf_counter() - started
         over = "accepted"
         try:

@@ -13,7 +13,6 @@ decides for its cause.
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -123,17 +122,6 @@ def split_commit(
             size = 0
         requests[-1][tp] = meta
         size += record
-    return requests
-
-
-async def commit_split(
-    consumer: Any, offsets: dict[TopicPartition, OffsetAndMetadata], group: str
-) -> list[dict[TopicPartition, OffsetAndMetadata]]:
-    """Commit ``offsets`` in as many requests as ``split_commit`` makes, one after the other;
-    returns the requests sent. A failure raises with the earlier requests committed."""
-    requests = split_commit(offsets, group)
-    for request in requests:
-        await consumer.commit(request)
     return requests
 
 
