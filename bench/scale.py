@@ -116,9 +116,10 @@ def _instrument(handler: Any, watch: Watch) -> None:
     handler.partitions_assigned = timed
 
 
-async def _next_assignment(watch: Watch, count: int, timeout: float) -> tuple[float, float, int]:
-    """The first assignment of ``count`` partitions after the ones seen so far."""
-    seen = len(watch.assignments)
+async def _next_assignment(
+    watch: Watch, seen: int, count: int, timeout: float
+) -> tuple[float, float, int]:
+    """The first assignment of ``count`` partitions after the first ``seen`` ones."""
     async with asyncio.timeout(timeout):
         while True:
             watch.assigned.clear()
@@ -135,13 +136,13 @@ async def _rebalance(
     other = AIOKafkaConsumer(
         *topics, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False
     )
-    joined = time.perf_counter()
-    await other.start()
-    half = await _next_assignment(watch, total - total // 2, 120)
+    seen, joined = len(watch.assignments), time.perf_counter()
+    await other.start()  # returns once the group is joined: this consumer may be set up by then
+    half = await _next_assignment(watch, seen, total - total // 2, 120)
     join_sec = half[1] - joined
-    left = time.perf_counter()
+    seen, left = len(watch.assignments), time.perf_counter()
     await other.stop()
-    back = await _next_assignment(watch, total, 120)
+    back = await _next_assignment(watch, seen, total, 120)
     return {"join_sec": join_sec, "leave_sec": back[1] - left, "join_setup_sec": half[1] - half[0]}
 
 
