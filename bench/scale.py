@@ -38,7 +38,7 @@ from faststream.middlewares import AckPolicy
 
 from bench.kafka_io import produce, unique
 from bench.measure import _rss_bytes
-from bench.run import _load, machine_info
+from bench.run import load_average, machine_info
 from faststream_concurrent_aiokafka import (
     KafkaConcurrentProcessingMiddleware,
     initialize_concurrent_processing,
@@ -312,12 +312,12 @@ def run_child(
     if done.returncode != 0:
         return {"error": done.stderr[-2000:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["load"] = _load()
+    result["load"] = load_average()
     return result
 
 
 async def parent(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"runs": {}, "setup": {}, "load_start": _load()}
+    results: dict[str, Any] = {"runs": {}, "setup": {}, "load_start": load_average()}
     created: list[str] = []
     try:
         layouts = {}
@@ -365,7 +365,7 @@ async def parent(args: argparse.Namespace) -> dict[str, Any]:
         print(f"mb: {results['mb']}", file=sys.stderr)
     finally:
         await _delete(args.bootstrap, created)
-    results["load_end"] = _load()
+    results["load_end"] = load_average()
     return results
 
 
