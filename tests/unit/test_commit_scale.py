@@ -3,11 +3,13 @@ changed since the last one (``Offsets.take_changed``), not at every assigned one
 larger than the broker writes in one batch goes out in several requests (the broker's side:
 ``tests/kafka/test_commit_size.py``)."""
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiokafka import errors as kafka_errors
 
+from faststream_concurrent_aiokafka.core.offset_codec import decode_finished_offsets
 from faststream_concurrent_aiokafka.engine import committer
 from tests.unit.test_commit_failures import (
     FakeConsumer,
@@ -83,4 +85,27 @@ async def test_a_large_commit_goes_out_in_requests_under_the_size_bound(
     assert len(consumer.requests) > 1
     assert points(consumer.committed) == dict.fromkeys(range(100), 3)
     assert not any(tracker.needs_commit for tracker in lane.offsets.trackers.values())
+    await engine.close()
+
+
+async def test_a_change_a_batch_tick_passes_over_is_sent_by_the_next_full_commit() -> None:
+    """A batch tick re-sends an unmoved point only once its finished offsets grew enough; what
+    it passes over stays listed, so the interval's (or the final) commit still sends it."""
+    consumer = FakeConsumer([0])
+    engine, lane, pipeline = await started_engine(consumer)
+    pipeline.gates[(0, 0)] = asyncio.Event()  # the slow message holding the commit point
+    engine.admit(lane, [record(0, o) for o in range(40)])
+    tracker = lane.offsets.trackers[tp(0)]
+    await until(lambda: tracker.finished_count == 39)
+    assert await lane.strategy.flush(5.0)  # every finished offset sent as metadata
+    engine.admit(lane, [record(0, 40)])
+    await until(lambda: tracker.finished_count == 40)
+
+    assert await lane.strategy.flush(5.0, every_change=False)  # 1 of 40: not grown enough
+    sent = len(consumer.requests)
+    assert await lane.strategy.flush(5.0)
+
+    assert len(consumer.requests) == sent + 1
+    assert decode_finished_offsets(consumer.committed[tp(0)].metadata, 0) == set(range(1, 41))
+    pipeline.gates[(0, 0)].set()
     await engine.close()
