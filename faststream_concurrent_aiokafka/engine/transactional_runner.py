@@ -52,7 +52,9 @@ async def run_transactional_slot(
             ticket = Ticket(current, partition)
             token = CURRENT.set(ticket)
             try:
-                earlier = partition.earlier.pop(current.offset, None)
+                # Kept, not taken: should another message's failure abort this run too, the
+                # message resumes from its own record again (see ``PartitionTransaction``).
+                earlier = partition.earlier.get(current.offset)
                 limit = current.lane.settings.max_message_age_sec
                 if earlier is not None:
                     attempts = TransactionalAttempts(current, partition, ticket)

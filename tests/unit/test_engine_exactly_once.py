@@ -792,3 +792,49 @@ async def test_a_key_function_that_raises_dead_letters_in_the_transaction(
     assert rig.output() == Counter({b"0:0": 1, b"0:2": 1, b"0:3": 1})
     assert rig.output(DLQ) == Counter({b"v1": 1})
     assert rig.done() == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("dead_letter_topic", [DLQ, None])
+@pytest.mark.parametrize("fetches", ["one fetch", "separate fetches"])
+async def test_messages_that_always_fail_after_publishing_cannot_undo_each_other_for_ever(
+    make_rig: MakeRig, dead_letter_topic: str | None, fetches: str
+) -> None:
+    """Two messages of a partition fail after publishing on every attempt, and each runs
+    while the other's dead letter (or giving up) sits in the open transaction: an abort one of
+    them causes is not the other's attempt, so the other resumes from its own record (its dead
+    letter, never a fresh first attempt), and the partition gets past both."""
+    separate = fetches == "separate fetches"
+    rig = await make_rig(
+        produce=1 if separate else 2, hold=True, dead_letter_topic=dead_letter_topic
+    )
+    if separate:
+        await rig.pipeline.release(0, 0, Boom("always, after its publish"))
+        rig.consumer.produce(0, 1)
+    else:
+        await wait_until(lambda: len(rig.pipeline.waiting()) == 2)
+
+    def passed_both() -> bool:
+        tracker = rig.lane.offsets.trackers.get(P0)
+        return tracker is not None and tracker.commit_point == 2
+
+    # Each round fails whatever attempt waits: the scheduler decides which message runs
+    # fresh while the other resumes; the old engine alternated between them for ever.
+    rounds = 0
+    while not passed_both():
+        rounds += 1
+        assert rounds <= 8, f"no progress: {rig.engine.counters.transactions_aborted} aborts"
+        await wait_until(lambda: bool(rig.pipeline.waiting()) or passed_both())
+        for call in rig.pipeline.waiting():
+            assert call.future is not None
+            call.future.set_result(Boom("always, after its publish"))
+        await let_run()
+    assert await rig.flush()
+    assert rig.committed() == 2
+    assert rig.output() == Counter()  # every attempt's record was aborted
+    if dead_letter_topic is not None:
+        assert rig.output(DLQ) == Counter({b"v0": 1, b"v1": 1})
+    # No retries: the handler never ran again for a message that had a final record; offset
+    # 1 read in its own fetch also ran once in the transaction 0's failure aborted (not its
+    # attempt: it ran again as a first one).
+    assert rig.pipeline.attempts(0, 0) == 1
+    assert rig.pipeline.attempts(0, 1) == (2 if separate else 1)
