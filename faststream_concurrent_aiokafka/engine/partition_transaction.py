@@ -89,7 +89,8 @@ class PartitionTransaction:
         self.start_offset: int | None = None  # where reading starts without a committed offset
         # Admission, not the transaction: paused at the admission span's end, from this offset.
         self.cut_at: int | None = None
-        # Messages whose transaction was aborted after they failed: how their attempts went.
+        # Messages whose transaction was aborted after they failed: how their attempts went,
+        # kept until the commit passes them, so an abort another message causes costs none.
         self.earlier: dict[int, AttemptRecord] = {}
         self.senders: Counter[asyncio.Task[Any]] = Counter()
         self.job: asyncio.Task[None] | None = None

@@ -830,6 +830,7 @@ async def test_messages_that_always_fail_after_publishing_cannot_undo_each_other
         await let_run()
     assert await rig.flush()
     assert rig.committed() == 2
+    assert rig.engine.counters.transactions_aborted == (2 if separate else 1)
     assert rig.output() == Counter()  # every attempt's record was aborted
     if dead_letter_topic is not None:
         assert rig.output(DLQ) == Counter({b"v0": 1, b"v1": 1})
