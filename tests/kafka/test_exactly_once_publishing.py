@@ -1,7 +1,8 @@
 """Exactly-once in one process against the real broker: every kind of publish of a message
 joins its transaction (``@publisher`` results, ``reply_to``, ``broker.publish`` in the handler,
 the dead letter), an attempt that failed after publishing leaves its records only in an
-aborted transaction, and the transactional producers connect as the broker does (SASL)."""
+aborted transaction, messages that keep failing after they publish still end, and the
+transactional producers connect as the broker does (SASL)."""
 
 import asyncio
 import os
@@ -39,6 +40,7 @@ from tests.kafka_helpers import (
     shut_down,
     unique,
     wait_committed,
+    wait_until,
 )
 
 pytestmark = pytest.mark.kafka
@@ -423,3 +425,52 @@ async def test_exactly_once_expires_records_too_old_inside_their_transaction(
     else:
         assert await read_committed(topics.dlq, PARTITIONS) == []
         assert (totals.dead_lettered, totals.expired) == (0, old)
+
+
+@pytest.mark.parametrize("dead_letters", [True, False], ids=["dead-lettered", "given-up"])
+async def test_two_messages_failing_after_publishing_in_separate_fetches_both_end(
+    dead_letters: bool,
+) -> None:
+    """Two messages of one partition fail after publishing on every attempt, the second read
+    after the first's abort: each abort one causes must not undo the other's dead letter (or
+    giving up) for good; the group commits past both."""
+    source, side, dlq, group = (unique(p) for p in ("eosl-in", "eosl-side", "eosl-dlq", "eosl-g"))
+    for topic in (source, side, dlq):
+        await create_topic(topic, 1)
+    await produce(source, [b"0"], partitions=1)
+    broker = concurrent_broker()
+    attempts: Counter[int] = Counter()
+
+    @broker.subscriber(
+        source,
+        group_id=group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    async def handle(body: int) -> None:
+        attempts[body] += 1
+        await broker.publish(f"side-{body}", side)
+        raise RuntimeError("always, after publishing")
+
+    await initialize_concurrent_processing(
+        broker.context,
+        concurrency_limit=8,
+        max_retries=0,
+        dead_letter_topic=dlq if dead_letters else None,
+        broker=broker,
+        **EXACTLY_ONCE,
+    )
+    await broker.start()
+    try:
+        await wait_until(
+            lambda: processing_snapshot(broker.context).totals.transactions_aborted >= 1
+        )
+        await produce(source, [b"1"], partitions=1)
+        await wait_committed(group, source, {0: 2}, 30)
+    finally:
+        await shut_down(broker)
+    assert await read_committed(side, 1) == []
+    if dead_letters:
+        assert sorted(await read_committed(dlq, 1)) == [b"0", b"1"]
+    assert attempts == Counter({0: 1, 1: 1})  # never run again once its record was final
