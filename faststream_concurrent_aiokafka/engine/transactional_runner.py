@@ -8,7 +8,9 @@ take the one failure path (``attempts``) with the steps that differ here: an att
 fails before publishing anything is retried in place as in an at-least-once lane; one that
 fails after publishing cannot be, its records are in the transaction. The transaction is
 aborted instead, the message runs again in the next one, and it goes on from the attempts it
-made (an ``AttemptRecord``): retried, or dead-lettered, or given up without running again.
+made (an ``AttemptRecord``): retried, or dead-lettered, or given up without running again. The
+record stays until the commit passes the message, so an abort another message causes costs it
+no attempt: each message causes at most ``max_retries + 1`` aborts, and the partition gets on.
 A record too old when its turn comes (``max_message_age_sec``) is not run: its dead letter
 joins the transaction, or it is counted ``expired``; the commit passes it either way.
 """
