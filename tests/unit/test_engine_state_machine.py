@@ -130,6 +130,15 @@ class PartitionModel:
             offset += 1
         return offset
 
+    def first_not_done(self) -> int:
+        """How far work ended in any generation (or known done) reaches from this one's start:
+        a commit up to there passes nothing unended, even beyond this generation's position."""
+        done = self.ended | self.known_done | self.ended_before
+        offset = self.start
+        while offset in done:
+            offset += 1
+        return offset
+
     def first_unended_with_before(self, end: int) -> int:
         """The commit point when the previous generation's ended work counts too (the
         engine commits it after a rejoin when its release commit was refused)."""
@@ -308,7 +317,7 @@ class EngineMachine(RuleBasedStateMachine):
                 self.violations.append(
                     f"(a) commit {meta.offset} of {partition} passes unended {passed}"
                 )
-            restorable = model.first_unended_before()
+            restorable = model.first_not_done()
             highest = max(self.consumer.position_now(partition), restorable)
             if meta.offset < model.start or meta.offset > highest:
                 self.violations.append(
