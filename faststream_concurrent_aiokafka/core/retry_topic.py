@@ -10,9 +10,9 @@ of the message (no exception text) is written.
 """
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from faststream_concurrent_aiokafka.core.dead_letters import Headers, Origin
 
@@ -28,6 +28,8 @@ TIMESTAMP: Final = PREFIX + "origin-timestamp"
 CONSUMER_GROUP: Final = PREFIX + "consumer-group"
 HEADERS: Final = (DUE, HOP, ATTEMPTS, TOPIC, PARTITION, OFFSET, TIMESTAMP, CONSUMER_GROUP)
 """What every retry record carries after the user's headers, in this order."""
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +112,42 @@ def read_retry(headers: Iterable[tuple[str, bytes]]) -> RetryHop | None:
     if hop.hop < 1 or hop.attempts < 1:
         return None
     return hop
+
+
+class WaitingCap(Generic[K]):
+    """How many records read back wait for their due time, per retry partition, against
+    ``retry_topic_max_waiting``: a partition is *full* from the bound on (its fetching is
+    then paused, the records behind stay in Kafka) until it is below the bound again."""
+
+    __slots__ = ("_waiting", "bound", "full")
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._waiting: dict[K, int] = {}
+        self.full: set[K] = set()
+
+    def waiting(self, key: K) -> int:
+        return self._waiting.get(key, 0)
+
+    def add(self, key: K) -> bool:
+        """One more waits in ``key``; True when it just became full."""
+        count = self._waiting[key] = self._waiting.get(key, 0) + 1
+        if count >= self.bound and key not in self.full:
+            self.full.add(key)
+            return True
+        return False
+
+    def remove(self, key: K) -> bool:
+        """One of ``key`` stopped waiting (due, dropped); True when it was full and has room
+        now. A key nothing waits in is left alone."""
+        count = self._waiting.get(key, 0) - 1
+        if count < 0:
+            return False
+        if count:
+            self._waiting[key] = count
+        else:
+            del self._waiting[key]
+        if count < self.bound and key in self.full:
+            self.full.discard(key)
+            return True
+        return False

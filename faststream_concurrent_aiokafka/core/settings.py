@@ -308,6 +308,7 @@ class SubscriberSettings:
     brake_cooldown_sec: float | None = _setting(None, _seconds_up_to_an_hour, optional=True)
     retry_topic: str | None = _setting(None, _topic, optional=True)
     retry_topic_delays_sec: tuple[float, ...] = _setting((10.0, 60.0, 600.0), _delays)
+    retry_topic_max_waiting: int = _setting(1_000, _int_between(1, 1_000_000))
     track_completed_offsets: bool = _setting(True, _bool)
     stall_warning_sec: float | None = _setting(60.0, _seconds_up_to_a_day, optional=True)
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", _guarantee)
@@ -427,6 +428,7 @@ class KeywordSettings(TypedDict, total=False):
     brake_cooldown_sec: float | None
     retry_topic: str | None
     retry_topic_delays_sec: tuple[float, ...]
+    retry_topic_max_waiting: int
     track_completed_offsets: bool
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee
@@ -469,6 +471,7 @@ class SubscriberOverrides(TypedDict, total=False):
     brake_cooldown_sec: float | None
     retry_topic: str | None
     retry_topic_delays_sec: tuple[float, ...] | None
+    retry_topic_max_waiting: int | None
     track_completed_offsets: bool | None
     stall_warning_sec: float | None
     processing_guarantee: ProcessingGuarantee | None

@@ -101,6 +101,14 @@ def _lane_faults(lane: ConsumerLane) -> Iterator[Fault]:
         )
     if lane.paused_by_app:
         yield Fault(DEGRADED, f"{lane.name} is paused by the application (pause_processing)")
+    cap = lane.retry_cap
+    for tp in sorted(cap.full):
+        yield Fault(
+            DEGRADED,
+            f"fetching of the retry partition {tp.topic}[{tp.partition}] of {lane.name} is "
+            f"paused: {cap.waiting(tp)} record(s) read back wait for their due time "
+            f"(retry_topic_max_waiting={cap.bound}); the rest wait in Kafka",
+        )
     topic = lane.settings.dead_letter_topic
     for message in list(lane.dead_letter_stuck):
         yield Fault(

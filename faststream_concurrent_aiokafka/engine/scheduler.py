@@ -333,7 +333,7 @@ class Scheduler:
     def _wait_for_retry(self, message: AdmittedMessage, delay: float) -> None:
         """The message keeps its key (nothing behind it runs), its offsets (unfinished: the
         commit point stays below it, its uncommitted count stays) but not its slot."""
-        message.lane.waiting_retry.add(message)
+        message.lane.retry_waits(message)
         due = asyncio.get_running_loop().time() + delay
         heapq.heappush(self._due, (due, next(self._due_order), message))
         if self._due[0][2] is message:
@@ -358,7 +358,7 @@ class Scheduler:
             message = heapq.heappop(due)[2]
             lane = message.lane
             if message in lane.waiting_retry:
-                lane.waiting_retry.discard(message)
+                lane.retry_done_waiting(message)
                 lanes[lane] = None
                 if message.tracker.retired:
                     # Its partition went away: it is not run; the key passes on past it (to a

@@ -19,6 +19,7 @@ from faststream_concurrent_aiokafka.core.failure_policy import AttemptRecord, Fa
 from faststream_concurrent_aiokafka.core.health import Fault
 from faststream_concurrent_aiokafka.core.offsets import PartitionOffsets
 from faststream_concurrent_aiokafka.core.ordering import OrderingGate
+from faststream_concurrent_aiokafka.core.retry_topic import WaitingCap
 from faststream_concurrent_aiokafka.core.settings import ExceptionText, SubscriberSettings
 from faststream_concurrent_aiokafka.engine.flow_control import LaneFlow
 
@@ -563,6 +564,9 @@ class ConsumerLane:
         self.expiry_lines: dict[TopicPartition, tuple[float, int]] = {}
         # Failed, waiting for their next attempt without a slot (the scheduler's timers).
         self.waiting_retry: set[AdmittedMessage] = set()
+        # Of those, how many per retry-topic partition (retry_topic_max_waiting); a full one is
+        # pinned paused, so the records behind stay in Kafka (``retry_waits``).
+        self.retry_cap: WaitingCap[TopicPartition] = WaitingCap(settings.retry_topic_max_waiting)
         self.hungry = False  # waits for a global slot (``Scheduler``)
         self.closing = False  # admission closed: takes no new messages
         # Paused by the application (pause_processing): starts and fetches nothing new.
@@ -592,7 +596,8 @@ class ConsumerLane:
         self.ready = deque(kept)
         # A message waiting for a retry holds its key as a ready one does; it is read again.
         retrying = [message for message in self.waiting_retry if matches(message)]
-        self.waiting_retry.difference_update(retrying)
+        for message in retrying:
+            self.retry_done_waiting(message)
         queued = len(dropped_ready) + len(self.gate.drop(matches))
         dropped_ready += retrying
         gate = self.gate
@@ -608,6 +613,25 @@ class ConsumerLane:
                     self.ready.append(successor)
         self.fetching.wake()
         return Dropped(queued, len(retrying))
+
+    def retry_waits(self, message: AdmittedMessage) -> None:
+        """The message waits for its next attempt; a retry-topic partition from
+        ``retry_topic_max_waiting`` such messages on fetches no more (pinned paused: the
+        records behind stay in Kafka, not in memory), the lane's other partitions go on."""
+        self.waiting_retry.add(message)
+        tp = message.topic_partition
+        if tp.topic == self.settings.retry_topic and self.retry_cap.add(tp):
+            self.fetching.pin(tp)
+            self.log.debug("Paused %s of %s: retry_topic_max_waiting reached", tp, self.name)
+
+    def retry_done_waiting(self, message: AdmittedMessage) -> None:
+        """The message waits no more (due, dropped): a full retry partition below its bound
+        again fetches again."""
+        self.waiting_retry.discard(message)
+        tp = message.topic_partition
+        if self.retry_cap.remove(tp):
+            self.fetching.unpin(tp)
+            self.log.debug("Resumed %s of %s: below retry_topic_max_waiting", tp, self.name)
 
     def close_admission(self) -> "Dropped":
         """Take no new messages (shutdown, or a tripped brake): admission closes, fetching

@@ -84,7 +84,7 @@ POLICY_PARAMS = (
     "failure_ratio_window",
 )
 # Validated in tests/unit/test_retry_topic.py.
-RETRY_TOPIC_PARAMS = ("retry_topic", "retry_topic_delays_sec")
+RETRY_TOPIC_PARAMS = ("retry_topic", "retry_topic_delays_sec", "retry_topic_max_waiting")
 ALL_PARAMS = (
     *INT_PARAMS,
     *SECONDS_PARAMS,

@@ -85,10 +85,19 @@ def test_retry_topic_is_refused_with_what_it_cannot_keep(
         ConcurrencySettings(retry_topic="orders-retry").for_subscriber(conflict)
 
 
+@pytest.mark.parametrize("bound", [0, -1, True, 1.5, "10", 1_000_001, None])
+def test_retry_topic_max_waiting_must_be_a_sane_count(bound: Any) -> None:
+    with pytest.raises(ValueError, match="retry_topic_max_waiting"):
+        ConcurrencySettings(retry_topic="orders-retry", retry_topic_max_waiting=bound)
+    with pytest.raises(ValueError, match="retry_topic_max_waiting"):
+        ConcurrencySettings().for_subscriber({"retry_topic_max_waiting": bound or 0})
+
+
 def test_retry_topic_settings_default_to_off_with_a_ladder_of_delays() -> None:
     defaults = ConcurrencySettings()
     assert defaults.retry_topic is None
     assert defaults.retry_topic_delays_sec == (10.0, 60.0, 600.0)
+    assert defaults.retry_topic_max_waiting == 1_000
     # The delays alone do nothing; they are checked even so.
     assert ConcurrencySettings(retry_topic_delays_sec=(1.0,)).retry_topic is None
 
@@ -404,3 +413,56 @@ async def test_an_attempt_that_goes_on_in_the_retry_topic_is_not_a_final_failure
     await wait_until(lambda: len(rig.pipeline.waiting()) == 3)  # every attempt runs
     final = {m.offset: is_final_failure(m, Boom()) for m in rig.lane.running}
     assert final == {0: False, 1: False, 2: True}
+
+
+def _health(rig: Rig) -> tuple[str, ...]:
+    return assess(current_faults(rig.engine)).reasons
+
+
+async def test_a_retry_partition_full_of_records_not_due_stops_fetching_until_some_run(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(retry_topic_max_waiting=3)
+    retry_tp = tp(0, RETRY)
+    for offset in range(2):
+        rig.read_back(offset, fmt.retry_headers([], _hop(1, 1, due_in_sec=20)))
+    assert rig.consumer.paused() == set()
+    rig.read_back(2, fmt.retry_headers([], _hop(1, 1, due_in_sec=20)))
+    # At the bound: this retry partition fetches no more; what is behind stays in Kafka.
+    assert rig.consumer.paused() == {retry_tp}
+    assert any("retry_topic_max_waiting=3" in reason for reason in _health(rig))
+    assert snapshot(rig.engine).subscribers[0].paused_partitions == 1
+    # What the fetch already made brings is admitted (the overshoot: one fetch at most).
+    rig.read_back(3, fmt.retry_headers([], _hop(1, 1, due_in_sec=40)))
+    assert len(rig.lane.waiting_retry) == 4
+    # The input partition goes on: fetched and run while the retry partition is paused.
+    rig.consumer.produce(0, 2)
+    fetched = await rig.consumer.getmany(timeout_ms=0)
+    assert set(fetched) == {tp(0)}
+    rig.engine.admit(rig.lane, fetched[tp(0)])
+    await wait_until(lambda: rig.engine.counters.processed == 2)
+    assert rig.consumer.paused() == {retry_tp}
+    # The first three come due and run: below the bound again, the retry partition fetches.
+    await wait_until(lambda: rig.engine.counters.processed == 5, timeout=60)
+    assert rig.consumer.paused() == set()
+    assert len(rig.lane.waiting_retry) == 1
+    assert assess(current_faults(rig.engine)).status == "ok"
+
+
+async def test_a_revoked_retry_partition_takes_its_pause_with_it(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(retry_topic_max_waiting=2)
+    retry_tp = tp(0, RETRY)
+    for offset in range(2):
+        rig.read_back(offset, fmt.retry_headers([], _hop(1, 1, due_in_sec=20)))
+    assert rig.lane.fetching.pinned == {retry_tp}
+    await rig.engine.release_partitions(rig.lane, {retry_tp}, timeout=1)
+    rig.consumer.revoke(retry_tp)
+    assert rig.lane.fetching.pinned == set()
+    assert not rig.lane.waiting_retry
+    assert assess(current_faults(rig.engine)).status == "ok"
+    # Assigned again, it fetches: its records are read again from the committed offset.
+    rig.consumer.add(retry_tp)
+    rig.engine.lane_for(rig.consumer, rig.pipeline).fetching.reapply()
+    assert rig.consumer.paused() == set()
