@@ -223,3 +223,58 @@ async def test_a_sigkill_while_messages_wait_in_the_retry_topic_loses_none(
         )
     finally:
         await app.stop(signal.SIGTERM)
+
+
+async def test_a_retry_partition_keeps_at_most_its_bound_of_records_not_due_in_memory() -> None:
+    """retry_topic_max_waiting: records read back wait in memory up to the bound (plus one
+    fetch); the rest stay in Kafka while the input is committed to its end."""
+    count, bound, limit = 200, 20, 10
+    topic, group = await numbered_topic("retry-cap-in", count, 1)
+    retry_topic = unique("retry-cap-wait")
+    await create_topic(retry_topic, 1)
+    broker = concurrent_broker()
+    attempts: dict[int, int] = {}
+
+    @broker.subscriber(
+        topic, group_id=group, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def handle(value: int) -> None:
+        attempts[value] = attempts.get(value, 0) + 1
+        if attempts[value] == 1:
+            raise DownstreamError(value)
+
+    await initialize_concurrent_processing(
+        broker.context,
+        broker=broker,
+        concurrency_limit=limit,
+        commit_batch_timeout_sec=0.2,
+        retry_topic=retry_topic,
+        retry_topic_delays_sec=(2.0,),
+        retry_topic_max_waiting=bound,
+    )
+    most, paused_at_bound = 0, False
+    try:
+        await broker.start()
+        input_end = await end_offsets(topic, 1)
+
+        def watch() -> bool:
+            nonlocal most, paused_at_bound
+            (subscriber,) = processing_snapshot(broker.context).subscribers
+            for part in subscriber.partitions:
+                if part.topic == retry_topic:
+                    most = max(most, part.waiting_retry)
+                    paused_at_bound |= part.paused and part.waiting_retry >= bound
+            return len(attempts) == count and all(n == 2 for n in attempts.values())
+
+        await wait_until(watch, timeout=40, interval=0.01)
+        print(f"at most {most} records of the retry partition waited in memory (bound {bound})")
+        # One fetch brings at most the free slots plus the backlog room: twice the limit.
+        assert bound <= most <= bound + 2 * limit
+        assert paused_at_bound
+        await wait_committed(group, topic, input_end, timeout=30)
+        retry_end = await end_offsets(retry_topic, 1)
+        assert retry_end == {0: count}
+        await wait_committed(group, retry_topic, retry_end, timeout=30)
+    finally:
+        await broker.stop()
+        await stop_concurrent_processing(broker.context)
