@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import IllegalStateError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 from faststream_concurrent_aiokafka.core.failure_policy import FailurePolicy
@@ -139,6 +140,7 @@ class Output:
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     transactional_id: str
+    partition: int | None = None  # as sent; None: the producer would have chosen
 
 
 class FakeCluster:
@@ -156,6 +158,8 @@ class FakeCluster:
         self.committed_output: list[Output] = []
         self.aborted_output: list[Output] = []
         self.transactions: list[tuple[str, str]] = []  # (transactional id, "commit"/"abort")
+        # Output topics' partitions with a leader, as a producer's metadata knows them.
+        self.output_partitions: dict[str, set[int]] = {}
 
     def read_committed(self, topic: str | None = None) -> list[Output]:
         """What a ``read_committed`` consumer of the output sees."""
@@ -441,9 +445,18 @@ class _FakeSender:
         self.sender_task: asyncio.Future[None] | None = None
 
 
+class _FakeClusterMetadata:
+    def __init__(self, cluster: "FakeCluster") -> None:
+        self._cluster = cluster
+
+    def available_partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self._cluster.output_partitions.get(topic)
+
+
 class _FakeClient:
-    def __init__(self) -> None:
+    def __init__(self, cluster: "FakeCluster") -> None:
         self.closed = False
+        self.cluster = _FakeClusterMetadata(cluster)
 
     async def close(self) -> None:
         self.closed = True
@@ -472,7 +485,11 @@ class FakeProducer:
         self._closed = False
         self._sender = _FakeSender()
         self._txn_manager = _FakeTxnState()
-        self.client = _FakeClient()
+        self.client = _FakeClient(cluster)
+        self._partitioner: Any = DefaultPartitioner()  # aiokafka's, as FastStream passes it
+        self._key_serializer: Any = None
+        # Each send takes the next of these, if any, as its record's failure (acknowledgement).
+        self.record_failures: deque[BaseException] = deque()
 
     @property
     def fenced(self) -> bool:
@@ -520,7 +537,7 @@ class FakeProducer:
         timestamp_ms: int | None = None,
         headers: Any = None,
     ) -> "asyncio.Future[Any]":
-        del partition, timestamp_ms
+        del timestamp_ms
         self._check_in_transaction()
         await asyncio.sleep(0)
         self._check_in_transaction()
@@ -531,7 +548,10 @@ class FakeProducer:
             future.set_exception(error)
             self._die(error)
             return future
-        record = Output(topic, value, key, tuple(headers or ()), self.transactional_id)
+        if self.record_failures:  # not written: aiokafka commits the transaction without it
+            future.set_exception(self.record_failures.popleft())
+            return future
+        record = Output(topic, value, key, tuple(headers or ()), self.transactional_id, partition)
         self.pending.append(record)
         self.cluster.open_transactions[self.transactional_id] = self
         future.set_result(record)
@@ -689,6 +709,7 @@ class FakePipeline:
     on_producer: Callable[[FakeProducer], None] | None = None
     publish: Callable[[Call], list[tuple[str, bytes]]] | None = None
     publish_first: bool = False  # publish before the attempt's outcome (else just before it)
+    ignore_publish_errors: bool = False  # a handler that catches its publishes' failures
     _attempts: Counter[int] = field(default_factory=Counter)
 
     def settings(self) -> SubscriberSettings:
@@ -739,7 +760,12 @@ class FakePipeline:
         for topic, value in self.publish(call):
             ticket = current_ticket()
             assert ticket is not None, "publishing outside an exactly-once message"
-            await (await TransactionalSender(ticket).send(topic, value))
+            future = await TransactionalSender(ticket).send(topic, value)
+            try:
+                await future
+            except kafka_errors.KafkaError:
+                if not self.ignore_publish_errors:
+                    raise
 
     def transactional_producer(self, transactional_id: str, timeout_ms: int) -> Any:
         assert self.cluster is not None, "give the pipeline a cluster for exactly-once"

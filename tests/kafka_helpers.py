@@ -130,11 +130,21 @@ async def read_committed(
 ) -> list[bytes]:
     """Every record of ``topic`` a ``read_committed`` reader sees: up to the last stable offset
     of each partition (call it once the producers ended their transactions)."""
+    by_partition = await read_committed_by_partition(
+        topic, partitions, timeout, bootstrap=bootstrap
+    )
+    return [value for values in by_partition.values() for value in values]
+
+
+async def read_committed_by_partition(
+    topic: str, partitions: int, timeout: float = 30.0, *, bootstrap: str = BOOTSTRAP
+) -> dict[int, list[bytes]]:
+    """``read_committed``'s values, by the partition they are in."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", auto_offset_reset="earliest"
     )
     await consumer.start()
-    values: list[bytes] = []
+    values: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
@@ -146,10 +156,12 @@ async def read_committed(
             if all(positions[tp] >= ends[tp] for tp in tps):
                 return values
             if time.monotonic() > deadline:
-                msg = f"read {len(values)} records of {topic}, stopped at {positions} of {ends}"
+                read = sum(map(len, values.values()))
+                msg = f"read {read} records of {topic}, stopped at {positions} of {ends}"
                 raise AssertionError(msg)
             batch = await consumer.getmany(timeout_ms=500)
-            values += [r.value for records in batch.values() for r in records if r.value]
+            for tp, records in batch.items():
+                values[tp.partition] += [r.value for r in records if r.value]
     finally:
         await consumer.stop()
 

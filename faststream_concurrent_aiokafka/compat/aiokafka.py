@@ -18,6 +18,7 @@ from aiokafka import (
     ConsumerRebalanceListener,
     TopicPartition,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 logger = logging.getLogger("faststream_concurrent_aiokafka")
@@ -184,6 +185,33 @@ async def abandon_producer(producer: AIOKafkaProducer, timeout: float = 0.5) -> 
     with contextlib.suppress(Exception):
         async with asyncio.timeout(timeout):
             await producer.client.close()
+
+
+def partitions_unkeyed_anywhere(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer sends a record without key or partition to a partition of its
+    own random choice (aiokafka's default partitioner, no key serializer), so that the
+    library may choose one instead. False when the application set a partitioner or a key
+    serializer: those decide, as on the broker's own producer.
+
+    Why private: the partitioner and the key serializer are kept only as ``_partitioner`` and
+    ``_key_serializer``. Fallback: without them the producer's own choice is kept.
+    """
+    partitioner = getattr(producer, "_partitioner", _MISSING)
+    serializer = getattr(producer, "_key_serializer", _MISSING)
+    if partitioner is _MISSING or serializer is _MISSING:
+        _fallback(
+            "AIOKafkaProducer._partitioner/_key_serializer",
+            "exactly-once records without a key go to partitions aiokafka picks one by one",
+        )
+        return False
+    return type(partitioner) is DefaultPartitioner and serializer is None
+
+
+def available_partitions(producer: AIOKafkaProducer, topic: str) -> set[int] | None:
+    """The partitions of ``topic`` with a leader, as the producer's metadata knows them (None
+    before the producer first sent to it). Public: ``client.cluster``."""
+    available: set[int] | None = producer.client.cluster.available_partitions_for_topic(topic)
+    return available
 
 
 def forget_transaction_error(producer: AIOKafkaProducer) -> None:

@@ -10,7 +10,7 @@ publishing must not have its records committed.
 """
 
 import enum
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from collections.abc import Set as AbstractSet
 from typing import Final
 
@@ -120,6 +120,16 @@ def exact_metadata(commit_point: int, finished: frozenset[int]) -> str:
     return text
 
 
+def sticky_partition(available: Collection[int], turn: int) -> int:
+    """The partition a transaction's records without key or partition go to, of one topic: one
+    per transaction, ``turn`` moving on with each, so the partitions take turns. All in one
+    partition, a transaction's records of that topic travel in one batch, not one per
+    partition (fewer, fuller produce requests, one partition to add to the transaction), as
+    the Java client's sticky partitioner does; the choice among them was random anyway."""
+    ordered = sorted(available)
+    return ordered[turn % len(ordered)]
+
+
 class Verdict(enum.Enum):
     """What a commit that closed its transaction's gate may do now."""
 
@@ -140,12 +150,14 @@ class TransactionLedger:
     must not be committed, so it can only be aborted.
     """
 
-    __slots__ = ("_members", "opened_at", "taint")
+    __slots__ = ("_members", "begun", "opened_at", "sticky", "taint")
 
     def __init__(self) -> None:
         self._members: set[Hashable] = set()
         self.opened_at: float | None = None
         self.taint: str | None = None
+        self.begun = 0  # transactions begun: whose turn it is (``sticky_partition``)
+        self.sticky: dict[str, int] = {}  # topic: partition of its unkeyed records here
 
     @property
     def members(self) -> int:
@@ -154,10 +166,6 @@ class TransactionLedger:
 
     def holds(self, message: Hashable) -> bool:
         return message in self._members
-
-    def may_enter(self, message: Hashable, *, gate_open: bool) -> bool:
-        """May ``message`` publish now: it is in the transaction already, or the gate is open."""
-        return gate_open or message in self._members
 
     def enter(self, message: Hashable, now: float) -> None:
         """``message`` publishes into the open transaction (which opens with the first one)."""
@@ -198,7 +206,9 @@ class TransactionLedger:
         return Verdict.WAIT
 
     def begin(self) -> None:
-        """The next transaction: empty, not tainted."""
+        """The next transaction: empty, not tainted, unkeyed records' partitions to choose."""
         self._members.clear()
         self.opened_at = None
         self.taint = None
+        self.begun += 1
+        self.sticky.clear()

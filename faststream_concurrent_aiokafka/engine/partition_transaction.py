@@ -3,9 +3,7 @@ transaction, and the steps it goes through (see ``engine.transactions`` for the 
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -41,6 +39,7 @@ from faststream_concurrent_aiokafka.core.transactions import (
     count_may_commit,
     exact_metadata,
     span_has_room,
+    sticky_partition,
     to_commit,
     transactional_id,
 )
@@ -92,7 +91,9 @@ class PartitionTransaction:
         # Messages whose transaction was aborted after they failed: how their attempts went,
         # kept until the commit passes them, so an abort another message causes costs none.
         self.earlier: dict[int, AttemptRecord] = {}
-        self.senders: Counter[asyncio.Task[Any]] = Counter()
+        self.senders: set[asyncio.Task[Any]] = set()  # tasks in a publish now
+        self.records: list[asyncio.Future[Any]] = []  # sent into the open transaction
+        self.unkeyed_sticky = False  # records without a key: one partition a transaction
         self.job: asyncio.Task[None] | None = None
         # When the gate last opened and closed, and how long the last commit kept it closed:
         # a transaction commits on its count only once that time has paid off.
@@ -145,14 +146,57 @@ class PartitionTransaction:
 
     # ---- publishing -------------------------------------------------------------------
 
+    def send_record(  # noqa: PLR0917 - AIOKafkaProducer.send's arguments
+        self,
+        ticket: Ticket,
+        topic: str,
+        value: Any,
+        key: Any,
+        partition: int | None,
+        timestamp_ms: int | None,
+        headers: Any,
+    ) -> Coroutine[Any, Any, "asyncio.Future[Any]"]:
+        """One record of ``ticket``'s message into the open transaction. Without a key or a
+        partition it goes to the transaction's partition of its topic (``sticky_partition``),
+        unless the application's partitioner or key serializer decides."""
+        if key is None and partition is None and self.unkeyed_sticky:
+            return self.send(
+                ticket,
+                lambda producer: producer.send(
+                    topic, value, None, self._sticky(producer, topic), timestamp_ms, headers
+                ),
+            )
+        return self.send(
+            ticket,
+            lambda producer: producer.send(topic, value, key, partition, timestamp_ms, headers),
+        )
+
+    def _sticky(self, producer: AIOKafkaProducer, topic: str) -> int | None:
+        """The open transaction's partition of ``topic`` for records without a key (None
+        before the producer knows the topic: aiokafka chooses, this once)."""
+        ledger = self.ledger
+        chosen = ledger.sticky.get(topic)
+        if chosen is None:
+            available = aiokafka_compat.available_partitions(producer, topic)
+            if not available:
+                return None
+            chosen = sticky_partition(available, self.tp.partition + ledger.begun)
+            ledger.sticky[topic] = chosen
+        return chosen
+
     async def send(
         self, ticket: Ticket, send: Callable[[AIOKafkaProducer], Awaitable["asyncio.Future[Any]"]]
     ) -> "asyncio.Future[Any]":
-        """One publish of ``ticket``'s message into the open transaction."""
-        producer = await self._enter(ticket)
+        """One publish of ``ticket``'s message into the open transaction: joins it (waiting
+        while a commit keeps the gate closed), then ``send`` with its producer."""
+        producer = self._join(ticket)
+        while producer is None:
+            await self._open.wait()
+            producer = self._join(ticket)
         task = asyncio.current_task()
         assert task is not None
-        self.senders[task] += 1
+        senders = self.senders
+        senders.add(task)  # a task is in one publish at a time
         try:
             future = await send(producer)
         except Exception as exc:
@@ -160,47 +204,61 @@ class PartitionTransaction:
                 self.ledger.spoil(f"a publish failed ({describe_error(exc)})")
             raise
         finally:
-            self.senders[task] -= 1
-            if not self.senders[task]:
-                del self.senders[task]
+            senders.discard(task)
             self._changed.set()
-        future.add_done_callback(partial(self._sent, ticket.epoch))
+        if ticket.epoch == self.epoch:
+            self.records.append(future)
         return future
 
-    async def _enter(self, ticket: Ticket) -> AIOKafkaProducer:
-        """Wait while a commit keeps the gate closed, then join the open transaction."""
+    def _join(self, ticket: Ticket) -> AIOKafkaProducer | None:
+        """The producer to publish ``ticket``'s message with, once it is in the open
+        transaction; None while the gate is closed to it. Raises when the transaction is over
+        for it, or the message ended."""
         message = ticket.message
+        producer = self.producer
+        state = self.state
+        if ticket.epoch != self.epoch or producer is None or not has_transaction(state):
+            raise TransactionalPublishError(self.unavailable())
+        if message not in message.lane.running:
+            msg = (
+                f"{message.describe()} ended before this publish: with exactly_once, "
+                "await every publish (in tasks the handler spawned too) before the handler "
+                "returns"
+            )
+            raise TransactionalPublishError(msg)
         ledger = self.ledger
-        while True:
-            gone = not has_transaction(self.state) or self.producer is None
-            if ticket.epoch != self.epoch or gone:
-                raise TransactionalPublishError(self.unavailable())
-            if message not in message.lane.running:
-                msg = (
-                    f"{message.describe()} ended before this publish: with exactly_once, "
-                    "await every publish (in tasks the handler spawned too) before the handler "
-                    "returns"
-                )
-                raise TransactionalPublishError(msg)
-            if ledger.may_enter(message, gate_open=self.state is _S.OPEN):
-                break
-            await self._open.wait()
-        if not ledger.holds(message):
-            ledger.enter(message, asyncio.get_running_loop().time())
-        return self.producer
+        if ledger.holds(message):
+            return producer
+        if state is not _S.OPEN:
+            return None
+        ledger.enter(message, asyncio.get_running_loop().time())
+        return producer
 
-    def _sent(self, epoch: int, future: "asyncio.Future[Any]") -> None:
-        """A record of the transaction was acknowledged or failed; a failed one spoils it
-        (aiokafka would commit the transaction without it), unless that transaction is over."""
-        if epoch != self.epoch:
+    def _check_records(self) -> None:
+        """Before a commit, once the producer flushed: a record of the transaction that was
+        not written spoils it (aiokafka would commit the transaction without it). Read here,
+        not in a callback per record: the handler awaits its publishes and sees the failure
+        itself, and the commit is the one place a record nobody awaited must be checked."""
+        for future in self.records:
+            if not future.done():
+                reason = "a record was still unacknowledged when its transaction committed"
+            elif future.cancelled():
+                reason = "a record was not written (cancelled)"
+            elif (error := future.exception()) is not None:
+                reason = f"a record was not written ({describe_error(error)})"
+            else:
+                continue
+            self.ledger.spoil(reason)
             return
-        if future.cancelled():
-            self.ledger.spoil("a record was not written (cancelled)")
-        elif (error := future.exception()) is not None:
-            self.ledger.spoil(f"a record was not written ({describe_error(error)})")
-        else:
-            return
-        self._changed.set()
+
+    def _new_transaction(self) -> None:
+        """The ledger and the records of the transaction just begun start empty; failures of
+        the last one's records are marked seen (asyncio would log each as never retrieved)."""
+        self.ledger.begin()
+        records, self.records = self.records, []
+        for future in records:
+            if future.done() and not future.cancelled():
+                future.exception()
 
     # ---- the messages' side -----------------------------------------------------------
 
@@ -346,6 +404,7 @@ class PartitionTransaction:
             async with asyncio.timeout(timeout):
                 # Every record acknowledged first: aiokafka would commit without a failed one.
                 await producer.flush()
+                self._check_records()
                 if self.ledger.taint is not None:
                     raise _Spoiled(self.ledger.taint)
                 if moved and point is not None:
@@ -380,7 +439,7 @@ class PartitionTransaction:
         if self.producer is None or not has_transaction(self.state):
             return
         await self.producer.begin_transaction()
-        self.ledger.begin()
+        self._new_transaction()
         if self.state is _S.COMMITTING:
             self._move(_S.OPEN)
 
@@ -475,7 +534,7 @@ class PartitionTransaction:
         if position is not None and self.tp in lane.consumer.assignment():
             lane.consumer.seek(self.tp, position)
         self.cut_at = None
-        self.ledger.begin()
+        self._new_transaction()
         self._move(_S.OPEN)
         # Aborts in a row: the messages run again after a growing backoff, not at once.
         again = self.aborts_in_a_row - 1
@@ -561,6 +620,7 @@ class PartitionTransaction:
             tid, int(settings.transaction_timeout_sec * 1000)
         )
         self.producer = producer
+        self.unkeyed_sticky = aiokafka_compat.partitions_unkeyed_anywhere(producer)
         try:
             async with asyncio.timeout(timeout):
                 await producer.start()
@@ -603,7 +663,7 @@ class PartitionTransaction:
         position = self.committed_point if self.committed_point is not None else start_offset
         if position is not None:
             lane.consumer.seek(tp, position)
-        self.ledger.begin()
+        self._new_transaction()
         self.fault = None
         self._move(_S.OPEN)
         lane.fetching.unpin(tp)

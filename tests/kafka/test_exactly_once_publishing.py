@@ -37,6 +37,7 @@ from tests.kafka_helpers import (
     produce,
     read_all,
     read_committed,
+    read_committed_by_partition,
     shut_down,
     unique,
     wait_committed,
@@ -327,6 +328,46 @@ async def test_transactions_commit_on_the_interval_while_batches_fill_elsewhere(
         await producer.stop()
         await shut_down(broker)
     assert stale <= interval + 1.0 + 0.5  # 0.5 s: the sampling and a commit's own time
+
+
+async def test_a_transaction_s_results_without_a_key_go_to_one_partition() -> None:
+    """Unkeyed results are not spread over the results topic's partitions record by record
+    (aiokafka's random choice): a transaction's go to one partition, in one batch per
+    request. The first batch lets the producer learn the topic; the second, 40 messages in
+    one transaction, lands whole in one of the 4 partitions."""
+    batch = 40
+    topics = Topics()
+    await create_topic(topics.input, 1)
+    await create_topic(topics.results, 4)
+    broker = concurrent_broker()
+
+    @results_of_input(broker, topics)
+    async def handle(body: int) -> int:
+        return body
+
+    await initialize_concurrent_processing(
+        broker.context,
+        processing_guarantee="exactly_once",
+        commit_batch_size=batch,  # one transaction per batch: the interval never comes
+        commit_batch_timeout_sec=30.0,
+        transaction_timeout_sec=60.0,
+        concurrency_limit=8,
+        broker=broker,
+    )
+    await broker.start()
+    try:
+        for first in (0, batch):
+            await produce(
+                topics.input, [str(i).encode() for i in range(first, first + batch)], partitions=1
+            )
+            await wait_committed(topics.group, topics.input, {0: first + batch}, 30)
+    finally:
+        await shut_down(broker)
+    by_partition = await read_committed_by_partition(topics.results, 4)
+    second = {str(i).encode() for i in range(batch, 2 * batch)}
+    holding = [p for p, values in by_partition.items() if second & set(values)]
+    assert len(holding) == 1, {p: len(v) for p, v in by_partition.items()}
+    assert sum(map(len, by_partition.values())) == 2 * batch
 
 
 async def test_commit_metadata_claiming_more_than_a_transaction_carries_does_not_spin() -> None:

@@ -171,3 +171,26 @@ def test_the_abandoned_commit_request_is_found_by_the_name_aiokafka_gives_it() -
     assert GroupCoordinator._do_commit_offsets.__qualname__ == compat._COMMIT_REQUEST
     source = inspect.getsource(GroupCoordinator.commit_offsets)
     assert "asyncio.shield(self._do_commit_offsets(" in source
+
+
+async def test_only_aiokafka_s_own_random_choice_of_partition_may_be_replaced() -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    def last(key: bytes | None, every: list[int], available: list[int]) -> int:
+        return every[-1]
+
+    servers = "127.0.0.1:9"
+    assert compat.partitions_unkeyed_anywhere(AIOKafkaProducer(bootstrap_servers=servers))
+    given = AIOKafkaProducer(bootstrap_servers=servers, partitioner=DefaultPartitioner())
+    assert compat.partitions_unkeyed_anywhere(given)  # as FastStream passes it
+    assert not compat.partitions_unkeyed_anywhere(
+        AIOKafkaProducer(bootstrap_servers=servers, partitioner=last)
+    )
+    assert not compat.partitions_unkeyed_anywhere(  # may give a None key bytes to hash
+        AIOKafkaProducer(bootstrap_servers=servers, key_serializer=lambda key: b"k")
+    )
+    unknown = AIOKafkaProducer(bootstrap_servers=servers)
+    del unknown._partitioner
+    assert not compat.partitions_unkeyed_anywhere(unknown)  # another aiokafka: its choice
+    assert compat.available_partitions(unknown, "never-sent-to") is None

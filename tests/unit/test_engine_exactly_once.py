@@ -445,6 +445,41 @@ async def test_a_failure_before_publishing_is_retried_in_place_without_an_abort(
     assert rig.pipeline.attempts(0, 1) == 2
 
 
+async def test_a_record_not_written_aborts_its_transaction_even_when_the_handler_went_on(
+    make_rig: MakeRig,
+) -> None:
+    # aiokafka commits a transaction without a record that failed: the commit must see it.
+    rig = await make_rig(produce=3, hold=True)
+    rig.pipeline.ignore_publish_errors = True
+    await wait_until(lambda: len(rig.pipeline.waiting()) == 3)
+    rig.pipeline.producers[0].record_failures.append(kafka_errors.KafkaTimeoutError())
+    rig.pipeline.release_all()
+    rig.pipeline.hold = False
+    await wait_until(lambda: len(rig.pipeline.finished()) == 3)
+    assert not await rig.flush()  # aborted: its records are discarded, its messages run again
+    assert rig.engine.counters.transactions_aborted == 1
+    assert rig.cluster.transactions == [("t.fake-group:t:0", "abort")]
+    await wait_until(lambda: len(rig.pipeline.finished()) == 6)
+    assert await rig.flush()
+    assert rig.output() == Counter(inputs(0, 3))  # each once: none lost with the failed one
+
+
+async def test_records_without_a_key_go_to_one_partition_per_transaction_in_turn(
+    make_rig: MakeRig,
+) -> None:
+    cluster = FakeCluster()
+    cluster.output_partitions[OUT] = {0, 1, 2, 3}
+    rig = await make_rig(cluster=cluster, produce=10)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 10)
+    assert await rig.flush()
+    rig.consumer.produce(0, 10)
+    await wait_until(lambda: len(rig.pipeline.finished()) == 20)
+    assert await rig.flush()
+    partitions = [o.partition for o in cluster.read_committed(OUT)]
+    # The first transaction of input partition 0 is its second one begun (set-up begins one).
+    assert partitions == [1] * 10 + [2] * 10
+
+
 async def test_a_final_failure_after_publishing_is_dead_lettered_in_the_next_transaction(
     make_rig: MakeRig,
 ) -> None:

@@ -19,6 +19,7 @@ from faststream_concurrent_aiokafka.core.transactions import (
     count_may_commit,
     exact_metadata,
     span_has_room,
+    sticky_partition,
     to_commit,
     transactional_id,
 )
@@ -147,12 +148,25 @@ def test_the_first_publish_opens_the_transaction_and_makes_its_message_a_member(
     assert ledger.holds("m1")
 
 
-def test_a_closed_gate_lets_only_members_publish() -> None:
+def test_each_transaction_begins_empty_with_its_unkeyed_partitions_to_choose_again() -> None:
     ledger = TransactionLedger()
-    ledger.enter("in", now=0.0)
-    assert ledger.may_enter("in", gate_open=False)
-    assert not ledger.may_enter("new", gate_open=False)
-    assert ledger.may_enter("new", gate_open=True)
+    ledger.begin()
+    ledger.enter("m", now=1.0)
+    ledger.sticky["out"] = 2
+    ledger.spoil("failed")
+    ledger.begin()
+    assert (ledger.members, ledger.opened_at, ledger.taint, ledger.sticky) == (0, None, None, {})
+    assert ledger.begun == 2
+
+
+def test_unkeyed_records_take_the_partitions_in_turn_one_transaction_each() -> None:
+    assert [sticky_partition({3, 1, 0, 2}, turn) for turn in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert sticky_partition({5}, 7) == 5
+
+
+@given(st.sets(st.integers(0, 1000), min_size=1, max_size=50), st.integers(0, 10**6))
+def test_the_unkeyed_partition_is_one_of_those_available(available: set[int], turn: int) -> None:
+    assert sticky_partition(available, turn) in available
 
 
 def test_a_commit_waits_for_members_and_publishes_in_flight() -> None:
