@@ -4,6 +4,7 @@ transaction, and the steps it goes through (see ``engine.transactions`` for the 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -78,6 +79,7 @@ class PartitionTransaction:
         self.producer: AIOKafkaProducer | None = None
         self.state = _S.STARTING
         self.epoch = 0  # moves on when a transaction's messages lose it (abort, loss, release)
+        self._on_record_done = partial(self._record_done, 0)
         self.fault: Fault | None = None  # why it was lost (for health)
         # Transactions aborted since the last commit, and why the last one was: each read
         # again backs off longer, and health reports a partition that keeps aborting.
@@ -92,7 +94,6 @@ class PartitionTransaction:
         # kept until the commit passes them, so an abort another message causes costs none.
         self.earlier: dict[int, AttemptRecord] = {}
         self.senders: set[asyncio.Task[Any]] = set()  # tasks in a publish now
-        self.records: list[asyncio.Future[Any]] = []  # sent into the open transaction
         self.unkeyed_sticky = False  # records without a key: one partition a transaction
         self.job: asyncio.Task[None] | None = None
         # When the gate last opened and closed, and how long the last commit kept it closed:
@@ -206,8 +207,7 @@ class PartitionTransaction:
         finally:
             senders.discard(task)
             self._changed.set()
-        if ticket.epoch == self.epoch:
-            self.records.append(future)
+        future.add_done_callback(self._on_record_done)  # made once an epoch, not per record
         return future
 
     def _join(self, ticket: Ticket) -> AIOKafkaProducer | None:
@@ -234,31 +234,25 @@ class PartitionTransaction:
         ledger.enter(message, asyncio.get_running_loop().time())
         return producer
 
-    def _check_records(self) -> None:
-        """Before a commit, once the producer flushed: a record of the transaction that was
-        not written spoils it (aiokafka would commit the transaction without it). Read here,
-        not in a callback per record: the handler awaits its publishes and sees the failure
-        itself, and the commit is the one place a record nobody awaited must be checked."""
-        for future in self.records:
-            if not future.done():
-                reason = "a record was still unacknowledged when its transaction committed"
-            elif future.cancelled():
-                reason = "a record was not written (cancelled)"
-            elif (error := future.exception()) is not None:
-                reason = f"a record was not written ({describe_error(error)})"
-            else:
-                continue
-            self.ledger.spoil(reason)
+    def _record_done(self, epoch: int, future: "asyncio.Future[Any]") -> None:
+        """A record of the transaction of ``epoch`` was acknowledged or failed; a failed one
+        spoils it (aiokafka would commit the transaction without it), unless that transaction
+        is over. Read when each record settles, not kept for the commit: a future kept until
+        then outlives a garbage collection or two, and the collections cost more than this."""
+        if epoch != self.epoch:
             return
+        if future.cancelled():
+            self.ledger.spoil("a record was not written (cancelled)")
+        elif (error := future.exception()) is not None:
+            self.ledger.spoil(f"a record was not written ({describe_error(error)})")
+        else:
+            return
+        self._changed.set()
 
-    def _new_transaction(self) -> None:
-        """The ledger and the records of the transaction just begun start empty; failures of
-        the last one's records are marked seen (asyncio would log each as never retrieved)."""
-        self.ledger.begin()
-        records, self.records = self.records, []
-        for future in records:
-            if future.done() and not future.cancelled():
-                future.exception()
+    def _new_epoch(self) -> None:
+        """The open transaction is over for the messages and records in it."""
+        self.epoch += 1
+        self._on_record_done = partial(self._record_done, self.epoch)
 
     # ---- the messages' side -----------------------------------------------------------
 
@@ -404,7 +398,6 @@ class PartitionTransaction:
             async with asyncio.timeout(timeout):
                 # Every record acknowledged first: aiokafka would commit without a failed one.
                 await producer.flush()
-                self._check_records()
                 if self.ledger.taint is not None:
                     raise _Spoiled(self.ledger.taint)
                 if moved and point is not None:
@@ -439,7 +432,7 @@ class PartitionTransaction:
         if self.producer is None or not has_transaction(self.state):
             return
         await self.producer.begin_transaction()
-        self._new_transaction()
+        self.ledger.begin()
         if self.state is _S.COMMITTING:
             self._move(_S.OPEN)
 
@@ -461,7 +454,7 @@ class PartitionTransaction:
         """The open transaction is over for its messages (moving to ``target``): none may
         publish into it any more (publishers waiting at the gate find it gone), nothing new is
         fetched, and what waits for a slot is dropped (it runs again from the last commit)."""
-        self.epoch += 1
+        self._new_epoch()
         self._move(target)
         self.lane.fetching.pin(self.tp)
         self.lane.drop_waiting({self.tp})
@@ -534,7 +527,7 @@ class PartitionTransaction:
         if position is not None and self.tp in lane.consumer.assignment():
             lane.consumer.seek(self.tp, position)
         self.cut_at = None
-        self._new_transaction()
+        self.ledger.begin()
         self._move(_S.OPEN)
         # Aborts in a row: the messages run again after a growing backoff, not at once.
         again = self.aborts_in_a_row - 1
@@ -663,7 +656,7 @@ class PartitionTransaction:
         position = self.committed_point if self.committed_point is not None else start_offset
         if position is not None:
             lane.consumer.seek(tp, position)
-        self._new_transaction()
+        self.ledger.begin()
         self.fault = None
         self._move(_S.OPEN)
         lane.fetching.unpin(tp)
@@ -689,7 +682,7 @@ class PartitionTransaction:
                 if self.state is _S.RELEASING:
                     committed = await self._settle(timeout)
                 ended = True
-        self.epoch += 1
+        self._new_epoch()
         if self.state is _S.RELEASING:  # committed, or left open when the budget ran out
             self._move(_S.WINDING_UP)  # publishers waiting at the gate find the partition gone
         close_by = loop.time() + _CLOSE_SEC
