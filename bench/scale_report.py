@@ -157,9 +157,9 @@ and 0.97; the set-up run could not start, the commit of its metadata being refus
 
 {machine}
 - broker: {broker}, its own instance (not the one the test suite uses)
-- load average: {load_start} at the start, {load_end} at the end. The machine (2 cores) was
-  shared with other work running at the same time: the absolute rates move with it; the
-  ratios are of runs interleaved on the same machine.
+- load average: {load_start} at the start, {load_end} at the end. Other work on the
+  machine (2 cores; the load average says how much) moves the absolute rates; the ratios
+  are of runs interleaved on the same machine.
 
 ## Throughput, memory, rebalances
 
