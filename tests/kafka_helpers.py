@@ -24,11 +24,17 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def create_topic(name: str, partitions: int, *, bootstrap: str = BOOTSTRAP) -> None:
+async def create_topic(
+    name: str,
+    partitions: int,
+    *,
+    bootstrap: str = BOOTSTRAP,
+    configs: dict[str, str] | None = None,
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
     finally:
         await admin.close()
 

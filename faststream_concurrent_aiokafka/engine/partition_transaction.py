@@ -81,6 +81,7 @@ class PartitionTransaction:
         self.epoch = 0  # moves on when a transaction's messages lose it (abort, loss, release)
         self._on_record_done = partial(self._record_done, 0)
         self.fault: Fault | None = None  # why it was lost (for health)
+        self.record_failure: BaseException | None = None  # a refused record broke the producer
         # Transactions aborted since the last commit, and why the last one was: each read
         # again backs off longer, and health reports a partition that keeps aborting.
         self.aborts_in_a_row = 0
@@ -140,6 +141,12 @@ class PartitionTransaction:
         return self.lane.settings.transaction_timeout_sec * OPEN_SHARE
 
     def unavailable(self) -> str:
+        if self.record_failure is not None:
+            return (
+                f"the producer of {self!r} broke: a record it sent was refused "
+                f"({describe_error(self.record_failure)}); the message runs again from its "
+                "last commit, with a new producer"
+            )
         return (
             f"the transaction of {self!r} was aborted or its partition released; "
             "the message runs again from its last commit"
@@ -217,7 +224,12 @@ class PartitionTransaction:
         message = ticket.message
         producer = self.producer
         state = self.state
-        if ticket.epoch != self.epoch or producer is None or not has_transaction(state):
+        if (
+            ticket.epoch != self.epoch
+            or producer is None
+            or not has_transaction(state)
+            or self.record_failure is not None
+        ):
             raise TransactionalPublishError(self.unavailable())
         if message not in message.lane.running:
             msg = (
@@ -238,16 +250,30 @@ class PartitionTransaction:
         """A record of the transaction of ``epoch`` was acknowledged or failed; a failed one
         spoils it (aiokafka would commit the transaction without it), unless that transaction
         is over. Read when each record settles, not kept for the commit: a future kept until
-        then outlives a garbage collection or two, and the collections cost more than this."""
-        if epoch != self.epoch:
-            return
+        then outlives a garbage collection or two, and the collections cost more than this.
+
+        A record the broker refused (too large for its topic, say) also breaks the producer,
+        whatever the epoch: aiokafka numbered its batch, the broker never wrote it, and every
+        later batch to that partition fails out of sequence. The partition is lost instead of
+        aborted (``_broken``), so that the next assignment starts a producer afresh."""
         if future.cancelled():
-            self.ledger.spoil("a record was not written (cancelled)")
+            reason = "a record was not written (cancelled)"
         elif (error := future.exception()) is not None:
-            self.ledger.spoil(f"a record was not written ({describe_error(error)})")
+            self.record_failure = self.record_failure or error
+            reason = (
+                f"a record was not written ({describe_error(error)}); the producer's sequence "
+                "numbers for its partition are now behind the broker's"
+            )
         else:
             return
-        self._changed.set()
+        if epoch == self.epoch:
+            self.request_abort(reason)  # a broken producer is lost on the way (``_abort``)
+        else:
+            self._changed.set()
+
+    def _broken(self, producer: AIOKafkaProducer) -> BaseException | None:
+        """Why the producer can do nothing more: aiokafka's own state, or a refused record."""
+        return aiokafka_compat.producer_failure(producer) or self.record_failure
 
     def _new_epoch(self) -> None:
         """The open transaction is over for the messages and records in it."""
@@ -390,7 +416,7 @@ class PartitionTransaction:
             return False
         producer = self.producer
         assert producer is not None
-        if (broken := aiokafka_compat.producer_failure(producer)) is not None:
+        if (broken := self._broken(producer)) is not None:
             await self.lose(f"its producer broke ({describe_error(broken)})", broken)
             return False
         lane.offsets.commits.requested()
@@ -440,7 +466,7 @@ class PartitionTransaction:
         """A commit or abort request failed: an abortable error aborts; a broken producer,
         or a request with no answer (its outcome unknown), loses the partition."""
         producer = self.producer
-        broken = None if producer is None else aiokafka_compat.producer_failure(producer)
+        broken = None if producer is None else self._broken(producer)
         if isinstance(error, TimeoutError):
             await self.lose(f"its {what} got no answer within {timeout:.1f} s", error)
         elif broken is not None or isinstance(error, _BROKEN) or what == "abort":
@@ -470,7 +496,7 @@ class PartitionTransaction:
             return
         producer = self.producer
         assert producer is not None
-        if (broken := aiokafka_compat.producer_failure(producer)) is not None:
+        if (broken := self._broken(producer)) is not None:
             await self.lose(f"{reason}; its producer broke ({describe_error(broken)})", broken)
             return
         try:

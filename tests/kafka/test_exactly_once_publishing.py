@@ -370,6 +370,60 @@ async def test_a_transaction_s_results_without_a_key_go_to_one_partition() -> No
     assert sum(map(len, by_partition.values())) == 2 * batch
 
 
+async def test_a_result_the_broker_refused_is_never_committed_and_its_partition_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka commits a transaction without a record the broker refused; the library must
+    not, and the producer cannot go on (its next batch to that partition fails out of
+    sequence: before the fix, every later transaction aborted for ever). Message 7's first
+    attempt publishes a result larger than the results topic accepts (``max.message.bytes``)
+    and the handler swallows the error: the partition's producer is dropped, the member asks
+    for a new assignment, a new producer runs the messages again; every result is committed
+    once, the refused one never."""
+    topics = Topics()
+    await create_topic(topics.input, 1)
+    await create_topic(topics.results, 1, configs={"max.message.bytes": "2000"})
+    await produce(topics.input, [str(i).encode() for i in range(MESSAGES)], partitions=1)
+    broker = concurrent_broker()
+    attempts: Counter[int] = Counter()
+    refused: list[str] = []
+
+    @broker.subscriber(
+        topics.input,
+        group_id=topics.group,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    async def handle(body: int) -> None:
+        attempts[body] += 1
+        result = "x" * 5000 if body == 7 and attempts[body] == 1 else f"result-{body}"
+        try:
+            await broker.publish(result, topics.results)
+        except Exception as exc:  # the handler goes on regardless
+            refused.append(type(exc).__name__)
+
+    await initialize_concurrent_processing(
+        broker.context, concurrency_limit=1, broker=broker, **EXACTLY_ONCE
+    )
+    await broker.start()
+    try:
+        await wait_committed(topics.group, topics.input, {0: MESSAGES}, 60)
+        totals = processing_snapshot(broker.context).totals
+    finally:
+        await shut_down(broker)
+    # Publishes after the refusal, until the partition is dropped, are refused at once.
+    assert refused[0] == "MessageSizeTooLargeError"
+    assert set(refused[1:]) <= {"TransactionalPublishError"}, refused
+    assert totals.transactions_committed >= 1
+    stopped = [r.getMessage() for r in caplog.records if "stopped:" in r.getMessage()]
+    assert stopped and "MessageSizeTooLarge" in stopped[0], stopped
+    assert attempts[7] == 2
+    assert counted(await read_committed(topics.results, 1)) == Counter(
+        f"result-{i}" for i in range(MESSAGES)
+    )
+
+
 async def test_commit_metadata_claiming_more_than_a_transaction_carries_does_not_spin() -> None:
     """Issue 26: a group whose committed metadata claims an offset further above the commit
     point than a transaction's metadata can carry (another client's, or the at-least-once

@@ -445,20 +445,23 @@ async def test_a_failure_before_publishing_is_retried_in_place_without_an_abort(
     assert rig.pipeline.attempts(0, 1) == 2
 
 
-async def test_a_record_not_written_aborts_its_transaction_even_when_the_handler_went_on(
+async def test_a_record_not_written_loses_its_partition_even_when_the_handler_went_on(
     make_rig: MakeRig,
 ) -> None:
-    # aiokafka commits a transaction without a record that failed: the commit must see it.
+    # aiokafka commits a transaction without a record that failed, and its producer's next
+    # batch to that partition fails out of sequence: the transaction must not commit, and the
+    # producer must go (a new one starts with the next assignment).
     rig = await make_rig(produce=3, hold=True)
     rig.pipeline.ignore_publish_errors = True
     await wait_until(lambda: len(rig.pipeline.waiting()) == 3)
     rig.pipeline.producers[0].record_failures.append(kafka_errors.KafkaTimeoutError())
     rig.pipeline.release_all()
     rig.pipeline.hold = False
-    await wait_until(lambda: len(rig.pipeline.finished()) == 3)
-    assert not await rig.flush()  # aborted: its records are discarded, its messages run again
-    assert rig.engine.counters.transactions_aborted == 1
-    assert rig.cluster.transactions == [("t.fake-group:t:0", "abort")]
+    await wait_until(lambda: rig.partition().state is TransactionState.LOST)
+    assert rig.cluster.transactions == []  # nothing committed
+    assert rig.consumer._coordinator.rejoins == 1
+    await rig.engine.release_partitions(rig.lane, {P0}, 1.0)  # the rebalance it asked for
+    await rig.assign(0)  # a new producer, the messages again
     await wait_until(lambda: len(rig.pipeline.finished()) == 6)
     assert await rig.flush()
     assert rig.output() == Counter(inputs(0, 3))  # each once: none lost with the failed one
